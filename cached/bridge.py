@@ -1,0 +1,64 @@
+"""Bridge cassandra-driver's ``ResponseFuture`` into trio without blocking the event loop.
+
+The driver runs callbacks on its IO thread (or at once in the calling thread
+when the result is already in).  The callbacks here only hand the page to
+trio with ``TrioToken.run_sync_soon``, which never blocks; the trio task waits
+on a memory channel and drives paging itself.  See
+``shared/notes/pyfuse3-trio-pitfalls.md`` §3.8 and cassandra-driver
+``cassandra/cluster.py`` (``ResponseFuture.add_callbacks``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from cassandra.cluster import ResponseFuture, Session
+
+log = logging.getLogger(__name__)
+
+
+async def execute(
+    session: Session, statement: Any, params: Any = None, *, timeout: float = 10.0
+) -> list[Any]:
+    """Run ``statement`` with ``params`` and return every row of every page.
+
+    ``timeout`` is in seconds, per page.  Raises whatever the driver raises
+    (``cassandra.DriverException`` and subclasses, ``OperationTimedOut``).
+    Cancelling the calling task abandons the query; the driver finishes it.
+    """
+    token = trio.lowlevel.current_trio_token()
+    send, receive = trio.open_memory_channel[tuple[bool, Any]](1)
+
+    def deliver(item: tuple[bool, Any]) -> None:
+        try:
+            send.send_nowait(item)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            log.debug("query result dropped: nobody waits for it")
+
+    def on_page(rows: Any) -> None:
+        try:
+            token.run_sync_soon(deliver, (True, rows))
+        except trio.RunFinishedError:
+            pass
+
+    def on_error(exc: BaseException) -> None:
+        try:
+            token.run_sync_soon(deliver, (False, exc))
+        except trio.RunFinishedError:
+            pass
+
+    future: ResponseFuture = session.execute_async(statement, params, timeout=timeout)
+    rows: list[Any] = []
+    # Added once: start_fetching_next_page() fires the same callbacks again.
+    future.add_callbacks(on_page, on_error)
+    async with receive:
+        while True:
+            ok, value = await receive.receive()
+            if not ok:
+                raise value
+            rows.extend(value)
+            if not future.has_more_pages:
+                return rows
+            future.start_fetching_next_page()

@@ -1,0 +1,254 @@
+"""The daemon's local cache: diskcache in the cache dir, metadata with a TTL, content immutable.
+
+Keys (tuples, so one tenant never sees another's entries):
+
+- ``("i", owner, env, ino)``          -> ``(fetched_at, inode map)``     inode metadata
+- ``("d", owner, env, parent, name)`` -> ``(fetched_at, ino, kind)``     dentry; ino 0 = negative
+- ``("l", owner, env, parent)``       -> ``(fetched_at, [(name, ino, kind), ...])`` listing
+- ``("c", owner, env, content_id)``   -> content bytes (diskcache keeps large values as files)
+
+Metadata is fresh for ``ttl`` seconds after ``fetched_at`` (wall clock, so it
+survives a daemon restart) and is revalidated after that (see :func:`freshness`).
+Content is keyed by its SHA-256 and never changes, so it needs no TTL; it leaves
+only by LRU eviction once the cache is over ``size_limit`` bytes, or by purge.
+
+Every diskcache call blocks (SQLite and file I/O), so each runs in a worker
+thread: reads under one ``CapacityLimiter``, writes under another of size 1,
+which also makes the eviction count exact for this daemon.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import diskcache
+import trio
+
+from cached.model import Inode
+from cached.stats import Counters
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Tenant = tuple[int, str]
+
+
+class Freshness(enum.Enum):
+    """What a metadata entry is good for at a given moment."""
+
+    FRESH = "fresh"  # within the TTL: answer from the cache
+    STALE = "stale"  # past the TTL: revalidate against Cassandra
+    ABSENT = "absent"  # not cached: fetch from Cassandra
+
+
+def freshness(fetched_at: float | None, now: float, ttl: float) -> Freshness:
+    """Classify an entry fetched at ``fetched_at`` (seconds, wall clock) at time ``now``.
+
+    A clock that went backwards makes the entry stale, never fresher.
+    """
+    if fetched_at is None:
+        return Freshness.ABSENT
+    age = now - fetched_at
+    return Freshness.FRESH if 0 <= age < ttl else Freshness.STALE
+
+
+class LocalCache:
+    """diskcache under ``directory`` holding at most ``size_limit`` bytes, evicting LRU.
+
+    ``ttl`` is the metadata TTL in seconds; ``counters`` receives hits, misses,
+    evictions and bytes.  ``clock`` returns wall-clock seconds (for tests).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        size_limit: int,
+        ttl: float,
+        counters: Counters,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.size_limit = size_limit
+        self.ttl = ttl
+        self.counters = counters
+        self.clock = clock
+        self.tmp_dir = directory / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(
+            str(directory / "store"),
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=64,
+        )
+        self._read_limiter = trio.CapacityLimiter(8)
+        self._write_limiter = trio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        """Close the SQLite connections (blocking; call at shutdown)."""
+        self._cache.close()
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._read_limiter)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
+
+    def _set_counting(self, key: tuple[Any, ...], value: Any, read: bool = False) -> None:
+        before = len(self._cache)
+        existed = key in self._cache
+        self._cache.set(key, value, read=read)
+        evicted = before + (0 if existed else 1) - len(self._cache)
+        if evicted > 0:
+            self.counters.add("evictions", evicted)
+
+    # -- metadata -------------------------------------------------------------------------
+
+    async def get_inode(self, tenant: Tenant, ino: int) -> tuple[Freshness, Inode | None]:
+        """The cached inode and its freshness; ``(ABSENT, None)`` when not cached."""
+        entry = await self._read(self._cache.get, ("i", *tenant, ino))
+        if entry is None:
+            return Freshness.ABSENT, None
+        fetched_at, data = entry
+        return freshness(fetched_at, self.clock(), self.ttl), Inode.from_wire(data)
+
+    async def put_inode(self, tenant: Tenant, inode: Inode) -> None:
+        """Cache ``inode`` as fetched now."""
+        await self._write(self._set_counting, ("i", *tenant, inode.ino),
+                          (self.clock(), inode.to_wire()))
+
+    async def drop_inode(self, tenant: Tenant, ino: int) -> None:
+        """Forget the cached inode."""
+        await self._write(self._cache.delete, ("i", *tenant, ino))
+
+    async def get_dentry(
+        self, tenant: Tenant, parent: int, name: bytes
+    ) -> tuple[Freshness, tuple[int, int] | None]:
+        """The cached ``(ino, kind)`` of ``name`` in ``parent`` (ino 0: known absent)."""
+        entry = await self._read(self._cache.get, ("d", *tenant, parent, name))
+        if entry is None:
+            return Freshness.ABSENT, None
+        fetched_at, ino, kind = entry
+        return freshness(fetched_at, self.clock(), self.ttl), (ino, kind)
+
+    async def put_dentry(self, tenant: Tenant, parent: int, name: bytes, ino: int,
+                         kind: int) -> None:
+        """Cache that ``name`` in ``parent`` is ``ino`` (0 for a negative entry)."""
+        await self._write(self._set_counting, ("d", *tenant, parent, name),
+                          (self.clock(), ino, kind))
+
+    async def get_listing(
+        self, tenant: Tenant, parent: int
+    ) -> tuple[Freshness, list[tuple[bytes, int, int]] | None]:
+        """The cached listing of directory ``parent``: ``[(name, ino, kind), ...]``."""
+        entry = await self._read(self._cache.get, ("l", *tenant, parent))
+        if entry is None:
+            return Freshness.ABSENT, None
+        fetched_at, items = entry
+        return freshness(fetched_at, self.clock(), self.ttl), items
+
+    async def put_listing(self, tenant: Tenant, parent: int,
+                          items: list[tuple[bytes, int, int]]) -> None:
+        """Cache the listing of ``parent`` as fetched now."""
+        await self._write(self._set_counting, ("l", *tenant, parent), (self.clock(), items))
+
+    async def drop_listing(self, tenant: Tenant, parent: int) -> None:
+        """Forget the listing of ``parent`` (after a local create, unlink or rename)."""
+        await self._write(self._cache.delete, ("l", *tenant, parent))
+
+    # -- content --------------------------------------------------------------------------
+
+    def _content_key(self, tenant: Tenant, content_id: bytes) -> tuple[Any, ...]:
+        return ("c", *tenant, content_id)
+
+    async def has_content(self, tenant: Tenant, content_id: bytes) -> bool:
+        """True if the content is cached (no LRU touch)."""
+        key = self._content_key(tenant, content_id)
+        return await self._read(self._cache.__contains__, key)
+
+    async def put_content(self, tenant: Tenant, content_id: bytes, data: bytes) -> None:
+        """Cache ``data`` (whose SHA-256 is ``content_id``)."""
+        await self._write(self._set_counting, self._content_key(tenant, content_id), data)
+
+    async def put_content_file(self, tenant: Tenant, content_id: bytes, path: Path) -> None:
+        """Cache the content of the file at ``path`` (streamed, not loaded in memory)."""
+
+        def put() -> None:
+            with open(path, "rb") as reader:
+                self._set_counting(self._content_key(tenant, content_id), reader, read=True)
+
+        await self._write(put)
+
+    async def read_content(
+        self, tenant: Tenant, content_id: bytes, offset: int, size: int
+    ) -> bytes | None:
+        """``size`` bytes at ``offset`` of cached content, or None when not cached.
+
+        Touches the entry for LRU.  Holds no descriptor after it returns.
+        """
+
+        def read() -> bytes | None:
+            value = self._cache.get(self._content_key(tenant, content_id), read=True)
+            if value is None:
+                return None
+            if isinstance(value, bytes):
+                return value[offset : offset + size]
+            with value:
+                value.seek(offset)
+                return value.read(size)
+
+        return await self._read(read)
+
+    async def copy_content(self, tenant: Tenant, content_id: bytes, dest: BinaryIO) -> bool:
+        """Write the whole cached content into ``dest``; False when not cached."""
+
+        def copy() -> bool:
+            value = self._cache.get(self._content_key(tenant, content_id), read=True)
+            if value is None:
+                return False
+            if isinstance(value, bytes):
+                dest.write(value)
+            else:
+                with value:
+                    shutil.copyfileobj(value, dest, 1024 * 1024)
+            return True
+
+        return await self._read(copy)
+
+    def new_tmp_file(self) -> tuple[Path, BinaryIO]:
+        """Create a private (0600) file in the cache's tmp dir, opened for read and write.
+
+        Blocking: call from a worker thread.  The caller closes and unlinks it.
+        """
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="fetch-")
+        return Path(name), os.fdopen(fd, "w+b")
+
+    # -- whole cache ----------------------------------------------------------------------
+
+    async def clear(self) -> int:
+        """Remove every entry; returns how many were removed."""
+        return await self._write(self._cache.clear)
+
+    async def usage(self) -> tuple[int, int]:
+        """``(entries, bytes)`` held now (bytes as diskcache counts them)."""
+        return await self._read(lambda: (len(self._cache), self._cache.volume()))
+
+
+def sha256_file(path: Path) -> tuple[bytes, int]:
+    """``(SHA-256 digest, size in bytes)`` of the file at ``path`` (blocking)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as reader:
+        while block := reader.read(1024 * 1024):
+            digest.update(block)
+            size += len(block)
+    return digest.digest(), size
+

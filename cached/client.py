@@ -1,0 +1,195 @@
+"""Client of the cache daemon: many concurrent calls over one unix-socket connection.
+
+Used by the FUSE front (inside its trio run) and, through :func:`call_once`, by
+CLI commands.  Every failure to reach the daemon becomes ``DaemonUnavailable``
+(EIO); an error reply is raised as the :mod:`cached.errors` class of its errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from cached import protocol
+from cached.errors import CassfsError, DaemonUnavailable, from_wire
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "daemon.sock"
+
+
+def socket_path(cache_dir: Path) -> Path:
+    """Where the daemon of ``cache_dir`` listens."""
+    return cache_dir / SOCKET_NAME
+
+
+class _Pending:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: CassfsError | None = None
+        self.result: Any = None
+
+
+class DaemonClient:
+    """A connection to the daemon at ``path``.
+
+    Open with ``async with open_client(path) as client``.  ``on_notification``
+    is called (sync, in the trio thread) with ``(event, params)`` for each
+    notification.  ``hello`` parameters given to :meth:`hello` are said again
+    after a reconnect.
+    """
+
+    def __init__(
+        self, path: Path, nursery: trio.Nursery,
+        on_notification: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.on_notification = on_notification
+        self._stream: trio.SocketStream | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._send_lock = trio.Lock()
+        self._connect_lock = trio.Lock()
+        self._nursery = nursery
+        self._hello: dict[str, Any] | None = None
+
+    async def aclose(self) -> None:
+        """Close the connection; calls in flight fail with DaemonUnavailable."""
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def connect(self) -> None:
+        """Connect now (calls connect on demand too); DaemonUnavailable on failure."""
+        await self._ensure_connected()
+
+    async def _ensure_connected(self) -> trio.SocketStream:
+        async with self._connect_lock:
+            if self._stream is not None:
+                return self._stream
+            try:
+                stream = await trio.open_unix_socket(str(self.path))
+            except OSError as exc:
+                raise DaemonUnavailable(f"no cache daemon at {self.path}: {exc}") from exc
+            self._stream = stream
+            self._nursery.start_soon(self._reader, stream)
+            if self._hello is not None:
+                await self._call_on(stream, "hello", self._hello)
+                log.info("reconnected to the cache daemon")
+            return stream
+
+    async def _reader(self, stream: trio.SocketStream) -> None:
+        decoder = protocol.Decoder()
+        try:
+            while True:
+                data = await stream.receive_some(1024 * 1024)
+                if not data:
+                    break
+                for message in decoder.feed(data):
+                    if isinstance(message, protocol.Response):
+                        pending = self._pending.pop(message.msgid, None)
+                        if pending is None:
+                            continue
+                        if message.error is not None:
+                            pending.error = from_wire(message.error)
+                        pending.result = message.result
+                        pending.done.set()
+                    elif isinstance(message, protocol.Notification):
+                        if self.on_notification is not None:
+                            try:
+                                self.on_notification(message.event, message.params)
+                            except Exception:
+                                log.exception("notification handler failed")
+        except trio.ClosedResourceError:
+            log.debug("connection to the cache daemon closed")
+        except (trio.BrokenResourceError, protocol.ProtocolError) as exc:
+            log.warning("connection to the cache daemon broke: %s", exc)
+        finally:
+            if self._stream is stream:
+                self._stream = None
+            for pending in self._pending.values():
+                pending.error = DaemonUnavailable("the cache daemon closed the connection")
+                pending.done.set()
+            self._pending.clear()
+
+    async def _call_on(self, stream: trio.SocketStream, method: str,
+                       params: dict[str, Any]) -> Any:
+        msgid = next(self._ids) % 2**32
+        pending = _Pending()
+        self._pending[msgid] = pending
+        frame = protocol.pack_request(msgid, method, params)
+        try:
+            async with self._send_lock:
+                await stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._pending.pop(msgid, None)
+            raise DaemonUnavailable(f"sending {method} failed: {exc}") from exc
+        try:
+            await pending.done.wait()
+        finally:
+            self._pending.pop(msgid, None)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """Call ``method`` with ``params`` and return its result.
+
+        Raises the :mod:`cached.errors` class of the reply's errno, or
+        ``DaemonUnavailable`` (EIO) when the daemon cannot be reached.
+        """
+        stream = await self._ensure_connected()
+        return await self._call_on(stream, method, params)
+
+    async def hello(self, owner: int, environment: str) -> dict[str, Any]:
+        """Open the tenant's session; remembered for reconnects."""
+        result = await self.call("hello", owner=owner, environment=environment)
+        self._hello = {"owner": owner, "environment": environment}
+        return result  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def open_client(
+    path: Path, on_notification: Callable[[str, dict[str, Any]], None] | None = None
+) -> AsyncIterator[DaemonClient]:
+    """Connect to the daemon at ``path``; the connection closes when the block ends.
+
+    Raises ``DaemonUnavailable`` (EIO) when nothing listens there.
+    """
+    async with trio.open_nursery() as nursery:
+        client = DaemonClient(path, nursery, on_notification)
+        try:
+            await client.connect()
+            yield client
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def call_once(cache_dir: Path, method: str, timeout: float = 30.0, **params: Any) -> Any:
+    """Blocking: connect to ``cache_dir``'s daemon, call ``method``, disconnect.
+
+    For CLI commands outside any trio run.  Raises ``DaemonUnavailable`` when no
+    daemon answers within ``timeout`` seconds.
+    """
+
+    async def run() -> Any:
+        with trio.fail_after(timeout):
+            async with open_client(socket_path(cache_dir)) as client:
+                return await client.call(method, **params)
+
+    try:
+        return trio.run(run)
+    except trio.TooSlowError as exc:
+        raise DaemonUnavailable(f"the cache daemon did not answer {method} in {timeout} s",
+                                err=errno.ETIMEDOUT) from exc

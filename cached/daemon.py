@@ -1,0 +1,162 @@
+"""The cache daemon process: configuration, start-up checks, serving and shutdown.
+
+Run as ``python -m cached --cache-dir DIR [...]`` (``cassfs up`` starts it when
+no daemon serves that cache dir).  One daemon per cache dir, enforced with an
+``flock`` on ``DIR/daemon.lock``.  Start-up failures (Cassandra unreachable,
+schema missing, cache dir not writable) print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from cached.cache import LocalCache
+from cached.client import socket_path
+from cached.errors import CassfsError
+from cached.server import Server
+from cached.service import Service
+from cached.stats import Counters
+from cached.store import ContactPoints, Store
+
+log = logging.getLogger(__name__)
+
+EXIT_STARTUP = 2
+EXIT_RUNNING = 3
+_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``1073741824``, ``512M``, ``1G`` or ``2GiB`` into bytes (binary multiples).
+
+    Raises ValueError for anything else or a size under 1 MiB.
+    """
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, suffix = raw, ""
+    if raw and raw[-1] in _SUFFIXES:
+        number, suffix = raw[:-1], raw[-1]
+    try:
+        size = int(float(number) * _SUFFIXES[suffix])
+    except ValueError:
+        raise ValueError(f"bad size {text!r}: use bytes or a number with K, M, G or T") from None
+    if size < 1024**2:
+        raise ValueError(f"cache size {text!r} is under 1 MiB")
+    return size
+
+
+async def run_daemon(cache_dir: Path, contact_points: ContactPoints, keyspace: str,
+                     cache_ttl: float, cache_size: int, consistency: str,
+                     idle_exit: float | None) -> None:
+    """Connect, serve on ``cache_dir/daemon.sock`` until SIGTERM/SIGINT or ``shutdown``.
+
+    Raises ``CassfsError`` subclasses on start-up failures.
+    """
+    store = await Store.connect(contact_points, keyspace, consistency=consistency)
+    counters = Counters(cache_dir / "counters")
+    cache = LocalCache(cache_dir, cache_size, cache_ttl, counters)
+    spool = cache_dir / "spool"
+    spool.mkdir(mode=0o700, exist_ok=True)
+    service = Service(store, cache, counters, spool)
+    config = {"contact_points": str(contact_points), "keyspace": keyspace,
+              "cache_ttl": cache_ttl, "cache_size": cache_size}
+    server = Server(service, store, socket_path(cache_dir), config, idle_exit=idle_exit)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            nursery.start_soon(_flush_counters, counters)
+            nursery.start_soon(_on_signals, server)
+            log.info("serving %s (keyspace %s at %s, TTL %s s, %d bytes)", cache_dir, keyspace,
+                     contact_points, cache_ttl, cache_size)
+            await server.stopped.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            socket_path(cache_dir).unlink(missing_ok=True)
+            await trio.to_thread.run_sync(counters.close)
+            await trio.to_thread.run_sync(cache.close)
+            await store.close()
+        log.info("stopped")
+
+
+async def _flush_counters(counters: Counters) -> None:
+    while True:
+        await trio.sleep(1)
+        pending = counters.take_pending()
+        if pending:
+            await trio.to_thread.run_sync(counters.persist, pending)
+
+
+async def _on_signals(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("got signal %d: stopping", signum)
+            server.stopped.set()
+            return
+
+
+def _lock(cache_dir: Path) -> int:
+    fd = os.open(cache_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+@click.command(context_settings={"auto_envvar_prefix": "CASSFS"})
+@click.option("--cache-dir", type=click.Path(path_type=Path), required=True,
+              help="Directory of the cache, its socket and counters.")
+@click.option("--contact-points", default="127.0.0.1:9042", show_default=True,
+              help="Cassandra contact points, HOST[:PORT],...")
+@click.option("--keyspace", default="cassfs", show_default=True)
+@click.option("--cache-ttl", type=float, default=60.0, show_default=True,
+              help="Seconds cached metadata is served before revalidation.")
+@click.option("--cache-size", default="1G", show_default=True,
+              help="Cache size limit (bytes, or with K/M/G/T).")
+@click.option("--consistency", default="LOCAL_QUORUM", show_default=True,
+              help="Consistency level of reads and writes.")
+@click.option("--idle-exit", type=float, default=None,
+              help="Exit once no mount has used the daemon for this many seconds.")
+@click.option("--debug", is_flag=True, help="Log every RPC.")
+def main(cache_dir: Path, contact_points: str, keyspace: str, cache_ttl: float,
+         cache_size: str, consistency: str, idle_exit: float | None, debug: bool) -> None:
+    """Run the cassfs cache daemon for CACHE_DIR in the foreground."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    if not debug:
+        logging.getLogger("cassandra").setLevel(logging.ERROR)
+    try:
+        points = ContactPoints.parse(contact_points)
+        size = parse_size(cache_size)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = _lock(cache_dir)
+    except BlockingIOError:
+        click.echo(f"cassfs daemon: a daemon already serves {cache_dir}", err=True)
+        sys.exit(EXIT_RUNNING)
+    except OSError as exc:
+        click.echo(f"cassfs daemon: cache dir {cache_dir} is not writable: {exc.strerror}",
+                   err=True)
+        sys.exit(EXIT_STARTUP)
+    try:
+        trio.run(run_daemon, cache_dir, points, keyspace, cache_ttl, size, consistency,
+                 idle_exit)
+    except CassfsError as exc:
+        click.echo(f"cassfs daemon: {exc}", err=True)
+        sys.exit(EXIT_STARTUP)
+    finally:
+        os.close(lock_fd)

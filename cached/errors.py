@@ -1,0 +1,104 @@
+"""Typed exceptions shared by the daemon, its client and the FUSE front.
+
+Each carries the errno that the FUSE edge reports, so a failure raised in the
+daemon crosses the RPC boundary as ``(errno, message)`` and is raised again in
+the front as the same class (see :func:`from_wire`).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class CassfsError(Exception):
+    """Base class; ``errno`` is the POSIX error number reported for it (default EIO)."""
+
+    errno: int = _errno.EIO
+
+    def __init__(self, message: str = "", *, err: int | None = None) -> None:
+        super().__init__(message)
+        if err is not None:
+            self.errno = err
+
+    def to_wire(self) -> list[object]:
+        """Return ``[errno, message]`` for an RPC error reply."""
+        return [self.errno, str(self)]
+
+
+class NotFound(CassfsError):
+    """No such inode or directory entry (ENOENT)."""
+
+    errno = _errno.ENOENT
+
+
+class Exists(CassfsError):
+    """The name is already taken (EEXIST)."""
+
+    errno = _errno.EEXIST
+
+
+class NotEmpty(CassfsError):
+    """The directory still has entries (ENOTEMPTY)."""
+
+    errno = _errno.ENOTEMPTY
+
+
+class NotADirectory(CassfsError):
+    """A directory was required (ENOTDIR)."""
+
+    errno = _errno.ENOTDIR
+
+
+class IsADirectory(CassfsError):
+    """A non-directory was required (EISDIR)."""
+
+    errno = _errno.EISDIR
+
+
+class NameTooLong(CassfsError):
+    """A name is longer than NAME_MAX, 255 bytes (ENAMETOOLONG)."""
+
+    errno = _errno.ENAMETOOLONG
+
+
+class InvalidArgument(CassfsError):
+    """The request makes no sense, e.g. moving a directory into itself (EINVAL)."""
+
+    errno = _errno.EINVAL
+
+
+class StorageError(CassfsError):
+    """Cassandra failed or timed out, or content failed verification (EIO)."""
+
+    errno = _errno.EIO
+
+
+class DaemonUnavailable(CassfsError):
+    """The cache daemon cannot be reached or dropped the connection (EIO)."""
+
+    errno = _errno.EIO
+
+
+class SchemaMissing(CassfsError):
+    """The keyspace or its tables are missing: run ``cassfs schema apply`` (EIO)."""
+
+    errno = _errno.EIO
+
+
+_BY_ERRNO: dict[int, type[CassfsError]] = {
+    cls.errno: cls
+    for cls in (NotFound, Exists, NotEmpty, NotADirectory, IsADirectory, NameTooLong,
+                InvalidArgument)
+}
+
+
+def from_wire(payload: object) -> CassfsError:
+    """Rebuild an exception from an RPC error reply ``[errno, message]``.
+
+    Unknown or malformed payloads become :class:`CassfsError` with EIO.
+    """
+    if isinstance(payload, list | tuple) and len(payload) == 2 and isinstance(payload[0], int):
+        err, message = payload[0], str(payload[1])
+        cls = _BY_ERRNO.get(err, CassfsError)
+        return cls(message, err=err)
+    return CassfsError(f"malformed error reply: {payload!r}")

@@ -1,0 +1,774 @@
+"""The daemon's RPC methods: one ``rpc_<name>`` per filesystem operation.
+
+Each method takes the calling :class:`Session` (its tenant) and keyword
+parameters from the request, and returns msgpack-friendly data.  Failures are
+raised as :mod:`cached.errors` classes and reach the front as their errno.
+
+Reads go through the cache (:mod:`cached.cache`): metadata within the TTL is
+answered locally, past it revalidated against Cassandra; content is keyed by
+its SHA-256 and fetched whole, once per concurrent burst (single-flight).
+
+Mutations go to Cassandra first (:mod:`cached.store`) and then update the local
+cache, so an acknowledged write is in Cassandra (write-through).  A whole-file
+write follows the order *new chunks, then the inode flip, then delete the old
+chunks*, so a reader sees the old version or the new one, never a mix.
+
+Invariant between checkpoints: the cache never holds metadata newer than what
+was read from or written to Cassandra by this daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from cached import content
+from cached.cache import Freshness, LocalCache, sha256_file
+from cached.errors import (
+    CassfsError,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    StorageError,
+)
+from cached.model import (
+    DIRECTORY,
+    REGULAR,
+    ROOT_INO,
+    SYMLINK,
+    Dentry,
+    Inode,
+    check_name,
+    mode_of_kind,
+)
+from cached.protocol import INLINE_LIMIT
+from cached.singleflight import SingleFlight
+from cached.stats import Counters
+from cached.store import Store, TenantStore
+
+log = logging.getLogger(__name__)
+
+#: Content up to this size comes back inline with ``open``, saving a ``read`` round trip.
+OPEN_INLINE_LIMIT = 128 * 1024
+#: Chunk reads or writes in flight for one file.
+CHUNK_CONCURRENCY = 4
+#: Content up to this size is assembled in memory when fetched; larger goes through a file.
+MEMORY_FETCH_LIMIT = 4 * 1024 * 1024
+#: rename(2) flags (linux/fs.h).
+RENAME_NOREPLACE = 1
+
+Tenant = tuple[int, str]
+
+
+class ContentGone(Exception):
+    """A chunk of the content version being fetched is missing: the file was rewritten."""
+
+
+@dataclass
+class Session:
+    """One connection's tenant, store view and notification callback."""
+
+    owner: int
+    environment: str
+    store: TenantStore
+    notify: Callable[[str, dict[str, Any]], None] = field(repr=False)
+
+    @property
+    def tenant(self) -> Tenant:
+        """``(owner, environment)``."""
+        return (self.owner, self.environment)
+
+
+def new_inode_number() -> int:
+    """A random 63-bit inode number above the root's (collisions: ~n²/2⁶⁴)."""
+    while (ino := secrets.randbits(63)) <= ROOT_INO:
+        pass
+    return ino
+
+
+class Service:
+    """The RPC methods over one :class:`Store` and one :class:`LocalCache`.
+
+    ``spool_dir`` is where the front leaves content too large to send inline
+    (bytes over :data:`INLINE_LIMIT`), and where :meth:`rpc_materialize` leaves
+    content for the front; paths outside it are refused (EINVAL).
+    """
+
+    def __init__(
+        self, store: Store, cache: LocalCache, counters: Counters, spool_dir: Path
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.counters = counters
+        self.spool_dir = spool_dir
+        self.epoch = secrets.randbits(31)  # changes at every start and purge
+        self.sessions: set[Session] = set()
+        self._flights = SingleFlight()
+        self._locks: dict[tuple[Tenant, int], tuple[trio.Lock, int]] = {}
+        self._io_limiter = trio.CapacityLimiter(4)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _inode_lock(self, tenant: Tenant, ino: int) -> AsyncIterator[None]:
+        """Serialise this daemon's mutations of one inode."""
+        key = (tenant, ino)
+        lock, users = self._locks.get(key, (trio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._io_limiter)
+
+    async def get_inode(self, s: Session, ino: int) -> Inode:
+        """The inode through the cache: fresh from it, else (re)validated from Cassandra.
+
+        Raises ``NotFound`` (ENOENT) when Cassandra has no such inode.
+        """
+        state, cached = await self.cache.get_inode(s.tenant, ino)
+        if state is Freshness.FRESH and cached is not None:
+            self.counters.add("hits")
+            return cached
+        self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+        return await self._flights.run(("i", s.tenant, ino), self._load_inode, s, ino)
+
+    async def _load_inode(self, s: Session, ino: int) -> Inode:
+        inode = await s.store.get_inode(ino)
+        if inode is None:
+            await self.cache.drop_inode(s.tenant, ino)
+            raise NotFound(f"inode {ino}")
+        await self.cache.put_inode(s.tenant, inode)
+        return inode
+
+    async def _authoritative(self, s: Session, ino: int) -> Inode:
+        """The inode read from Cassandra now (for mutations); NotFound (ENOENT)."""
+        return await self._load_inode(s, ino)
+
+    async def _directory(self, s: Session, ino: int) -> Inode:
+        inode = await self.get_inode(s, ino)
+        if not inode.is_dir:
+            raise NotADirectory(f"inode {ino} is not a directory")
+        return inode
+
+    async def _touch_dir(self, s: Session, ino: int, now: int) -> None:
+        """Set a directory's mtime/ctime after its entries changed."""
+        await s.store.touch(ino, now, now)
+        _, cached = await self.cache.get_inode(s.tenant, ino)
+        if cached is not None:
+            await self.cache.put_inode(s.tenant, cached.evolve(mtime_ns=now, ctime_ns=now))
+
+    async def _dentries_changed(self, s: Session, parent: int, name: bytes, ino: int,
+                                kind: int) -> None:
+        await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
+        await self.cache.drop_listing(s.tenant, parent)
+
+    # -- session --------------------------------------------------------------------------
+
+    async def rpc_hello(self, s: Session) -> dict[str, Any]:
+        """Start a session: make sure the tenant's root exists; return it and the epoch."""
+        root = await s.store.get_inode(ROOT_INO)
+        if root is None:
+            now = time.time_ns()
+            root = Inode(ROOT_INO, DIRECTORY, mode_of_kind(DIRECTORY, 0o755), 0, 0, 0, now, now,
+                         now, ROOT_INO, 1, b"", 0, b"")
+            await s.store.put_inode(root)
+            log.info("created the root inode of tenant %s/%s", s.owner, s.environment)
+        await self.cache.put_inode(s.tenant, root)
+        return {"root": root.to_wire(), "epoch": self.epoch, "pid": os.getpid()}
+
+    async def rpc_ping(self, s: Session) -> str:
+        """Liveness check."""
+        return "pong"
+
+    # -- metadata -------------------------------------------------------------------------
+
+    async def rpc_lookup(self, s: Session, parent: int, name: bytes) -> dict[str, Any]:
+        """The inode named ``name`` in ``parent``; ENOENT, ENAMETOOLONG, ENOTDIR."""
+        check_name(name)
+        state, cached = await self.cache.get_dentry(s.tenant, parent, name)
+        if state is Freshness.FRESH and cached is not None:
+            ino = cached[0]
+            if ino == 0:
+                self.counters.add("hits")
+                raise NotFound(name.decode(errors="replace"))
+        else:
+            await self._directory(s, parent)
+            self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+            entry = await s.store.get_dentry(parent, name)
+            await self.cache.put_dentry(
+                s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
+            )
+            if entry is None:
+                raise NotFound(name.decode(errors="replace"))
+            ino = entry.ino
+        return (await self.get_inode(s, ino)).to_wire()
+
+    async def rpc_getattr(self, s: Session, ino: int) -> dict[str, Any]:
+        """The inode ``ino``; ENOENT."""
+        return (await self.get_inode(s, ino)).to_wire()
+
+    async def rpc_readdir(self, s: Session, ino: int) -> list[list[Any]]:
+        """Every entry of directory ``ino`` as ``[name, inode]``, ordered by name.
+
+        Entries whose inode has vanished are left out.  ENOTDIR, ENOENT.
+        """
+        await self._directory(s, ino)
+        state, items = await self.cache.get_listing(s.tenant, ino)
+        if state is not Freshness.FRESH or items is None:
+            self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+            entries = await s.store.list_dentries(ino)
+            items = [(e.name, e.ino, e.kind) for e in entries]
+            await self.cache.put_listing(s.tenant, ino, items)
+        else:
+            self.counters.add("hits")
+        results: list[list[Any] | None] = [None] * len(items)
+        limiter = trio.CapacityLimiter(16)
+
+        async def one(index: int, name: bytes, child: int) -> None:
+            async with limiter:
+                try:
+                    results[index] = [name, (await self.get_inode(s, child)).to_wire()]
+                except NotFound:
+                    log.debug("dangling entry %r in %d", name, ino)
+
+        async with trio.open_nursery() as nursery:
+            for index, (name, child, _kind) in enumerate(items):
+                nursery.start_soon(one, index, name, child)
+        return [r for r in results if r is not None]
+
+    async def rpc_readlink(self, s: Session, ino: int) -> bytes:
+        """The target of symlink ``ino``; EINVAL if it is not a symlink."""
+        inode = await self.get_inode(s, ino)
+        if inode.kind != SYMLINK:
+            raise InvalidArgument(f"inode {ino} is not a symlink")
+        return inode.target
+
+    async def rpc_setattr(
+        self,
+        s: Session,
+        ino: int,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        size: int | None = None,
+    ) -> dict[str, Any]:
+        """chmod, chown, utimens and truncate; the new inode.  ENOENT, EISDIR, EINVAL."""
+        async with self._inode_lock(s.tenant, ino):
+            inode = await self._authoritative(s, ino)
+            now = time.time_ns()
+            if size is not None:
+                if inode.is_dir:
+                    raise IsADirectory(f"inode {ino} is a directory")
+                if inode.kind != REGULAR or size < 0:
+                    raise InvalidArgument(f"cannot truncate inode {ino} to {size}")
+                if size != inode.size:
+                    inode = await self._truncate(s, inode, size)
+            changed = inode.evolve(
+                mode=inode.mode if mode is None else stat.S_IFMT(inode.mode) | (mode & 0o7777),
+                uid=inode.uid if uid is None else uid,
+                gid=inode.gid if gid is None else gid,
+                atime_ns=inode.atime_ns if atime_ns is None else atime_ns,
+                mtime_ns=inode.mtime_ns if mtime_ns is None else mtime_ns,
+                ctime_ns=now,
+            )
+            await s.store.set_attrs(changed)
+            await self.cache.put_inode(s.tenant, changed)
+            return changed.to_wire()
+
+    # -- namespace ------------------------------------------------------------------------
+
+    async def _make(self, s: Session, parent: int, name: bytes, inode: Inode) -> Inode:
+        check_name(name)
+        await self._directory(s, parent)
+        await s.store.put_inode(inode)
+        holder = await s.store.insert_dentry(Dentry(parent, name, inode.ino, inode.kind))
+        if holder is not None:
+            await s.store.delete_inode(inode.ino)
+            await self.cache.put_dentry(s.tenant, parent, name, holder.ino, holder.kind)
+            raise Exists(name.decode(errors="replace"))
+        await self.cache.put_inode(s.tenant, inode)
+        await self._dentries_changed(s, parent, name, inode.ino, inode.kind)
+        await self._touch_dir(s, parent, inode.ctime_ns)
+        return inode
+
+    def _new_inode(self, kind: int, mode: int, uid: int, gid: int, parent: int,
+                   **extra: Any) -> Inode:
+        now = time.time_ns()
+        fields: dict[str, Any] = {
+            "ino": new_inode_number(), "kind": kind, "mode": mode_of_kind(kind, mode),
+            "uid": uid, "gid": gid, "size": 0, "atime_ns": now, "mtime_ns": now,
+            "ctime_ns": now, "parent": parent, "nlink": 1, "content_id": b"",
+            "chunk_size": 0, "target": b"",
+        }
+        fields.update(extra)
+        return Inode(**fields)
+
+    async def rpc_mkdir(self, s: Session, parent: int, name: bytes, mode: int, uid: int,
+                        gid: int) -> dict[str, Any]:
+        """Create directory ``name`` in ``parent``; EEXIST, ENOTDIR, ENAMETOOLONG."""
+        inode = self._new_inode(DIRECTORY, mode, uid, gid, parent)
+        return (await self._make(s, parent, name, inode)).to_wire()
+
+    async def rpc_create(self, s: Session, parent: int, name: bytes, mode: int, uid: int,
+                         gid: int) -> dict[str, Any]:
+        """Create empty regular file ``name`` in ``parent``; EEXIST, ENOTDIR, ENAMETOOLONG."""
+        inode = self._new_inode(REGULAR, mode, uid, gid, parent, content_id=content.EMPTY_ID,
+                                chunk_size=content.CHUNK_SIZE)
+        made = await self._make(s, parent, name, inode)
+        await self.cache.put_content(s.tenant, content.EMPTY_ID, b"")
+        return made.to_wire()
+
+    async def rpc_symlink(self, s: Session, parent: int, name: bytes, target: bytes, uid: int,
+                          gid: int) -> dict[str, Any]:
+        """Create symlink ``name`` -> ``target``; EEXIST, ENAMETOOLONG, EINVAL (empty target)."""
+        if not target or len(target) > 4096:
+            raise InvalidArgument("symlink target must be 1 to 4096 bytes")
+        inode = self._new_inode(SYMLINK, 0o777, uid, gid, parent, target=target,
+                                size=len(target))
+        return (await self._make(s, parent, name, inode)).to_wire()
+
+    async def _unlink_entry(self, s: Session, parent: int, name: bytes, want_dir: bool) -> int:
+        check_name(name)
+        entry = await s.store.get_dentry(parent, name)
+        if entry is None:
+            await self.cache.put_dentry(s.tenant, parent, name, 0, 0)
+            raise NotFound(name.decode(errors="replace"))
+        if want_dir and entry.kind != DIRECTORY:
+            raise NotADirectory(name.decode(errors="replace"))
+        if not want_dir and entry.kind == DIRECTORY:
+            raise IsADirectory(name.decode(errors="replace"))
+        if want_dir and await s.store.has_dentries(entry.ino):
+            raise NotEmpty(name.decode(errors="replace"))
+        if not await s.store.delete_dentry(parent, name, entry.ino):
+            raise NotFound(f"{name!r} changed while being removed")
+        now = time.time_ns()
+        await self._dentries_changed(s, parent, name, 0, 0)
+        await self._orphan(s, entry.ino, now)
+        await self._touch_dir(s, parent, now)
+        return entry.ino
+
+    async def _orphan(self, s: Session, ino: int, now: int) -> None:
+        """Mark an inode that lost its last name (nlink 0); purged when no longer open."""
+        inode = await s.store.get_inode(ino)
+        if inode is None:
+            return
+        inode = inode.evolve(nlink=0, ctime_ns=now)
+        await s.store.set_link(inode)
+        await self.cache.put_inode(s.tenant, inode)
+
+    async def rpc_unlink(self, s: Session, parent: int, name: bytes) -> int:
+        """Remove the non-directory ``name``; its inode number.  ENOENT, EISDIR."""
+        return await self._unlink_entry(s, parent, name, want_dir=False)
+
+    async def rpc_rmdir(self, s: Session, parent: int, name: bytes) -> int:
+        """Remove the empty directory ``name``; its inode number.  ENOENT, ENOTDIR, ENOTEMPTY."""
+        return await self._unlink_entry(s, parent, name, want_dir=True)
+
+    async def rpc_rename(
+        self, s: Session, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+        flags: int = 0,
+    ) -> dict[str, int]:
+        """Move ``old_name`` to ``new_name``, replacing a target of the same kind.
+
+        Returns ``{"ino": moved inode, "replaced": replaced inode or 0}``.
+        ENOENT, EEXIST (RENAME_NOREPLACE), EISDIR, ENOTDIR, ENOTEMPTY, EINVAL
+        (moving a directory under itself, or unsupported flags such as RENAME_EXCHANGE).
+
+        Not atomic across two directory partitions: the new name is written
+        (LWT) before the old one is deleted (LWT), so a concurrent reader may see
+        both names for a moment, never neither.
+        """
+        if flags & ~RENAME_NOREPLACE:
+            raise InvalidArgument(f"rename flags {flags:#x} are not supported")
+        check_name(old_name)
+        check_name(new_name)
+        source = await s.store.get_dentry(old_parent, old_name)
+        if source is None:
+            raise NotFound(old_name.decode(errors="replace"))
+        await self._directory(s, new_parent)
+        if (old_parent, old_name) == (new_parent, new_name):
+            return {"ino": source.ino, "replaced": 0}
+        if source.kind == DIRECTORY and old_parent != new_parent:
+            await self._check_not_below(s, source.ino, new_parent)
+        target = await s.store.get_dentry(new_parent, new_name)
+        moved = Dentry(new_parent, new_name, source.ino, source.kind)
+        if target is not None:
+            if target.ino == source.ino:
+                return {"ino": source.ino, "replaced": 0}
+            if flags & RENAME_NOREPLACE:
+                raise Exists(new_name.decode(errors="replace"))
+            if source.kind == DIRECTORY and target.kind != DIRECTORY:
+                raise NotADirectory(new_name.decode(errors="replace"))
+            if source.kind != DIRECTORY and target.kind == DIRECTORY:
+                raise IsADirectory(new_name.decode(errors="replace"))
+            if target.kind == DIRECTORY and await s.store.has_dentries(target.ino):
+                raise NotEmpty(new_name.decode(errors="replace"))
+            if not await s.store.replace_dentry(moved, target.ino):
+                raise Exists(f"{new_name!r} changed during rename")
+        elif (holder := await s.store.insert_dentry(moved)) is not None:
+            raise Exists(f"{new_name!r} was created during rename (inode {holder.ino})")
+        if not await s.store.delete_dentry(old_parent, old_name, source.ino):
+            log.warning("rename: %r in %d changed before its removal", old_name, old_parent)
+        now = time.time_ns()
+        await self._dentries_changed(s, old_parent, old_name, 0, 0)
+        await self._dentries_changed(s, new_parent, new_name, source.ino, source.kind)
+        inode = await s.store.get_inode(source.ino)
+        if inode is not None:
+            inode = inode.evolve(parent=new_parent if inode.is_dir else inode.parent,
+                                 ctime_ns=now)
+            await s.store.set_link(inode)
+            await self.cache.put_inode(s.tenant, inode)
+        if target is not None:
+            await self._orphan(s, target.ino, now)
+        await self._touch_dir(s, old_parent, now)
+        if new_parent != old_parent:
+            await self._touch_dir(s, new_parent, now)
+        return {"ino": source.ino, "replaced": target.ino if target else 0}
+
+    async def _check_not_below(self, s: Session, moving: int, new_parent: int) -> None:
+        """EINVAL if ``new_parent`` is ``moving`` or lies below it."""
+        ino, seen = new_parent, 0
+        while True:
+            if ino == moving:
+                raise InvalidArgument("cannot move a directory below itself")
+            if ino == ROOT_INO or seen > 4096:
+                return
+            inode = await s.store.get_inode(ino)
+            if inode is None:
+                raise NotFound(f"inode {ino} vanished")
+            ino, seen = inode.parent, seen + 1
+
+    async def rpc_purge_inode(self, s: Session, ino: int) -> bool:
+        """Delete an unlinked inode (nlink 0) and its content; True if it was deleted.
+
+        The front calls this when the kernel has forgotten the inode.
+        """
+        async with self._inode_lock(s.tenant, ino):
+            inode = await s.store.get_inode(ino)
+            if inode is None or inode.nlink != 0:
+                return False
+            if inode.kind == REGULAR and inode.content_id:
+                await self._delete_content(s, inode)
+            await s.store.delete_inode(ino)
+            await self.cache.drop_inode(s.tenant, ino)
+            return True
+
+    # -- content --------------------------------------------------------------------------
+
+    async def rpc_open(self, s: Session, ino: int, fetch: bool = True) -> dict[str, Any]:
+        """Open ``ino``: its inode, and with ``fetch`` its content cached locally.
+
+        Returns ``{"inode", "epoch", "data"}``; ``data`` is the whole content when
+        it is at most :data:`OPEN_INLINE_LIMIT` bytes, else None (use ``read``).
+        ENOENT; EIO when Cassandra fails or the content cannot be verified.
+        """
+        inode = await self.get_inode(s, ino)
+        data = None
+        if fetch and inode.kind == REGULAR:
+            inode = await self._ensure_content(s, inode)
+            if inode.size <= OPEN_INLINE_LIMIT:
+                data = await self.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
+                if data is not None:
+                    self.counters.add("bytes_served", len(data))
+        return {"inode": inode.to_wire(), "epoch": self.epoch, "data": data}
+
+    async def rpc_read(self, s: Session, ino: int, content_id: bytes, file_size: int,
+                       offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of version ``content_id`` of ``ino`` (fewer at EOF).
+
+        ``file_size`` is that version's size.  Refetched if it was evicted; EIO
+        when that version is gone from Cassandra as well.
+        """
+        if offset < 0 or size < 0:
+            raise InvalidArgument("negative offset or size")
+        data = await self.cache.read_content(s.tenant, content_id, offset, size)
+        if data is None:
+            version = (await self.get_inode(s, ino)).evolve(content_id=content_id,
+                                                             size=file_size)
+            try:
+                await self._fetch_once(s, version)
+            except ContentGone as exc:
+                raise StorageError(f"inode {ino} was rewritten and this version is gone") from exc
+            data = await self.cache.read_content(s.tenant, content_id, offset, size)
+            if data is None:
+                raise StorageError("content evicted right after it was fetched")
+        self.counters.add("bytes_served", len(data))
+        return data
+
+    async def _ensure_content(self, s: Session, inode: Inode) -> Inode:
+        """Make sure ``inode``'s content is cached; returns the inode it fetched for.
+
+        If the content version vanished (rewritten elsewhere), reread the inode and
+        try again, up to three times; then EIO.
+        """
+        for _attempt in range(3):
+            if await self.cache.has_content(s.tenant, inode.content_id):
+                self.counters.add("hits")
+                return inode
+            try:
+                await self._fetch_once(s, inode)
+                return inode
+            except ContentGone:
+                log.info("inode %d changed during fetch; rereading it", inode.ino)
+                inode = await self._authoritative(s, inode.ino)
+        raise StorageError(f"inode {inode.ino} keeps changing; gave up fetching it")
+
+    async def _fetch_once(self, s: Session, inode: Inode) -> None:
+        key = ("c", s.tenant, inode.content_id)
+        await self._flights.run(key, self._fetch, s, inode)
+
+    async def _fetch(self, s: Session, inode: Inode) -> None:
+        """Read every chunk of ``inode``'s content, verify its SHA-256, and cache it."""
+        self.counters.add("misses")
+        count = content.chunk_count(inode.size, inode.chunk_size or content.CHUNK_SIZE)
+        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
+        if inode.size <= MEMORY_FETCH_LIMIT:
+            parts: list[bytes] = [b""] * count
+
+            async def get(index: int) -> None:
+                async with limiter:
+                    data = await s.store.get_chunk(inode.ino, inode.content_id, index)
+                if data is None:
+                    raise ContentGone(index)
+                parts[index] = data
+
+            await _gather(get, count)
+            try:
+                data = content.join(parts, inode.size, inode.content_id)
+            except ValueError as exc:
+                raise ContentGone(str(exc)) from exc
+            await self.cache.put_content(s.tenant, inode.content_id, data)
+        else:
+            path, handle = await self._thread(self.cache.new_tmp_file)
+            try:
+                chunk_size = inode.chunk_size
+
+                async def get_to_file(index: int) -> None:
+                    async with limiter:
+                        data = await s.store.get_chunk(inode.ino, inode.content_id, index)
+                        if data is None:
+                            raise ContentGone(index)
+                        await self._thread(os.pwrite, handle.fileno(), data, index * chunk_size)
+
+                await _gather(get_to_file, count)
+                await self._thread(handle.close)
+                digest, size = await self._thread(sha256_file, path)
+                if digest != inode.content_id or size != inode.size:
+                    raise ContentGone("content does not match its identity")
+                await self.cache.put_content_file(s.tenant, inode.content_id, path)
+            finally:
+                await self._thread(handle.close)
+                await self._thread(_unlink_quietly, path)
+        self.counters.add("bytes_fetched", inode.size)
+
+    async def rpc_write(self, s: Session, ino: int, data: bytes | None = None,
+                        path: str | None = None) -> dict[str, Any]:
+        """Replace the whole content of ``ino`` (write-through); the new inode.
+
+        Content comes inline (``data``, at most :data:`INLINE_LIMIT` bytes) or as a
+        file under the spool dir (``path``), which the daemon reads and leaves in
+        place.  Returns only once the inode in Cassandra points at the new
+        content.  ENOENT, EISDIR, EINVAL (bad path), EIO (Cassandra failed).
+        """
+        if (data is None) == (path is None):
+            raise InvalidArgument("write needs exactly one of data and path")
+        spool = self._spool_path(path) if path is not None else None
+        async with self._inode_lock(s.tenant, ino):
+            inode = await self._authoritative(s, ino)
+            if inode.is_dir:
+                raise IsADirectory(f"inode {ino} is a directory")
+            if inode.kind != REGULAR:
+                raise InvalidArgument(f"inode {ino} is not a regular file")
+            return (await self._write_content(s, inode, data, spool)).to_wire()
+
+    async def _write_content(self, s: Session, inode: Inode, data: bytes | None,
+                             spool: Path | None) -> Inode:
+        if data is not None:
+            new_id, size = content.content_id(data), len(data)
+        else:
+            assert spool is not None
+            new_id, size = await self._thread(sha256_file, spool)
+        now = time.time_ns()
+        updated = inode.evolve(content_id=new_id, size=size, chunk_size=content.CHUNK_SIZE,
+                               mtime_ns=now, ctime_ns=now)
+        same = new_id == inode.content_id and inode.chunk_size == content.CHUNK_SIZE
+        if not same:
+            await self._put_chunks(s, inode.ino, new_id, size, data, spool)
+        await s.store.set_content(updated)  # the flip: readers now see the new version
+        if not same and inode.content_id:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._delete_content(s, inode)
+                except CassfsError as exc:
+                    log.warning("old content of inode %d left behind: %s", inode.ino, exc)
+        if data is not None:
+            await self.cache.put_content(s.tenant, new_id, data)
+        else:
+            assert spool is not None
+            await self.cache.put_content_file(s.tenant, new_id, spool)
+        await self.cache.put_inode(s.tenant, updated)
+        self.counters.add("flushes")
+        self.counters.add("bytes_written", size)
+        return updated
+
+    async def _put_chunks(self, s: Session, ino: int, new_id: bytes, size: int,
+                          data: bytes | None, spool: Path | None) -> None:
+        chunk_size = content.CHUNK_SIZE
+        count = content.chunk_count(size, chunk_size)
+        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
+
+        async def put(index: int) -> None:
+            async with limiter:
+                if data is not None:
+                    part = data[index * chunk_size : (index + 1) * chunk_size]
+                else:
+                    assert spool is not None
+                    part = await self._thread(_read_at, spool, index * chunk_size, chunk_size)
+                await s.store.put_chunk(ino, new_id, index, part)
+
+        await _gather(put, count)
+
+    async def _delete_content(self, s: Session, inode: Inode) -> None:
+        count = content.chunk_count(inode.size, inode.chunk_size or content.CHUNK_SIZE)
+        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
+
+        async def delete(index: int) -> None:
+            async with limiter:
+                await s.store.delete_chunk(inode.ino, inode.content_id, index)
+
+        await _gather(delete, count)
+
+    async def _truncate(self, s: Session, inode: Inode, size: int) -> Inode:
+        """Rewrite ``inode`` cut or zero-extended to ``size`` bytes (write-through)."""
+        if size == 0:
+            return await self._write_content(s, inode, b"", None)
+        inode = await self._ensure_content(s, inode)
+        path, handle = await self._thread(self._new_spool_file)
+        try:
+            await self.cache.copy_content(s.tenant, inode.content_id, handle)
+            await self._thread(handle.truncate, size)
+            await self._thread(handle.close)
+            return await self._write_content(s, inode, None, path)
+        finally:
+            await self._thread(handle.close)
+            await self._thread(_unlink_quietly, path)
+
+    async def rpc_materialize(self, s: Session, ino: int) -> dict[str, Any]:
+        """The current content of ``ino`` for a read-modify-write by the front.
+
+        Returns ``{"inode", "data"}`` with the bytes inline when at most
+        :data:`INLINE_LIMIT`, else ``{"inode", "path"}``: a new spool file the
+        front now owns (and deletes).  ENOENT, EIO.
+        """
+        inode = await self._ensure_content(s, await self.get_inode(s, ino))
+        if inode.size <= INLINE_LIMIT:
+            data = await self.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
+            if data is None:
+                raise StorageError("content evicted during materialize")
+            return {"inode": inode.to_wire(), "data": data}
+        path, handle = await self._thread(self._new_spool_file)
+        try:
+            if not await self.cache.copy_content(s.tenant, inode.content_id, handle):
+                raise StorageError("content evicted during materialize")
+        except BaseException:
+            await self._thread(_unlink_quietly, path)
+            raise
+        finally:
+            await self._thread(handle.close)
+        return {"inode": inode.to_wire(), "path": str(path)}
+
+    def _new_spool_file(self) -> tuple[Path, Any]:
+        fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="daemon-")
+        return Path(name), os.fdopen(fd, "w+b")
+
+    def _spool_path(self, path: str) -> Path:
+        resolved = Path(path).resolve()
+        if resolved.parent != self.spool_dir.resolve() or not resolved.is_file():
+            raise InvalidArgument(f"{path!r} is not a file in the spool dir")
+        return resolved
+
+    # -- cache administration -------------------------------------------------------------
+
+    async def rpc_stats(self, s: Session | None = None) -> dict[str, int]:
+        """Every counter and gauge (see :mod:`cached.stats`)."""
+        totals = await trio.to_thread.run_sync(self.counters.totals)
+        entries, volume = await self.cache.usage()
+        return {**totals, "entries": entries, "bytes_cached": volume}
+
+    async def rpc_purge(self, s: Session | None = None) -> int:
+        """Empty the cache and tell every session to drop kernel caches; entries removed."""
+        removed = await self.cache.clear()
+        self.epoch = (self.epoch + 1) % 2**31
+        self.counters.add("purges")
+        for session in list(self.sessions):
+            session.notify("purged", {"epoch": self.epoch})
+        return removed
+
+    async def rpc_statfs(self, s: Session) -> dict[str, int]:
+        """Figures for statfs(2): the cache's size limit and use, bytes."""
+        entries, volume = await self.cache.usage()
+        return {"entries": entries, "bytes_cached": volume,
+                "size_limit": self.cache.size_limit}
+
+
+async def _gather(fn: Callable[[int], Any], count: int) -> None:
+    """Run ``fn(0) ... fn(count - 1)`` concurrently; the first error cancels the rest.
+
+    An error from one task is re-raised alone (not as an ExceptionGroup).
+    """
+    if count == 0:
+        return
+    if count == 1:
+        await fn(0)
+        return
+    try:
+        async with trio.open_nursery() as nursery:
+            for index in range(count):
+                nursery.start_soon(fn, index)
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        raise first from group
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as reader:
+        reader.seek(offset)
+        return reader.read(size)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

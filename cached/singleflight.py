@@ -1,0 +1,62 @@
+"""Single-flight: concurrent callers of the same key share one run of the work.
+
+The flight is registered before the first ``await`` (trio switches tasks only
+at checkpoints), so N tasks asking for one cold key cause exactly one call.
+If the leader is cancelled, a waiter takes over rather than failing.  Pattern
+from S3QL ``block_cache.py`` (``in_flight``), written anew here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class _Flight(Generic[T]):
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.ok = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class SingleFlight:
+    """Deduplicates concurrent ``await run(key, fn, *args)`` calls per ``key``."""
+
+    def __init__(self) -> None:
+        self._flights: dict[Hashable, _Flight[Any]] = {}
+        self.calls = 0  # how many times work actually ran (for tests and stats)
+
+    async def run(self, key: Hashable, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Return ``await fn(*args)``, sharing one run with concurrent callers of ``key``.
+
+        An exception from the work is raised in every caller that shared it.
+        """
+        while True:
+            flight = self._flights.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.ok:
+                return flight.result  # type: ignore[no-any-return]
+            if flight.error is not None:
+                raise flight.error
+            # The leader was cancelled: try again, perhaps as the new leader.
+        flight = _Flight[T]()
+        self._flights[key] = flight
+        self.calls += 1
+        try:
+            result = await fn(*args)
+        except Exception as exc:
+            flight.error = exc
+            raise
+        else:
+            flight.ok, flight.result = True, result
+            return result
+        finally:
+            del self._flights[key]
+            flight.done.set()

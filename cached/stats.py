@@ -1,0 +1,79 @@
+"""Counters of the cache daemon, persisted beside the cache so they survive restarts.
+
+Counted in memory (cheap, on the trio thread) and added to a diskcache
+``counters`` directory by :meth:`Counters.flush`, which the daemon calls every
+second and at shutdown.  ``cassfs cache stats`` reads the same directory when
+no daemon runs.  A purge clears the cache, not the counters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import diskcache
+
+#: Every counter, in display order.  ``entries`` and ``bytes_cached`` are gauges read
+#: from the cache itself, not counted here.
+NAMES = (
+    "hits",  # requests answered from the cache within the TTL, or from cached content
+    "misses",  # requests that had to read Cassandra (nothing cached)
+    "revalidations",  # cached metadata past its TTL, checked against Cassandra
+    "bytes_fetched",  # content bytes read from Cassandra
+    "bytes_served",  # content bytes returned to the FUSE front
+    "flushes",  # whole files written through to Cassandra
+    "bytes_written",  # content bytes written to Cassandra
+    "evictions",  # cache entries removed by the size limit (LRU)
+    "purges",  # `cassfs cache purge` runs
+)
+GAUGES = ("entries", "bytes_cached")
+
+
+class Counters:
+    """In-memory deltas over the persistent totals in ``directory`` (a diskcache)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._store = diskcache.Cache(str(directory), size_limit=2**40)
+        self._pending: Counter[str] = Counter()
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Add ``amount`` to counter ``name`` (in memory until the next flush).
+
+        Raises KeyError for an unknown counter name.
+        """
+        if name not in NAMES:
+            raise KeyError(name)
+        self._pending[name] += amount
+
+    def take_pending(self) -> Counter[str]:
+        """Detach and return the deltas counted since the last call (call on the trio thread)."""
+        pending, self._pending = self._pending, Counter()
+        return pending
+
+    def persist(self, deltas: Counter[str]) -> None:
+        """Add ``deltas`` to the persistent totals (blocking: run in a worker thread)."""
+        for name, amount in deltas.items():
+            if amount:
+                self._store.incr(name, amount, default=0)
+
+    def flush(self) -> None:
+        """:meth:`take_pending` then :meth:`persist`, for single-threaded use (shutdown)."""
+        self.persist(self.take_pending())
+
+    def totals(self) -> dict[str, int]:
+        """Persistent totals plus pending deltas, for every name in :data:`NAMES` (blocking)."""
+        return {name: int(self._store.get(name, 0)) + self._pending[name] for name in NAMES}
+
+    def close(self) -> None:
+        """Flush and close (blocking)."""
+        self.flush()
+        self._store.close()
+
+
+def read_totals(directory: Path) -> dict[str, int]:
+    """Totals persisted in ``directory`` without a daemon (all zero when it is new)."""
+    store = diskcache.Cache(str(directory))
+    try:
+        return {name: int(store.get(name, 0)) for name in NAMES}
+    finally:
+        store.close()

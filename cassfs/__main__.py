@@ -1,0 +1,5 @@
+"""``python -m cassfs``: the ``cassfs`` command."""
+
+from cassfs.cli import main
+
+main()

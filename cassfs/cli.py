@@ -1,0 +1,405 @@
+"""The ``cassfs`` command: up, down, cache stats, cache purge, schema apply.
+
+Every option can also come from a ``CASSFS_*`` environment variable (named on
+``--help``).  Errors a user can cause print one line saying what to do and exit
+with status 1 (2 for bad usage, as click does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cached import stats as stats_mod
+from cached.client import call_once, socket_path
+from cached.daemon import parse_size
+from cached.errors import CassfsError, DaemonUnavailable
+from cached.store import ContactPoints
+from cassfs.state import pid_alive, read_record
+
+log = logging.getLogger(__name__)
+
+DAEMON_IDLE_EXIT = 10.0  # seconds a daemon started by `up` lingers after its last mount
+
+
+def default_cache_dir() -> Path:
+    """``/var/cache/cassfs`` for root, ``~/.cache/cassfs`` for anyone else."""
+    return Path("/var/cache/cassfs") if os.geteuid() == 0 else Path.home() / ".cache/cassfs"
+
+
+def fail(message: str) -> None:
+    """Print ``cassfs: message`` to stderr and exit 1."""
+    click.echo(f"cassfs: {message}", err=True)
+    sys.exit(1)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _last_error_line(path: Path) -> str:
+    for line in reversed(_tail(path, 40).splitlines()):
+        if line.startswith("cassfs"):
+            return line.split(": ", 1)[-1]
+    return ""
+
+
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(path_type=Path), envvar="CASSFS_CACHE_DIR",
+    default=default_cache_dir, show_default="/var/cache/cassfs for root",
+    help="Local cache directory (env CASSFS_CACHE_DIR).",
+)
+contact_points_option = click.option(
+    "--contact-points", default="127.0.0.1:9042", envvar="CASSFS_CONTACT_POINTS",
+    show_default=True, help="Cassandra contact points HOST[:PORT],... (env CASSFS_CONTACT_POINTS).",
+)
+keyspace_option = click.option(
+    "--keyspace", default="cassfs", envvar="CASSFS_KEYSPACE", show_default=True,
+    help="Keyspace (env CASSFS_KEYSPACE).",
+)
+
+
+@click.group()
+@click.version_option(package_name="cassfs")
+def main() -> None:
+    """cassfs: a shared filesystem whose files live in Apache Cassandra."""
+
+
+# -- up / down ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@cache_dir_option
+@contact_points_option
+@keyspace_option
+@click.option("--owner", type=int, default=1, envvar="CASSFS_OWNER", show_default=True,
+              help="Tenant owner id (env CASSFS_OWNER).")
+@click.option("--environment", default="prod", envvar="CASSFS_ENVIRONMENT", show_default=True,
+              help="Tenant environment (env CASSFS_ENVIRONMENT).")
+@click.option("--entry-ttl", type=float, default=1.0, envvar="CASSFS_ENTRY_TTL",
+              show_default=True, help="Kernel entry/attr timeout, seconds (env CASSFS_ENTRY_TTL).")
+@click.option("--negative-ttl", type=float, default=1.0, envvar="CASSFS_NEGATIVE_TTL",
+              show_default=True,
+              help="Kernel timeout of negative lookups, seconds (env CASSFS_NEGATIVE_TTL).")
+@click.option("--cache-ttl", type=float, default=60.0, envvar="CASSFS_CACHE_TTL",
+              show_default=True,
+              help="Seconds the daemon serves metadata before revalidating (env CASSFS_CACHE_TTL).")
+@click.option("--cache-size", default="1G", envvar="CASSFS_CACHE_SIZE", show_default=True,
+              help="Cache size limit, bytes or with K/M/G/T (env CASSFS_CACHE_SIZE).")
+@click.option("--foreground", is_flag=True, envvar="CASSFS_FOREGROUND",
+              help="Serve in this process until unmounted (env CASSFS_FOREGROUND).")
+@click.option("--debug", is_flag=True, envvar="CASSFS_DEBUG",
+              help="Log every operation (env CASSFS_DEBUG).")
+def up(mountpoint: Path, cache_dir: Path, contact_points: str, keyspace: str, owner: int,
+       environment: str, entry_ttl: float, negative_ttl: float, cache_ttl: float,
+       cache_size: str, foreground: bool, debug: bool) -> None:
+    """Mount cassfs at MOUNTPOINT; returns once the mount answers."""
+    _setup_logging(debug)
+    try:
+        points = ContactPoints.parse(contact_points)
+        size = parse_size(cache_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if min(entry_ttl, negative_ttl, cache_ttl) < 0:
+        raise click.BadParameter("TTLs are seconds, 0 or more")
+    if not environment:
+        raise click.BadParameter("--environment must not be empty")
+    mountpoint = Path(os.path.abspath(mountpoint))
+    cache_dir = Path(os.path.abspath(cache_dir))
+    _check_mountpoint(mountpoint)
+    if not Path("/dev/fuse").exists():
+        fail("/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, "
+             "run with --device /dev/fuse --cap-add SYS_ADMIN")
+    _check_cache_dir(cache_dir)
+    _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, debug)
+    if foreground:
+        _serve_foreground(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl,
+                          debug)
+        return
+    logs = cache_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    log_path = logs / f"mount-{mountpoint.name or 'root'}-{os.getpid()}.log"
+    command = [sys.executable, "-m", "cassfs", "up", str(mountpoint), "--foreground",
+               "--cache-dir", str(cache_dir), "--contact-points", contact_points,
+               "--keyspace", keyspace, "--owner", str(owner), "--environment", environment,
+               "--entry-ttl", str(entry_ttl), "--negative-ttl", str(negative_ttl),
+               "--cache-ttl", str(cache_ttl), "--cache-size", cache_size]
+    if debug:
+        command.append("--debug")
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.ismount(mountpoint):
+            click.echo(f"cassfs: mounted {owner}/{environment} at {mountpoint} "
+                       f"(cache {cache_dir}, log {log_path})")
+            return
+        if child.poll() is not None:
+            fail(f"the mount process exited ({child.returncode}): "
+                 f"{_last_error_line(log_path) or _tail(log_path)}")
+        time.sleep(0.05)
+    child.terminate()
+    fail(f"the mount did not come up within 60 s; see {log_path}")
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    if not debug:
+        logging.getLogger("cassandra").setLevel(logging.ERROR)
+
+
+def _check_mountpoint(mountpoint: Path) -> None:
+    if not mountpoint.exists():
+        fail(f"mountpoint {mountpoint} does not exist: create it with `mkdir -p {mountpoint}`")
+    if not mountpoint.is_dir():
+        fail(f"mountpoint {mountpoint} is not a directory: give an empty directory")
+    if os.path.ismount(mountpoint):
+        fail(f"{mountpoint} is already a mount point: `cassfs down {mountpoint}` first")
+
+
+def _check_cache_dir(cache_dir: Path) -> None:
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = cache_dir / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        fail(f"cache dir {cache_dir} is not writable ({exc.strerror}): choose another with "
+             "--cache-dir or fix its permissions")
+
+
+def _daemon_status(cache_dir: Path, timeout: float = 5.0) -> dict[str, Any] | None:
+    if not socket_path(cache_dir).exists():
+        return None
+    try:
+        return call_once(cache_dir, "status", timeout=timeout)  # type: ignore[no-any-return]
+    except DaemonUnavailable:
+        return None
+
+
+def _ensure_daemon(cache_dir: Path, points: ContactPoints, keyspace: str, cache_ttl: float,
+                   cache_size: int, debug: bool) -> None:
+    """Start the cache daemon of ``cache_dir`` unless one already answers there."""
+    status = _daemon_status(cache_dir)
+    if status is not None:
+        config = status["config"]
+        if config["keyspace"] != keyspace or config["contact_points"] != str(points):
+            fail(f"the daemon of {cache_dir} serves keyspace {config['keyspace']} at "
+                 f"{config['contact_points']}: use another --cache-dir for {keyspace} at "
+                 f"{points}")
+        return
+    log_path = cache_dir / "daemon.log"
+    command = [sys.executable, "-m", "cached", "--cache-dir", str(cache_dir),
+               "--contact-points", str(points), "--keyspace", keyspace,
+               "--cache-ttl", str(cache_ttl), "--cache-size", str(cache_size),
+               "--idle-exit", str(DAEMON_IDLE_EXIT)]
+    if debug:
+        command.append("--debug")
+    with open(log_path, "ab") as log_file:
+        daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if _daemon_status(cache_dir, timeout=2) is not None:
+            return
+        code = daemon.poll()
+        if code is not None:
+            if code == 3 and _daemon_status(cache_dir, timeout=10) is not None:
+                return  # another `up` started it a moment ago
+            fail(_last_error_line(log_path) or f"the cache daemon exited ({code}); "
+                 f"see {log_path}")
+        time.sleep(0.1)
+    daemon.terminate()
+    fail(f"the cache daemon did not answer within 90 s; see {log_path}")
+
+
+def _serve_foreground(mountpoint: Path, cache_dir: Path, owner: int, environment: str,
+                      entry_ttl: float, negative_ttl: float, debug: bool) -> None:
+    import trio
+
+    from cassfs.mount import MountOptions, serve
+
+    opts = MountOptions(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl)
+    try:
+        trio.run(serve, opts)
+    except BaseException as exc:  # trio wraps failures in exception groups
+        first = _first_leaf(exc)
+        if isinstance(first, CassfsError):
+            fail(str(first))
+        if isinstance(first, RuntimeError) and "fuse" in str(first):
+            fail(f"the kernel refused to mount {mountpoint}: {first}")
+        raise
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the mount process to exit.")
+def down(mountpoint: Path, timeout: float) -> None:
+    """Unmount MOUNTPOINT; stop its cache daemon once no mount uses it."""
+    mountpoint = Path(os.path.abspath(mountpoint))
+    record = read_record(mountpoint)
+    if not os.path.ismount(mountpoint):
+        if record is None:
+            fail(f"{mountpoint} is not mounted")
+    else:
+        if not _is_cassfs_mount(mountpoint):
+            fail(f"{mountpoint} is not a cassfs mount: use umount for other filesystems")
+        fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "umount"
+        args = [fusermount, "-u", str(mountpoint)] if "fuser" in fusermount else \
+            [fusermount, str(mountpoint)]
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            fail(f"unmounting {mountpoint} failed: {result.stderr.strip()} "
+                 "(is a process still using it? see `fuser -m` )")
+    if record is not None:
+        deadline = time.monotonic() + timeout
+        while pid_alive(record.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(record.pid):
+            fail(f"the mount process {record.pid} did not exit within {timeout} s")
+        cache_dir = Path(record.cache_dir)
+        status = _daemon_status(cache_dir)
+        if status is not None and status["sessions"] == 0:
+            try:
+                call_once(cache_dir, "shutdown", timeout=5)
+            except DaemonUnavailable:
+                pass
+            deadline = time.monotonic() + timeout
+            while pid_alive(status["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    click.echo(f"cassfs: unmounted {mountpoint}")
+
+
+def _is_cassfs_mount(mountpoint: Path) -> bool:
+    try:
+        with open("/proc/self/mounts") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 2 and fields[1] == str(mountpoint):
+                    return fields[2] == "fuse.cassfs"
+    except OSError:
+        return True
+    return False
+
+
+# -- cache ----------------------------------------------------------------------------------
+
+
+@main.group()
+def cache() -> None:
+    """Inspect or empty the local cache."""
+
+
+def _offline_stats(cache_dir: Path) -> dict[str, int]:
+    import diskcache
+
+    totals = stats_mod.read_totals(cache_dir / "counters")
+    store = diskcache.Cache(str(cache_dir / "store"))
+    try:
+        return {**totals, "entries": len(store), "bytes_cached": store.volume()}
+    finally:
+        store.close()
+
+
+@cache.command("stats")
+@cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+def cache_stats(cache_dir: Path, as_json: bool) -> None:
+    """Print the cache's counters (from the daemon if one runs, else from disk)."""
+    if not (cache_dir / "store").exists():
+        fail(f"no cache at {cache_dir}: give the --cache-dir a mount used")
+    running = _daemon_status(cache_dir) is not None
+    figures: dict[str, Any]
+    if running:
+        figures = call_once(cache_dir, "stats")
+    else:
+        figures = _offline_stats(cache_dir)
+    if as_json:
+        click.echo(json.dumps({**figures, "daemon_running": running}, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cassfs cache {cache_dir}"
+                  f" ({'daemon running' if running else 'no daemon'})")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name in (*stats_mod.NAMES, *stats_mod.GAUGES):
+        table.add_row(name, f"{figures.get(name, 0):,}")
+    Console().print(table)
+
+
+@cache.command("purge")
+@cache_dir_option
+def cache_purge(cache_dir: Path) -> None:
+    """Empty the cache; mounts then read everything from Cassandra again."""
+    if not (cache_dir / "store").exists():
+        fail(f"no cache at {cache_dir}: nothing to purge")
+    if _daemon_status(cache_dir) is not None:
+        removed = call_once(cache_dir, "purge")
+    else:
+        import diskcache
+
+        store = diskcache.Cache(str(cache_dir / "store"))
+        try:
+            removed = store.clear()
+        finally:
+            store.close()
+        counters = stats_mod.Counters(cache_dir / "counters")
+        counters.add("purges")
+        counters.close()
+    click.echo(f"cassfs: purged {removed} entries from {cache_dir}")
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+@main.group()
+def schema() -> None:
+    """Manage the Cassandra schema."""
+
+
+@schema.command("apply")
+@contact_points_option
+@keyspace_option
+@click.option("--replication", envvar="CASSFS_REPLICATION",
+              default="{'class': 'SimpleStrategy', 'replication_factor': 1}", show_default=True,
+              help="CQL replication map for a new keyspace (env CASSFS_REPLICATION).")
+def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
+    """Create the keyspace and tables (idempotent) and record the schema version."""
+    from cassfs import schema as schema_mod
+
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    try:
+        points = ContactPoints.parse(contact_points)
+        version = schema_mod.apply(points, keyspace, replication)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    except CassfsError as exc:
+        fail(f"{exc} (is the node up? `just node-start` starts a local one)")
+    click.echo(f"cassfs: schema version {version} applied to keyspace {keyspace} "
+               f"at {contact_points}")

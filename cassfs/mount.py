@@ -1,0 +1,102 @@
+"""Run one mount in this process: connect to the daemon, mount, serve, unmount.
+
+One mount per process (pyfuse3 keeps its session in module globals).  The
+lifecycle follows pyfuse3's and S3QL's: ``init`` mounts, ``main`` serves until
+``fusermount3 -u`` or a signal, ``close(unmount=clean)`` afterwards, with
+``clean`` set only once ``main`` returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from cached.client import open_client, socket_path
+from cassfs.fs import FrontConfig, Operations
+from cassfs.state import MountRecord, record_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """What ``cassfs up`` mounts: where, which tenant, through which cache dir."""
+
+    mountpoint: Path
+    cache_dir: Path
+    owner: int
+    environment: str
+    entry_ttl: float
+    negative_ttl: float
+    allow_other: bool = True
+    debug_fuse: bool = False
+
+
+def fuse_options(opts: MountOptions) -> set[str]:
+    """The ``-o`` options: pyfuse3's defaults (default_permissions) plus fsname/subtype.
+
+    Never max_read/max_write/entry_timeout (see shared notes §3.5, §3.7).
+    """
+    options = set(pyfuse3.default_options)
+    options.add(f"fsname=cassfs:{opts.owner}/{opts.environment}")
+    options.add("subtype=cassfs")
+    if opts.allow_other:
+        options.add("allow_other")
+    if opts.debug_fuse:
+        options.add("debug")
+    return options
+
+
+async def serve(opts: MountOptions) -> None:
+    """Mount and serve until unmounted or SIGTERM/SIGINT.
+
+    Raises ``DaemonUnavailable`` when the daemon does not answer and
+    ``RuntimeError`` when the kernel refuses the mount.
+    """
+    ops: Operations | None = None
+
+    def notify(event: str, params: dict[str, object]) -> None:
+        if ops is not None:
+            ops.on_notification(event, params)
+
+    async with open_client(socket_path(opts.cache_dir), on_notification=notify) as client:
+        hello = await client.hello(opts.owner, opts.environment)
+        ops = Operations(client, FrontConfig(opts.entry_ttl, opts.negative_ttl),
+                         opts.cache_dir / "spool", hello["epoch"])
+        record = record_path(opts.mountpoint)  # resolve() before the mount: never after
+        pyfuse3.init(ops, str(opts.mountpoint), fuse_options(opts))
+        clean = False
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(MountRecord(
+                pid=os.getpid(), mountpoint=str(opts.mountpoint),
+                cache_dir=str(opts.cache_dir), daemon_pid=hello.get("pid", 0),
+            ).__dict__))
+            async with trio.open_nursery() as nursery:
+                ops.nursery = nursery
+                nursery.start_soon(_terminate_on_signal)
+                log.info("mounted %s/%s at %s", opts.owner, opts.environment, opts.mountpoint)
+                await pyfuse3.main()
+                clean = True
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await ops.destroy()
+            pyfuse3.close(unmount=clean)
+            record.unlink(missing_ok=True)
+            log.info("unmounted %s", opts.mountpoint)
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("got signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
