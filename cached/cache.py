@@ -14,7 +14,7 @@ only by LRU eviction once the cache is over ``size_limit`` bytes, or by purge.
 
 Every diskcache call blocks (SQLite and file I/O), so each runs in a worker
 thread: reads under one ``CapacityLimiter``, writes under another of size 1,
-which also makes the eviction count exact for this daemon.
+which also makes eviction and its count exact for this daemon.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class LocalCache:
             str(directory / "store"),
             size_limit=size_limit,
             eviction_policy="least-recently-used",
-            cull_limit=64,
+            cull_limit=0,
         )
         self._read_limiter = trio.CapacityLimiter(8)
         self._write_limiter = trio.CapacityLimiter(1)
@@ -103,12 +103,34 @@ class LocalCache:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
 
     def _set_counting(self, key: tuple[Any, ...], value: Any, read: bool = False) -> None:
-        before = len(self._cache)
-        existed = key in self._cache
+        """Set ``key`` then evict least-recently-used entries, one at a time, to the limit.
+
+        diskcache's own culling drops ``cull_limit`` entries at once (10 by
+        default), which empties a cache of few large files; so it is off
+        (``cull_limit=0``) and eviction happens here, never of ``key`` itself.
+        """
         self._cache.set(key, value, read=read)
-        evicted = before + (0 if existed else 1) - len(self._cache)
-        if evicted > 0:
+        evicted = 0
+        while self._cache.volume() > self.size_limit:
+            victim = self._least_recently_used(exclude=key)
+            if victim is None:
+                break  # only `key` is left: it alone is over the limit
+            if self._cache.delete(victim):
+                evicted += 1
+        if evicted:
             self.counters.add("evictions", evicted)
+
+    def _least_recently_used(self, exclude: tuple[Any, ...]) -> Any:
+        # diskcache 5 keeps entries in table Cache(key, raw, access_time, ...), keys
+        # encoded by its Disk; this is the query its "least-recently-used" policy runs.
+        rows = self._cache._sql(
+            "SELECT key, raw FROM Cache ORDER BY access_time LIMIT 2"
+        ).fetchall()
+        for db_key, raw in rows:
+            candidate = self._cache._disk.get(db_key, raw)
+            if candidate != exclude:
+                return candidate
+        return None
 
     # -- metadata -------------------------------------------------------------------------
 

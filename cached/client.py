@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -179,17 +180,27 @@ async def open_client(
 def call_once(cache_dir: Path, method: str, timeout: float = 30.0, **params: Any) -> Any:
     """Blocking: connect to ``cache_dir``'s daemon, call ``method``, disconnect.
 
-    For CLI commands outside any trio run.  Raises ``DaemonUnavailable`` when no
-    daemon answers within ``timeout`` seconds.
+    For CLI commands and tests, outside any trio run (plain blocking socket).
+    Raises ``DaemonUnavailable`` (EIO, or ETIMEDOUT after ``timeout`` seconds)
+    when no daemon answers, and the reply's error class otherwise.
     """
-
-    async def run() -> Any:
-        with trio.fail_after(timeout):
-            async with open_client(socket_path(cache_dir)) as client:
-                return await client.call(method, **params)
-
     try:
-        return trio.run(run)
-    except trio.TooSlowError as exc:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(socket_path(cache_dir)))
+            sock.sendall(protocol.pack_request(1, method, params))
+            decoder = protocol.Decoder()
+            while True:
+                data = sock.recv(1024 * 1024)
+                if not data:
+                    raise DaemonUnavailable(f"the cache daemon closed the connection ({method})")
+                for message in decoder.feed(data):
+                    if isinstance(message, protocol.Response) and message.msgid == 1:
+                        if message.error is not None:
+                            raise from_wire(message.error)
+                        return message.result
+    except TimeoutError as exc:
         raise DaemonUnavailable(f"the cache daemon did not answer {method} in {timeout} s",
                                 err=errno.ETIMEDOUT) from exc
+    except OSError as exc:
+        raise DaemonUnavailable(f"no cache daemon at {socket_path(cache_dir)}: {exc}") from exc

@@ -44,7 +44,7 @@ def parse_size(text: str) -> int:
         number, suffix = raw[:-1], raw[-1]
     try:
         size = int(float(number) * _SUFFIXES[suffix])
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"bad size {text!r}: use bytes or a number with K, M, G or T") from None
     if size < 1024**2:
         raise ValueError(f"cache size {text!r} is under 1 MiB")

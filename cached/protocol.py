@@ -102,7 +102,10 @@ class Decoder:
     """Turns received bytes into messages; feed it whatever ``receive_some`` returned.
 
     Raises :class:`ProtocolError` on bytes that are not msgpack, on a message
-    that is not one of the three shapes, or on one over ``max_message`` bytes.
+    that is not one of the three shapes, or when more than ``max_message`` bytes
+    are buffered unparsed at once (one feed plus any incomplete message before it;
+    the peers' reads are at most 1 MiB, so every message up to
+    ``max_message - 1 MiB`` fits).
     """
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
@@ -119,5 +122,6 @@ class Decoder:
         try:
             for obj in self._unpacker:
                 yield _to_message(obj)
-        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError,
+                TypeError) as exc:
             raise ProtocolError(str(exc)) from exc

@@ -19,7 +19,14 @@ from typing import Any
 
 import trio
 from cassandra import ConsistencyLevel, DriverException
-from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement, dict_factory
 
 from cached.bridge import execute
@@ -96,6 +103,7 @@ class ContactPoints:
     def parse(cls, text: str) -> ContactPoints:
         """Parse ``HOST[:PORT],...``; every host must use the same port (default 9042).
 
+        IPv6 addresses are written ``[::1]:9042`` or bare (``::1``, default port).
         Raises ValueError with a readable message on bad input.
         """
         hosts: list[str] = []
@@ -103,9 +111,15 @@ class ContactPoints:
         for item in (part.strip() for part in text.split(",")):
             if not item:
                 continue
-            host, sep, port_text = item.rpartition(":")
-            if not sep:
+            if item.startswith("["):
+                host, _, rest = item[1:].partition("]")
+                port_text = rest.removeprefix(":") if rest.startswith(":") else (rest or "9042")
+            elif item.count(":") > 1:
                 host, port_text = item, "9042"
+            else:
+                host, sep, port_text = item.rpartition(":")
+                if not sep:
+                    host, port_text = item, "9042"
             if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
                 raise ValueError(f"bad contact point {item!r}: expected HOST[:PORT]")
             hosts.append(host)
@@ -117,7 +131,27 @@ class ContactPoints:
         return cls(tuple(hosts), ports.pop())
 
     def __str__(self) -> str:
-        return ",".join(f"{host}:{self.port}" for host in self.hosts)
+        return ",".join(f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+                        for host in self.hosts)
+
+
+def make_cluster(contact_points: ContactPoints, connect_timeout: float = 5.0) -> Cluster:
+    """A driver ``Cluster`` for ``contact_points`` (not connected; ``connect()`` blocks).
+
+    Rows come back as dicts.  Token-aware routing over DC-aware round robin, the
+    driver's recommended default, is given explicitly so the driver does not warn.
+    """
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        row_factory=dict_factory,
+    )
+    return Cluster(
+        list(contact_points.hosts),
+        port=contact_points.port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        connect_timeout=connect_timeout,
+        control_connection_timeout=connect_timeout,
+    )
 
 
 class Store:
@@ -160,12 +194,7 @@ class Store:
     def _connect_sync(
         cls, contact_points: ContactPoints, keyspace: str, level: int, timeout: float
     ) -> Store:
-        cluster = Cluster(
-            list(contact_points.hosts),
-            port=contact_points.port,
-            connect_timeout=5,
-            control_connection_timeout=5,
-        )
+        cluster = make_cluster(contact_points)
         try:
             session = cluster.connect()
         except NoHostAvailable as exc:
@@ -174,7 +203,6 @@ class Store:
                 f"Cassandra unreachable at {contact_points}: {_first_error(exc)}"
             ) from exc
         try:
-            session.row_factory = dict_factory
             meta = cluster.metadata.keyspaces.get(keyspace)
             missing = [t for t in ("inodes", "dentries", "chunks", "schema_version")
                        if meta is None or t not in meta.tables]

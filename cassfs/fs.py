@@ -330,7 +330,7 @@ class Operations(pyfuse3.Operations):
                                        mode=stat.S_IMODE(mode), uid=ctx.uid, gid=ctx.gid)
         ino = inode["ino"]
         buffer = self._buffers.setdefault(ino, WriteBuffer(self.spool_dir))
-        buffer.load_bytes(b"")
+        await buffer.load_bytes(b"")
         fh = self._open_handle(OpenFile(ino, inode["content_id"], 0, writable=True, data=b""))
         self._seen[ino] = (inode["content_id"], self.epoch)
         return pyfuse3.FileInfo(fh=fh), self._remember(inode)
@@ -403,7 +403,7 @@ class Operations(pyfuse3.Operations):
         if "path" in reply:
             await buffer.load_file(Path(reply["path"]))
         else:
-            buffer.load_bytes(reply["data"])
+            await buffer.load_bytes(reply["data"])
 
     async def _commit(self, fh: int) -> None:
         handle = self._handles.get(fh)

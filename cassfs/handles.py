@@ -65,14 +65,16 @@ class WriteBuffer:
         """The spool file once the content spilled to disk, else None."""
         return self._path
 
-    def load_bytes(self, data: bytes) -> None:
-        """Start from ``data`` (clean)."""
+    async def load_bytes(self, data: bytes) -> None:
+        """Start from ``data`` (clean), dropping any spool file."""
+        await self.close()
         self._memory = bytearray(data)
         self._size = len(data)
         self.loaded = True
 
     async def load_file(self, path: Path) -> None:
         """Start from the spool file at ``path``, which the buffer now owns (clean)."""
+        await self.close()
         self._path = path
         self._fd = await trio.to_thread.run_sync(os.open, path, os.O_RDWR)
         self._size = (await trio.to_thread.run_sync(os.fstat, self._fd)).st_size

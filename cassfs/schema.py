@@ -11,15 +11,15 @@ import os
 import re
 from pathlib import Path
 
-from cassandra.cluster import Cluster, NoHostAvailable
+from cassandra.cluster import NoHostAvailable
 
 from cached.errors import StorageError
-from cached.store import SCHEMA_VERSION, ContactPoints
+from cached.store import SCHEMA_VERSION, ContactPoints, make_cluster
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLICATION = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-_KEYSPACE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+_KEYSPACE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
 
 def schema_dir() -> Path:
@@ -35,7 +35,7 @@ def statements(directory: Path, keyspace: str, replication: str) -> list[str]:
     Raises ValueError for a keyspace name Cassandra would refuse, or FileNotFoundError
     when the folder holds no ``.cql`` file.
     """
-    if not _KEYSPACE_RE.match(keyspace):
+    if not _KEYSPACE_RE.fullmatch(keyspace):
         raise ValueError(f"bad keyspace name {keyspace!r}: letters, digits and _, at most 48")
     files = sorted(directory.glob("*.cql"))
     if not files:
@@ -64,7 +64,7 @@ def apply(contact_points: ContactPoints, keyspace: str,
     Raises ``StorageError`` when Cassandra is unreachable or refuses a statement.
     """
     todo = statements(schema_dir(), keyspace, replication)
-    cluster = Cluster(list(contact_points.hosts), port=contact_points.port, connect_timeout=5)
+    cluster = make_cluster(contact_points)
     try:
         try:
             session = cluster.connect()

@@ -18,4 +18,13 @@ from cassfs.node.launcher import (
     stop,
 )
 
-__all__ = ["NodeDir", "NodeError", "NodeStartFailed", "NodeStatus", "cli", "start", "status", "stop"]
+__all__ = [
+    "NodeDir",
+    "NodeError",
+    "NodeStartFailed",
+    "NodeStatus",
+    "cli",
+    "start",
+    "status",
+    "stop",
+]

@@ -7,7 +7,7 @@ Cassandra tarball or Docker engine is needed. Everything the node owns lives und
 
     DIR/classpath.txt        Maven's classpath (re-resolved when pom.xml is newer or a jar is gone)
     DIR/cassandra.pid        pid of the running JVM
-    DIR/conf/cassandra.yaml  generated from cassandra.yaml.template at every start
+    DIR/conf/cassandra.yaml  generated from cassandra.template.yaml at every start
     DIR/conf/logback.xml     copied from this package at every start
     DIR/logs/system.log      Cassandra's log (INFO);  DIR/logs/stdout.log: the JVM's stdout/stderr
     DIR/data, DIR/commitlog, DIR/saved_caches, DIR/hints, DIR/cdc_raw   the node's data (kept)
@@ -352,9 +352,15 @@ def resolve_classpath(node: NodeDir, *, pom: Path = POM) -> list[str]:
     node.root.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     cmd = [
-        mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom),
-        "dependency:build-classpath", f"-Dmdep.outputFile={tmp}",
-    ]  # fmt: skip
+        mvn,
+        "-q",
+        "-B",
+        "-Dstyle.color=never",
+        "-f",
+        str(pom),
+        "dependency:build-classpath",
+        f"-Dmdep.outputFile={tmp}",
+    ]
     log.info("resolving Cassandra's classpath with Maven: %s", " ".join(cmd))
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -369,8 +375,8 @@ def resolve_classpath(node: NodeDir, *, pom: Path = POM) -> list[str]:
 def _read_options(name: str) -> list[str]:
     """Return the flags of a Cassandra-style options file shipped in this package."""
     flags: list[str] = []
-    for line in (_PACKAGE_DIR / name).read_text().splitlines():
-        line = line.strip()
+    for raw in (_PACKAGE_DIR / name).read_text().splitlines():
+        line = raw.strip()
         if line.startswith("-"):
             flags.extend(line.split())
     return flags
@@ -383,7 +389,7 @@ def write_config(node: NodeDir, *, port: int, storage_port: int) -> None:
     """Write ``DIR/conf/cassandra.yaml`` and ``DIR/conf/logback.xml`` and create the data dirs."""
     for path in (node.conf, node.logs, node.conf / "triggers", *node.data_dirs.values()):
         path.mkdir(parents=True, exist_ok=True)
-    template = string.Template((_PACKAGE_DIR / "cassandra.yaml.template").read_text())
+    template = string.Template((_PACKAGE_DIR / "cassandra.template.yaml").read_text())
     # JSON strings are valid YAML double-quoted scalars: safe for any path.
     values = {key: json.dumps(str(path)) for key, path in node.data_dirs.items()}
     yaml = template.substitute(
@@ -444,12 +450,9 @@ def query_release_version(port: int, *, host: str = HOST, timeout: float = 5.0) 
     ``timeout`` (seconds) bounds the connection and the query. Raises ``_NotReady`` when the node
     does not answer.
     """
-    from cassandra.cluster import (  # type: ignore[import-untyped]
-        EXEC_PROFILE_DEFAULT,
-        Cluster,
-        ExecutionProfile,
-    )
-    from cassandra.policies import WhiteListRoundRobinPolicy  # type: ignore[import-untyped]
+    # Imported here: the driver takes a while to import and only start/status need it.
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import WhiteListRoundRobinPolicy
 
     # A plain TCP probe first: the driver logs an ERROR with a traceback for every refused connect.
     try:
@@ -560,10 +563,15 @@ def start(
         cmd = java_command(node, java=java, classpath=classpath, heap=heap, jmx_port=jmx_port)
         log.info(
             "starting Cassandra: java %s, heap %s, CQL %s:%d, storage port %d, JMX port %d",
-            java, heap, HOST, port, storage_port, jmx_port,
-        )  # fmt: skip
+            java,
+            heap,
+            HOST,
+            port,
+            storage_port,
+            jmx_port,
+        )
         log.debug("command: %s", cmd)
-        with open(node.stdout_log, "ab") as out:
+        with open(node.stdout_log, "wb") as out:  # this start only; system.log keeps history
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -584,7 +592,9 @@ def start(
         return NodeStatus(proc.pid, port, version)
 
 
-def stop(node_dir: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> int | None:
+def stop(
+    node_dir: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_STOP_TIMEOUT
+) -> int | None:
     """Stop the node of ``node_dir``: SIGTERM, then SIGKILL after ``timeout`` seconds.
 
     Returns the pid that was stopped, or None if no node was running (not an error).
@@ -617,7 +627,9 @@ def _terminate(pid: int, node: NodeDir, timeout: float) -> None:
     raise NodeError(f"Cassandra (pid {pid}) is still alive after SIGKILL")
 
 
-def status(node_dir: str | os.PathLike[str] | None = None, *, port: int | None = None) -> NodeStatus:
+def status(
+    node_dir: str | os.PathLike[str] | None = None, *, port: int | None = None
+) -> NodeStatus:
     """Return whether the node of ``node_dir`` runs and whether CQL answers on ``port``.
 
     ``port`` defaults to the port in the node's cassandra.yaml, else :func:`default_port`.
@@ -682,11 +694,22 @@ def cli(verbose: bool) -> None:
 
 @cli.command("start")
 @_dir_option
-@click.option("--port", type=click.IntRange(1, 65535), envvar=PORT_ENV, default=DEFAULT_PORT,
-              show_default=f"${PORT_ENV} or {DEFAULT_PORT}", help="CQL (native transport) port.")  # fmt: skip
-@click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="JVM heap (-Xms/-Xmx), e.g. 512M.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_START_TIMEOUT,
-              show_default=True, help="Seconds to wait until CQL answers.")  # fmt: skip
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    envvar=PORT_ENV,
+    default=DEFAULT_PORT,
+    show_default=f"${PORT_ENV} or {DEFAULT_PORT}",
+    help="CQL (native transport) port.",
+)
+@click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="JVM heap, e.g. 512M or 1G.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_START_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait until CQL answers.",
+)
 def start_command(node_dir: Path, port: int, heap: str, timeout: float) -> None:
     """Start the node (no-op if it already runs) and wait until CQL answers."""
     node = NodeDir.at(node_dir)
@@ -699,14 +722,23 @@ def start_command(node_dir: Path, port: int, heap: str, timeout: float) -> None:
         raise click.ClickException(str(exc)) from exc
     except NodeError as exc:
         raise click.ClickException(str(exc)) from exc
-    what = "already running" if was_running == st.pid else f"started in {time.monotonic() - started:.1f} s"
-    click.echo(f"Cassandra {st.release_version} {what}: pid {st.pid}, CQL on {HOST}:{st.port}, dir {node.root}")
+    elapsed = time.monotonic() - started
+    what = "already running" if was_running == st.pid else f"started in {elapsed:.1f} s"
+    click.echo(
+        f"Cassandra {st.release_version} {what}: pid {st.pid}, CQL on {HOST}:{st.port}, "
+        f"dir {node.root}"
+    )
 
 
 @cli.command("stop")
 @_dir_option
-@click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_STOP_TIMEOUT,
-              show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")  # fmt: skip
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_STOP_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
 def stop_command(node_dir: Path, timeout: float) -> None:
     """Stop the node (no-op if it is not running)."""
     node = NodeDir.at(node_dir)
@@ -714,19 +746,28 @@ def stop_command(node_dir: Path, timeout: float) -> None:
         pid = stop(node.root, timeout=timeout)
     except NodeError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"Cassandra stopped (pid {pid})" if pid else f"Cassandra not running (dir {node.root})")
+    if pid is None:
+        click.echo(f"Cassandra not running (dir {node.root})")
+    else:
+        click.echo(f"Cassandra stopped (pid {pid})")
 
 
 @cli.command("status")
 @_dir_option
-@click.option("--port", type=click.IntRange(1, 65535), envvar=PORT_ENV, default=None,
-              help=f"CQL port  [default: ${PORT_ENV}, else the node's cassandra.yaml, else {DEFAULT_PORT}]")  # fmt: skip
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    envvar=PORT_ENV,
+    default=None,
+    help=f"CQL port  [default: ${PORT_ENV}, else the node's cassandra.yaml, else {DEFAULT_PORT}]",
+)
 def status_command(node_dir: Path, port: int | None) -> None:
     """Print running/stopped; exit 0 only if the node runs and CQL answers."""
     node = NodeDir.at(node_dir)
     st = status(node.root, port=port)
     if st.ready:
-        click.echo(f"running: Cassandra {st.release_version}, pid {st.pid}, CQL on {HOST}:{st.port}")
+        version = st.release_version
+        click.echo(f"running: Cassandra {version}, pid {st.pid}, CQL on {HOST}:{st.port}")
         return
     if st.running:
         click.echo(f"running but CQL does not answer on {HOST}:{st.port} (pid {st.pid}; starting?)")

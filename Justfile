@@ -1,0 +1,80 @@
+# cassfs developer tasks. `just --list` shows them; `just test` is what CI runs (via .ci/run).
+# The local Cassandra node lives in $CASSFS_NODE_DIR (default ./.cassandra), CQL on
+# 127.0.0.1:$CASSFS_NODE_PORT (default 9042); the cassfs commands and the tests reach it through
+# $CASSFS_CONTACT_POINTS, which follows that port unless you set it yourself.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments := true
+
+export CASSFS_NODE_DIR := env("CASSFS_NODE_DIR", justfile_directory() / ".cassandra")
+export CASSFS_NODE_PORT := env("CASSFS_NODE_PORT", "9042")
+export CASSFS_CONTACT_POINTS := env("CASSFS_CONTACT_POINTS", "127.0.0.1:" + CASSFS_NODE_PORT)
+
+# List the recipes.
+default:
+    @just --list
+
+# System packages, the project (editable, with test extras) and Cassandra's jars; quick when present.
+install:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    missing=()
+    for pkg in fuse3 libfuse3-dev pkg-config psmisc; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "install: apt-get install ${missing[*]}"
+        $sudo apt-get update -qq
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    mkdir -p "$CASSFS_NODE_DIR"
+    stamp="$CASSFS_NODE_DIR/pip-install.stamp"
+    # -P: do not put the checkout on sys.path, so only an installed cassfs/cached counts.
+    if ! python -P -c 'import pyfuse3, cassfs, cached' 2>/dev/null || [ pyproject.toml -nt "$stamp" ]; then
+        echo "install: pip install -e '.[test]'"
+        python -m pip install -q --root-user-action=ignore -e '.[test]'
+        if command -v pyenv >/dev/null; then pyenv rehash; fi  # shims for the new `cassfs` script
+        touch "$stamp"
+    fi
+    if [ ! -s "$CASSFS_NODE_DIR/classpath.txt" ] || [ cassfs/node/pom.xml -nt "$CASSFS_NODE_DIR/classpath.txt" ]; then
+        echo "install: mvn dependency:resolve (Cassandra's jars into ~/.m2)"
+        mvn -q -B -Dstyle.color=never -f cassfs/node/pom.xml dependency:resolve
+    fi
+
+# Start the local Cassandra 5.0 node (no-op if it runs) and wait until CQL answers.
+node-start: install
+    python -m cassfs.node start
+
+# Stop the local Cassandra node (no-op if it is not running).
+node-stop:
+    python -m cassfs.node stop
+
+# Print whether the local Cassandra node runs (exit 1 if not).
+node-status:
+    python -m cassfs.node status
+
+# Create or update the cassfs keyspace and tables on the node.
+schema: node-start
+    cassfs schema apply
+
+# Mount cassfs at MNT with its cache in CACHE.
+up MNT="./mnt" CACHE=".cache/cassfs": schema
+    mkdir -p "$1" "$2"
+    cassfs up "$1" --cache-dir "$2"
+
+# Unmount cassfs from MNT.
+down MNT="./mnt":
+    cassfs down "$1"
+
+# Run the test suite against the local node; extra arguments go to pytest.
+test *ARGS: schema
+    python -m pytest "$@"
+
+# Run the benchmark against the local node.
+bench: schema
+    python -m tests.bench
+
+# Lint (fixing what it can), type-check, then format.
+check:
+    ruff check --fix cassfs cached tests && mypy cassfs cached && ruff format cassfs cached tests

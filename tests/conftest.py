@@ -1,0 +1,213 @@
+"""Fixtures: the real Cassandra node, cache daemons and FUSE mounts, each torn down after use.
+
+Nothing here fakes Cassandra or FUSE.  When the node or /dev/fuse is missing,
+the tests that need them FAIL with a message saying how to provide them; they
+never skip.  Each test gets its own tenant (owner, environment), so tests share
+the keyspace without seeing each other's files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cached.client import call_once, socket_path
+from cached.errors import DaemonUnavailable
+from cached.store import ContactPoints, make_cluster
+
+CONTACT_POINTS = os.environ.get("CASSFS_CONTACT_POINTS", "127.0.0.1:9042")
+KEYSPACE = os.environ.get("CASSFS_TEST_KEYSPACE", "cassfs_test")
+
+
+@pytest.fixture(scope="session")
+def cassandra() -> str:
+    """Contact points of a live node with the schema applied in the test keyspace."""
+    from cassandra.cluster import NoHostAvailable
+
+    from cassfs import schema
+
+    points = ContactPoints.parse(CONTACT_POINTS)
+    cluster = make_cluster(points)
+    try:
+        cluster.connect().execute("SELECT release_version FROM system.local")
+    except NoHostAvailable as exc:
+        pytest.fail(f"Cassandra is not answering at {points} ({exc}): start the local node "
+                    "with `just node-start` (or set CASSFS_CONTACT_POINTS)", pytrace=False)
+    finally:
+        cluster.shutdown()
+    schema.apply(points, KEYSPACE)
+    return str(points)
+
+
+@pytest.fixture
+def tenant() -> tuple[int, str]:
+    """A tenant no other test uses: (random owner, unique environment)."""
+    return secrets.randbelow(2**31 - 2) + 2, f"t{secrets.token_hex(6)}"
+
+
+@dataclass
+class Daemon:
+    """A cache daemon process serving ``cache_dir``."""
+
+    cache_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Blocking admin call (stats, purge, status)."""
+        return call_once(self.cache_dir, method, **params)
+
+    def stats(self) -> dict[str, int]:
+        """The daemon's counters."""
+        return self.call("stats")  # type: ignore[no-any-return]
+
+
+def _wait_for_daemon(daemon: Daemon, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            pytest.fail(f"the daemon exited: {daemon.log.read_text()[-2000:]}", pytrace=False)
+        if socket_path(daemon.cache_dir).exists():
+            try:
+                daemon.call("status", timeout=2)
+                return
+            except DaemonUnavailable:
+                pass
+        time.sleep(0.05)
+    pytest.fail(f"the daemon did not answer: {daemon.log.read_text()[-2000:]}", pytrace=False)
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory: start a daemon on a new cache dir (``cache_ttl`` seconds, default 60)."""
+    started: list[Daemon] = []
+
+    def start(name: str = "cache", cache_ttl: float = 60.0, cache_size: str = "2G") -> Daemon:
+        cache_dir = tmp_path / name
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        log = tmp_path / f"{name}-daemon.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cached", "--cache-dir", str(cache_dir),
+                 "--contact-points", cassandra, "--keyspace", KEYSPACE,
+                 "--cache-ttl", str(cache_ttl), "--cache-size", cache_size],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        daemon = Daemon(cache_dir, process, log)
+        started.append(daemon)
+        _wait_for_daemon(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        _stop(daemon.process)
+
+
+# -- FUSE -----------------------------------------------------------------------------------
+
+
+def _fusermount() -> str:
+    return shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+
+
+@pytest.fixture(scope="session")
+def fuse_available() -> None:
+    """Fail (never skip) when FUSE mounts cannot work here."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.fail("/dev/fuse is missing: FUSE tests need it (apt-get install fuse3; in a "
+                    "container --device /dev/fuse --cap-add SYS_ADMIN)", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("FUSE tests mount with allow_other and need root", pytrace=False)
+    if shutil.which("fusermount3") is None:
+        pytest.fail("fusermount3 is missing: apt-get install fuse3", pytrace=False)
+
+
+@dataclass
+class Mount:
+    """A cassfs mount served by ``cassfs up`` in the background."""
+
+    path: Path
+    cache_dir: Path
+    owner: int
+    environment: str
+    extra: list[str] = field(default_factory=list)
+
+    def stats(self) -> dict[str, int]:
+        """The counters of this mount's daemon."""
+        return call_once(self.cache_dir, "stats")  # type: ignore[no-any-return]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``cassfs ARGS``."""
+        return run_cli(*args, check=check)
+
+
+def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run the ``cassfs`` command; fail the test on a non-zero exit when ``check``."""
+    result = subprocess.run([sys.executable, "-m", "cassfs", *args], capture_output=True,
+                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        pytest.fail(f"cassfs {' '.join(args)} exited {result.returncode}:\n{result.stderr}",
+                    pytrace=False)
+    return result
+
+
+@pytest.fixture
+def mount_cassfs(cassandra: str, fuse_available: None, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Mount]]:
+    """Factory: ``cassfs up`` a new mountpoint; every mount is taken down after the test."""
+    monkeypatch.setenv("CASSFS_RUN_DIR", str(tmp_path / "run"))
+    mounts: list[Mount] = []
+
+    def mount(name: str, owner: int, environment: str, cache: str | None = None,
+              *extra: str) -> Mount:
+        path = tmp_path / name
+        path.mkdir(exist_ok=True)
+        cache_dir = tmp_path / (cache or f"{name}-cache")
+        m = Mount(path, cache_dir, owner, environment, list(extra))
+        mounts.append(m)
+        run_cli("up", str(path), "--cache-dir", str(cache_dir), "--contact-points", cassandra,
+                "--keyspace", KEYSPACE, "--owner", str(owner), "--environment", environment,
+                *extra)
+        assert os.path.ismount(path)
+        return m
+
+    yield mount
+    for m in reversed(mounts):
+        unmount(m)
+
+
+def unmount(m: Mount) -> None:
+    """Take a mount down; lazily if ``cassfs down`` fails, and stop its daemon."""
+    if os.path.ismount(m.path):
+        result = run_cli("down", str(m.path), check=False)
+        if result.returncode != 0 and os.path.ismount(m.path):
+            subprocess.run([_fusermount(), "-u", "-z", str(m.path)], check=False)
+    if socket_path(m.cache_dir).exists():
+        try:
+            status = call_once(m.cache_dir, "status", timeout=2)
+            if status["sessions"] == 0:
+                call_once(m.cache_dir, "shutdown", timeout=2)
+        except DaemonUnavailable:
+            pass

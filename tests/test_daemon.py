@@ -1,0 +1,209 @@
+"""The cache daemon against the real Cassandra node: RPC semantics, TTL, write-through."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from cached.client import DaemonClient, open_client, socket_path
+from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
+from cached.model import ROOT_INO
+from cached.store import ContactPoints, make_cluster
+from tests.conftest import KEYSPACE, Daemon
+
+pytestmark = pytest.mark.cassandra
+
+
+@asynccontextmanager
+async def session(daemon: Daemon, tenant: tuple[int, str]) -> AsyncIterator[DaemonClient]:
+    async with open_client(socket_path(daemon.cache_dir)) as client:
+        await client.hello(*tenant)
+        yield client
+
+
+async def make_file(client: DaemonClient, parent: int, name: bytes, data: bytes) -> dict[str, Any]:
+    inode = await client.call("create", parent=parent, name=name, mode=0o644, uid=0, gid=0)
+    return await client.call("write", ino=inode["ino"], data=data)  # type: ignore[no-any-return]
+
+
+def chunk_rows(cassandra: str, tenant: tuple[int, str], ino: int) -> list[Any]:
+    """Every chunk row of ``ino``, read straight from Cassandra (ALLOW FILTERING: tests only)."""
+    cluster = make_cluster(ContactPoints.parse(cassandra))
+    try:
+        rows = cluster.connect().execute(
+            f"SELECT content_id, chunk FROM {KEYSPACE}.chunks WHERE owner = %s AND "
+            "environment = %s AND ino = %s ALLOW FILTERING", (*tenant, ino))
+        return list(rows)
+    finally:
+        cluster.shutdown()
+
+
+async def test_hello_creates_root_and_lookup_misses(start_daemon: Callable[..., Daemon],
+                                                    tenant: tuple[int, str]) -> None:
+    daemon = start_daemon()
+    async with session(daemon, tenant) as client:
+        root = await client.call("getattr", ino=ROOT_INO)
+        assert root["ino"] == ROOT_INO and root["kind"] == 1
+        with pytest.raises(NotFound) as info:
+            await client.call("lookup", parent=ROOT_INO, name=b"missing")
+        assert info.value.errno == errno.ENOENT
+
+
+async def test_create_write_read_roundtrip(start_daemon: Callable[..., Daemon],
+                                           tenant: tuple[int, str], cassandra: str) -> None:
+    daemon = start_daemon()
+    data = os.urandom(300_000)
+    async with session(daemon, tenant) as client:
+        written = await make_file(client, ROOT_INO, b"f.bin", data)
+        assert written["size"] == len(data)
+        assert written["content_id"] == hashlib.sha256(data).digest()
+        found = await client.call("lookup", parent=ROOT_INO, name=b"f.bin")
+        assert found["ino"] == written["ino"]
+        opened = await client.call("open", ino=found["ino"])
+        assert opened["data"] is None  # over the inline limit: read by ranges
+        part = await client.call("read", ino=found["ino"], content_id=found["content_id"],
+                                 file_size=len(data), offset=1000, size=5000)
+        assert part == data[1000:6000]
+    # write-through: the chunk is in Cassandra, one row for a 300 kB file
+    assert len(chunk_rows(cassandra, tenant, written["ino"])) == 1
+
+
+async def test_rewrite_deletes_old_chunks_and_large_file_via_spool(
+        start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str) -> None:
+    daemon = start_daemon()
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    spool = daemon.cache_dir / "spool" / "test-big"
+    spool.write_bytes(big)
+    async with session(daemon, tenant) as client:
+        first = await make_file(client, ROOT_INO, b"big", b"small version")
+        inode = await client.call("write", ino=first["ino"], path=str(spool))
+        assert inode["size"] == len(big)
+        rows = chunk_rows(cassandra, tenant, first["ino"])
+        assert sorted(r["chunk"] for r in rows) == [0, 1, 2, 3]
+        assert {r["content_id"] for r in rows} == {hashlib.sha256(big).digest()}
+        await client.call("purge")
+        opened = await client.call("open", ino=first["ino"])
+        got = await client.call("read", ino=first["ino"], content_id=inode["content_id"],
+                                file_size=len(big), offset=len(big) - 100, size=4096)
+        assert got == big[-100:]
+        assert opened["inode"]["content_id"] == hashlib.sha256(big).digest()
+
+
+async def test_concurrent_opens_of_a_cold_file_fetch_once(
+        start_daemon: Callable[..., Daemon], tenant: tuple[int, str]) -> None:
+    daemon = start_daemon()
+    data = os.urandom(2 * 1024 * 1024)
+    spool = daemon.cache_dir / "spool" / "test-cold"
+    spool.write_bytes(data)
+    async with session(daemon, tenant) as client:
+        inode = await client.call("create", parent=ROOT_INO, name=b"cold", mode=0o644, uid=0,
+                                  gid=0)
+        await client.call("write", ino=inode["ino"], path=str(spool))
+        await client.call("purge")
+        before = await client.call("stats")
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(lambda: client.call("open", ino=inode["ino"]))
+        after = await client.call("stats")
+    assert after["bytes_fetched"] - before["bytes_fetched"] == len(data)
+
+
+async def test_ttl_revalidation_sees_another_hosts_write(
+        start_daemon: Callable[..., Daemon], tenant: tuple[int, str]) -> None:
+    host_a = start_daemon("a", cache_ttl=1.0)
+    host_b = start_daemon("b", cache_ttl=1.0)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        first = await make_file(a, ROOT_INO, b"shared", b"version one")
+        seen = await b.call("lookup", parent=ROOT_INO, name=b"shared")
+        assert (await b.call("open", ino=seen["ino"]))["data"] == b"version one"
+        await a.call("write", ino=first["ino"], data=b"version two, longer")
+        # within the TTL, b still serves what it has
+        stale = await b.call("open", ino=seen["ino"])
+        assert stale["data"] == b"version one"
+        await trio.sleep(1.2)
+        before = await b.call("stats")
+        fresh = await b.call("open", ino=seen["ino"])
+        after = await b.call("stats")
+        assert fresh["data"] == b"version two, longer"
+        assert after["revalidations"] > before["revalidations"]
+
+
+async def test_namespace_errors(start_daemon: Callable[..., Daemon],
+                                tenant: tuple[int, str]) -> None:
+    daemon = start_daemon()
+    async with session(daemon, tenant) as client:
+        d = await client.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        await make_file(client, d["ino"], b"x", b"1")
+        with pytest.raises(Exists):
+            await client.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        with pytest.raises(NotEmpty):
+            await client.call("rmdir", parent=ROOT_INO, name=b"d")
+        with pytest.raises(IsADirectory):
+            await client.call("unlink", parent=ROOT_INO, name=b"d")
+        with pytest.raises(CassfsError) as info:
+            await client.call("rename", old_parent=ROOT_INO, old_name=b"d", new_parent=d["ino"],
+                              new_name=b"below", flags=0)
+        assert info.value.errno == errno.EINVAL
+        with pytest.raises(CassfsError) as info:
+            await client.call("lookup", parent=ROOT_INO, name=b"n" * 256)
+        assert info.value.errno == errno.ENAMETOOLONG
+
+
+async def test_unlinked_inode_stays_until_purged(start_daemon: Callable[..., Daemon],
+                                                 tenant: tuple[int, str], cassandra: str) -> None:
+    daemon = start_daemon()
+    async with session(daemon, tenant) as client:
+        f = await make_file(client, ROOT_INO, b"gone", b"still readable")
+        ino = await client.call("unlink", parent=ROOT_INO, name=b"gone")
+        assert ino == f["ino"]
+        with pytest.raises(NotFound):
+            await client.call("lookup", parent=ROOT_INO, name=b"gone")
+        assert (await client.call("getattr", ino=ino))["nlink"] == 0
+        assert (await client.call("open", ino=ino))["data"] == b"still readable"
+        assert await client.call("purge_inode", ino=ino) is True
+        with pytest.raises(NotFound):
+            await client.call("getattr", ino=ino)
+    assert chunk_rows(cassandra, tenant, ino) == []
+
+
+async def test_tenants_are_isolated(start_daemon: Callable[..., Daemon],
+                                    tenant: tuple[int, str]) -> None:
+    daemon = start_daemon()
+    other = (tenant[0], tenant[1] + "x")
+    async with session(daemon, tenant) as a, session(daemon, other) as b:
+        await make_file(a, ROOT_INO, b"private", b"a's")
+        with pytest.raises(NotFound):
+            await b.call("lookup", parent=ROOT_INO, name=b"private")
+        assert await b.call("readdir", ino=ROOT_INO) == []
+
+
+def test_daemon_reports_missing_schema(tmp_path: Path, cassandra: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cached", "--cache-dir", str(tmp_path / "c"),
+         "--contact-points", cassandra, "--keyspace", "cassfs_never_applied"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cassfs schema apply" in result.stderr
+
+
+def test_daemon_reports_unreachable_cassandra(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cached", "--cache-dir", str(tmp_path / "c"),
+         "--contact-points", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "unreachable at 127.0.0.1:1" in result.stderr

@@ -1,0 +1,268 @@
+"""End to end: cassfs mounted with FUSE on the real node, driven through ordinary syscalls."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import hashlib
+import os
+import shutil
+import sysconfig
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Mount, run_cli, unmount
+
+pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+SKIP_DIRS = {"site-packages", "__pycache__"}
+
+
+def stdlib_files() -> list[Path]:
+    """Every regular file of the installed standard library (relative paths), sorted."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(STDLIB):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                files.append(path.relative_to(STDLIB))
+    return sorted(files)
+
+
+def copy_tree(files: list[Path], dest: Path) -> None:
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(STDLIB / rel, target)
+
+
+def tree_shape(root: Path) -> tuple[list[str], list[str]]:
+    """(directories, files) below ``root`` as sorted relative paths."""
+    dirs, files = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        dirs += [str(rel / d) for d in dirnames]
+        files += [str(rel / f) for f in filenames]
+    return sorted(dirs), sorted(files)
+
+
+def assert_same_tree(files: list[Path], root: Path) -> None:
+    """Every byte of every file equals the original, and the tree has the same shape."""
+    expected_dirs = sorted({str(p) for f in files for p in f.parents if str(p) != "."})
+    dirs, got_files = tree_shape(root)
+    assert dirs == expected_dirs
+    assert got_files == [str(f) for f in files]
+    mismatched = [str(f) for f in files
+                  if not filecmp.cmp(STDLIB / f, root / f, shallow=False)]
+    assert mismatched == []
+
+
+def test_stdlib_tree_roundtrip_purge_and_remount(
+        mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]) -> None:
+    files = stdlib_files()
+    assert len(files) > 1000
+    total = sum((STDLIB / f).stat().st_size for f in files)
+    m = mount_cassfs("site", *tenant)
+    copy_tree(files, m.path / "lib")
+    assert_same_tree(files, m.path / "lib")
+
+    # purge: everything is read from Cassandra again
+    before = m.stats()
+    m.cli("cache", "purge", "--cache-dir", str(m.cache_dir))
+    assert m.stats()["entries"] < before["entries"]
+    assert_same_tree(files, m.path / "lib")
+    after = m.stats()
+    assert after["bytes_fetched"] - before["bytes_fetched"] >= total
+
+    # a new host: unmount, remount with a new empty cache dir
+    unmount(m)
+    assert not os.path.ismount(m.path)
+    m2 = mount_cassfs("site", *tenant, "fresh-cache")
+    assert m2.stats()["bytes_cached"] < total
+    assert_same_tree(files, m2.path / "lib")
+    assert m2.stats()["bytes_fetched"] >= total
+
+
+def test_64_mib_file(mount_cassfs: Callable[..., Mount], tenant: tuple[int, str],
+                     tmp_path: Path) -> None:
+    m = mount_cassfs("big", *tenant)
+    source = tmp_path / "big.bin"
+    block = os.urandom(1024 * 1024)
+    with open(source, "wb") as out:
+        for i in range(64):
+            out.write(bytes([i]) + block[1:])
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    shutil.copyfile(source, m.path / "big.bin")
+    assert (m.path / "big.bin").stat().st_size == 64 * 1024 * 1024
+    m.cli("cache", "purge", "--cache-dir", str(m.cache_dir))
+    assert hashlib.sha256((m.path / "big.bin").read_bytes()).hexdigest() == digest
+
+
+def test_rename_populated_directory(mount_cassfs: Callable[..., Mount],
+                                    tenant: tuple[int, str]) -> None:
+    m = mount_cassfs("ren", *tenant)
+    src = m.path / "a" / "b"
+    (src / "c").mkdir(parents=True)
+    for i in range(50):
+        (src / "c" / f"f{i}.php").write_text(f"<?php echo {i};")
+    (m.path / "z").mkdir()
+    os.rename(m.path / "a", m.path / "z" / "moved")
+    assert not (m.path / "a").exists()
+    moved = m.path / "z" / "moved" / "b" / "c"
+    assert sorted(p.name for p in moved.iterdir()) == sorted(f"f{i}.php" for i in range(50))
+    assert (moved / "f7.php").read_text() == "<?php echo 7;"
+    # replacing an existing file by rename
+    (m.path / "new.txt").write_text("new")
+    (m.path / "old.txt").write_text("old")
+    os.rename(m.path / "new.txt", m.path / "old.txt")
+    assert (m.path / "old.txt").read_text() == "new"
+    assert not (m.path / "new.txt").exists()
+
+
+def test_two_hosts_see_each_others_writes_within_the_ttls(
+        mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]) -> None:
+    ttl = ["--cache-ttl", "2", "--entry-ttl", "1", "--negative-ttl", "1"]
+    a = mount_cassfs("host-a", *tenant, None, *ttl)
+    b = mount_cassfs("host-b", *tenant, None, *ttl)
+    (a.path / "settings.php").write_text("<?php $v = 1;")
+    assert _eventually(lambda: (b.path / "settings.php").read_text() == "<?php $v = 1;", 5)
+    (a.path / "settings.php").write_text("<?php $v = 2; // rewritten whole")
+    assert _eventually(
+        lambda: (b.path / "settings.php").read_text() == "<?php $v = 2; // rewritten whole", 5)
+    os.unlink(a.path / "settings.php")
+    assert _eventually(lambda: not (b.path / "settings.php").exists(), 5)
+
+
+def _eventually(check: Callable[[], bool], seconds: float) -> bool:
+    """True once ``check()`` holds; False if it never did within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if check():
+                return True
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def test_two_tenants_do_not_see_each_other(mount_cassfs: Callable[..., Mount],
+                                           tenant: tuple[int, str]) -> None:
+    a = mount_cassfs("tenant-a", *tenant)
+    b = mount_cassfs("tenant-b", tenant[0], tenant[1] + "-other", "tenant-a-cache")
+    (a.path / "secret.txt").write_text("a only")
+    (b.path / "mine.txt").write_text("b only")
+    assert os.listdir(a.path) == ["secret.txt"]
+    assert os.listdir(b.path) == ["mine.txt"]
+    assert not (b.path / "secret.txt").exists()
+
+
+def _errno_of(fn: Callable[[], object]) -> int:
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
+def test_errnos(mount_cassfs: Callable[..., Mount], tenant: tuple[int, str],
+                tmp_path: Path) -> None:
+    m = mount_cassfs("errs", *tenant)
+    root = m.path
+    (root / "dir" / "sub").mkdir(parents=True)
+    (root / "dir" / "sub" / "f").write_text("x")
+    (root / "file").write_text("y")
+    (root / "emptydir").mkdir()
+    assert _errno_of(lambda: (root / "missing").stat()) == errno.ENOENT
+    assert _errno_of(lambda: open(root / "missing" / "x")) == errno.ENOENT
+    assert _errno_of(lambda: (root / "dir").mkdir()) == errno.EEXIST
+    assert _errno_of(lambda: os.open(root / "file", os.O_CREAT | os.O_EXCL | os.O_WRONLY)) \
+        == errno.EEXIST
+    assert _errno_of(lambda: os.rmdir(root / "dir")) == errno.ENOTEMPTY
+    assert _errno_of(lambda: os.rmdir(root / "file")) == errno.ENOTDIR
+    assert _errno_of(lambda: (root / "file" / "x").stat()) == errno.ENOTDIR
+    assert _errno_of(lambda: os.unlink(root / "dir")) == errno.EISDIR
+    assert _errno_of(lambda: open(root / "dir", "w")) == errno.EISDIR
+    assert _errno_of(lambda: os.rename(root / "file", root / "emptydir")) == errno.EISDIR
+    assert _errno_of(lambda: os.rename(root / "emptydir", root / "file")) == errno.ENOTDIR
+    assert _errno_of(lambda: os.rename(root / "dir", root / "dir" / "sub" / "in")) \
+        == errno.EINVAL
+    assert _errno_of(lambda: (root / ("n" * 256)).write_text("")) == errno.ENAMETOOLONG
+    assert _errno_of(lambda: (root / ("n" * 256)).stat()) == errno.ENAMETOOLONG
+    assert _errno_of(lambda: os.rename(root / "file", tmp_path / "elsewhere")) == errno.EXDEV
+    assert _errno_of(lambda: os.link(root / "file", root / "hard")) == errno.EPERM
+    # nothing was lost by the failures
+    assert (root / "file").read_text() == "y"
+    assert (root / "dir" / "sub" / "f").read_text() == "x"
+
+
+def test_posix_file_operations(mount_cassfs: Callable[..., Mount],
+                               tenant: tuple[int, str]) -> None:
+    m = mount_cassfs("posix", *tenant)
+    f = m.path / "f.txt"
+    f.write_bytes(b"hello world")
+    os.chmod(f, 0o600)
+    assert f.stat().st_mode & 0o777 == 0o600
+    os.chown(f, 33, 33)
+    assert (f.stat().st_uid, f.stat().st_gid) == (33, 33)
+    os.utime(f, ns=(1_000_000_000, 2_000_000_000))
+    assert f.stat().st_mtime_ns == 2_000_000_000
+    os.truncate(f, 5)
+    assert f.read_bytes() == b"hello"
+    with open(f, "r+b") as handle:  # a partial rewrite in place
+        handle.seek(1)
+        handle.write(b"ELL")
+    assert f.read_bytes() == b"hELLo"
+    with open(f, "ab") as handle:
+        handle.write(b" again")
+    assert f.read_bytes() == b"hELLo again"
+    os.symlink("f.txt", m.path / "link")
+    assert os.readlink(m.path / "link") == "f.txt"
+    assert (m.path / "link").read_bytes() == b"hELLo again"
+    # an unlinked but open file stays readable
+    with open(f, "rb") as handle:
+        os.unlink(f)
+        assert handle.read() == b"hELLo again"
+    assert not f.exists()
+    st = os.statvfs(m.path)
+    assert st.f_namemax == 255 and st.f_bavail > 0
+    # fsync reports success only once the data is in Cassandra: purge and read back
+    with open(m.path / "durable", "wb") as handle:
+        handle.write(b"on disk")
+        handle.flush()
+        os.fsync(handle.fileno())
+    m.cli("cache", "purge", "--cache-dir", str(m.cache_dir))
+    assert (m.path / "durable").read_bytes() == b"on disk"
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path, cassandra: str) -> None:
+    missing = run_cli("up", str(tmp_path / "nope"), "--cache-dir", str(tmp_path / "c"),
+                      check=False)
+    assert missing.returncode == 1
+    assert "does not exist" in missing.stderr and "mkdir -p" in missing.stderr
+    (tmp_path / "file").write_text("")
+    not_dir = run_cli("up", str(tmp_path / "file"), "--cache-dir", str(tmp_path / "c"),
+                      check=False)
+    assert "not a directory" in not_dir.stderr
+    (tmp_path / "mnt").mkdir()
+    unreachable = run_cli("up", str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "c2"),
+                          "--contact-points", "127.0.0.1:1", check=False)
+    assert unreachable.returncode == 1
+    assert "127.0.0.1:1" in unreachable.stderr and "Traceback" not in unreachable.stderr
+    no_schema = run_cli("up", str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "c3"),
+                        "--contact-points", cassandra, "--keyspace", "cassfs_not_there",
+                        check=False)
+    assert no_schema.returncode == 1
+    assert "cassfs schema apply" in no_schema.stderr
+    ro = tmp_path / "ro"
+    ro.write_text("a file where a dir should be")
+    not_writable = run_cli("up", str(tmp_path / "mnt"), "--cache-dir", str(ro / "sub"),
+                           check=False)
+    assert "not writable" in not_writable.stderr
+    assert not os.path.ismount(tmp_path / "mnt")

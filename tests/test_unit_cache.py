@@ -1,0 +1,389 @@
+"""Unit tests of cached.cache: metadata freshness and the diskcache-backed LocalCache."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cached.cache import Freshness, LocalCache, freshness, sha256_file
+from cached.content import content_id
+from cached.model import DIRECTORY, REGULAR, Inode
+from cached.stats import Counters
+
+MiB = 1024 * 1024
+TTL = 5.0
+T1: tuple[int, str] = (1, "prod")
+T2: tuple[int, str] = (1, "staging")
+T3: tuple[int, str] = (2, "prod")
+
+
+# -- freshness ---------------------------------------------------------------------------
+
+
+def test_freshness_absent_when_never_fetched() -> None:
+    assert freshness(None, 100.0, 5.0) is Freshness.ABSENT
+
+
+@pytest.mark.parametrize(
+    ("fetched_at", "now", "ttl", "expected"),
+    [
+        (100.0, 100.0, 5.0, Freshness.FRESH),  # age 0
+        (100.0, 104.999, 5.0, Freshness.FRESH),  # just inside
+        (100.0, 105.0, 5.0, Freshness.STALE),  # exactly ttl
+        (100.0, 105.001, 5.0, Freshness.STALE),
+        (100.0, 1e9, 5.0, Freshness.STALE),
+        (100.0, 99.999, 5.0, Freshness.STALE),  # clock went backwards
+        (100.0, 50.0, 1e9, Freshness.STALE),  # backwards, even with a huge ttl
+        (100.0, 100.0, 0.0, Freshness.STALE),  # ttl 0: never fresh
+        (100.0, 100.5, 0.0, Freshness.STALE),
+    ],
+)
+def test_freshness(fetched_at: float, now: float, ttl: float, expected: Freshness) -> None:
+    assert freshness(fetched_at, now, ttl) is expected
+
+
+# -- LocalCache --------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_inode(ino: int = 42, **changes: object) -> Inode:
+    inode = Inode(
+        ino=ino,
+        kind=REGULAR,
+        mode=0o100644,
+        uid=1000,
+        gid=1000,
+        size=11,
+        atime_ns=1_700_000_000_000_000_001,
+        mtime_ns=1_700_000_000_000_000_002,
+        ctime_ns=1_700_000_000_000_000_003,
+        parent=1,
+        nlink=1,
+        content_id=content_id(b"hello world"),
+        chunk_size=MiB,
+        target=b"",
+    )
+    return inode.evolve(**changes)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def counters(tmp_path: Path) -> Iterator[Counters]:
+    c = Counters(tmp_path / "counters")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, counters: Counters, clock: FakeClock) -> Iterator[LocalCache]:
+    c = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    yield c
+    c.close()
+
+
+async def test_inode_fresh_then_stale(cache: LocalCache, clock: FakeClock) -> None:
+    inode = make_inode()
+    assert await cache.get_inode(T1, inode.ino) == (Freshness.ABSENT, None)
+    await cache.put_inode(T1, inode)
+    assert await cache.get_inode(T1, inode.ino) == (Freshness.FRESH, inode)
+    clock.advance(TTL - 0.5)
+    assert await cache.get_inode(T1, inode.ino) == (Freshness.FRESH, inode)
+    clock.advance(0.5)  # exactly ttl
+    assert await cache.get_inode(T1, inode.ino) == (Freshness.STALE, inode)
+    clock.advance(1000)
+    assert await cache.get_inode(T1, inode.ino) == (Freshness.STALE, inode)
+
+
+async def test_inode_refetch_makes_it_fresh_again(cache: LocalCache, clock: FakeClock) -> None:
+    await cache.put_inode(T1, make_inode(size=1))
+    clock.advance(TTL + 1)
+    newer = make_inode(size=2)
+    await cache.put_inode(T1, newer)
+    assert await cache.get_inode(T1, 42) == (Freshness.FRESH, newer)
+
+
+async def test_inode_stale_when_clock_goes_backwards(cache: LocalCache, clock: FakeClock) -> None:
+    await cache.put_inode(T1, make_inode())
+    clock.advance(-1)
+    assert (await cache.get_inode(T1, 42))[0] is Freshness.STALE
+
+
+async def test_drop_inode(cache: LocalCache) -> None:
+    await cache.put_inode(T1, make_inode())
+    await cache.drop_inode(T1, 42)
+    assert await cache.get_inode(T1, 42) == (Freshness.ABSENT, None)
+    await cache.drop_inode(T1, 42)  # dropping what is not cached is fine
+
+
+async def test_directory_and_symlink_inodes_round_trip(cache: LocalCache) -> None:
+    d = make_inode(7, kind=DIRECTORY, mode=0o40755, size=0, content_id=b"", chunk_size=0)
+    s = make_inode(8, kind=3, mode=0o120777, size=3, content_id=b"", target=b"../x\xff")
+    await cache.put_inode(T1, d)
+    await cache.put_inode(T1, s)
+    assert await cache.get_inode(T1, 7) == (Freshness.FRESH, d)
+    assert await cache.get_inode(T1, 8) == (Freshness.FRESH, s)
+
+
+async def test_dentries_positive_and_negative(cache: LocalCache, clock: FakeClock) -> None:
+    assert await cache.get_dentry(T1, 1, b"a.php") == (Freshness.ABSENT, None)
+    await cache.put_dentry(T1, 1, b"a.php", 42, REGULAR)
+    await cache.put_dentry(T1, 1, b"missing", 0, 0)
+    assert await cache.get_dentry(T1, 1, b"a.php") == (Freshness.FRESH, (42, REGULAR))
+    assert await cache.get_dentry(T1, 1, b"missing") == (Freshness.FRESH, (0, 0))
+    # Same name in another parent is another entry.
+    assert await cache.get_dentry(T1, 2, b"a.php") == (Freshness.ABSENT, None)
+    clock.advance(TTL)
+    assert await cache.get_dentry(T1, 1, b"a.php") == (Freshness.STALE, (42, REGULAR))
+    assert await cache.get_dentry(T1, 1, b"missing") == (Freshness.STALE, (0, 0))
+
+
+async def test_listings(cache: LocalCache, clock: FakeClock) -> None:
+    items = [(b"a", 10, REGULAR), (b"b\xff", 11, DIRECTORY), (b"c", 12, 3)]
+    assert await cache.get_listing(T1, 1) == (Freshness.ABSENT, None)
+    await cache.put_listing(T1, 1, items)
+    fresh, got = await cache.get_listing(T1, 1)
+    assert fresh is Freshness.FRESH
+    assert [tuple(item) for item in got] == items
+    await cache.put_listing(T1, 5, [])
+    fresh, got = await cache.get_listing(T1, 5)
+    assert fresh is Freshness.FRESH
+    assert list(got) == []
+    clock.advance(TTL + 0.1)
+    fresh, got = await cache.get_listing(T1, 1)
+    assert fresh is Freshness.STALE
+    assert [tuple(item) for item in got] == items
+    await cache.drop_listing(T1, 1)
+    assert await cache.get_listing(T1, 1) == (Freshness.ABSENT, None)
+
+
+async def test_tenants_are_isolated(cache: LocalCache) -> None:
+    a = make_inode(42, uid=1)
+    b = make_inode(42, uid=2)
+    await cache.put_inode(T1, a)
+    await cache.put_inode(T2, b)
+    assert await cache.get_inode(T1, 42) == (Freshness.FRESH, a)
+    assert await cache.get_inode(T2, 42) == (Freshness.FRESH, b)
+    assert await cache.get_inode(T3, 42) == (Freshness.ABSENT, None)
+
+    await cache.put_dentry(T1, 1, b"x", 42, REGULAR)
+    assert await cache.get_dentry(T2, 1, b"x") == (Freshness.ABSENT, None)
+    assert await cache.get_dentry(T3, 1, b"x") == (Freshness.ABSENT, None)
+
+    await cache.put_listing(T2, 1, [(b"y", 9, REGULAR)])
+    assert await cache.get_listing(T1, 1) == (Freshness.ABSENT, None)
+    assert await cache.get_listing(T3, 1) == (Freshness.ABSENT, None)
+
+    cid = content_id(b"secret")
+    await cache.put_content(T1, cid, b"secret")
+    assert await cache.has_content(T1, cid) is True
+    assert await cache.has_content(T2, cid) is False
+    assert await cache.has_content(T3, cid) is False
+    assert await cache.read_content(T2, cid, 0, 100) is None
+    assert await cache.copy_content(T3, cid, io.BytesIO()) is False
+
+    await cache.drop_inode(T2, 42)
+    assert await cache.get_inode(T1, 42) == (Freshness.FRESH, a)
+
+
+async def test_put_and_read_content_with_offsets(cache: LocalCache) -> None:
+    data = b"0123456789abcdef"
+    cid = content_id(data)
+    assert await cache.has_content(T1, cid) is False
+    assert await cache.read_content(T1, cid, 0, 4) is None
+    await cache.put_content(T1, cid, data)
+    assert await cache.has_content(T1, cid) is True
+    assert await cache.read_content(T1, cid, 0, 4) == b"0123"
+    assert await cache.read_content(T1, cid, 10, 4) == b"abcd"
+    assert await cache.read_content(T1, cid, 14, 100) == b"ef"
+    assert await cache.read_content(T1, cid, 16, 10) == b""
+    assert await cache.read_content(T1, cid, 1000, 10) == b""
+    assert await cache.read_content(T1, cid, 0, 0) == b""
+    out = io.BytesIO()
+    assert await cache.copy_content(T1, cid, out) is True
+    assert out.getvalue() == data
+
+
+async def test_large_in_memory_content_is_read_back(cache: LocalCache) -> None:
+    # Over diskcache's inline threshold, so stored as a file.
+    data = os.urandom(200_000)
+    cid = content_id(data)
+    await cache.put_content(T1, cid, data)
+    assert await cache.read_content(T1, cid, 199_990, 100) == data[199_990:]
+    assert await cache.read_content(T1, cid, 200_000, 1) == b""
+    out = io.BytesIO()
+    assert await cache.copy_content(T1, cid, out) is True
+    assert out.getvalue() == data
+
+
+async def test_put_content_file_then_slices_and_copy(cache: LocalCache, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    cid, size = sha256_file(source)
+    assert (cid, size) == (content_id(data), 3 * MiB)
+    await cache.put_content_file(T1, cid, source)
+    assert source.read_bytes() == data  # the source is left alone
+    assert await cache.has_content(T1, cid) is True
+    assert await cache.read_content(T1, cid, 0, 10) == data[:10]
+    assert await cache.read_content(T1, cid, MiB - 5, 10) == data[MiB - 5 : MiB + 5]
+    assert await cache.read_content(T1, cid, 2 * MiB, MiB) == data[2 * MiB :]
+    assert await cache.read_content(T1, cid, 3 * MiB - 3, 100) == data[-3:]
+    assert await cache.read_content(T1, cid, 3 * MiB, 100) == b""
+    assert await cache.read_content(T1, cid, 5 * MiB, 100) == b""
+    out = io.BytesIO()
+    assert await cache.copy_content(T1, cid, out) is True
+    assert out.getvalue() == data
+
+
+async def test_new_tmp_file_is_private_and_in_tmp_dir(cache: LocalCache) -> None:
+    path, handle = cache.new_tmp_file()
+    try:
+        assert path.parent == cache.tmp_dir
+        assert path.exists()
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        handle.write(b"abc")
+        handle.seek(0)
+        assert handle.read() == b"abc"
+    finally:
+        handle.close()
+        path.unlink()
+
+
+async def test_clear_and_usage(cache: LocalCache) -> None:
+    assert await cache.usage() == (0, (await cache.usage())[1])
+    entries0, bytes0 = await cache.usage()
+    assert entries0 == 0
+    await cache.put_inode(T1, make_inode(1))
+    await cache.put_dentry(T1, 1, b"a", 2, REGULAR)
+    await cache.put_listing(T1, 1, [(b"a", 2, REGULAR)])
+    big = os.urandom(100_000)
+    await cache.put_content(T1, content_id(big), big)
+    entries, volume = await cache.usage()
+    assert entries == 4
+    assert volume >= bytes0 + len(big)
+    assert await cache.clear() == 4
+    entries, volume = await cache.usage()
+    assert entries == 0
+    assert volume < bytes0 + len(big)
+    assert await cache.get_inode(T1, 1) == (Freshness.ABSENT, None)
+    assert await cache.has_content(T1, content_id(big)) is False
+
+
+async def test_overwriting_an_entry_is_not_an_eviction(
+    cache: LocalCache, counters: Counters
+) -> None:
+    for size in range(5):
+        await cache.put_inode(T1, make_inode(size=size))
+    assert (await cache.usage())[0] == 1
+    assert counters.totals()["evictions"] == 0
+
+
+async def test_lru_eviction_counts_and_keeps_recently_read(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    # Many entries of 48 KiB (stored as files by diskcache), a 4 MiB limit: the
+    # limit is reached after ~85 entries, more than the 64 that one cull removes.
+    cache = LocalCache(tmp_path / "small", 4 * MiB, TTL, counters, clock=clock)
+    size = 48 * 1024
+    try:
+        blobs = [i.to_bytes(2, "big") * (size // 2) for i in range(120)]
+        ids = [content_id(b) for b in blobs]
+        for i, blob in enumerate(blobs):
+            if i >= 2:
+                # Keep entry 0 the most recently used one before each insertion.
+                assert await cache.read_content(T1, ids[0], 2, 4) == blobs[0][2:6]
+            await cache.put_content(T1, ids[i], blob)
+        evictions = counters.totals()["evictions"]
+        assert evictions > 0
+        assert await cache.has_content(T1, ids[0]) is True
+        assert await cache.read_content(T1, ids[0], size - 2, 10) == blobs[0][-2:]
+        assert await cache.has_content(T1, ids[1]) is False  # the least recently used
+        assert await cache.has_content(T1, ids[-1]) is True  # the newest
+        present = [i for i in range(len(ids)) if await cache.has_content(T1, ids[i])]
+        entries, volume = await cache.usage()
+        assert entries == len(present) == len(blobs) - evictions
+        assert volume <= 4 * MiB + size
+        # Eviction follows insertion order apart from entry 0: the survivors are the newest.
+        assert present == [0, *range(len(blobs) - len(present) + 1, len(blobs))]
+    finally:
+        cache.close()
+
+
+async def test_eviction_count_matches_entries_lost(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    cache = LocalCache(tmp_path / "small", 2 * MiB, TTL, counters, clock=clock)
+    try:
+        inserted = 0
+        for i in range(40):
+            blob = bytes([i]) * (100 * 1024)
+            await cache.put_content(T2, content_id(blob), blob)
+            inserted += 1
+        entries, _ = await cache.usage()
+        assert counters.totals()["evictions"] > 0
+        assert counters.totals()["evictions"] == inserted - entries
+        # Counted in memory until persisted.
+        assert counters.take_pending()["evictions"] == inserted - entries
+    finally:
+        cache.close()
+
+
+async def test_lru_eviction_with_few_large_entries_keeps_recent_ones(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    cache = LocalCache(tmp_path / "few", 4 * MiB, TTL, counters, clock=clock)
+    try:
+        blobs = [bytes([i]) * (MiB // 2) for i in range(12)]
+        ids = [content_id(b) for b in blobs]
+        await cache.put_content(T1, ids[0], blobs[0])
+        await cache.put_content(T1, ids[1], blobs[1])
+        for i in range(2, len(blobs)):
+            assert await cache.read_content(T1, ids[0], 0, 4) == blobs[0][:4]
+            await cache.put_content(T1, ids[i], blobs[i])
+            # What was just put can be read back.
+            assert await cache.has_content(T1, ids[i]) is True
+        assert counters.totals()["evictions"] > 0
+        assert await cache.has_content(T1, ids[0]) is True
+        assert await cache.has_content(T1, ids[1]) is False
+    finally:
+        cache.close()
+
+
+async def test_cache_survives_reopen(tmp_path: Path, counters: Counters, clock: FakeClock) -> None:
+    first = LocalCache(tmp_path / "c", 64 * MiB, TTL, counters, clock=clock)
+    await first.put_inode(T1, make_inode())
+    await first.put_content(T1, content_id(b"abc"), b"abc")
+    first.close()
+    second = LocalCache(tmp_path / "c", 64 * MiB, TTL, counters, clock=clock)
+    try:
+        assert await second.get_inode(T1, 42) == (Freshness.FRESH, make_inode())
+        assert await second.read_content(T1, content_id(b"abc"), 1, 5) == b"bc"
+    finally:
+        second.close()
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    assert sha256_file(path) == (content_id(b""), 0)
+    data = os.urandom(MiB + 3)
+    path.write_bytes(data)
+    assert sha256_file(path) == (content_id(data), MiB + 3)

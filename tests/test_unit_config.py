@@ -1,0 +1,114 @@
+"""Unit tests of the configuration parsers: ContactPoints.parse and parse_size."""
+
+from __future__ import annotations
+
+import pytest
+
+from cached.daemon import parse_size
+from cached.store import ContactPoints
+
+MiB = 1024**2
+GiB = 1024**3
+
+
+# -- ContactPoints -----------------------------------------------------------------------
+
+
+def test_single_host_defaults_to_port_9042() -> None:
+    points = ContactPoints.parse("127.0.0.1")
+    assert points == ContactPoints(("127.0.0.1",), 9042)
+    assert str(points) == "127.0.0.1:9042"
+
+
+def test_hosts_with_one_port() -> None:
+    points = ContactPoints.parse("a:1,b:1")
+    assert points.hosts == ("a", "b")
+    assert points.port == 1
+    assert str(points) == "a:1,b:1"
+
+
+def test_spaces_and_empty_items_are_ignored() -> None:
+    points = ContactPoints.parse(" cass1:9142 , ,cass2:9142,")
+    assert points == ContactPoints(("cass1", "cass2"), 9142)
+
+
+def test_explicit_default_port_mixes_with_implicit() -> None:
+    assert ContactPoints.parse("a,b:9042") == ContactPoints(("a", "b"), 9042)
+
+
+def test_highest_port() -> None:
+    assert ContactPoints.parse("h:65535").port == 65535
+
+
+def test_str_round_trips_through_parse() -> None:
+    points = ContactPoints.parse("x.example,y.example")
+    assert str(points) == "x.example:9042,y.example:9042"
+    assert ContactPoints.parse(str(points)) == points
+
+
+@pytest.mark.parametrize("text", ["a:1,b:2", "a:1,b", "a,b:9043"])
+def test_mixed_ports_raise(text: str) -> None:
+    with pytest.raises(ValueError, match="same port"):
+        ContactPoints.parse(text)
+
+
+@pytest.mark.parametrize("text", ["a:0", "a:65536", "a:x", "a:", ":9042", "a:-1", "a:1.5"])
+def test_bad_port_or_host_raises(text: str) -> None:
+    with pytest.raises(ValueError, match="bad contact point"):
+        ContactPoints.parse(text)
+
+
+@pytest.mark.parametrize("text", ["", " ", ",", " , ,"])
+def test_empty_raises(text: str) -> None:
+    with pytest.raises(ValueError, match="no contact points"):
+        ContactPoints.parse(text)
+
+
+def test_ipv6_literal_is_not_misparsed() -> None:
+    try:
+        points = ContactPoints.parse("::1")
+    except ValueError:
+        return
+    assert points == ContactPoints(("::1",), 9042)
+
+
+# -- parse_size --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1G", GiB),
+        ("1g", GiB),
+        ("512M", 512 * MiB),
+        ("2GiB", 2 * GiB),
+        ("1GB", GiB),
+        ("1073741824", GiB),
+        ("0.5G", GiB // 2),
+        ("1M", MiB),
+        ("1024K", MiB),
+        ("1T", 1024**4),
+        (" 3G ", 3 * GiB),
+        ("1048576", MiB),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "", "G", "1X", "1.2.3M", "nan", "1 G G"])
+def test_parse_size_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError, match="bad size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["10", "1048575", "1023K", "0", "-1G", "0.5M"])
+def test_parse_size_rejects_under_one_mib(text: str) -> None:
+    with pytest.raises(ValueError, match="under 1 MiB"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["inf", "1e400"])
+def test_parse_size_rejects_infinity_with_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)

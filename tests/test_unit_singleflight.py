@@ -1,0 +1,187 @@
+"""Unit tests of cached.singleflight under trio."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from cached.singleflight import SingleFlight
+
+
+class Work:
+    """A slow async function that records its calls."""
+
+    def __init__(self, delay: float = 0.05) -> None:
+        self.delay = delay
+        self.started: list[object] = []
+        self.release = trio.Event()
+
+    async def slow(self, value: object) -> tuple[str, object, int]:
+        self.started.append(value)
+        await trio.sleep(self.delay)
+        return ("done", value, len(self.started))
+
+    async def gated(self, value: object) -> str:
+        self.started.append(value)
+        await self.release.wait()
+        return f"result-{value}"
+
+
+async def test_concurrent_callers_of_one_key_share_one_run() -> None:
+    flights = SingleFlight()
+    work = Work()
+    results: list[object] = []
+
+    async def caller() -> None:
+        results.append(await flights.run("k", work.slow, "v"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(caller)
+    assert flights.calls == 1
+    assert work.started == ["v"]
+    assert results == [("done", "v", 1)] * 20
+
+
+async def test_sequential_calls_run_again() -> None:
+    flights = SingleFlight()
+    work = Work(delay=0)
+    assert await flights.run("k", work.slow, 1) == ("done", 1, 1)
+    assert await flights.run("k", work.slow, 2) == ("done", 2, 2)
+    assert flights.calls == 2
+
+
+async def test_different_keys_run_separately() -> None:
+    flights = SingleFlight()
+    work = Work()
+    results: dict[str, list[object]] = {"a": [], "b": [], "c": []}
+
+    async def caller(key: str) -> None:
+        results[key].append(await flights.run(key, work.slow, key))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            for key in results:
+                nursery.start_soon(caller, key)
+    assert flights.calls == 3
+    assert sorted(work.started) == ["a", "b", "c"]
+    for key, got in results.items():
+        assert len(got) == 5
+        assert {r[:2] for r in got} == {("done", key)}  # type: ignore[index]
+
+
+async def test_different_keys_run_concurrently() -> None:
+    flights = SingleFlight()
+    work = Work()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flights.run, ("c", 1), work.gated, 1)
+        nursery.start_soon(flights.run, ("c", 2), work.gated, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        # Both started although neither finished: no key blocks another.
+        assert sorted(work.started) == [1, 2]  # type: ignore[type-var]
+        work.release.set()
+    assert flights.calls == 2
+
+
+async def test_exception_reaches_every_waiter() -> None:
+    flights = SingleFlight()
+    calls = 0
+
+    async def failing() -> None:
+        nonlocal calls
+        calls += 1
+        await trio.sleep(0.02)
+        raise OSError(5, "cassandra down")
+
+    errors: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await flights.run("k", failing)
+        except OSError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(caller)
+    assert calls == 1
+    assert flights.calls == 1
+    assert len(errors) == 10
+    assert all(isinstance(e, OSError) and e.args == (5, "cassandra down") for e in errors)
+
+
+async def test_after_a_failure_the_key_can_run_again() -> None:
+    flights = SingleFlight()
+
+    async def boom() -> None:
+        raise ValueError("x")
+
+    async def fine() -> int:
+        return 7
+
+    with pytest.raises(ValueError, match="x"):
+        await flights.run("k", boom)
+    assert await flights.run("k", fine) == 7
+    assert flights.calls == 2
+
+
+async def test_cancelled_leader_hands_over_to_a_waiter() -> None:
+    flights = SingleFlight()
+    work = Work()
+    leader_scope = trio.CancelScope()
+    leader_outcome: list[str] = []
+    waiter_results: list[object] = []
+
+    async def leader() -> None:
+        with leader_scope:
+            await flights.run("k", work.gated, "first")
+            leader_outcome.append("finished")
+        if leader_scope.cancelled_caught:
+            leader_outcome.append("cancelled")
+
+    async def waiter() -> None:
+        waiter_results.append(await flights.run("k", work.gated, "second"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(leader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert work.started == ["first"]
+        for _ in range(3):
+            nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert flights.calls == 1
+        leader_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        # One waiter became the new leader; the others wait on it.
+        assert flights.calls == 2
+        assert work.started == ["first", "second"]
+        work.release.set()
+    assert leader_outcome == ["cancelled"]
+    assert waiter_results == ["result-second"] * 3
+
+
+async def test_cancelled_waiter_does_not_disturb_the_leader() -> None:
+    flights = SingleFlight()
+    work = Work()
+    waiter_scope = trio.CancelScope()
+    results: list[object] = []
+
+    async def waiter() -> None:
+        with waiter_scope:
+            await flights.run("k", work.gated, "w")
+
+    async def leader() -> None:
+        results.append(await flights.run("k", work.gated, "l"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(leader)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        waiter_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        work.release.set()
+    assert results == ["result-l"]
+    assert flights.calls == 1
+    assert work.started == ["l"]
