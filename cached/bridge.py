@@ -58,7 +58,8 @@ async def execute(
             ok, value = await receive.receive()
             if not ok:
                 raise value
-            rows.extend(value)
+            if value:  # None for statements without a result set
+                rows.extend(value)
             if not future.has_more_pages:
                 return rows
             future.start_fetching_next_page()

@@ -78,9 +78,9 @@ class ContentGone(Exception):
     """A chunk of the content version being fetched is missing: the file was rewritten."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
-    """One connection's tenant, store view and notification callback."""
+    """One connection's tenant, store view and notification callback (hashed by identity)."""
 
     owner: int
     environment: str
