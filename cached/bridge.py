@@ -20,12 +20,13 @@ log = logging.getLogger(__name__)
 
 
 async def execute(
-    session: Session, statement: Any, params: Any = None, *, timeout: float = 10.0
+    session: Session, statement: Any, params: Any = None, *, query_timeout: float = 10.0
 ) -> list[Any]:
     """Run ``statement`` with ``params`` and return every row of every page.
 
-    ``timeout`` is in seconds, per page.  Raises whatever the driver raises
-    (``cassandra.DriverException`` and subclasses, ``OperationTimedOut``).
+    ``query_timeout`` is in seconds, per page (the driver's own timeout).
+    Raises whatever the driver raises (``cassandra.DriverException`` and
+    subclasses, ``OperationTimedOut``).
     Cancelling the calling task abandons the query; the driver finishes it.
     """
     token = trio.lowlevel.current_trio_token()
@@ -49,7 +50,7 @@ async def execute(
         except trio.RunFinishedError:
             pass
 
-    future: ResponseFuture = session.execute_async(statement, params, timeout=timeout)
+    future: ResponseFuture = session.execute_async(statement, params, timeout=query_timeout)
     rows: list[Any] = []
     # Added once: start_fetching_next_page() fires the same callbacks again.
     future.add_callbacks(on_page, on_error)

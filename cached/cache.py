@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -39,6 +40,8 @@ from cached.stats import Counters
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Metadata entries mirrored in memory (an inode entry is a few hundred bytes).
+MEMO_ENTRIES = 200_000
 Tenant = tuple[int, str]
 
 
@@ -91,6 +94,7 @@ class LocalCache:
         )
         self._read_limiter = trio.CapacityLimiter(8)
         self._write_limiter = trio.CapacityLimiter(1)
+        self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
     def close(self) -> None:
         """Close the SQLite connections (blocking; call at shutdown)."""
@@ -133,10 +137,38 @@ class LocalCache:
         return None
 
     # -- metadata -------------------------------------------------------------------------
+    #
+    # Metadata is mirrored in an in-memory LRU (MEMO_ENTRIES) so that a lookup or
+    # getattr answered from the cache costs no thread hop.  Every change goes to the
+    # memo and, in the same call, to diskcache; only this daemon writes this cache
+    # dir (flock), so the memo never holds anything diskcache would contradict.
+
+    def _memo_put(self, key: tuple[Any, ...], value: Any) -> None:
+        self._memo[key] = value
+        self._memo.move_to_end(key)
+        while len(self._memo) > MEMO_ENTRIES:
+            self._memo.popitem(last=False)
+
+    async def _meta_get(self, key: tuple[Any, ...]) -> Any:
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        value = await self._read(self._cache.get, key)
+        if value is not None:
+            self._memo_put(key, value)
+        return value
+
+    async def _meta_set(self, key: tuple[Any, ...], value: Any) -> None:
+        self._memo_put(key, value)
+        await self._write(self._set_counting, key, value)
+
+    async def _meta_delete(self, key: tuple[Any, ...]) -> None:
+        self._memo.pop(key, None)
+        await self._write(self._cache.delete, key)
 
     async def get_inode(self, tenant: Tenant, ino: int) -> tuple[Freshness, Inode | None]:
         """The cached inode and its freshness; ``(ABSENT, None)`` when not cached."""
-        entry = await self._read(self._cache.get, ("i", *tenant, ino))
+        entry = await self._meta_get(("i", *tenant, ino))
         if entry is None:
             return Freshness.ABSENT, None
         fetched_at, data = entry
@@ -144,47 +176,47 @@ class LocalCache:
 
     async def put_inode(self, tenant: Tenant, inode: Inode) -> None:
         """Cache ``inode`` as fetched now."""
-        await self._write(self._set_counting, ("i", *tenant, inode.ino),
-                          (self.clock(), inode.to_wire()))
+        await self._meta_set(("i", *tenant, inode.ino), (self.clock(), inode.to_wire()))
 
     async def drop_inode(self, tenant: Tenant, ino: int) -> None:
         """Forget the cached inode."""
-        await self._write(self._cache.delete, ("i", *tenant, ino))
+        await self._meta_delete(("i", *tenant, ino))
 
     async def get_dentry(
         self, tenant: Tenant, parent: int, name: bytes
     ) -> tuple[Freshness, tuple[int, int] | None]:
         """The cached ``(ino, kind)`` of ``name`` in ``parent`` (ino 0: known absent)."""
-        entry = await self._read(self._cache.get, ("d", *tenant, parent, name))
+        entry = await self._meta_get(("d", *tenant, parent, name))
         if entry is None:
             return Freshness.ABSENT, None
         fetched_at, ino, kind = entry
         return freshness(fetched_at, self.clock(), self.ttl), (ino, kind)
 
-    async def put_dentry(self, tenant: Tenant, parent: int, name: bytes, ino: int,
-                         kind: int) -> None:
+    async def put_dentry(
+        self, tenant: Tenant, parent: int, name: bytes, ino: int, kind: int
+    ) -> None:
         """Cache that ``name`` in ``parent`` is ``ino`` (0 for a negative entry)."""
-        await self._write(self._set_counting, ("d", *tenant, parent, name),
-                          (self.clock(), ino, kind))
+        await self._meta_set(("d", *tenant, parent, name), (self.clock(), ino, kind))
 
     async def get_listing(
         self, tenant: Tenant, parent: int
     ) -> tuple[Freshness, list[tuple[bytes, int, int]] | None]:
         """The cached listing of directory ``parent``: ``[(name, ino, kind), ...]``."""
-        entry = await self._read(self._cache.get, ("l", *tenant, parent))
+        entry = await self._meta_get(("l", *tenant, parent))
         if entry is None:
             return Freshness.ABSENT, None
         fetched_at, items = entry
         return freshness(fetched_at, self.clock(), self.ttl), items
 
-    async def put_listing(self, tenant: Tenant, parent: int,
-                          items: list[tuple[bytes, int, int]]) -> None:
+    async def put_listing(
+        self, tenant: Tenant, parent: int, items: list[tuple[bytes, int, int]]
+    ) -> None:
         """Cache the listing of ``parent`` as fetched now."""
-        await self._write(self._set_counting, ("l", *tenant, parent), (self.clock(), items))
+        await self._meta_set(("l", *tenant, parent), (self.clock(), items))
 
     async def drop_listing(self, tenant: Tenant, parent: int) -> None:
         """Forget the listing of ``parent`` (after a local create, unlink or rename)."""
-        await self._write(self._cache.delete, ("l", *tenant, parent))
+        await self._meta_delete(("l", *tenant, parent))
 
     # -- content --------------------------------------------------------------------------
 
@@ -257,6 +289,7 @@ class LocalCache:
 
     async def clear(self) -> int:
         """Remove every entry; returns how many were removed."""
+        self._memo.clear()
         return await self._write(self._cache.clear)
 
     async def usage(self) -> tuple[int, int]:
@@ -273,4 +306,3 @@ def sha256_file(path: Path) -> tuple[bytes, int]:
             digest.update(block)
             size += len(block)
     return digest.digest(), size
-

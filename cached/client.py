@@ -50,7 +50,9 @@ class DaemonClient:
     """
 
     def __init__(
-        self, path: Path, nursery: trio.Nursery,
+        self,
+        path: Path,
+        nursery: trio.Nursery,
         on_notification: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.path = path
@@ -123,8 +125,7 @@ class DaemonClient:
                 pending.done.set()
             self._pending.clear()
 
-    async def _call_on(self, stream: trio.SocketStream, method: str,
-                       params: dict[str, Any]) -> Any:
+    async def _call_on(self, stream: trio.SocketStream, method: str, params: dict[str, Any]) -> Any:
         msgid = next(self._ids) % 2**32
         pending = _Pending()
         self._pending[msgid] = pending
@@ -200,7 +201,8 @@ def call_once(cache_dir: Path, method: str, timeout: float = 30.0, **params: Any
                             raise from_wire(message.error)
                         return message.result
     except TimeoutError as exc:
-        raise DaemonUnavailable(f"the cache daemon did not answer {method} in {timeout} s",
-                                err=errno.ETIMEDOUT) from exc
+        raise DaemonUnavailable(
+            f"the cache daemon did not answer {method} in {timeout} s", err=errno.ETIMEDOUT
+        ) from exc
     except OSError as exc:
         raise DaemonUnavailable(f"no cache daemon at {socket_path(cache_dir)}: {exc}") from exc

@@ -51,9 +51,15 @@ def parse_size(text: str) -> int:
     return size
 
 
-async def run_daemon(cache_dir: Path, contact_points: ContactPoints, keyspace: str,
-                     cache_ttl: float, cache_size: int, consistency: str,
-                     idle_exit: float | None) -> None:
+async def run_daemon(
+    cache_dir: Path,
+    contact_points: ContactPoints,
+    keyspace: str,
+    cache_ttl: float,
+    cache_size: int,
+    consistency: str,
+    idle_exit: float | None,
+) -> None:
     """Connect, serve on ``cache_dir/daemon.sock`` until SIGTERM/SIGINT or ``shutdown``.
 
     Raises ``CassfsError`` subclasses on start-up failures.
@@ -64,16 +70,26 @@ async def run_daemon(cache_dir: Path, contact_points: ContactPoints, keyspace: s
     spool = cache_dir / "spool"
     spool.mkdir(mode=0o700, exist_ok=True)
     service = Service(store, cache, counters, spool)
-    config = {"contact_points": str(contact_points), "keyspace": keyspace,
-              "cache_ttl": cache_ttl, "cache_size": cache_size}
+    config = {
+        "contact_points": str(contact_points),
+        "keyspace": keyspace,
+        "cache_ttl": cache_ttl,
+        "cache_size": cache_size,
+    }
     server = Server(service, store, socket_path(cache_dir), config, idle_exit=idle_exit)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             nursery.start_soon(_flush_counters, counters)
             nursery.start_soon(_on_signals, server)
-            log.info("serving %s (keyspace %s at %s, TTL %s s, %d bytes)", cache_dir, keyspace,
-                     contact_points, cache_ttl, cache_size)
+            log.info(
+                "serving %s (keyspace %s at %s, TTL %s s, %d bytes)",
+                cache_dir,
+                keyspace,
+                contact_points,
+                cache_ttl,
+                cache_size,
+            )
             await server.stopped.wait()
             nursery.cancel_scope.cancel()
     finally:
@@ -114,22 +130,55 @@ def _lock(cache_dir: Path) -> int:
 
 
 @click.command(context_settings={"auto_envvar_prefix": "CASSFS"})
-@click.option("--cache-dir", type=click.Path(path_type=Path), required=True,
-              help="Directory of the cache, its socket and counters.")
-@click.option("--contact-points", default="127.0.0.1:9042", show_default=True,
-              help="Cassandra contact points, HOST[:PORT],...")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory of the cache, its socket and counters.",
+)
+@click.option(
+    "--contact-points",
+    default="127.0.0.1:9042",
+    show_default=True,
+    help="Cassandra contact points, HOST[:PORT],...",
+)
 @click.option("--keyspace", default="cassfs", show_default=True)
-@click.option("--cache-ttl", type=float, default=60.0, show_default=True,
-              help="Seconds cached metadata is served before revalidation.")
-@click.option("--cache-size", default="1G", show_default=True,
-              help="Cache size limit (bytes, or with K/M/G/T).")
-@click.option("--consistency", default="LOCAL_QUORUM", show_default=True,
-              help="Consistency level of reads and writes.")
-@click.option("--idle-exit", type=float, default=None,
-              help="Exit once no mount has used the daemon for this many seconds.")
+@click.option(
+    "--cache-ttl",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds cached metadata is served before revalidation.",
+)
+@click.option(
+    "--cache-size",
+    default="1G",
+    show_default=True,
+    help="Cache size limit (bytes, or with K/M/G/T).",
+)
+@click.option(
+    "--consistency",
+    default="LOCAL_QUORUM",
+    show_default=True,
+    help="Consistency level of reads and writes.",
+)
+@click.option(
+    "--idle-exit",
+    type=float,
+    default=None,
+    help="Exit once no mount has used the daemon for this many seconds.",
+)
 @click.option("--debug", is_flag=True, help="Log every RPC.")
-def main(cache_dir: Path, contact_points: str, keyspace: str, cache_ttl: float,
-         cache_size: str, consistency: str, idle_exit: float | None, debug: bool) -> None:
+def main(
+    cache_dir: Path,
+    contact_points: str,
+    keyspace: str,
+    cache_ttl: float,
+    cache_size: str,
+    consistency: str,
+    idle_exit: float | None,
+    debug: bool,
+) -> None:
     """Run the cassfs cache daemon for CACHE_DIR in the foreground."""
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -149,12 +198,12 @@ def main(cache_dir: Path, contact_points: str, keyspace: str, cache_ttl: float,
         click.echo(f"cassfs daemon: a daemon already serves {cache_dir}", err=True)
         sys.exit(EXIT_RUNNING)
     except OSError as exc:
-        click.echo(f"cassfs daemon: cache dir {cache_dir} is not writable: {exc.strerror}",
-                   err=True)
+        click.echo(
+            f"cassfs daemon: cache dir {cache_dir} is not writable: {exc.strerror}", err=True
+        )
         sys.exit(EXIT_STARTUP)
     try:
-        trio.run(run_daemon, cache_dir, points, keyspace, cache_ttl, size, consistency,
-                 idle_exit)
+        trio.run(run_daemon, cache_dir, points, keyspace, cache_ttl, size, consistency, idle_exit)
     except CassfsError as exc:
         click.echo(f"cassfs daemon: {exc}", err=True)
         sys.exit(EXIT_STARTUP)

@@ -87,8 +87,15 @@ class SchemaMissing(CassfsError):
 
 _BY_ERRNO: dict[int, type[CassfsError]] = {
     cls.errno: cls
-    for cls in (NotFound, Exists, NotEmpty, NotADirectory, IsADirectory, NameTooLong,
-                InvalidArgument)
+    for cls in (
+        NotFound,
+        Exists,
+        NotEmpty,
+        NotADirectory,
+        IsADirectory,
+        NameTooLong,
+        InvalidArgument,
+    )
 }
 
 

@@ -122,6 +122,11 @@ class Decoder:
         try:
             for obj in self._unpacker:
                 yield _to_message(obj)
-        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError,
-                TypeError) as exc:
+        except (
+            msgpack.ExtraData,
+            msgpack.FormatError,
+            msgpack.StackError,
+            ValueError,
+            TypeError,
+        ) as exc:
             raise ProtocolError(str(exc)) from exc

@@ -37,8 +37,14 @@ class Server:
     ``shutdown`` method.  ``config`` is returned by ``status``.
     """
 
-    def __init__(self, service: Service, store: Store, path: Path, config: dict[str, Any],
-                 idle_exit: float | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        store: Store,
+        path: Path,
+        config: dict[str, Any],
+        idle_exit: float | None = None,
+    ) -> None:
         self.service = service
         self.store = store
         self.path = path
@@ -114,13 +120,18 @@ class Server:
                 self._changed()
                 log.info("session of %s/%s ended", session.owner, session.environment)
 
-    async def _writer(self, stream: trio.SocketStream,
-                      outbox: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def _writer(
+        self, stream: trio.SocketStream, outbox: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
         async for frame in outbox:
             await stream.send_all(frame)
 
-    async def _dispatch(self, request: protocol.Request, box: dict[str, Session],
-                        outbox: trio.MemorySendChannel[bytes]) -> None:
+    async def _dispatch(
+        self,
+        request: protocol.Request,
+        box: dict[str, Session],
+        outbox: trio.MemorySendChannel[bytes],
+    ) -> None:
         error: Any = None
         result: Any = None
         try:
@@ -137,8 +148,12 @@ class Server:
         except trio.ClosedResourceError:
             log.debug("reply to %s dropped: connection closed", request.method)
 
-    async def _call(self, request: protocol.Request, box: dict[str, Session],
-                    outbox: trio.MemorySendChannel[bytes]) -> Any:
+    async def _call(
+        self,
+        request: protocol.Request,
+        box: dict[str, Session],
+        outbox: trio.MemorySendChannel[bytes],
+    ) -> Any:
         method, params = request.method, request.params
         log.debug("rpc %s %s", method, _brief(params))
         if method == "hello":
@@ -162,24 +177,27 @@ class Server:
             log.info("session of %s/%s started", owner, environment)
             return {**reply, "config": self.config}
         if method == "status":
-            return {"pid": os.getpid(), "sessions": len(self.service.sessions),
-                    "config": self.config}
+            return {
+                "pid": os.getpid(),
+                "sessions": len(self.service.sessions),
+                "config": self.config,
+            }
         if method == "shutdown":
             self.stopped.set()
             return True
         if method in ADMIN_METHODS:
             return await getattr(self.service, f"rpc_{method}")(box.get("session"), **params)
-        session = box.get("session")
-        if session is None:
+        current = box.get("session")
+        if current is None:
             raise InvalidArgument(f"{method} needs a session: call hello first")
         handler = getattr(self.service, f"rpc_{method}", None)
         if handler is None:
             raise InvalidArgument(f"unknown method {method!r}")
         try:
-            inspect.signature(handler).bind(session, **params)
+            inspect.signature(handler).bind(current, **params)
         except TypeError as exc:
             raise InvalidArgument(f"{method}: {exc}") from exc
-        return await handler(session, **params)
+        return await handler(current, **params)
 
 
 def _brief(params: dict[str, Any]) -> str:

@@ -179,8 +179,9 @@ class Service:
         if cached is not None:
             await self.cache.put_inode(s.tenant, cached.evolve(mtime_ns=now, ctime_ns=now))
 
-    async def _dentries_changed(self, s: Session, parent: int, name: bytes, ino: int,
-                                kind: int) -> None:
+    async def _dentries_changed(
+        self, s: Session, parent: int, name: bytes, ino: int, kind: int
+    ) -> None:
         await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
         await self.cache.drop_listing(s.tenant, parent)
 
@@ -191,8 +192,22 @@ class Service:
         root = await s.store.get_inode(ROOT_INO)
         if root is None:
             now = time.time_ns()
-            root = Inode(ROOT_INO, DIRECTORY, mode_of_kind(DIRECTORY, 0o755), 0, 0, 0, now, now,
-                         now, ROOT_INO, 1, b"", 0, b"")
+            root = Inode(
+                ROOT_INO,
+                DIRECTORY,
+                mode_of_kind(DIRECTORY, 0o755),
+                0,
+                0,
+                0,
+                now,
+                now,
+                now,
+                ROOT_INO,
+                1,
+                b"",
+                0,
+                b"",
+            )
             await s.store.put_inode(root)
             log.info("created the root inode of tenant %s/%s", s.owner, s.environment)
         await self.cache.put_inode(s.tenant, root)
@@ -315,40 +330,60 @@ class Service:
         await self._touch_dir(s, parent, inode.ctime_ns)
         return inode
 
-    def _new_inode(self, kind: int, mode: int, uid: int, gid: int, parent: int,
-                   **extra: Any) -> Inode:
+    def _new_inode(
+        self, kind: int, mode: int, uid: int, gid: int, parent: int, **extra: Any
+    ) -> Inode:
         now = time.time_ns()
         fields: dict[str, Any] = {
-            "ino": new_inode_number(), "kind": kind, "mode": mode_of_kind(kind, mode),
-            "uid": uid, "gid": gid, "size": 0, "atime_ns": now, "mtime_ns": now,
-            "ctime_ns": now, "parent": parent, "nlink": 1, "content_id": b"",
-            "chunk_size": 0, "target": b"",
+            "ino": new_inode_number(),
+            "kind": kind,
+            "mode": mode_of_kind(kind, mode),
+            "uid": uid,
+            "gid": gid,
+            "size": 0,
+            "atime_ns": now,
+            "mtime_ns": now,
+            "ctime_ns": now,
+            "parent": parent,
+            "nlink": 1,
+            "content_id": b"",
+            "chunk_size": 0,
+            "target": b"",
         }
         fields.update(extra)
         return Inode(**fields)
 
-    async def rpc_mkdir(self, s: Session, parent: int, name: bytes, mode: int, uid: int,
-                        gid: int) -> dict[str, Any]:
+    async def rpc_mkdir(
+        self, s: Session, parent: int, name: bytes, mode: int, uid: int, gid: int
+    ) -> dict[str, Any]:
         """Create directory ``name`` in ``parent``; EEXIST, ENOTDIR, ENAMETOOLONG."""
         inode = self._new_inode(DIRECTORY, mode, uid, gid, parent)
         return (await self._make(s, parent, name, inode)).to_wire()
 
-    async def rpc_create(self, s: Session, parent: int, name: bytes, mode: int, uid: int,
-                         gid: int) -> dict[str, Any]:
+    async def rpc_create(
+        self, s: Session, parent: int, name: bytes, mode: int, uid: int, gid: int
+    ) -> dict[str, Any]:
         """Create empty regular file ``name`` in ``parent``; EEXIST, ENOTDIR, ENAMETOOLONG."""
-        inode = self._new_inode(REGULAR, mode, uid, gid, parent, content_id=content.EMPTY_ID,
-                                chunk_size=content.CHUNK_SIZE)
+        inode = self._new_inode(
+            REGULAR,
+            mode,
+            uid,
+            gid,
+            parent,
+            content_id=content.EMPTY_ID,
+            chunk_size=content.CHUNK_SIZE,
+        )
         made = await self._make(s, parent, name, inode)
         await self.cache.put_content(s.tenant, content.EMPTY_ID, b"")
         return made.to_wire()
 
-    async def rpc_symlink(self, s: Session, parent: int, name: bytes, target: bytes, uid: int,
-                          gid: int) -> dict[str, Any]:
+    async def rpc_symlink(
+        self, s: Session, parent: int, name: bytes, target: bytes, uid: int, gid: int
+    ) -> dict[str, Any]:
         """Create symlink ``name`` -> ``target``; EEXIST, ENAMETOOLONG, EINVAL (empty target)."""
         if not target or len(target) > 4096:
             raise InvalidArgument("symlink target must be 1 to 4096 bytes")
-        inode = self._new_inode(SYMLINK, 0o777, uid, gid, parent, target=target,
-                                size=len(target))
+        inode = self._new_inode(SYMLINK, 0o777, uid, gid, parent, target=target, size=len(target))
         return (await self._make(s, parent, name, inode)).to_wire()
 
     async def _unlink_entry(self, s: Session, parent: int, name: bytes, want_dir: bool) -> int:
@@ -389,7 +424,12 @@ class Service:
         return await self._unlink_entry(s, parent, name, want_dir=True)
 
     async def rpc_rename(
-        self, s: Session, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+        self,
+        s: Session,
+        old_parent: int,
+        old_name: bytes,
+        new_parent: int,
+        new_name: bytes,
         flags: int = 0,
     ) -> dict[str, int]:
         """Move ``old_name`` to ``new_name``, replacing a target of the same kind.
@@ -438,8 +478,7 @@ class Service:
         await self._dentries_changed(s, new_parent, new_name, source.ino, source.kind)
         inode = await s.store.get_inode(source.ino)
         if inode is not None:
-            inode = inode.evolve(parent=new_parent if inode.is_dir else inode.parent,
-                                 ctime_ns=now)
+            inode = inode.evolve(parent=new_parent if inode.is_dir else inode.parent, ctime_ns=now)
             await s.store.set_link(inode)
             await self.cache.put_inode(s.tenant, inode)
         if target is not None:
@@ -496,8 +535,9 @@ class Service:
                     self.counters.add("bytes_served", len(data))
         return {"inode": inode.to_wire(), "epoch": self.epoch, "data": data}
 
-    async def rpc_read(self, s: Session, ino: int, content_id: bytes, file_size: int,
-                       offset: int, size: int) -> bytes:
+    async def rpc_read(
+        self, s: Session, ino: int, content_id: bytes, file_size: int, offset: int, size: int
+    ) -> bytes:
         """``size`` bytes at ``offset`` of version ``content_id`` of ``ino`` (fewer at EOF).
 
         ``file_size`` is that version's size.  Refetched if it was evicted; EIO
@@ -507,8 +547,7 @@ class Service:
             raise InvalidArgument("negative offset or size")
         data = await self.cache.read_content(s.tenant, content_id, offset, size)
         if data is None:
-            version = (await self.get_inode(s, ino)).evolve(content_id=content_id,
-                                                             size=file_size)
+            version = (await self.get_inode(s, ino)).evolve(content_id=content_id, size=file_size)
             try:
                 await self._fetch_once(s, version)
             except ContentGone as exc:
@@ -585,8 +624,9 @@ class Service:
                 await self._thread(_unlink_quietly, path)
         self.counters.add("bytes_fetched", inode.size)
 
-    async def rpc_write(self, s: Session, ino: int, data: bytes | None = None,
-                        path: str | None = None) -> dict[str, Any]:
+    async def rpc_write(
+        self, s: Session, ino: int, data: bytes | None = None, path: str | None = None
+    ) -> dict[str, Any]:
         """Replace the whole content of ``ino`` (write-through); the new inode.
 
         Content comes inline (``data``, at most :data:`INLINE_LIMIT` bytes) or as a
@@ -605,16 +645,18 @@ class Service:
                 raise InvalidArgument(f"inode {ino} is not a regular file")
             return (await self._write_content(s, inode, data, spool)).to_wire()
 
-    async def _write_content(self, s: Session, inode: Inode, data: bytes | None,
-                             spool: Path | None) -> Inode:
+    async def _write_content(
+        self, s: Session, inode: Inode, data: bytes | None, spool: Path | None
+    ) -> Inode:
         if data is not None:
             new_id, size = content.content_id(data), len(data)
         else:
             assert spool is not None
             new_id, size = await self._thread(sha256_file, spool)
         now = time.time_ns()
-        updated = inode.evolve(content_id=new_id, size=size, chunk_size=content.CHUNK_SIZE,
-                               mtime_ns=now, ctime_ns=now)
+        updated = inode.evolve(
+            content_id=new_id, size=size, chunk_size=content.CHUNK_SIZE, mtime_ns=now, ctime_ns=now
+        )
         same = new_id == inode.content_id and inode.chunk_size == content.CHUNK_SIZE
         if not same:
             await self._put_chunks(s, inode.ino, new_id, size, data, spool)
@@ -635,8 +677,9 @@ class Service:
         self.counters.add("bytes_written", size)
         return updated
 
-    async def _put_chunks(self, s: Session, ino: int, new_id: bytes, size: int,
-                          data: bytes | None, spool: Path | None) -> None:
+    async def _put_chunks(
+        self, s: Session, ino: int, new_id: bytes, size: int, data: bytes | None, spool: Path | None
+    ) -> None:
         chunk_size = content.CHUNK_SIZE
         count = content.chunk_count(size, chunk_size)
         limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
@@ -731,8 +774,7 @@ class Service:
     async def rpc_statfs(self, s: Session) -> dict[str, int]:
         """Figures for statfs(2): the cache's size limit and use, bytes."""
         entries, volume = await self.cache.usage()
-        return {"entries": entries, "bytes_cached": volume,
-                "size_limit": self.cache.size_limit}
+        return {"entries": entries, "bytes_cached": volume, "size_limit": self.cache.size_limit}
 
 
 async def _gather(fn: Callable[[int], Any], count: int) -> None:

@@ -57,16 +57,25 @@ def _last_error_line(path: Path) -> str:
 
 
 cache_dir_option = click.option(
-    "--cache-dir", type=click.Path(path_type=Path), envvar="CASSFS_CACHE_DIR",
-    default=default_cache_dir, show_default="/var/cache/cassfs for root",
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    envvar="CASSFS_CACHE_DIR",
+    default=default_cache_dir,
+    show_default="/var/cache/cassfs for root",
     help="Local cache directory (env CASSFS_CACHE_DIR).",
 )
 contact_points_option = click.option(
-    "--contact-points", default="127.0.0.1:9042", envvar="CASSFS_CONTACT_POINTS",
-    show_default=True, help="Cassandra contact points HOST[:PORT],... (env CASSFS_CONTACT_POINTS).",
+    "--contact-points",
+    default="127.0.0.1:9042",
+    envvar="CASSFS_CONTACT_POINTS",
+    show_default=True,
+    help="Cassandra contact points HOST[:PORT],... (env CASSFS_CONTACT_POINTS).",
 )
 keyspace_option = click.option(
-    "--keyspace", default="cassfs", envvar="CASSFS_KEYSPACE", show_default=True,
+    "--keyspace",
+    default="cassfs",
+    envvar="CASSFS_KEYSPACE",
+    show_default=True,
     help="Keyspace (env CASSFS_KEYSPACE).",
 )
 
@@ -85,27 +94,75 @@ def main() -> None:
 @cache_dir_option
 @contact_points_option
 @keyspace_option
-@click.option("--owner", type=int, default=1, envvar="CASSFS_OWNER", show_default=True,
-              help="Tenant owner id (env CASSFS_OWNER).")
-@click.option("--environment", default="prod", envvar="CASSFS_ENVIRONMENT", show_default=True,
-              help="Tenant environment (env CASSFS_ENVIRONMENT).")
-@click.option("--entry-ttl", type=float, default=1.0, envvar="CASSFS_ENTRY_TTL",
-              show_default=True, help="Kernel entry/attr timeout, seconds (env CASSFS_ENTRY_TTL).")
-@click.option("--negative-ttl", type=float, default=1.0, envvar="CASSFS_NEGATIVE_TTL",
-              show_default=True,
-              help="Kernel timeout of negative lookups, seconds (env CASSFS_NEGATIVE_TTL).")
-@click.option("--cache-ttl", type=float, default=60.0, envvar="CASSFS_CACHE_TTL",
-              show_default=True,
-              help="Seconds the daemon serves metadata before revalidating (env CASSFS_CACHE_TTL).")
-@click.option("--cache-size", default="1G", envvar="CASSFS_CACHE_SIZE", show_default=True,
-              help="Cache size limit, bytes or with K/M/G/T (env CASSFS_CACHE_SIZE).")
-@click.option("--foreground", is_flag=True, envvar="CASSFS_FOREGROUND",
-              help="Serve in this process until unmounted (env CASSFS_FOREGROUND).")
-@click.option("--debug", is_flag=True, envvar="CASSFS_DEBUG",
-              help="Log every operation (env CASSFS_DEBUG).")
-def up(mountpoint: Path, cache_dir: Path, contact_points: str, keyspace: str, owner: int,
-       environment: str, entry_ttl: float, negative_ttl: float, cache_ttl: float,
-       cache_size: str, foreground: bool, debug: bool) -> None:
+@click.option(
+    "--owner",
+    type=int,
+    default=1,
+    envvar="CASSFS_OWNER",
+    show_default=True,
+    help="Tenant owner id (env CASSFS_OWNER).",
+)
+@click.option(
+    "--environment",
+    default="prod",
+    envvar="CASSFS_ENVIRONMENT",
+    show_default=True,
+    help="Tenant environment (env CASSFS_ENVIRONMENT).",
+)
+@click.option(
+    "--entry-ttl",
+    type=float,
+    default=1.0,
+    envvar="CASSFS_ENTRY_TTL",
+    show_default=True,
+    help="Kernel entry/attr timeout, seconds (env CASSFS_ENTRY_TTL).",
+)
+@click.option(
+    "--negative-ttl",
+    type=float,
+    default=1.0,
+    envvar="CASSFS_NEGATIVE_TTL",
+    show_default=True,
+    help="Kernel timeout of negative lookups, seconds (env CASSFS_NEGATIVE_TTL).",
+)
+@click.option(
+    "--cache-ttl",
+    type=float,
+    default=60.0,
+    envvar="CASSFS_CACHE_TTL",
+    show_default=True,
+    help="Seconds the daemon serves metadata before revalidating (env CASSFS_CACHE_TTL).",
+)
+@click.option(
+    "--cache-size",
+    default="1G",
+    envvar="CASSFS_CACHE_SIZE",
+    show_default=True,
+    help="Cache size limit, bytes or with K/M/G/T (env CASSFS_CACHE_SIZE).",
+)
+@click.option(
+    "--foreground",
+    is_flag=True,
+    envvar="CASSFS_FOREGROUND",
+    help="Serve in this process until unmounted (env CASSFS_FOREGROUND).",
+)
+@click.option(
+    "--debug", is_flag=True, envvar="CASSFS_DEBUG", help="Log every operation (env CASSFS_DEBUG)."
+)
+def up(
+    mountpoint: Path,
+    cache_dir: Path,
+    contact_points: str,
+    keyspace: str,
+    owner: int,
+    environment: str,
+    entry_ttl: float,
+    negative_ttl: float,
+    cache_ttl: float,
+    cache_size: str,
+    foreground: bool,
+    debug: bool,
+) -> None:
     """Mount cassfs at MOUNTPOINT; returns once the mount answers."""
     _setup_logging(debug)
     try:
@@ -121,36 +178,67 @@ def up(mountpoint: Path, cache_dir: Path, contact_points: str, keyspace: str, ow
     cache_dir = Path(os.path.abspath(cache_dir))
     _check_mountpoint(mountpoint)
     if not Path("/dev/fuse").exists():
-        fail("/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, "
-             "run with --device /dev/fuse --cap-add SYS_ADMIN")
+        fail(
+            "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, "
+            "run with --device /dev/fuse --cap-add SYS_ADMIN"
+        )
     _check_cache_dir(cache_dir)
     _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, debug)
     if foreground:
-        _serve_foreground(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl,
-                          debug)
+        _serve_foreground(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, debug)
         return
     logs = cache_dir / "logs"
     logs.mkdir(exist_ok=True)
     log_path = logs / f"mount-{mountpoint.name or 'root'}-{os.getpid()}.log"
-    command = [sys.executable, "-m", "cassfs", "up", str(mountpoint), "--foreground",
-               "--cache-dir", str(cache_dir), "--contact-points", contact_points,
-               "--keyspace", keyspace, "--owner", str(owner), "--environment", environment,
-               "--entry-ttl", str(entry_ttl), "--negative-ttl", str(negative_ttl),
-               "--cache-ttl", str(cache_ttl), "--cache-size", cache_size]
+    command = [
+        sys.executable,
+        "-m",
+        "cassfs",
+        "up",
+        str(mountpoint),
+        "--foreground",
+        "--cache-dir",
+        str(cache_dir),
+        "--contact-points",
+        contact_points,
+        "--keyspace",
+        keyspace,
+        "--owner",
+        str(owner),
+        "--environment",
+        environment,
+        "--entry-ttl",
+        str(entry_ttl),
+        "--negative-ttl",
+        str(negative_ttl),
+        "--cache-ttl",
+        str(cache_ttl),
+        "--cache-size",
+        cache_size,
+    ]
     if debug:
         command.append("--debug")
     with open(log_path, "ab") as log_file:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.ismount(mountpoint):
-            click.echo(f"cassfs: mounted {owner}/{environment} at {mountpoint} "
-                       f"(cache {cache_dir}, log {log_path})")
+            click.echo(
+                f"cassfs: mounted {owner}/{environment} at {mountpoint} "
+                f"(cache {cache_dir}, log {log_path})"
+            )
             return
         if child.poll() is not None:
-            fail(f"the mount process exited ({child.returncode}): "
-                 f"{_last_error_line(log_path) or _tail(log_path)}")
+            fail(
+                f"the mount process exited ({child.returncode}): "
+                f"{_last_error_line(log_path) or _tail(log_path)}"
+            )
         time.sleep(0.05)
     child.terminate()
     fail(f"the mount did not come up within 60 s; see {log_path}")
@@ -181,8 +269,10 @@ def _check_cache_dir(cache_dir: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        fail(f"cache dir {cache_dir} is not writable ({exc.strerror}): choose another with "
-             "--cache-dir or fix its permissions")
+        fail(
+            f"cache dir {cache_dir} is not writable ({exc.strerror}): choose another with "
+            "--cache-dir or fix its permissions"
+        )
 
 
 def _daemon_status(cache_dir: Path, timeout: float = 5.0) -> dict[str, Any] | None:
@@ -194,27 +284,53 @@ def _daemon_status(cache_dir: Path, timeout: float = 5.0) -> dict[str, Any] | No
         return None
 
 
-def _ensure_daemon(cache_dir: Path, points: ContactPoints, keyspace: str, cache_ttl: float,
-                   cache_size: int, debug: bool) -> None:
+def _ensure_daemon(
+    cache_dir: Path,
+    points: ContactPoints,
+    keyspace: str,
+    cache_ttl: float,
+    cache_size: int,
+    debug: bool,
+) -> None:
     """Start the cache daemon of ``cache_dir`` unless one already answers there."""
     status = _daemon_status(cache_dir)
     if status is not None:
         config = status["config"]
         if config["keyspace"] != keyspace or config["contact_points"] != str(points):
-            fail(f"the daemon of {cache_dir} serves keyspace {config['keyspace']} at "
-                 f"{config['contact_points']}: use another --cache-dir for {keyspace} at "
-                 f"{points}")
+            fail(
+                f"the daemon of {cache_dir} serves keyspace {config['keyspace']} at "
+                f"{config['contact_points']}: use another --cache-dir for {keyspace} at "
+                f"{points}"
+            )
         return
     log_path = cache_dir / "daemon.log"
-    command = [sys.executable, "-m", "cached", "--cache-dir", str(cache_dir),
-               "--contact-points", str(points), "--keyspace", keyspace,
-               "--cache-ttl", str(cache_ttl), "--cache-size", str(cache_size),
-               "--idle-exit", str(DAEMON_IDLE_EXIT)]
+    command = [
+        sys.executable,
+        "-m",
+        "cached",
+        "--cache-dir",
+        str(cache_dir),
+        "--contact-points",
+        str(points),
+        "--keyspace",
+        keyspace,
+        "--cache-ttl",
+        str(cache_ttl),
+        "--cache-size",
+        str(cache_size),
+        "--idle-exit",
+        str(DAEMON_IDLE_EXIT),
+    ]
     if debug:
         command.append("--debug")
     with open(log_path, "ab") as log_file:
-        daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        daemon = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if _daemon_status(cache_dir, timeout=2) is not None:
@@ -223,15 +339,21 @@ def _ensure_daemon(cache_dir: Path, points: ContactPoints, keyspace: str, cache_
         if code is not None:
             if code == 3 and _daemon_status(cache_dir, timeout=10) is not None:
                 return  # another `up` started it a moment ago
-            fail(_last_error_line(log_path) or f"the cache daemon exited ({code}); "
-                 f"see {log_path}")
+            fail(_last_error_line(log_path) or f"the cache daemon exited ({code}); see {log_path}")
         time.sleep(0.1)
     daemon.terminate()
     fail(f"the cache daemon did not answer within 90 s; see {log_path}")
 
 
-def _serve_foreground(mountpoint: Path, cache_dir: Path, owner: int, environment: str,
-                      entry_ttl: float, negative_ttl: float, debug: bool) -> None:
+def _serve_foreground(
+    mountpoint: Path,
+    cache_dir: Path,
+    owner: int,
+    environment: str,
+    entry_ttl: float,
+    negative_ttl: float,
+    debug: bool,
+) -> None:
     import trio
 
     from cassfs.mount import MountOptions, serve
@@ -256,8 +378,13 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 @main.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to wait for the mount process to exit.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the mount process to exit.",
+)
 def down(mountpoint: Path, timeout: float) -> None:
     """Unmount MOUNTPOINT; stop its cache daemon once no mount uses it."""
     mountpoint = Path(os.path.abspath(mountpoint))
@@ -269,12 +396,17 @@ def down(mountpoint: Path, timeout: float) -> None:
         if not _is_cassfs_mount(mountpoint):
             fail(f"{mountpoint} is not a cassfs mount: use umount for other filesystems")
         fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "umount"
-        args = [fusermount, "-u", str(mountpoint)] if "fuser" in fusermount else \
-            [fusermount, str(mountpoint)]
+        args = (
+            [fusermount, "-u", str(mountpoint)]
+            if "fuser" in fusermount
+            else [fusermount, str(mountpoint)]
+        )
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
-            fail(f"unmounting {mountpoint} failed: {result.stderr.strip()} "
-                 "(is a process still using it? see `fuser -m` )")
+            fail(
+                f"unmounting {mountpoint} failed: {result.stderr.strip()} "
+                "(is a process still using it? see `fuser -m` )"
+            )
     if record is not None:
         deadline = time.monotonic() + timeout
         while pid_alive(record.pid) and time.monotonic() < deadline:
@@ -344,8 +476,10 @@ def cache_stats(cache_dir: Path, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"cassfs cache {cache_dir}"
-                  f" ({'daemon running' if running else 'no daemon'})")
+    table = Table(
+        title="cassfs cache",
+        caption=f"{cache_dir}, {'daemon running' if running else 'no daemon running'}",
+    )
     table.add_column("counter")
     table.add_column("value", justify="right")
     for name in (*stats_mod.NAMES, *stats_mod.GAUGES):
@@ -386,9 +520,13 @@ def schema() -> None:
 @schema.command("apply")
 @contact_points_option
 @keyspace_option
-@click.option("--replication", envvar="CASSFS_REPLICATION",
-              default="{'class': 'SimpleStrategy', 'replication_factor': 1}", show_default=True,
-              help="CQL replication map for a new keyspace (env CASSFS_REPLICATION).")
+@click.option(
+    "--replication",
+    envvar="CASSFS_REPLICATION",
+    default="{'class': 'SimpleStrategy', 'replication_factor': 1}",
+    show_default=True,
+    help="CQL replication map for a new keyspace (env CASSFS_REPLICATION).",
+)
 def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
     """Create the keyspace and tables (idempotent) and record the schema version."""
     from cassfs import schema as schema_mod
@@ -401,5 +539,6 @@ def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
         raise click.BadParameter(str(exc)) from exc
     except CassfsError as exc:
         fail(f"{exc} (is the node up? `just node-start` starts a local one)")
-    click.echo(f"cassfs: schema version {version} applied to keyspace {keyspace} "
-               f"at {contact_points}")
+    click.echo(
+        f"cassfs: schema version {version} applied to keyspace {keyspace} at {contact_points}"
+    )

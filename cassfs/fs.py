@@ -24,7 +24,7 @@ import itertools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -44,7 +44,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _fuse_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Map cassfs errors to ``FUSEError(errno)`` and anything unexpected to EIO."""
 
     @functools.wraps(fn)
@@ -84,8 +84,9 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, client: DaemonClient, config: FrontConfig, spool_dir: Path,
-                 epoch: int) -> None:
+    def __init__(
+        self, client: DaemonClient, config: FrontConfig, spool_dir: Path, epoch: int
+    ) -> None:
         super().__init__()
         self.client = client
         self.config = config
@@ -158,8 +159,9 @@ class Operations(pyfuse3.Operations):
     # -- metadata -------------------------------------------------------------------------
 
     @_fuse_errors
-    async def lookup(self, parent_inode: int, name: bytes,
-                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         """Resolve ``name`` in ``parent_inode``; a negative entry (st_ino 0) when absent."""
         log.debug("lookup %d %r", parent_inode, name)
         self._check_name(name)
@@ -187,9 +189,14 @@ class Operations(pyfuse3.Operations):
         return self._entry(await self.client.call("getattr", ino=inode))
 
     @_fuse_errors
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
-                      fields: pyfuse3.SetattrFields, fh: int | None,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         """chmod, chown, truncate and utimens.  EISDIR/EINVAL from the daemon on truncate."""
         log.debug("setattr %d", inode)
         changes: dict[str, Any] = {}
@@ -262,12 +269,19 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     @_fuse_errors
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         """Create a directory.  EEXIST, ENAMETOOLONG."""
         self._check_name(name)
-        inode = await self.client.call("mkdir", parent=parent_inode, name=name,
-                                       mode=stat.S_IMODE(mode), uid=ctx.uid, gid=ctx.gid)
+        inode = await self.client.call(
+            "mkdir",
+            parent=parent_inode,
+            name=name,
+            mode=stat.S_IMODE(mode),
+            uid=ctx.uid,
+            gid=ctx.gid,
+        )
         return self._remember(inode)
 
     @_fuse_errors
@@ -277,12 +291,14 @@ class Operations(pyfuse3.Operations):
         self._unlinked(await self.client.call("rmdir", parent=parent_inode, name=name))
 
     @_fuse_errors
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         """Create a symlink.  EEXIST, ENAMETOOLONG."""
         self._check_name(name)
-        inode = await self.client.call("symlink", parent=parent_inode, name=name,
-                                       target=target, uid=ctx.uid, gid=ctx.gid)
+        inode = await self.client.call(
+            "symlink", parent=parent_inode, name=name, target=target, uid=ctx.uid, gid=ctx.gid
+        )
         return self._remember(inode)
 
     @_fuse_errors
@@ -292,24 +308,37 @@ class Operations(pyfuse3.Operations):
         self._unlinked(await self.client.call("unlink", parent=parent_inode, name=name))
 
     @_fuse_errors
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         """Move a name, replacing a target.  EINVAL for RENAME_EXCHANGE or a move below itself."""
         self._check_name(name_old)
         self._check_name(name_new)
-        result = await self.client.call("rename", old_parent=parent_inode_old, old_name=name_old,
-                                        new_parent=parent_inode_new, new_name=name_new,
-                                        flags=flags)
+        result = await self.client.call(
+            "rename",
+            old_parent=parent_inode_old,
+            old_name=name_old,
+            new_parent=parent_inode_new,
+            new_name=name_new,
+            flags=flags,
+        )
         self._unlinked(result["replaced"])
 
     @_fuse_errors
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         """Hard links are not supported (EPERM, as on filesystems without them)."""
         raise pyfuse3.FUSEError(errno.EPERM)
 
     @_fuse_errors
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         """Drop kernel references; purge unlinked inodes nobody holds any more."""
         for ino, nlookup in inode_list:
             if self.lookups.forget(ino, nlookup):
@@ -321,13 +350,19 @@ class Operations(pyfuse3.Operations):
     # -- files ----------------------------------------------------------------------------
 
     @_fuse_errors
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
-                                                           pyfuse3.EntryAttributes]:
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         """Create and open an empty file.  EEXIST, ENAMETOOLONG."""
         self._check_name(name)
-        inode = await self.client.call("create", parent=parent_inode, name=name,
-                                       mode=stat.S_IMODE(mode), uid=ctx.uid, gid=ctx.gid)
+        inode = await self.client.call(
+            "create",
+            parent=parent_inode,
+            name=name,
+            mode=stat.S_IMODE(mode),
+            uid=ctx.uid,
+            gid=ctx.gid,
+        )
         ino = inode["ino"]
         buffer = self._buffers.setdefault(ino, WriteBuffer(self.spool_dir))
         await buffer.load_bytes(b"")
@@ -366,8 +401,9 @@ class Operations(pyfuse3.Operations):
                 buffer.dirty = buffer.dirty or info["size"] > 0
         keep_cache = self._seen.get(inode) == (content_id, epoch) and inode not in self._buffers
         self._seen[inode] = (content_id, epoch)
-        fh = self._open_handle(OpenFile(inode, content_id, info["size"], writable,
-                                        data=reply.get("data")))
+        fh = self._open_handle(
+            OpenFile(inode, content_id, info["size"], writable, data=reply.get("data"))
+        )
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     @_fuse_errors
@@ -382,8 +418,12 @@ class Operations(pyfuse3.Operations):
         if off >= handle.size:
             return b""
         return await self.client.call(  # type: ignore[no-any-return]
-            "read", ino=handle.ino, content_id=handle.content_id, file_size=handle.size,
-            offset=off, size=size,
+            "read",
+            ino=handle.ino,
+            content_id=handle.content_id,
+            file_size=handle.size,
+            offset=off,
+            size=size,
         )
 
     @_fuse_errors
@@ -447,8 +487,7 @@ class Operations(pyfuse3.Operations):
         buffer = self._buffers.pop(handle.ino, None)
         if buffer is not None:
             if buffer.dirty:
-                log.warning("inode %d released with unflushed data; it was not saved",
-                            handle.ino)
+                log.warning("inode %d released with unflushed data; it was not saved", handle.ino)
             await buffer.close()
         if handle.ino in self.orphans and self.lookups.count(handle.ino) == 0:
             self.orphans.discard(handle.ino)

@@ -68,17 +68,27 @@ async def serve(opts: MountOptions) -> None:
 
     async with open_client(socket_path(opts.cache_dir), on_notification=notify) as client:
         hello = await client.hello(opts.owner, opts.environment)
-        ops = Operations(client, FrontConfig(opts.entry_ttl, opts.negative_ttl),
-                         opts.cache_dir / "spool", hello["epoch"])
+        ops = Operations(
+            client,
+            FrontConfig(opts.entry_ttl, opts.negative_ttl),
+            opts.cache_dir / "spool",
+            hello["epoch"],
+        )
         record = record_path(opts.mountpoint)  # resolve() before the mount: never after
         pyfuse3.init(ops, str(opts.mountpoint), fuse_options(opts))
         clean = False
         try:
             record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps(MountRecord(
-                pid=os.getpid(), mountpoint=str(opts.mountpoint),
-                cache_dir=str(opts.cache_dir), daemon_pid=hello.get("pid", 0),
-            ).__dict__))
+            record.write_text(
+                json.dumps(
+                    MountRecord(
+                        pid=os.getpid(),
+                        mountpoint=str(opts.mountpoint),
+                        cache_dir=str(opts.cache_dir),
+                        daemon_pid=hello.get("pid", 0),
+                    ).__dict__
+                )
+            )
             async with trio.open_nursery() as nursery:
                 ops.nursery = nursery
                 nursery.start_soon(_terminate_on_signal)

@@ -42,23 +42,26 @@ def statements(directory: Path, keyspace: str, replication: str) -> list[str]:
         raise FileNotFoundError(f"no .cql files in {directory}")
     result: list[str] = []
     for path in files:
-        lines = [line for line in path.read_text().splitlines()
-                 if not line.lstrip().startswith("--")]
+        lines = [
+            line for line in path.read_text().splitlines() if not line.lstrip().startswith("--")
+        ]
         current: list[str] = []
         for line in lines:
             current.append(line)
             if line.rstrip().endswith(";"):
                 text = "\n".join(current).strip().rstrip(";")
-                result.append(text.replace("{keyspace}", keyspace)
-                              .replace("{replication}", replication))
+                result.append(
+                    text.replace("{keyspace}", keyspace).replace("{replication}", replication)
+                )
                 current = []
         if "".join(current).strip():
             raise ValueError(f"{path.name}: statement without a closing ';'")
     return result
 
 
-def apply(contact_points: ContactPoints, keyspace: str,
-          replication: str = DEFAULT_REPLICATION) -> int:
+def apply(
+    contact_points: ContactPoints, keyspace: str, replication: str = DEFAULT_REPLICATION
+) -> int:
     """Apply the schema and record its version; returns :data:`SCHEMA_VERSION`.
 
     Raises ``StorageError`` when Cassandra is unreachable or refuses a statement.

@@ -42,8 +42,11 @@ def cassandra() -> str:
     try:
         cluster.connect().execute("SELECT release_version FROM system.local")
     except NoHostAvailable as exc:
-        pytest.fail(f"Cassandra is not answering at {points} ({exc}): start the local node "
-                    "with `just node-start` (or set CASSFS_CONTACT_POINTS)", pytrace=False)
+        pytest.fail(
+            f"Cassandra is not answering at {points} ({exc}): start the local node "
+            "with `just node-start` (or set CASSFS_CONTACT_POINTS)",
+            pytrace=False,
+        )
     finally:
         cluster.shutdown()
     schema.apply(points, KEYSPACE)
@@ -109,10 +112,23 @@ def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemo
         log = tmp_path / f"{name}-daemon.log"
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "cached", "--cache-dir", str(cache_dir),
-                 "--contact-points", cassandra, "--keyspace", KEYSPACE,
-                 "--cache-ttl", str(cache_ttl), "--cache-size", cache_size],
-                stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "cached",
+                    "--cache-dir",
+                    str(cache_dir),
+                    "--contact-points",
+                    cassandra,
+                    "--keyspace",
+                    KEYSPACE,
+                    "--cache-ttl",
+                    str(cache_ttl),
+                    "--cache-size",
+                    cache_size,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         daemon = Daemon(cache_dir, process, log)
         started.append(daemon)
@@ -135,8 +151,11 @@ def _fusermount() -> str:
 def fuse_available() -> None:
     """Fail (never skip) when FUSE mounts cannot work here."""
     if not os.path.exists("/dev/fuse"):
-        pytest.fail("/dev/fuse is missing: FUSE tests need it (apt-get install fuse3; in a "
-                    "container --device /dev/fuse --cap-add SYS_ADMIN)", pytrace=False)
+        pytest.fail(
+            "/dev/fuse is missing: FUSE tests need it (apt-get install fuse3; in a "
+            "container --device /dev/fuse --cap-add SYS_ADMIN)",
+            pytrace=False,
+        )
     if os.geteuid() != 0:
         pytest.fail("FUSE tests mount with allow_other and need root", pytrace=False)
     if shutil.which("fusermount3") is None:
@@ -162,34 +181,55 @@ class Mount:
         return run_cli(*args, check=check)
 
 
-def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     """Run the ``cassfs`` command; fail the test on a non-zero exit when ``check``."""
-    result = subprocess.run([sys.executable, "-m", "cassfs", *args], capture_output=True,
-                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, "-m", "cassfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and result.returncode != 0:
-        pytest.fail(f"cassfs {' '.join(args)} exited {result.returncode}:\n{result.stderr}",
-                    pytrace=False)
+        pytest.fail(
+            f"cassfs {' '.join(args)} exited {result.returncode}:\n{result.stderr}", pytrace=False
+        )
     return result
 
 
 @pytest.fixture
-def mount_cassfs(cassandra: str, fuse_available: None, tmp_path: Path,
-                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Mount]]:
+def mount_cassfs(
+    cassandra: str, fuse_available: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Mount]]:
     """Factory: ``cassfs up`` a new mountpoint; every mount is taken down after the test."""
     monkeypatch.setenv("CASSFS_RUN_DIR", str(tmp_path / "run"))
     mounts: list[Mount] = []
 
-    def mount(name: str, owner: int, environment: str, cache: str | None = None,
-              *extra: str) -> Mount:
+    def mount(
+        name: str, owner: int, environment: str, cache: str | None = None, *extra: str
+    ) -> Mount:
         path = tmp_path / name
         path.mkdir(exist_ok=True)
         cache_dir = tmp_path / (cache or f"{name}-cache")
         m = Mount(path, cache_dir, owner, environment, list(extra))
         mounts.append(m)
-        run_cli("up", str(path), "--cache-dir", str(cache_dir), "--contact-points", cassandra,
-                "--keyspace", KEYSPACE, "--owner", str(owner), "--environment", environment,
-                *extra)
+        run_cli(
+            "up",
+            str(path),
+            "--cache-dir",
+            str(cache_dir),
+            "--contact-points",
+            cassandra,
+            "--keyspace",
+            KEYSPACE,
+            "--owner",
+            str(owner),
+            "--environment",
+            environment,
+            *extra,
+        )
         assert os.path.ismount(path)
         return m
 

@@ -40,14 +40,17 @@ def chunk_rows(cassandra: str, tenant: tuple[int, str], ino: int) -> list[Any]:
     try:
         rows = cluster.connect().execute(
             f"SELECT content_id, chunk FROM {KEYSPACE}.chunks WHERE owner = %s AND "
-            "environment = %s AND ino = %s ALLOW FILTERING", (*tenant, ino))
+            "environment = %s AND ino = %s ALLOW FILTERING",
+            (*tenant, ino),
+        )
         return list(rows)
     finally:
         cluster.shutdown()
 
 
-async def test_hello_creates_root_and_lookup_misses(start_daemon: Callable[..., Daemon],
-                                                    tenant: tuple[int, str]) -> None:
+async def test_hello_creates_root_and_lookup_misses(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
     daemon = start_daemon()
     async with session(daemon, tenant) as client:
         root = await client.call("getattr", ino=ROOT_INO)
@@ -57,8 +60,9 @@ async def test_hello_creates_root_and_lookup_misses(start_daemon: Callable[..., 
         assert info.value.errno == errno.ENOENT
 
 
-async def test_create_write_read_roundtrip(start_daemon: Callable[..., Daemon],
-                                           tenant: tuple[int, str], cassandra: str) -> None:
+async def test_create_write_read_roundtrip(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+) -> None:
     daemon = start_daemon()
     data = os.urandom(300_000)
     async with session(daemon, tenant) as client:
@@ -69,15 +73,22 @@ async def test_create_write_read_roundtrip(start_daemon: Callable[..., Daemon],
         assert found["ino"] == written["ino"]
         opened = await client.call("open", ino=found["ino"])
         assert opened["data"] is None  # over the inline limit: read by ranges
-        part = await client.call("read", ino=found["ino"], content_id=found["content_id"],
-                                 file_size=len(data), offset=1000, size=5000)
+        part = await client.call(
+            "read",
+            ino=found["ino"],
+            content_id=found["content_id"],
+            file_size=len(data),
+            offset=1000,
+            size=5000,
+        )
         assert part == data[1000:6000]
     # write-through: the chunk is in Cassandra, one row for a 300 kB file
     assert len(chunk_rows(cassandra, tenant, written["ino"])) == 1
 
 
 async def test_rewrite_deletes_old_chunks_and_large_file_via_spool(
-        start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str) -> None:
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+) -> None:
     daemon = start_daemon()
     big = os.urandom(3 * 1024 * 1024 + 17)
     spool = daemon.cache_dir / "spool" / "test-big"
@@ -91,21 +102,27 @@ async def test_rewrite_deletes_old_chunks_and_large_file_via_spool(
         assert {r["content_id"] for r in rows} == {hashlib.sha256(big).digest()}
         await client.call("purge")
         opened = await client.call("open", ino=first["ino"])
-        got = await client.call("read", ino=first["ino"], content_id=inode["content_id"],
-                                file_size=len(big), offset=len(big) - 100, size=4096)
+        got = await client.call(
+            "read",
+            ino=first["ino"],
+            content_id=inode["content_id"],
+            file_size=len(big),
+            offset=len(big) - 100,
+            size=4096,
+        )
         assert got == big[-100:]
         assert opened["inode"]["content_id"] == hashlib.sha256(big).digest()
 
 
 async def test_concurrent_opens_of_a_cold_file_fetch_once(
-        start_daemon: Callable[..., Daemon], tenant: tuple[int, str]) -> None:
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
     daemon = start_daemon()
     data = os.urandom(2 * 1024 * 1024)
     spool = daemon.cache_dir / "spool" / "test-cold"
     spool.write_bytes(data)
     async with session(daemon, tenant) as client:
-        inode = await client.call("create", parent=ROOT_INO, name=b"cold", mode=0o644, uid=0,
-                                  gid=0)
+        inode = await client.call("create", parent=ROOT_INO, name=b"cold", mode=0o644, uid=0, gid=0)
         await client.call("write", ino=inode["ino"], path=str(spool))
         await client.call("purge")
         before = await client.call("stats")
@@ -117,7 +134,8 @@ async def test_concurrent_opens_of_a_cold_file_fetch_once(
 
 
 async def test_ttl_revalidation_sees_another_hosts_write(
-        start_daemon: Callable[..., Daemon], tenant: tuple[int, str]) -> None:
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
     host_a = start_daemon("a", cache_ttl=1.0)
     host_b = start_daemon("b", cache_ttl=1.0)
     async with session(host_a, tenant) as a, session(host_b, tenant) as b:
@@ -136,8 +154,9 @@ async def test_ttl_revalidation_sees_another_hosts_write(
         assert after["revalidations"] > before["revalidations"]
 
 
-async def test_namespace_errors(start_daemon: Callable[..., Daemon],
-                                tenant: tuple[int, str]) -> None:
+async def test_namespace_errors(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
     daemon = start_daemon()
     async with session(daemon, tenant) as client:
         d = await client.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
@@ -149,16 +168,23 @@ async def test_namespace_errors(start_daemon: Callable[..., Daemon],
         with pytest.raises(IsADirectory):
             await client.call("unlink", parent=ROOT_INO, name=b"d")
         with pytest.raises(CassfsError) as info:
-            await client.call("rename", old_parent=ROOT_INO, old_name=b"d", new_parent=d["ino"],
-                              new_name=b"below", flags=0)
+            await client.call(
+                "rename",
+                old_parent=ROOT_INO,
+                old_name=b"d",
+                new_parent=d["ino"],
+                new_name=b"below",
+                flags=0,
+            )
         assert info.value.errno == errno.EINVAL
         with pytest.raises(CassfsError) as info:
             await client.call("lookup", parent=ROOT_INO, name=b"n" * 256)
         assert info.value.errno == errno.ENAMETOOLONG
 
 
-async def test_unlinked_inode_stays_until_purged(start_daemon: Callable[..., Daemon],
-                                                 tenant: tuple[int, str], cassandra: str) -> None:
+async def test_unlinked_inode_stays_until_purged(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+) -> None:
     daemon = start_daemon()
     async with session(daemon, tenant) as client:
         f = await make_file(client, ROOT_INO, b"gone", b"still readable")
@@ -174,8 +200,9 @@ async def test_unlinked_inode_stays_until_purged(start_daemon: Callable[..., Dae
     assert chunk_rows(cassandra, tenant, ino) == []
 
 
-async def test_tenants_are_isolated(start_daemon: Callable[..., Daemon],
-                                    tenant: tuple[int, str]) -> None:
+async def test_tenants_are_isolated(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
     daemon = start_daemon()
     other = (tenant[0], tenant[1] + "x")
     async with session(daemon, tenant) as a, session(daemon, other) as b:
@@ -190,9 +217,21 @@ def test_daemon_reports_missing_schema(tmp_path: Path, cassandra: str) -> None:
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "cached", "--cache-dir", str(tmp_path / "c"),
-         "--contact-points", cassandra, "--keyspace", "cassfs_never_applied"],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "cached",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--contact-points",
+            cassandra,
+            "--keyspace",
+            "cassfs_never_applied",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "cassfs schema apply" in result.stderr
 
@@ -202,8 +241,18 @@ def test_daemon_reports_unreachable_cassandra(tmp_path: Path) -> None:
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "cached", "--cache-dir", str(tmp_path / "c"),
-         "--contact-points", "127.0.0.1:1"],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "cached",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--contact-points",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "unreachable at 127.0.0.1:1" in result.stderr
