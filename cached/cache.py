@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Metadata entries mirrored in memory (an inode entry is a few hundred bytes).
 MEMO_ENTRIES = 200_000
+_GONE = object()  # memo tombstone: deleted, the diskcache delete may still be queued
 Tenant = tuple[int, str]
 
 
@@ -95,9 +96,13 @@ class LocalCache:
         self._read_limiter = trio.CapacityLimiter(8)
         self._write_limiter = trio.CapacityLimiter(1)
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
+        self._ops_queued = trio.Event()
 
     def close(self) -> None:
-        """Close the SQLite connections (blocking; call at shutdown)."""
+        """Apply queued writes and close the SQLite connections (blocking; at shutdown)."""
+        ops, self._pending_ops = self._pending_ops, []
+        self._apply(ops)
         self._cache.close()
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -139,9 +144,12 @@ class LocalCache:
     # -- metadata -------------------------------------------------------------------------
     #
     # Metadata is mirrored in an in-memory LRU (MEMO_ENTRIES) so that a lookup or
-    # getattr answered from the cache costs no thread hop.  Every change goes to the
-    # memo and, in the same call, to diskcache; only this daemon writes this cache
-    # dir (flock), so the memo never holds anything diskcache would contradict.
+    # getattr answered from the cache costs no thread hop, and it is written behind:
+    # a change goes to the memo at once and is queued for diskcache, which one
+    # writer applies in order (run_writer; flush waits for it).  A deletion leaves
+    # a tombstone in the memo so that a queued delete is never read around.  Only
+    # this daemon writes this cache dir (flock), so diskcache never holds anything
+    # newer than the memo.
 
     def _memo_put(self, key: tuple[Any, ...], value: Any) -> None:
         self._memo[key] = value
@@ -152,7 +160,8 @@ class LocalCache:
     async def _meta_get(self, key: tuple[Any, ...]) -> Any:
         if key in self._memo:
             self._memo.move_to_end(key)
-            return self._memo[key]
+            value = self._memo[key]
+            return None if value is _GONE else value
         value = await self._read(self._cache.get, key)
         if value is not None:
             self._memo_put(key, value)
@@ -160,11 +169,39 @@ class LocalCache:
 
     async def _meta_set(self, key: tuple[Any, ...], value: Any) -> None:
         self._memo_put(key, value)
-        await self._write(self._set_counting, key, value)
+        self._queue(("set", key, value))
 
     async def _meta_delete(self, key: tuple[Any, ...]) -> None:
-        self._memo.pop(key, None)
-        await self._write(self._cache.delete, key)
+        self._memo_put(key, _GONE)
+        self._queue(("delete", key, None))
+
+    def _queue(self, op: tuple[str, tuple[Any, ...], Any]) -> None:
+        self._pending_ops.append(op)
+        self._ops_queued.set()
+
+    def _apply(self, ops: list[tuple[str, tuple[Any, ...], Any]]) -> None:
+        for kind, key, value in ops:
+            if kind == "set":
+                self._set_counting(key, value)
+            else:
+                self._cache.delete(key)
+
+    async def _apply_pending(self) -> None:
+        ops, self._pending_ops = self._pending_ops, []
+        self._ops_queued = trio.Event()
+        if ops:
+            await self._write(self._apply, ops)
+
+    async def run_writer(self) -> None:
+        """Apply queued metadata writes to diskcache, in order, until cancelled."""
+        while True:
+            await self._ops_queued.wait()
+            await self._apply_pending()
+
+    async def flush(self) -> None:
+        """Apply every queued metadata write now (at shutdown, before stats)."""
+        await self._apply_pending()
+        await self._write(lambda: None)  # and wait for a batch the writer holds
 
     async def get_inode(self, tenant: Tenant, ino: int) -> tuple[Freshness, Inode | None]:
         """The cached inode and its freshness; ``(ABSENT, None)`` when not cached."""
@@ -290,10 +327,12 @@ class LocalCache:
     async def clear(self) -> int:
         """Remove every entry; returns how many were removed."""
         self._memo.clear()
+        self._pending_ops = []
         return await self._write(self._cache.clear)
 
     async def usage(self) -> tuple[int, int]:
         """``(entries, bytes)`` held now (bytes as diskcache counts them)."""
+        await self.flush()
         return await self._read(lambda: (len(self._cache), self._cache.volume()))
 
 

@@ -81,6 +81,7 @@ async def run_daemon(
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             nursery.start_soon(_flush_counters, counters)
+            nursery.start_soon(cache.run_writer)
             nursery.start_soon(_on_signals, server)
             log.info(
                 "serving %s (keyspace %s at %s, TTL %s s, %d bytes)",
@@ -95,6 +96,7 @@ async def run_daemon(
     finally:
         with trio.CancelScope(shield=True):
             socket_path(cache_dir).unlink(missing_ok=True)
+            await cache.flush()
             await trio.to_thread.run_sync(counters.close)
             await trio.to_thread.run_sync(cache.close)
             await store.close()
