@@ -216,16 +216,7 @@ def up(
         "--cache-size",
         cache_size,
     ]
-    if debug:
-        command.append("--debug")
-    with open(log_path, "ab") as log_file:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    child = _spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.ismount(mountpoint):
@@ -242,6 +233,18 @@ def up(
         time.sleep(0.05)
     child.terminate()
     fail(f"the mount did not come up within 60 s; see {log_path}")
+
+
+def _spawn_detached(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session, its output appended to ``log_path``."""
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _setup_logging(debug: bool) -> None:
@@ -321,16 +324,7 @@ def _ensure_daemon(
         "--idle-exit",
         str(DAEMON_IDLE_EXIT),
     ]
-    if debug:
-        command.append("--debug")
-    with open(log_path, "ab") as log_file:
-        daemon = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    daemon = _spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if _daemon_status(cache_dir, timeout=2) is not None:

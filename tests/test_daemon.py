@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -212,47 +214,29 @@ async def test_tenants_are_isolated(
         assert await b.call("readdir", ino=ROOT_INO) == []
 
 
-def test_daemon_reports_missing_schema(tmp_path: Path, cassandra: str) -> None:
-    import subprocess
-    import sys
+def run_daemon_expecting_failure(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cached ARGS`` in the foreground; it should exit at start-up."""
+    return subprocess.run(
+        [sys.executable, "-m", "cached", *args], capture_output=True, text=True, timeout=60
+    )
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cached",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--contact-points",
-            cassandra,
-            "--keyspace",
-            "cassfs_never_applied",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+
+def test_daemon_reports_missing_schema(tmp_path: Path, cassandra: str) -> None:
+    result = run_daemon_expecting_failure(
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--contact-points",
+        cassandra,
+        "--keyspace",
+        "cassfs_never_applied",
     )
     assert result.returncode == 2
     assert "cassfs schema apply" in result.stderr
 
 
 def test_daemon_reports_unreachable_cassandra(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cached",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--contact-points",
-            "127.0.0.1:1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_daemon_expecting_failure(
+        "--cache-dir", str(tmp_path / "c"), "--contact-points", "127.0.0.1:1"
     )
     assert result.returncode == 2
     assert "unreachable at 127.0.0.1:1" in result.stderr
