@@ -34,6 +34,7 @@ from typing import Any, BinaryIO, TypeVar
 import diskcache
 import trio
 
+from cached.content import EMPTY_ID
 from cached.model import Inode
 from cached.stats import Counters
 
@@ -211,6 +212,17 @@ class LocalCache:
         fetched_at, data = entry
         return freshness(fetched_at, self.clock(), self.ttl), Inode.from_wire(data)
 
+    def fresh_for(self, tenant: Tenant, ino: int) -> float:
+        """Seconds the cached inode ``ino`` stays within its TTL (0 when not in memory).
+
+        The front may reuse an answer this long: the daemon would not revalidate sooner.
+        """
+        entry = self._memo.get(("i", *tenant, ino))
+        if entry is None or entry is _GONE:
+            return 0.0
+        age = self.clock() - entry[0]
+        return self.ttl - age if 0 <= age < self.ttl else 0.0
+
     async def put_inode(self, tenant: Tenant, inode: Inode) -> None:
         """Cache ``inode`` as fetched now."""
         await self._meta_set(("i", *tenant, inode.ino), (self.clock(), inode.to_wire()))
@@ -261,7 +273,9 @@ class LocalCache:
         return ("c", *tenant, content_id)
 
     async def has_content(self, tenant: Tenant, content_id: bytes) -> bool:
-        """True if the content is cached (no LRU touch)."""
+        """True if the content is cached (no LRU touch).  The empty content always is."""
+        if content_id == EMPTY_ID:
+            return True
         key = self._content_key(tenant, content_id)
         return await self._read(self._cache.__contains__, key)
 
@@ -286,6 +300,9 @@ class LocalCache:
         Touches the entry for LRU.  Holds no descriptor after it returns.
         """
 
+        if content_id == EMPTY_ID:
+            return b""
+
         def read() -> bytes | None:
             value = self._cache.get(self._content_key(tenant, content_id), read=True)
             if value is None:
@@ -300,6 +317,9 @@ class LocalCache:
 
     async def copy_content(self, tenant: Tenant, content_id: bytes, dest: BinaryIO) -> bool:
         """Write the whole cached content into ``dest``; False when not cached."""
+
+        if content_id == EMPTY_ID:
+            return True
 
         def copy() -> bool:
             value = self._cache.get(self._content_key(tenant, content_id), read=True)

@@ -120,6 +120,9 @@ class Service:
         self._flights = SingleFlight()
         self._locks: dict[tuple[Tenant, int], tuple[trio.Lock, int]] = {}
         self._io_limiter = trio.CapacityLimiter(4)
+        #: Where work that need not delay a reply runs (old-content deletion); set by
+        #: the daemon.  None: such work runs inline.
+        self.background: trio.Nursery | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -184,6 +187,16 @@ class Service:
     ) -> None:
         await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
         await self.cache.drop_listing(s.tenant, parent)
+
+    def _announce(self, s: Session, *inos: int) -> None:
+        """Tell the tenant's other sessions on this daemon that ``inos`` changed.
+
+        Their fronts drop answers they reuse within the TTL (see ``rpc_open``).
+        """
+        changed = [ino for ino in inos if ino]
+        for other in self.sessions:
+            if other is not s and other.tenant == s.tenant and changed:
+                other.notify("changed", {"inos": changed})
 
     # -- session --------------------------------------------------------------------------
 
@@ -312,6 +325,7 @@ class Service:
             )
             await s.store.set_attrs(changed)
             await self.cache.put_inode(s.tenant, changed)
+            self._announce(s, ino)
             return changed.to_wire()
 
     # -- namespace ------------------------------------------------------------------------
@@ -319,15 +333,24 @@ class Service:
     async def _make(self, s: Session, parent: int, name: bytes, inode: Inode) -> Inode:
         check_name(name)
         await self._directory(s, parent)
-        await s.store.put_inode(inode)
-        holder = await s.store.insert_dentry(Dentry(parent, name, inode.ino, inode.kind))
-        if holder is not None:
+        await s.store.put_inode(inode)  # before its name: a name never points at nothing
+        holder: list[Dentry | None] = [None]
+
+        async def insert() -> None:
+            holder[0] = await s.store.insert_dentry(Dentry(parent, name, inode.ino, inode.kind))
+
+        # The parent's mtime is set alongside the LWT; if the name turns out taken,
+        # the parent merely got a newer mtime.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(insert)
+            nursery.start_soon(self._touch_dir, s, parent, inode.ctime_ns)
+        if holder[0] is not None:
             await s.store.delete_inode(inode.ino)
-            await self.cache.put_dentry(s.tenant, parent, name, holder.ino, holder.kind)
+            await self.cache.put_dentry(s.tenant, parent, name, holder[0].ino, holder[0].kind)
             raise Exists(name.decode(errors="replace"))
         await self.cache.put_inode(s.tenant, inode)
         await self._dentries_changed(s, parent, name, inode.ino, inode.kind)
-        await self._touch_dir(s, parent, inode.ctime_ns)
+        self._announce(s, parent)
         return inode
 
     def _new_inode(
@@ -373,9 +396,7 @@ class Service:
             content_id=content.EMPTY_ID,
             chunk_size=content.CHUNK_SIZE,
         )
-        made = await self._make(s, parent, name, inode)
-        await self.cache.put_content(s.tenant, content.EMPTY_ID, b"")
-        return made.to_wire()
+        return (await self._make(s, parent, name, inode)).to_wire()
 
     async def rpc_symlink(
         self, s: Session, parent: int, name: bytes, target: bytes, uid: int, gid: int
@@ -404,6 +425,7 @@ class Service:
         await self._dentries_changed(s, parent, name, 0, 0)
         await self._orphan(s, entry.ino, now)
         await self._touch_dir(s, parent, now)
+        self._announce(s, parent, entry.ino)
         return entry.ino
 
     async def _orphan(self, s: Session, ino: int, now: int) -> None:
@@ -486,6 +508,7 @@ class Service:
         await self._touch_dir(s, old_parent, now)
         if new_parent != old_parent:
             await self._touch_dir(s, new_parent, now)
+        self._announce(s, old_parent, new_parent, source.ino, target.ino if target else 0)
         return {"ino": source.ino, "replaced": target.ino if target else 0}
 
     async def _check_not_below(self, s: Session, moving: int, new_parent: int) -> None:
@@ -518,22 +541,32 @@ class Service:
 
     # -- content --------------------------------------------------------------------------
 
-    async def rpc_open(self, s: Session, ino: int, fetch: bool = True) -> dict[str, Any]:
+    async def rpc_open(
+        self, s: Session, ino: int, fetch: bool = True, inline: bool = True
+    ) -> dict[str, Any]:
         """Open ``ino``: its inode, and with ``fetch`` its content cached locally.
 
-        Returns ``{"inode", "epoch", "data"}``; ``data`` is the whole content when
-        it is at most :data:`OPEN_INLINE_LIMIT` bytes, else None (use ``read``).
-        ENOENT; EIO when Cassandra fails or the content cannot be verified.
+        Returns ``{"inode", "epoch", "data", "fresh_for"}``.  ``data`` is the whole
+        content when ``inline`` and it is at most :data:`OPEN_INLINE_LIMIT` bytes,
+        else None (use ``read``).  ``fresh_for`` is how many seconds the inode stays
+        within the cache TTL: the front may reuse this answer that long, unless a
+        ``changed`` notification names the inode first.  ENOENT; EIO when Cassandra
+        fails or the content cannot be verified.
         """
         inode = await self.get_inode(s, ino)
         data = None
         if fetch and inode.kind == REGULAR:
             inode = await self._ensure_content(s, inode)
-            if inode.size <= OPEN_INLINE_LIMIT:
+            if inline and inode.size <= OPEN_INLINE_LIMIT:
                 data = await self.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
                 if data is not None:
                     self.counters.add("bytes_served", len(data))
-        return {"inode": inode.to_wire(), "epoch": self.epoch, "data": data}
+        return {
+            "inode": inode.to_wire(),
+            "epoch": self.epoch,
+            "data": data,
+            "fresh_for": self.cache.fresh_for(s.tenant, inode.ino),
+        }
 
     async def rpc_read(
         self, s: Session, ino: int, content_id: bytes, file_size: int, offset: int, size: int
@@ -661,12 +694,13 @@ class Service:
         if not same:
             await self._put_chunks(s, inode.ino, new_id, size, data, spool)
         await s.store.set_content(updated)  # the flip: readers now see the new version
-        if not same and inode.content_id:
-            with trio.CancelScope(shield=True):
-                try:
+        if not same and inode.content_id and inode.size > 0:
+            # The old version is unreachable now; deleting it need not delay the writer.
+            if self.background is not None:
+                self.background.start_soon(self._delete_old_content, s, inode)
+            else:  # we hold the inode lock and the new version is current
+                with trio.CancelScope(shield=True):
                     await self._delete_content(s, inode)
-                except CassfsError as exc:
-                    log.warning("old content of inode %d left behind: %s", inode.ino, exc)
         if data is not None:
             await self.cache.put_content(s.tenant, new_id, data)
         else:
@@ -675,6 +709,7 @@ class Service:
         await self.cache.put_inode(s.tenant, updated)
         self.counters.add("flushes")
         self.counters.add("bytes_written", size)
+        self._announce(s, inode.ino)
         return updated
 
     async def _put_chunks(
@@ -694,6 +729,23 @@ class Service:
                 await s.store.put_chunk(ino, new_id, index, part)
 
         await _gather(put, count)
+
+    async def _delete_old_content(self, s: Session, old: Inode) -> None:
+        """Delete the chunks of version ``(old.ino, old.content_id)`` once it is not current.
+
+        Runs after the writer released the inode lock, so it takes the lock and
+        rereads the inode: a later write may have made that same content current
+        again (A -> B -> A), and then its chunks must stay.
+        """
+        with trio.CancelScope(shield=True):
+            try:
+                async with self._inode_lock(s.tenant, old.ino):
+                    current = await s.store.get_inode(old.ino)
+                    if current is not None and current.content_id == old.content_id:
+                        return
+                    await self._delete_content(s, old)
+            except CassfsError as exc:
+                log.warning("old content of inode %d left behind: %s", old.ino, exc)
 
     async def _delete_content(self, s: Session, inode: Inode) -> None:
         count = content.chunk_count(inode.size, inode.chunk_size or content.CHUNK_SIZE)

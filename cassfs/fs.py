@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ from cassfs.handles import OpenFile, WriteBuffer
 from cassfs.lookups import LookupCounts
 
 log = logging.getLogger(__name__)
+
+#: Open answers kept for reuse (see Operations._reuse).
+REUSABLE_ENTRIES = 100_000
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -100,6 +104,9 @@ class Operations(pyfuse3.Operations):
         self._buffers: dict[int, WriteBuffer] = {}
         self._dirs: dict[int, list[list[Any]]] = {}
         self._seen: dict[int, tuple[bytes, int]] = {}
+        #: ino -> (trio deadline, inode map): open answers reusable until the daemon's
+        #: TTL for the inode runs out, unless a `changed` notification names it first.
+        self._reusable: OrderedDict[int, tuple[float, dict[str, Any]]] = OrderedDict()
         self._fh = itertools.count(1)
 
     # -- helpers --------------------------------------------------------------------------
@@ -136,6 +143,7 @@ class Operations(pyfuse3.Operations):
 
     def _unlinked(self, ino: int) -> None:
         """``ino`` lost its last name: purge it now, or once the kernel forgets it."""
+        self._forget_answers(ino)
         if ino and self.lookups.count(ino) == 0 and not self._open_count.get(ino):
             self._start_purge(ino)
         elif ino:
@@ -217,6 +225,7 @@ class Operations(pyfuse3.Operations):
                     await buffer.truncate(attr.st_size)
             else:
                 changes["size"] = attr.st_size
+        self._forget_answers(inode)
         if changes or not fields.update_size:
             result = await self.client.call("setattr", ino=inode, **changes)
         else:
@@ -343,6 +352,7 @@ class Operations(pyfuse3.Operations):
         for ino, nlookup in inode_list:
             if self.lookups.forget(ino, nlookup):
                 self._seen.pop(ino, None)
+                self._forget_answers(ino)
                 if ino in self.orphans and not self._open_count.get(ino):
                     self.orphans.discard(ino)
                     self._start_purge(ino)
@@ -387,7 +397,13 @@ class Operations(pyfuse3.Operations):
         access = flags & os.O_ACCMODE
         writable = access in (os.O_WRONLY, os.O_RDWR)
         truncating = writable and bool(flags & os.O_TRUNC)
-        reply = await self.client.call("open", ino=inode, fetch=not truncating)
+        if not writable and inode not in self._buffers:
+            reused = self._reuse(inode)
+            if reused is not None:
+                return reused
+        reply = await self.client.call(
+            "open", ino=inode, fetch=not truncating, inline=inode not in self._seen
+        )
         info = reply["inode"]
         if stat.S_ISDIR(info["mode"]):
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -401,10 +417,39 @@ class Operations(pyfuse3.Operations):
                 buffer.dirty = buffer.dirty or info["size"] > 0
         keep_cache = self._seen.get(inode) == (content_id, epoch) and inode not in self._buffers
         self._seen[inode] = (content_id, epoch)
+        if reply.get("fresh_for", 0) > 0 and not writable:
+            self._reusable[inode] = (trio.current_time() + reply["fresh_for"], info)
+            self._reusable.move_to_end(inode)
+            if len(self._reusable) > REUSABLE_ENTRIES:
+                self._reusable.popitem(last=False)
         fh = self._open_handle(
             OpenFile(inode, content_id, info["size"], writable, data=reply.get("data"))
         )
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+    def _reuse(self, ino: int) -> pyfuse3.FileInfo | None:
+        """Open ``ino`` read-only without asking the daemon, if its last answer still holds.
+
+        It holds while the daemon's TTL for the inode runs (the daemon would answer
+        from its cache alike) and the kernel may keep the pages it has.
+        """
+        entry = self._reusable.get(ino)
+        if entry is None:
+            return None
+        deadline, info = entry
+        if deadline <= trio.current_time() or self._seen.get(ino) != (
+            info["content_id"],
+            self.epoch,
+        ):
+            del self._reusable[ino]
+            return None
+        fh = self._open_handle(OpenFile(ino, info["content_id"], info["size"], False))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _forget_answers(self, *inos: int) -> None:
+        """Stop reusing open answers for ``inos`` (changed here or by another session)."""
+        for ino in inos:
+            self._reusable.pop(ino, None)
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -459,6 +504,7 @@ class Operations(pyfuse3.Operations):
                 inode = await self.client.call("write", ino=handle.ino, **buffer.wire_content())
             buffer.dirty = False
         self._seen[handle.ino] = (inode["content_id"], self.epoch)
+        self._forget_answers(handle.ino)
         for other in self._handles.values():
             if other.ino == handle.ino:
                 other.content_id, other.size, other.data = inode["content_id"], inode["size"], None
@@ -496,10 +542,18 @@ class Operations(pyfuse3.Operations):
     # -- daemon notifications -------------------------------------------------------------
 
     def on_notification(self, event: str, params: dict[str, Any]) -> None:
-        """React to the daemon: after ``purged``, drop the kernel's caches of every inode."""
-        if event == "purged":
+        """React to the daemon.
+
+        ``changed``: another session of this tenant changed these inodes; stop reusing
+        answers about them.  ``purged``: the cache was emptied; drop every reused
+        answer and the kernel's caches of every inode.
+        """
+        if event == "changed":
+            self._forget_answers(*params.get("inos", ()))
+        elif event == "purged":
             self.epoch = params.get("epoch", self.epoch)
             self._seen.clear()
+            self._reusable.clear()
             if self.nursery is not None:
                 self.nursery.start_soon(self._invalidate_all)
 
