@@ -59,12 +59,16 @@ async def run_daemon(
     cache_size: int,
     consistency: str,
     idle_exit: float | None,
+    query_timeout: float = 10.0,
 ) -> None:
     """Connect, serve on ``cache_dir/daemon.sock`` until SIGTERM/SIGINT or ``shutdown``.
 
-    Raises ``CassfsError`` subclasses on start-up failures.
+    ``cache_ttl``, ``idle_exit`` and ``query_timeout`` are seconds, ``cache_size``
+    bytes.  Raises ``CassfsError`` subclasses on start-up failures.
     """
-    store = await Store.connect(contact_points, keyspace, consistency=consistency)
+    store = await Store.connect(
+        contact_points, keyspace, consistency=consistency, query_timeout=query_timeout
+    )
     counters = Counters(cache_dir / "counters")
     cache = LocalCache(cache_dir, cache_size, cache_ttl, counters)
     spool = cache_dir / "spool"
@@ -166,6 +170,13 @@ def _lock(cache_dir: Path) -> int:
     help="Consistency level of reads and writes.",
 )
 @click.option(
+    "--query-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds before a Cassandra query counts as failed (then stale cache entries serve).",
+)
+@click.option(
     "--idle-exit",
     type=float,
     default=None,
@@ -179,6 +190,7 @@ def main(
     cache_ttl: float,
     cache_size: str,
     consistency: str,
+    query_timeout: float,
     idle_exit: float | None,
     debug: bool,
 ) -> None:
@@ -206,7 +218,17 @@ def main(
         )
         sys.exit(EXIT_STARTUP)
     try:
-        trio.run(run_daemon, cache_dir, points, keyspace, cache_ttl, size, consistency, idle_exit)
+        trio.run(
+            run_daemon,
+            cache_dir,
+            points,
+            keyspace,
+            cache_ttl,
+            size,
+            consistency,
+            idle_exit,
+            query_timeout,
+        )
     except CassfsError as exc:
         click.echo(f"cassfs daemon: {exc}", err=True)
         sys.exit(EXIT_STARTUP)

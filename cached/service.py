@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -72,6 +72,7 @@ MEMORY_FETCH_LIMIT = 4 * 1024 * 1024
 RENAME_NOREPLACE = 1
 
 Tenant = tuple[int, str]
+T = TypeVar("T")
 
 
 class ContentGone(Exception):
@@ -155,7 +156,22 @@ class Service:
             self.counters.add("hits")
             return cached
         self.counters.add("revalidations" if state is Freshness.STALE else "misses")
-        return await self._flights.run(("i", s.tenant, ino), self._load_inode, s, ino)
+        try:
+            return await self._flights.run(("i", s.tenant, ino), self._load_inode, s, ino)
+        except StorageError as exc:
+            return self._stale_if_error(cached, exc, f"inode {ino}")
+
+    def _stale_if_error(self, cached: T | None, exc: StorageError, what: str) -> T:
+        """Serve an expired cache entry while Cassandra fails, rather than EIO.
+
+        Caching FUSE users ask for reads that keep working when the backend is down
+        (rclone#9343; FuseDAV's "saint mode").  With nothing cached, EIO.
+        """
+        if cached is None:
+            raise exc
+        self.counters.add("stale_served")
+        log.warning("Cassandra failed (%s): serving the cached %s past its TTL", exc, what)
+        return cached
 
     async def _load_inode(self, s: Session, ino: int) -> Inode:
         inode = await s.store.get_inode(ino)
@@ -244,10 +260,15 @@ class Service:
         else:
             await self._directory(s, parent)
             self.counters.add("revalidations" if state is Freshness.STALE else "misses")
-            entry = await s.store.get_dentry(parent, name)
-            await self.cache.put_dentry(
-                s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
-            )
+            try:
+                entry = await s.store.get_dentry(parent, name)
+            except StorageError as exc:
+                ino, kind = self._stale_if_error(cached, exc, f"entry {name!r}")
+                entry = Dentry(parent, name, ino, kind) if ino else None
+            else:
+                await self.cache.put_dentry(
+                    s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
+                )
             if entry is None:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
@@ -266,9 +287,13 @@ class Service:
         state, items = await self.cache.get_listing(s.tenant, ino)
         if state is not Freshness.FRESH or items is None:
             self.counters.add("revalidations" if state is Freshness.STALE else "misses")
-            entries = await s.store.list_dentries(ino)
-            items = [(e.name, e.ino, e.kind) for e in entries]
-            await self.cache.put_listing(s.tenant, ino, items)
+            try:
+                entries = await s.store.list_dentries(ino)
+            except StorageError as exc:
+                items = self._stale_if_error(items, exc, f"listing of {ino}")
+            else:
+                items = [(e.name, e.ino, e.kind) for e in entries]
+                await self.cache.put_listing(s.tenant, ino, items)
         else:
             self.counters.add("hits")
         results: list[list[Any] | None] = [None] * len(items)

@@ -25,6 +25,7 @@ NAMES = (
     "bytes_written",  # content bytes written to Cassandra
     "evictions",  # cache entries removed by the size limit (LRU)
     "purges",  # `cassfs cache purge` runs
+    "stale_served",  # expired entries served because Cassandra failed (stale-if-error)
 )
 GAUGES = ("entries", "bytes_cached")
 

@@ -53,6 +53,19 @@ def cassandra() -> str:
     return str(points)
 
 
+def local_node_pid() -> int:
+    """The pid of the local node started by `just node-start` (for pausing it)."""
+    pid_file = Path(os.environ.get("CASSFS_NODE_DIR", ".cassandra")) / "cassandra.pid"
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pytest.fail(
+            f"no local node pid in {pid_file}: this test pauses the local node "
+            "started by `just node-start`",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def tenant() -> tuple[int, str]:
     """A tenant no other test uses: (random owner, unique environment)."""
@@ -106,7 +119,9 @@ def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemo
     """Factory: start a daemon on a new cache dir (``cache_ttl`` seconds, default 60)."""
     started: list[Daemon] = []
 
-    def start(name: str = "cache", cache_ttl: float = 60.0, cache_size: str = "2G") -> Daemon:
+    def start(
+        name: str = "cache", cache_ttl: float = 60.0, cache_size: str = "2G", *extra: str
+    ) -> Daemon:
         cache_dir = tmp_path / name
         cache_dir.mkdir(parents=True, exist_ok=True)
         log = tmp_path / f"{name}-daemon.log"
@@ -126,6 +141,7 @@ def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemo
                     str(cache_ttl),
                     "--cache-size",
                     cache_size,
+                    *extra,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -23,6 +23,7 @@ def test_names() -> None:
         "bytes_written",
         "evictions",
         "purges",
+        "stale_served",
     )
     assert GAUGES == ("entries", "bytes_cached")
 
