@@ -75,6 +75,10 @@ test *ARGS: schema
 bench: schema
     python -m tests.bench
 
+# Lint, format check and type check, changing nothing (CI runs this).
+lint:
+    ruff check cassfs cached tests && ruff format --check cassfs cached tests && mypy cassfs cached
+
 # Lint (fixing what it can), type-check, then format.
 check:
     ruff check --fix cassfs cached tests && mypy cassfs cached && ruff format cassfs cached tests
