@@ -19,6 +19,7 @@ which also makes eviction and its count exact for this daemon.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import logging
@@ -86,6 +87,7 @@ class LocalCache:
         self.ttl = ttl
         self.counters = counters
         self.clock = clock
+        self.opened_at = clock()
         self.tmp_dir = directory / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._cache = diskcache.Cache(
@@ -99,6 +101,18 @@ class LocalCache:
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
         self._ops_queued = trio.Event()
+
+    def _freshness(self, fetched_at: float) -> Freshness:
+        """:func:`freshness` now; entries fetched before this cache was opened are stale.
+
+        Metadata is written to diskcache behind the reply, so after a crash disk may
+        hold an older state than the one acknowledged: a new daemon revalidates every
+        metadata entry it finds on disk once.  Content needs no such care (its key is
+        its SHA-256).
+        """
+        if fetched_at < self.opened_at:
+            return Freshness.STALE
+        return freshness(fetched_at, self.clock(), self.ttl)
 
     def close(self) -> None:
         """Apply queued writes and close the SQLite connections (blocking; at shutdown)."""
@@ -210,7 +224,7 @@ class LocalCache:
         if entry is None:
             return Freshness.ABSENT, None
         fetched_at, data = entry
-        return freshness(fetched_at, self.clock(), self.ttl), Inode.from_wire(data)
+        return self._freshness(fetched_at), Inode.from_wire(data)
 
     def fresh_for(self, tenant: Tenant, ino: int) -> float:
         """Seconds the cached inode ``ino`` stays within its TTL (0 when not in memory).
@@ -239,7 +253,7 @@ class LocalCache:
         if entry is None:
             return Freshness.ABSENT, None
         fetched_at, ino, kind = entry
-        return freshness(fetched_at, self.clock(), self.ttl), (ino, kind)
+        return self._freshness(fetched_at), (ino, kind)
 
     async def put_dentry(
         self, tenant: Tenant, parent: int, name: bytes, ino: int, kind: int
@@ -255,17 +269,65 @@ class LocalCache:
         if entry is None:
             return Freshness.ABSENT, None
         fetched_at, items = entry
-        return freshness(fetched_at, self.clock(), self.ttl), items
+        return self._freshness(fetched_at), items
 
     async def put_listing(
         self, tenant: Tenant, parent: int, items: list[tuple[bytes, int, int]]
     ) -> None:
-        """Cache the listing of ``parent`` as fetched now."""
+        """Cache the listing of ``parent`` (sorted by name) as fetched now."""
+        self._memo.pop(("L", *tenant, parent), None)
         await self._meta_set(("l", *tenant, parent), (self.clock(), items))
 
     async def drop_listing(self, tenant: Tenant, parent: int) -> None:
-        """Forget the listing of ``parent`` (after a local create, unlink or rename)."""
+        """Forget the listing of ``parent``."""
+        self._memo.pop(("L", *tenant, parent), None)
         await self._meta_delete(("l", *tenant, parent))
+
+    async def get_listing_index(
+        self, tenant: Tenant, parent: int
+    ) -> tuple[Freshness, dict[bytes, tuple[int, int]] | None]:
+        """The cached listing of ``parent`` as ``{name: (ino, kind)}``, for lookups.
+
+        Kept in memory beside the listing; a complete listing answers negative
+        lookups too.
+        """
+        key = ("L", *tenant, parent)
+        entry = self._memo.get(key)
+        if entry is None:
+            state, items = await self.get_listing(tenant, parent)
+            if items is None:
+                return state, None
+            fetched_at = self._memo[("l", *tenant, parent)][0]
+            entry = (fetched_at, {name: (ino, kind) for name, ino, kind in items})
+            self._memo_put(key, entry)
+        fetched_at, index = entry
+        return self._freshness(fetched_at), index
+
+    def is_large_dir(self, tenant: Tenant, parent: int) -> bool:
+        """True if ``parent`` was found too large to list whole, within the TTL."""
+        marked = self._memo.get(("B", *tenant, parent))
+        return marked is not None and self._freshness(marked) is Freshness.FRESH
+
+    def mark_large_dir(self, tenant: Tenant, parent: int) -> None:
+        """Remember (in memory, for the TTL) that ``parent`` is too large to list whole."""
+        self._memo_put(("B", *tenant, parent), self.clock())
+
+    async def update_listing(
+        self, tenant: Tenant, parent: int, name: bytes, ino: int, kind: int
+    ) -> None:
+        """Apply a local change to a cached listing: ``name`` now names ``ino`` (0: gone).
+
+        The listing keeps its fetch time: a local change says nothing of other hosts'.
+        """
+        entry = await self._meta_get(("l", *tenant, parent))
+        if entry is None:
+            return
+        fetched_at, items = entry
+        updated = [item for item in items if item[0] != name]
+        if ino:
+            bisect.insort(updated, (name, ino, kind))
+        self._memo.pop(("L", *tenant, parent), None)
+        await self._meta_set(("l", *tenant, parent), (fetched_at, updated))
 
     # -- content --------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import errno
 import itertools
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class DaemonClient:
         self._connect_lock = trio.Lock()
         self._nursery = nursery
         self._hello: dict[str, Any] | None = None
+        #: Called (under the connect lock) when the daemon is gone after ``hello``:
+        #: starts it again and returns a connected stream, or raises DaemonUnavailable.
+        self.restart: Callable[[], Awaitable[trio.SocketStream]] | None = None
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight fail with DaemonUnavailable."""
@@ -83,7 +86,10 @@ class DaemonClient:
             try:
                 stream = await trio.open_unix_socket(str(self.path))
             except OSError as exc:
-                raise DaemonUnavailable(f"no cache daemon at {self.path}: {exc}") from exc
+                if self.restart is None or self._hello is None:
+                    raise DaemonUnavailable(f"no cache daemon at {self.path}: {exc}") from exc
+                log.warning("the cache daemon is gone (%s): starting it again", exc)
+                stream = await self.restart()
             self._stream = stream
             self._nursery.start_soon(self._reader, stream)
             if self._hello is not None:

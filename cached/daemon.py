@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import trio
@@ -51,6 +52,34 @@ def parse_size(text: str) -> int:
     return size
 
 
+def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False) -> list[str]:
+    """The command line that starts a daemon for ``cache_dir`` with ``config``.
+
+    ``config`` has the keys of the ``status`` reply's config (``contact_points``,
+    ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``,
+    ``query_timeout``, ``idle_exit``), so a mount can restart the daemon it had.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "cached",
+        "--cache-dir",
+        str(cache_dir),
+        "--contact-points",
+        str(config["contact_points"]),
+        "--keyspace",
+        str(config["keyspace"]),
+        "--cache-ttl",
+        str(config["cache_ttl"]),
+        "--cache-size",
+        str(config["cache_size"]),
+    ]
+    for option in ("consistency", "query_timeout", "idle_exit"):
+        if config.get(option) is not None:
+            command += [f"--{option.replace('_', '-')}", str(config[option])]
+    return command + (["--debug"] if debug else [])
+
+
 async def run_daemon(
     cache_dir: Path,
     contact_points: ContactPoints,
@@ -79,6 +108,9 @@ async def run_daemon(
         "keyspace": keyspace,
         "cache_ttl": cache_ttl,
         "cache_size": cache_size,
+        "consistency": consistency,
+        "query_timeout": query_timeout,
+        "idle_exit": idle_exit,
     }
     server = Server(service, store, socket_path(cache_dir), config, idle_exit=idle_exit)
     try:

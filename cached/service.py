@@ -19,14 +19,14 @@ was read from or written to Cassandra by this daemon.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import stat
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,7 @@ from cached.errors import (
     NotFound,
     StorageError,
 )
+from cached.locks import KeyedLocks
 from cached.model import (
     DIRECTORY,
     REGULAR,
@@ -68,6 +69,10 @@ OPEN_INLINE_LIMIT = 128 * 1024
 CHUNK_CONCURRENCY = 4
 #: Content up to this size is assembled in memory when fetched; larger goes through a file.
 MEMORY_FETCH_LIMIT = 4 * 1024 * 1024
+#: Directories up to this many entries are listed whole to answer lookups.
+LISTING_LIMIT = 4096
+#: Directories up to this many entries get their inodes prefetched when listed.
+PREFETCH_LIMIT = 512
 #: rename(2) flags (linux/fs.h).
 RENAME_NOREPLACE = 1
 
@@ -119,29 +124,15 @@ class Service:
         self.epoch = secrets.randbits(31)  # changes at every start and purge
         self.sessions: set[Session] = set()
         self._flights = SingleFlight()
-        self._locks: dict[tuple[Tenant, int], tuple[trio.Lock, int]] = {}
+        #: Serialise this daemon's mutations of one inode.
+        self._inode_locks = KeyedLocks()
+
         self._io_limiter = trio.CapacityLimiter(4)
         #: Where work that need not delay a reply runs (old-content deletion); set by
         #: the daemon.  None: such work runs inline.
         self.background: trio.Nursery | None = None
 
     # -- helpers --------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _inode_lock(self, tenant: Tenant, ino: int) -> AsyncIterator[None]:
-        """Serialise this daemon's mutations of one inode."""
-        key = (tenant, ino)
-        lock, users = self._locks.get(key, (trio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._io_limiter)
@@ -202,7 +193,7 @@ class Service:
         self, s: Session, parent: int, name: bytes, ino: int, kind: int
     ) -> None:
         await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
-        await self.cache.drop_listing(s.tenant, parent)
+        await self.cache.update_listing(s.tenant, parent, name, ino, kind)
 
     def _announce(self, s: Session, *inos: int) -> None:
         """Tell the tenant's other sessions on this daemon that ``inos`` changed.
@@ -249,9 +240,19 @@ class Service:
     # -- metadata -------------------------------------------------------------------------
 
     async def rpc_lookup(self, s: Session, parent: int, name: bytes) -> dict[str, Any]:
-        """The inode named ``name`` in ``parent``; ENOENT, ENAMETOOLONG, ENOTDIR."""
+        """The inode named ``name`` in ``parent``; ENOENT, ENAMETOOLONG, ENOTDIR.
+
+        A cold lookup reads the parent's whole listing (one partition) when it
+        has at most :data:`LISTING_LIMIT` entries; it then answers every lookup in
+        that directory, negative ones included, for the TTL, and the inodes of a
+        small directory are prefetched.  Larger directories are asked name by name.
+        """
         check_name(name)
         state, cached = await self.cache.get_dentry(s.tenant, parent, name)
+        if state is not Freshness.FRESH:
+            index = await self._listing_index(s, parent)
+            if index is not None:
+                state, cached = Freshness.FRESH, index.get(name, (0, 0))
         if state is Freshness.FRESH and cached is not None:
             ino = cached[0]
             if ino == 0:
@@ -273,6 +274,52 @@ class Service:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
         return (await self.get_inode(s, ino)).to_wire()
+
+    async def _listing_index(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
+        """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.
+
+        None for a directory over :data:`LISTING_LIMIT` entries (remembered for the
+        TTL) or when Cassandra fails.
+        """
+        state, index = await self.cache.get_listing_index(s.tenant, parent)
+        if state is Freshness.FRESH and index is not None:
+            return index
+        if self.cache.is_large_dir(s.tenant, parent):
+            return None
+        return await self._flights.run(("L", s.tenant, parent), self._load_listing, s, parent)
+
+    async def _load_listing(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
+        self.counters.add("misses")
+        try:
+            await self._directory(s, parent)
+            entries = await s.store.list_dentries(parent, limit=LISTING_LIMIT + 1)
+        except StorageError:
+            return None
+        except NotADirectory:
+            raise
+        if len(entries) > LISTING_LIMIT:
+            self.cache.mark_large_dir(s.tenant, parent)
+            return None
+        items = [(e.name, e.ino, e.kind) for e in entries]
+        await self.cache.put_listing(s.tenant, parent, items)
+        if len(items) <= PREFETCH_LIMIT and self.background is not None:
+            self.background.start_soon(self._prefetch_inodes, s, [e.ino for e in entries])
+        return {name: (ino, kind) for name, ino, kind in items}
+
+    async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
+        """Warm the cache with the inodes of a directory just listed (errors ignored)."""
+        limiter = trio.CapacityLimiter(8)
+
+        async def one(ino: int) -> None:
+            async with limiter:
+                state, _ = await self.cache.get_inode(s.tenant, ino)
+                if state is not Freshness.FRESH:
+                    with contextlib.suppress(CassfsError):
+                        await self._flights.run(("i", s.tenant, ino), self._load_inode, s, ino)
+
+        async with trio.open_nursery() as nursery:
+            for ino in inos:
+                nursery.start_soon(one, ino)
 
     async def rpc_getattr(self, s: Session, ino: int) -> dict[str, Any]:
         """The inode ``ino``; ENOENT."""
@@ -330,7 +377,7 @@ class Service:
         size: int | None = None,
     ) -> dict[str, Any]:
         """chmod, chown, utimens and truncate; the new inode.  ENOENT, EISDIR, EINVAL."""
-        async with self._inode_lock(s.tenant, ino):
+        async with self._inode_locks((s.tenant, ino)):
             inode = await self._authoritative(s, ino)
             now = time.time_ns()
             if size is not None:
@@ -554,7 +601,7 @@ class Service:
 
         The front calls this when the kernel has forgotten the inode.
         """
-        async with self._inode_lock(s.tenant, ino):
+        async with self._inode_locks((s.tenant, ino)):
             inode = await s.store.get_inode(ino)
             if inode is None or inode.nlink != 0:
                 return False
@@ -695,7 +742,7 @@ class Service:
         if (data is None) == (path is None):
             raise InvalidArgument("write needs exactly one of data and path")
         spool = self._spool_path(path) if path is not None else None
-        async with self._inode_lock(s.tenant, ino):
+        async with self._inode_locks((s.tenant, ino)):
             inode = await self._authoritative(s, ino)
             if inode.is_dir:
                 raise IsADirectory(f"inode {ino} is a directory")
@@ -764,7 +811,7 @@ class Service:
         """
         with trio.CancelScope(shield=True):
             try:
-                async with self._inode_lock(s.tenant, old.ino):
+                async with self._inode_locks((s.tenant, old.ino)):
                     current = await s.store.get_inode(old.ino)
                     if current is not None and current.content_id == old.content_id:
                         return

@@ -68,6 +68,9 @@ STATEMENTS: dict[str, str] = {
         f"SELECT ino, kind FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ? AND name = ?"
     ),
     "list_dentries": f"SELECT name, ino, kind FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ?",
+    "list_dentries_limit": (
+        f"SELECT name, ino, kind FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ? LIMIT ?"
+    ),
     "first_dentry": f"SELECT name FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ? LIMIT 1",
     "insert_dentry": (
         "INSERT INTO {ks}.dentries (owner, environment, parent, name, ino, kind) "
@@ -386,9 +389,12 @@ class TenantStore:
         rows = await self._store.run("get_dentry", (*self._t, parent, name))
         return Dentry(parent, name, rows[0]["ino"], rows[0]["kind"]) if rows else None
 
-    async def list_dentries(self, parent: int) -> list[Dentry]:
-        """Every entry of directory ``parent``, ordered by name (bytes)."""
-        rows = await self._store.run("list_dentries", (*self._t, parent))
+    async def list_dentries(self, parent: int, limit: int | None = None) -> list[Dentry]:
+        """The entries of directory ``parent`` (all, or the first ``limit``), ordered by name."""
+        if limit is None:
+            rows = await self._store.run("list_dentries", (*self._t, parent))
+        else:
+            rows = await self._store.run("list_dentries_limit", (*self._t, parent, limit))
         return [Dentry(parent, r["name"], r["ino"], r["kind"]) for r in rows]
 
     async def has_dentries(self, parent: int) -> bool:

@@ -21,7 +21,7 @@ import click
 
 from cached import stats as stats_mod
 from cached.client import call_once, socket_path
-from cached.daemon import parse_size
+from cached.daemon import daemon_command, parse_size
 from cached.errors import CassfsError, DaemonUnavailable
 from cached.store import ContactPoints
 from cassfs.state import pid_alive, read_record
@@ -307,24 +307,14 @@ def _ensure_daemon(
             )
         return
     log_path = cache_dir / "daemon.log"
-    command = [
-        sys.executable,
-        "-m",
-        "cached",
-        "--cache-dir",
-        str(cache_dir),
-        "--contact-points",
-        str(points),
-        "--keyspace",
-        keyspace,
-        "--cache-ttl",
-        str(cache_ttl),
-        "--cache-size",
-        str(cache_size),
-        "--idle-exit",
-        str(DAEMON_IDLE_EXIT),
-    ]
-    daemon = _spawn_detached(command + (["--debug"] if debug else []), log_path)
+    config = {
+        "contact_points": str(points),
+        "keyspace": keyspace,
+        "cache_ttl": cache_ttl,
+        "cache_size": cache_size,
+        "idle_exit": DAEMON_IDLE_EXIT,
+    }
+    daemon = _spawn_detached(daemon_command(cache_dir, config, debug), log_path)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if _daemon_status(cache_dir, timeout=2) is not None:

@@ -8,17 +8,22 @@ lifecycle follows pyfuse3's and S3QL's: ``init`` mounts, ``main`` serves until
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
 
 from cached.client import open_client, socket_path
+from cached.daemon import daemon_command
+from cached.errors import DaemonUnavailable
 from cassfs.fs import FrontConfig, Operations
 from cassfs.state import MountRecord, record_path
 
@@ -68,6 +73,7 @@ async def serve(opts: MountOptions) -> None:
 
     async with open_client(socket_path(opts.cache_dir), on_notification=notify) as client:
         hello = await client.hello(opts.owner, opts.environment)
+        client.restart = functools.partial(restart_daemon, opts.cache_dir, hello["config"])
         ops = Operations(
             client,
             FrontConfig(opts.entry_ttl, opts.negative_ttl),
@@ -102,6 +108,34 @@ async def serve(opts: MountOptions) -> None:
             pyfuse3.close(unmount=clean)
             record.unlink(missing_ok=True)
             log.info("unmounted %s", opts.mountpoint)
+
+
+async def restart_daemon(cache_dir: Path, config: dict[str, Any]) -> trio.SocketStream:
+    """Start the cache daemon again with ``config`` and connect to it (60 s at most).
+
+    For a daemon that died under a live mount (crash, OOM kill): the mount goes on
+    with a new daemon on the same cache dir.  Raises ``DaemonUnavailable``.
+    """
+    log_path = cache_dir / "daemon.log"
+
+    def spawn() -> None:
+        with open(log_path, "ab") as log_file:
+            subprocess.Popen(
+                daemon_command(cache_dir, config),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    await trio.to_thread.run_sync(spawn)
+    with trio.move_on_after(60):
+        while True:
+            try:
+                return await trio.open_unix_socket(str(socket_path(cache_dir)))
+            except OSError:
+                await trio.sleep(0.1)
+    raise DaemonUnavailable(f"the cache daemon of {cache_dir} did not come back; see {log_path}")
 
 
 async def _terminate_on_signal() -> None:

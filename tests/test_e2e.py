@@ -7,6 +7,7 @@ import filecmp
 import hashlib
 import os
 import shutil
+import signal
 import sysconfig
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cached.client import call_once
 from tests.conftest import Mount, run_cli, unmount
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
@@ -289,3 +291,18 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path, cassandra: str) -> None:
     not_writable = run_cli("up", str(tmp_path / "mnt"), "--cache-dir", str(ro / "sub"), check=False)
     assert "not writable" in not_writable.stderr
     assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_mount_survives_a_daemon_crash(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    m = mount_cassfs("crash", *tenant)
+    (m.path / "before.php").write_text("<?php 'before';")
+    pid = call_once(m.cache_dir, "status")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert _eventually(lambda: not os.path.exists(f"/proc/{pid}"), 10)
+    # the mount starts a new daemon on the same cache dir and carries on
+    (m.path / "after.php").write_text("<?php 'after';")
+    assert (m.path / "after.php").read_text() == "<?php 'after';"
+    assert sorted(os.listdir(m.path)) == ["after.php", "before.php"]
+    assert call_once(m.cache_dir, "status")["pid"] != pid

@@ -387,3 +387,23 @@ def test_sha256_file(tmp_path: Path) -> None:
     data = os.urandom(MiB + 3)
     path.write_bytes(data)
     assert sha256_file(path) == (content_id(data), MiB + 3)
+
+
+async def test_metadata_from_before_a_restart_is_revalidated_content_is_not(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Metadata reaches disk behind the reply, so a new daemon trusts none it finds."""
+    first = LocalCache(tmp_path / "c", 64 * MiB, TTL, Counters(tmp_path / "n1"), clock)
+    await first.put_inode(T1, make_inode(7))
+    await first.put_content(T1, content_id(b"hello world"), b"hello world")
+    first.close()
+    clock.advance(0.5)  # well within the TTL
+    second = LocalCache(tmp_path / "c", 64 * MiB, TTL, Counters(tmp_path / "n2"), clock)
+    try:
+        state, inode = await second.get_inode(T1, 7)
+        assert state is Freshness.STALE and inode == make_inode(7)
+        assert await second.read_content(T1, content_id(b"hello world"), 0, 5) == b"hello"
+        await second.put_inode(T1, make_inode(7))
+        assert (await second.get_inode(T1, 7))[0] is Freshness.FRESH
+    finally:
+        second.close()
