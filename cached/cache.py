@@ -13,8 +13,8 @@ Content is keyed by its SHA-256 and never changes, so it needs no TTL; it leaves
 only by LRU eviction once the cache is over ``size_limit`` bytes, or by purge.
 
 Every diskcache call blocks (SQLite and file I/O), so each runs in a worker
-thread: reads under one ``CapacityLimiter``, writes under another of size 1,
-which also makes eviction and its count exact for this daemon.
+thread, one at a time (a ``CapacityLimiter`` of 1): under the LRU policy reads
+write too, and one writer makes eviction and its count exact for this daemon.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Metadata entries mirrored in memory (an inode entry is a few hundred bytes).
 MEMO_ENTRIES = 200_000
+#: Queued metadata writes applied per worker-thread call.
+WRITE_BATCH = 32
 _GONE = object()  # memo tombstone: deleted, the diskcache delete may still be queued
 Tenant = tuple[int, str]
 
@@ -96,8 +98,10 @@ class LocalCache:
             eviction_policy="least-recently-used",
             cull_limit=0,
         )
-        self._read_limiter = trio.CapacityLimiter(8)
-        self._write_limiter = trio.CapacityLimiter(1)
+        # One thread at a time: with the LRU policy every get() is a write transaction
+        # (it updates access_time), and SQLite makes competing threads wait in its busy
+        # handler, which sleeps: 8 reader threads spent most of a cold read there.
+        self._read_limiter = self._write_limiter = trio.CapacityLimiter(1)
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
         self._ops_queued = trio.Event()
@@ -178,8 +182,9 @@ class LocalCache:
             value = self._memo[key]
             return None if value is _GONE else value
         value = await self._read(self._cache.get, key)
-        if value is not None:
-            self._memo_put(key, value)
+        # Remember misses too: only this daemon writes here, so a key absent on disk
+        # stays absent until this daemon puts it (which replaces the tombstone).
+        self._memo_put(key, _GONE if value is None else value)
         return value
 
     async def _meta_set(self, key: tuple[Any, ...], value: Any) -> None:
@@ -202,10 +207,13 @@ class LocalCache:
                 self._cache.delete(key)
 
     async def _apply_pending(self) -> None:
-        ops, self._pending_ops = self._pending_ops, []
-        self._ops_queued = trio.Event()
-        if ops:
+        # In batches, so that reads waiting for the one diskcache thread get a turn.
+        while self._pending_ops:
+            ops = self._pending_ops[:WRITE_BATCH]
+            del self._pending_ops[:WRITE_BATCH]
             await self._write(self._apply, ops)
+        if not self._pending_ops:
+            self._ops_queued = trio.Event()
 
     async def run_writer(self) -> None:
         """Apply queued metadata writes to diskcache, in order, until cancelled."""

@@ -13,6 +13,7 @@ import errno
 import inspect
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,7 @@ class Server:
     ) -> None:
         error: Any = None
         result: Any = None
+        started = time.perf_counter()
         try:
             result = await self._call(request, box, outbox)
         except CassfsError as exc:
@@ -143,6 +145,7 @@ class Server:
         except Exception as exc:
             log.exception("%s failed unexpectedly", request.method)
             error = [errno.EIO, f"{type(exc).__name__}: {exc}"]
+        log.debug("rpc %s took %.2f ms", request.method, (time.perf_counter() - started) * 1e3)
         try:
             outbox.send_nowait(protocol.pack_response(request.msgid, error, result))
         except trio.ClosedResourceError:

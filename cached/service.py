@@ -248,11 +248,14 @@ class Service:
         small directory are prefetched.  Larger directories are asked name by name.
         """
         check_name(name)
-        state, cached = await self.cache.get_dentry(s.tenant, parent, name)
-        if state is not Freshness.FRESH:
-            index = await self._listing_index(s, parent)
-            if index is not None:
-                state, cached = Freshness.FRESH, index.get(name, (0, 0))
+        listing_state, index = await self.cache.get_listing_index(s.tenant, parent)
+        if listing_state is not Freshness.FRESH:
+            index = None
+            state, cached = await self.cache.get_dentry(s.tenant, parent, name)
+            if state is not Freshness.FRESH:
+                index = await self._listing_index(s, parent)
+        if index is not None:
+            state, cached = Freshness.FRESH, index.get(name, (0, 0))
         if state is Freshness.FRESH and cached is not None:
             ino = cached[0]
             if ino == 0:
@@ -628,11 +631,10 @@ class Service:
         inode = await self.get_inode(s, ino)
         data = None
         if fetch and inode.kind == REGULAR:
-            inode = await self._ensure_content(s, inode)
-            if inline and inode.size <= OPEN_INLINE_LIMIT:
-                data = await self.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
-                if data is not None:
-                    self.counters.add("bytes_served", len(data))
+            small = inline and inode.size <= OPEN_INLINE_LIMIT
+            inode, data = await self._content(s, inode, want_bytes=small)
+            if data is not None:
+                self.counters.add("bytes_served", len(data))
         return {
             "inode": inode.to_wire(),
             "epoch": self.epoch,
@@ -669,24 +671,46 @@ class Service:
         If the content version vanished (rewritten elsewhere), reread the inode and
         try again, up to three times; then EIO.
         """
+        return (await self._content(s, inode, want_bytes=False))[0]
+
+    async def _content(
+        self, s: Session, inode: Inode, want_bytes: bool
+    ) -> tuple[Inode, bytes | None]:
+        """Cache ``inode``'s content; with ``want_bytes``, also return the whole content.
+
+        Returns ``(inode fetched for, bytes or None)``; the bytes come in the same
+        thread hop that checks the cache, or straight from the fetch.
+        """
         for _attempt in range(3):
-            if await self.cache.has_content(s.tenant, inode.content_id):
+            if want_bytes:
+                data = await self.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
+                if data is not None:
+                    self.counters.add("hits")
+                    return inode, data
+            elif await self.cache.has_content(s.tenant, inode.content_id):
                 self.counters.add("hits")
-                return inode
+                return inode, None
             try:
-                await self._fetch_once(s, inode)
-                return inode
+                data = await self._fetch_once(s, inode)
             except ContentGone:
                 log.info("inode %d changed during fetch; rereading it", inode.ino)
                 inode = await self._authoritative(s, inode.ino)
+                continue
+            if want_bytes and data is None:
+                data = await self.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
+            return inode, data
         raise StorageError(f"inode {inode.ino} keeps changing; gave up fetching it")
 
-    async def _fetch_once(self, s: Session, inode: Inode) -> None:
+    async def _fetch_once(self, s: Session, inode: Inode) -> bytes | None:
         key = ("c", s.tenant, inode.content_id)
-        await self._flights.run(key, self._fetch, s, inode)
+        return await self._flights.run(key, self._fetch, s, inode)
 
-    async def _fetch(self, s: Session, inode: Inode) -> None:
-        """Read every chunk of ``inode``'s content, verify its SHA-256, and cache it."""
+    async def _fetch(self, s: Session, inode: Inode) -> bytes | None:
+        """Read every chunk of ``inode``'s content, verify its SHA-256, and cache it.
+
+        Returns the content when it was assembled in memory (up to
+        :data:`MEMORY_FETCH_LIMIT` bytes), else None.
+        """
         self.counters.add("misses")
         count = content.chunk_count(inode.size, inode.chunk_size or content.CHUNK_SIZE)
         limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
@@ -706,6 +730,8 @@ class Service:
             except ValueError as exc:
                 raise ContentGone(str(exc)) from exc
             await self.cache.put_content(s.tenant, inode.content_id, data)
+            self.counters.add("bytes_fetched", inode.size)
+            return data
         else:
             path, handle = await self._thread(self.cache.new_tmp_file)
             try:
@@ -727,7 +753,8 @@ class Service:
             finally:
                 await self._thread(handle.close)
                 await self._thread(_unlink_quietly, path)
-        self.counters.add("bytes_fetched", inode.size)
+            self.counters.add("bytes_fetched", inode.size)
+            return None
 
     async def rpc_write(
         self, s: Session, ino: int, data: bytes | None = None, path: str | None = None
