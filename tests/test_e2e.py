@@ -306,3 +306,58 @@ def test_mount_survives_a_daemon_crash(
     assert (m.path / "after.php").read_text() == "<?php 'after';"
     assert sorted(os.listdir(m.path)) == ["after.php", "before.php"]
     assert call_once(m.cache_dir, "status")["pid"] != pid
+
+
+def test_readers_on_another_host_see_whole_versions_during_rewrites(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """PHP-FPM-like readers on host B while host A replaces files whole: no read is a mix.
+
+    (On the writing host itself, readers see writes as they happen, as on a local
+    disk: an open with O_TRUNC empties the file at once.)
+    """
+    import threading
+
+    fast = ["--cache-ttl", "0.2", "--entry-ttl", "0.1", "--negative-ttl", "0.1"]
+    a = mount_cassfs("writer-host", *tenant, None, *fast)
+    b = mount_cassfs("reader-host", *tenant, None, *fast)
+    versions = {
+        f"page{i}.php": [bytes([65 + v]) * (3000 + 150_000 * i) for v in range(5)] for i in range(8)
+    }
+    for name, vs in versions.items():
+        (a.path / name).write_bytes(vs[0])
+    problems: list[str] = []
+    reads = [0]
+    seen: set[bytes] = set()  # the first byte of each version read
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            for name, vs in versions.items():
+                try:
+                    data = (b.path / name).read_bytes()
+                except FileNotFoundError:
+                    continue  # not yet visible on this host
+                reads[0] += 1
+                seen.add(data[:1])
+                if data not in vs:
+                    problems.append(f"{name}: {len(data)} bytes of {sorted(set(data))!r}")
+
+    readers = [threading.Thread(target=reader) for _ in range(6)]
+    for t in readers:
+        t.start()
+    try:
+        for round_ in range(1, 5):
+            for name, vs in versions.items():
+                (a.path / name).write_bytes(vs[round_])
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(30)
+    assert problems == []
+    assert reads[0] > 50
+    assert len(seen) >= 3  # the readers really saw the files change under them
+    assert _eventually(
+        lambda: all((b.path / name).read_bytes() == vs[4] for name, vs in versions.items()), 5
+    )
