@@ -521,6 +521,8 @@ def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
         version = schema_mod.apply(points, keyspace, replication)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    except FileNotFoundError as exc:
+        fail(f"{exc}: point CASSFS_SCHEMA_DIR at the schema/ folder of cassfs")
     except CassfsError as exc:
         fail(f"{exc} (is the node up? `just node-start` starts a local one)")
     click.echo(

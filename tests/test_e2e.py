@@ -291,6 +291,27 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path, cassandra: str) -> None:
     not_writable = run_cli("up", str(tmp_path / "mnt"), "--cache-dir", str(ro / "sub"), check=False)
     assert "not writable" in not_writable.stderr
     assert not os.path.ismount(tmp_path / "mnt")
+    bad_size = run_cli(
+        "up",
+        str(tmp_path / "mnt"),
+        "--cache-dir",
+        str(tmp_path / "c4"),
+        "--cache-size",
+        "lots",
+        check=False,
+    )
+    assert bad_size.returncode == 2 and "bad size 'lots'" in bad_size.stderr
+    no_schema_files = run_cli(
+        "schema", "apply", check=False, env={"CASSFS_SCHEMA_DIR": str(tmp_path / "none")}
+    )
+    assert no_schema_files.returncode == 1 and "CASSFS_SCHEMA_DIR" in no_schema_files.stderr
+    schema_unreachable = run_cli("schema", "apply", "--contact-points", "127.0.0.1:1", check=False)
+    assert schema_unreachable.returncode == 1
+    assert "unreachable at 127.0.0.1:1" in schema_unreachable.stderr
+    not_mounted = run_cli("down", str(tmp_path / "mnt"), check=False)
+    assert not_mounted.returncode == 1 and "is not mounted" in not_mounted.stderr
+    empty_stats = run_cli("cache", "stats", "--cache-dir", str(tmp_path / "nothing"), check=False)
+    assert empty_stats.returncode == 1 and "no cache at" in empty_stats.stderr
 
 
 def test_mount_survives_a_daemon_crash(
