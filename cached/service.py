@@ -770,29 +770,81 @@ class Service:
             raise InvalidArgument("write needs exactly one of data and path")
         spool = self._spool_path(path) if path is not None else None
         async with self._inode_locks((s.tenant, ino)):
-            inode = await self._authoritative(s, ino)
-            if inode.is_dir:
-                raise IsADirectory(f"inode {ino} is a directory")
-            if inode.kind != REGULAR:
-                raise InvalidArgument(f"inode {ino} is not a regular file")
-            return (await self._write_content(s, inode, data, spool)).to_wire()
+            new_id, size = await self._identify(data, spool)
+            # Reading the inode and uploading the chunks do not depend on each other,
+            # so they run together.  Were the inode gone or not a file, the chunks
+            # just uploaded belong to nothing and are deleted again.  The inode may
+            # come from the cache: the chunks are uploaded whatever it says, so a
+            # stale answer (another host rewrote the file meanwhile) can at worst
+            # leave that host's version behind unreferenced, never lose this one.
+            found: list[Inode] = []
+
+            async def read_inode() -> None:
+                found.append(await self.get_inode(s, ino))
+
+            async def upload() -> None:
+                await self._put_chunks(s, ino, new_id, size, data, spool)
+
+            steps = (read_inode, upload)
+            try:
+                await _gather(lambda index: steps[index](), 2)
+                inode = found[0]
+                if inode.is_dir:
+                    raise IsADirectory(f"inode {ino} is a directory")
+                if inode.kind != REGULAR:
+                    raise InvalidArgument(f"inode {ino} is not a regular file")
+            except (NotFound, IsADirectory, InvalidArgument):
+                version = Inode(
+                    ino, REGULAR, 0, 0, 0, size, 0, 0, 0, 0, 0, new_id, content.CHUNK_SIZE, b""
+                )
+                with trio.CancelScope(shield=True):
+                    await self._delete_content(s, version)
+                raise
+            updated = await self._write_content(s, inode, data, spool, (new_id, size))
+            return updated.to_wire()
+
+    async def _identify(self, data: bytes | None, spool: Path | None) -> tuple[bytes, int]:
+        """``(SHA-256, size in bytes)`` of the content given inline or as a spool file."""
+        if data is not None:
+            return content.content_id(data), len(data)
+        assert spool is not None
+        return await self._thread(sha256_file, spool)  # type: ignore[no-any-return]
 
     async def _write_content(
-        self, s: Session, inode: Inode, data: bytes | None, spool: Path | None
+        self,
+        s: Session,
+        inode: Inode,
+        data: bytes | None,
+        spool: Path | None,
+        uploaded: tuple[bytes, int] | None = None,
     ) -> Inode:
-        if data is not None:
-            new_id, size = content.content_id(data), len(data)
-        else:
-            assert spool is not None
-            new_id, size = await self._thread(sha256_file, spool)
+        """Make ``inode`` point at new content: chunks, flip, then old chunks deleted.
+
+        ``uploaded`` is ``(content_id, size)`` when the caller already wrote the chunks.
+        Called with the inode lock held.
+        """
+        new_id, size = uploaded or await self._identify(data, spool)
         now = time.time_ns()
         updated = inode.evolve(
             content_id=new_id, size=size, chunk_size=content.CHUNK_SIZE, mtime_ns=now, ctime_ns=now
         )
         same = new_id == inode.content_id and inode.chunk_size == content.CHUNK_SIZE
-        if not same:
+        if not same and uploaded is None:
             await self._put_chunks(s, inode.ino, new_id, size, data, spool)
-        await s.store.set_content(updated)  # the flip: readers now see the new version
+
+        async def cache_content() -> None:
+            if data is not None:
+                await self.cache.put_content(s.tenant, new_id, data)
+            else:
+                assert spool is not None
+                await self.cache.put_content_file(s.tenant, new_id, spool)
+
+        async def flip() -> None:
+            await s.store.set_content(updated)  # readers now see the new version
+
+        # Caching the content (keyed by its hash) needs no order against the flip.
+        steps = (flip, cache_content)
+        await _gather(lambda index: steps[index](), 2)
         if not same and inode.content_id and inode.size > 0:
             # The old version is unreachable now; deleting it need not delay the writer.
             if self.background is not None:
@@ -800,11 +852,6 @@ class Service:
             else:  # we hold the inode lock and the new version is current
                 with trio.CancelScope(shield=True):
                     await self._delete_content(s, inode)
-        if data is not None:
-            await self.cache.put_content(s.tenant, new_id, data)
-        else:
-            assert spool is not None
-            await self.cache.put_content_file(s.tenant, new_id, spool)
         await self.cache.put_inode(s.tenant, updated)
         self.counters.add("flushes")
         self.counters.add("bytes_written", size)
