@@ -382,3 +382,36 @@ def test_readers_on_another_host_see_whole_versions_during_rewrites(
     assert _eventually(
         lambda: all((b.path / name).read_bytes() == vs[4] for name, vs in versions.items()), 5
     )
+
+
+def test_no_descriptor_per_open_file(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """The daemon and the mount hold no descriptor per file (these machines cap them)."""
+    m = mount_cassfs("fds", *tenant)
+    for i in range(300):
+        (m.path / f"f{i}.php").write_bytes(b"x" * (40_000 + i))  # stored as files by diskcache
+    daemon_pid = call_once(m.cache_dir, "status")["pid"]
+    front_pid = next(
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _cmdline(p).count(str(m.path)) and "up" in _cmdline(p)
+    )
+    m.cli("cache", "purge", "--cache-dir", str(m.cache_dir))
+    before = {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in (daemon_pid, front_pid)}
+    handles = [open(m.path / f"f{i}.php", "rb") for i in range(300)]
+    try:
+        assert all(len(h.read()) == 40_000 + i for i, h in enumerate(handles))
+        during = {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in (daemon_pid, front_pid)}
+    finally:
+        for h in handles:
+            h.close()
+    assert during[daemon_pid] - before[daemon_pid] < 20
+    assert during[front_pid] - before[front_pid] < 20
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
