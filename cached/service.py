@@ -969,11 +969,6 @@ class Service:
             session.notify("purged", {"epoch": self.epoch})
         return removed
 
-    async def rpc_statfs(self, s: Session) -> dict[str, int]:
-        """Figures for statfs(2): the cache's size limit and use, bytes."""
-        entries, volume = await self.cache.usage()
-        return {"entries": entries, "bytes_cached": volume, "size_limit": self.cache.size_limit}
-
 
 async def _gather(fn: Callable[[int], Any], count: int) -> None:
     """Run ``fn(0) ... fn(count - 1)`` concurrently; the first error cancels the rest.
