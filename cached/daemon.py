@@ -98,10 +98,14 @@ async def run_daemon(
     store = await Store.connect(
         contact_points, keyspace, consistency=consistency, query_timeout=query_timeout
     )
-    counters = Counters(cache_dir / "counters")
-    cache = LocalCache(cache_dir, cache_size, cache_ttl, counters)
     spool = cache_dir / "spool"
-    spool.mkdir(mode=0o700, exist_ok=True)
+
+    def open_local() -> tuple[Counters, LocalCache]:  # blocking: SQLite, mkdir
+        spool.mkdir(mode=0o700, exist_ok=True)
+        counters = Counters(cache_dir / "counters")
+        return counters, LocalCache(cache_dir, cache_size, cache_ttl, counters)
+
+    counters, cache = await trio.to_thread.run_sync(open_local)
     service = Service(store, cache, counters, spool)
     config = {
         "contact_points": str(contact_points),
@@ -132,7 +136,7 @@ async def run_daemon(
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            socket_path(cache_dir).unlink(missing_ok=True)
+            await trio.to_thread.run_sync(lambda: socket_path(cache_dir).unlink(missing_ok=True))
             await cache.flush()
             await trio.to_thread.run_sync(counters.close)
             await trio.to_thread.run_sync(cache.close)

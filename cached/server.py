@@ -56,17 +56,14 @@ class Server:
 
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``task_status.started(path)`` once listening."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        await trio.to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))  # stale
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
+        old_umask = os.umask(0o177)  # no moment at which others could connect
         try:
             await sock.bind(str(self.path))
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        await trio.to_thread.run_sync(os.chmod, self.path, 0o600)
         sock.listen(128)
         listener = trio.SocketListener(sock)
         async with trio.open_nursery() as nursery:

@@ -768,7 +768,7 @@ class Service:
         """
         if (data is None) == (path is None):
             raise InvalidArgument("write needs exactly one of data and path")
-        spool = self._spool_path(path) if path is not None else None
+        spool = await self._spool_path(path) if path is not None else None
         async with self._inode_locks((s.tenant, ino)):
             new_id, size = await self._identify(data, spool)
             # Reading the inode and uploading the chunks do not depend on each other,
@@ -946,11 +946,14 @@ class Service:
         fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="daemon-")
         return Path(name), os.fdopen(fd, "w+b")
 
-    def _spool_path(self, path: str) -> Path:
-        resolved = Path(path).resolve()
-        if resolved.parent != self.spool_dir.resolve() or not resolved.is_file():
-            raise InvalidArgument(f"{path!r} is not a file in the spool dir")
-        return resolved
+    async def _spool_path(self, path: str) -> Path:
+        def check() -> Path:
+            resolved = Path(path).resolve()
+            if resolved.parent != self.spool_dir.resolve() or not resolved.is_file():
+                raise InvalidArgument(f"{path!r} is not a file in the spool dir")
+            return resolved
+
+        return await self._thread(check)  # type: ignore[no-any-return]
 
     # -- cache administration -------------------------------------------------------------
 

@@ -80,20 +80,21 @@ async def serve(opts: MountOptions) -> None:
             opts.cache_dir / "spool",
             hello["epoch"],
         )
-        record = record_path(opts.mountpoint)  # resolve() before the mount: never after
+        # resolve() before the mount, never after: it would stat the mount from its
+        # own server thread
+        record = await trio.to_thread.run_sync(record_path, opts.mountpoint)
         pyfuse3.init(ops, str(opts.mountpoint), fuse_options(opts))
         clean = False
         try:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(
-                json.dumps(
-                    MountRecord(
-                        pid=os.getpid(),
-                        mountpoint=str(opts.mountpoint),
-                        cache_dir=str(opts.cache_dir),
-                        daemon_pid=hello.get("pid", 0),
-                    ).__dict__
-                )
+            await trio.to_thread.run_sync(
+                _write_record,
+                record,
+                MountRecord(
+                    pid=os.getpid(),
+                    mountpoint=str(opts.mountpoint),
+                    cache_dir=str(opts.cache_dir),
+                    daemon_pid=hello.get("pid", 0),
+                ),
             )
             async with trio.open_nursery() as nursery:
                 ops.nursery = nursery
@@ -106,8 +107,14 @@ async def serve(opts: MountOptions) -> None:
             with trio.CancelScope(shield=True):
                 await ops.destroy()
             pyfuse3.close(unmount=clean)
-            record.unlink(missing_ok=True)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lambda: record.unlink(missing_ok=True))
             log.info("unmounted %s", opts.mountpoint)
+
+
+def _write_record(path: Path, record: MountRecord) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record.__dict__))
 
 
 async def restart_daemon(cache_dir: Path, config: dict[str, Any]) -> trio.SocketStream:
