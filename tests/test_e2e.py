@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import filecmp
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -415,3 +416,23 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_cache_stats_and_purge_work_without_a_daemon(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    m = mount_cassfs("offline", *tenant)
+    (m.path / "a.txt").write_bytes(b"a" * 50_000)
+    live = json.loads(m.cli("cache", "stats", "--cache-dir", str(m.cache_dir), "--json").stdout)
+    assert live["daemon_running"] is True and live["flushes"] == 1
+    unmount(m)  # `cassfs down` also stops the daemon no mount uses any more
+    assert not (m.cache_dir / "daemon.sock").exists()
+    offline = json.loads(m.cli("cache", "stats", "--cache-dir", str(m.cache_dir), "--json").stdout)
+    assert offline["daemon_running"] is False
+    assert offline["flushes"] == 1 and offline["bytes_written"] == 50_000  # persisted
+    assert offline["entries"] > 0
+    table = m.cli("cache", "stats", "--cache-dir", str(m.cache_dir)).stdout
+    assert "bytes_written" in table and "50,000" in table
+    m.cli("cache", "purge", "--cache-dir", str(m.cache_dir))
+    purged = json.loads(m.cli("cache", "stats", "--cache-dir", str(m.cache_dir), "--json").stdout)
+    assert purged["entries"] == 0 and purged["purges"] == 1 and purged["flushes"] == 1
