@@ -1,0 +1,208 @@
+"""RPC methods that read metadata: lookup, getattr, readdir, readlink; and setattr."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import stat
+import time
+from typing import Any
+
+import trio
+
+from cached.cache import Freshness
+from cached.errors import (
+    CassfsError,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    StorageError,
+)
+from cached.model import (
+    REGULAR,
+    SYMLINK,
+    Dentry,
+    check_name,
+)
+from cached.service_base import (
+    ServiceBase,
+    Session,
+)
+
+log = logging.getLogger(__name__)
+
+#: Directories up to this many entries are listed whole to answer lookups.
+LISTING_LIMIT = 4096
+#: Directories up to this many entries get their inodes prefetched when listed.
+PREFETCH_LIMIT = 512
+
+
+class MetadataOps(ServiceBase):
+    """Metadata operations: the ``rpc_*`` methods of this group."""
+
+    # -- metadata -------------------------------------------------------------------------
+
+    async def rpc_lookup(self, s: Session, parent: int, name: bytes) -> dict[str, Any]:
+        """The inode named ``name`` in ``parent``; ENOENT, ENAMETOOLONG, ENOTDIR.
+
+        A cold lookup reads the parent's whole listing (one partition) when it
+        has at most :data:`LISTING_LIMIT` entries; it then answers every lookup in
+        that directory, negative ones included, for the TTL, and the inodes of a
+        small directory are prefetched.  Larger directories are asked name by name.
+        """
+        check_name(name)
+        listing_state, index = await self.cache.get_listing_index(s.tenant, parent)
+        if listing_state is not Freshness.FRESH:
+            index = None
+            state, cached = await self.cache.get_dentry(s.tenant, parent, name)
+            if state is not Freshness.FRESH:
+                index = await self._listing_index(s, parent)
+        if index is not None:
+            state, cached = Freshness.FRESH, index.get(name, (0, 0))
+        if state is Freshness.FRESH and cached is not None:
+            ino = cached[0]
+            if ino == 0:
+                self.counters.add("hits")
+                raise NotFound(name.decode(errors="replace"))
+        else:
+            await self._directory(s, parent)
+            self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+            try:
+                entry = await s.store.get_dentry(parent, name)
+            except StorageError as exc:
+                ino, kind = self._stale_if_error(cached, exc, f"entry {name!r}")
+                entry = Dentry(parent, name, ino, kind) if ino else None
+            else:
+                await self.cache.put_dentry(
+                    s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
+                )
+            if entry is None:
+                raise NotFound(name.decode(errors="replace"))
+            ino = entry.ino
+        return (await self.get_inode(s, ino)).to_wire()
+
+    async def _listing_index(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
+        """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.
+
+        None for a directory over :data:`LISTING_LIMIT` entries (remembered for the
+        TTL) or when Cassandra fails.
+        """
+        state, index = await self.cache.get_listing_index(s.tenant, parent)
+        if state is Freshness.FRESH and index is not None:
+            return index
+        if self.cache.is_large_dir(s.tenant, parent):
+            return None
+        return await self._flights.run(("L", s.tenant, parent), self._load_listing, s, parent)
+
+    async def _load_listing(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
+        self.counters.add("misses")
+        try:
+            await self._directory(s, parent)
+            entries = await s.store.list_dentries(parent, limit=LISTING_LIMIT + 1)
+        except StorageError:
+            return None
+        except NotADirectory:
+            raise
+        if len(entries) > LISTING_LIMIT:
+            self.cache.mark_large_dir(s.tenant, parent)
+            return None
+        items = [(e.name, e.ino, e.kind) for e in entries]
+        await self.cache.put_listing(s.tenant, parent, items)
+        if len(items) <= PREFETCH_LIMIT and self.background is not None:
+            self.background.start_soon(self._prefetch_inodes, s, [e.ino for e in entries])
+        return {name: (ino, kind) for name, ino, kind in items}
+
+    async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
+        """Warm the cache with the inodes of a directory just listed (errors ignored)."""
+        limiter = trio.CapacityLimiter(8)
+
+        async def one(ino: int) -> None:
+            async with limiter:
+                state, _ = await self.cache.get_inode(s.tenant, ino)
+                if state is not Freshness.FRESH:
+                    with contextlib.suppress(CassfsError):
+                        await self._flights.run(("i", s.tenant, ino), self._load_inode, s, ino)
+
+        async with trio.open_nursery() as nursery:
+            for ino in inos:
+                nursery.start_soon(one, ino)
+
+    async def rpc_getattr(self, s: Session, ino: int) -> dict[str, Any]:
+        """The inode ``ino``; ENOENT."""
+        return (await self.get_inode(s, ino)).to_wire()
+
+    async def rpc_readdir(self, s: Session, ino: int) -> list[list[Any]]:
+        """Every entry of directory ``ino`` as ``[name, inode]``, ordered by name.
+
+        Entries whose inode has vanished are left out.  ENOTDIR, ENOENT.
+        """
+        await self._directory(s, ino)
+        state, items = await self.cache.get_listing(s.tenant, ino)
+        if state is not Freshness.FRESH or items is None:
+            self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+            try:
+                entries = await s.store.list_dentries(ino)
+            except StorageError as exc:
+                items = self._stale_if_error(items, exc, f"listing of {ino}")
+            else:
+                items = [(e.name, e.ino, e.kind) for e in entries]
+                await self.cache.put_listing(s.tenant, ino, items)
+        else:
+            self.counters.add("hits")
+        results: list[list[Any] | None] = [None] * len(items)
+        limiter = trio.CapacityLimiter(16)
+
+        async def one(index: int, name: bytes, child: int) -> None:
+            async with limiter:
+                try:
+                    results[index] = [name, (await self.get_inode(s, child)).to_wire()]
+                except NotFound:
+                    log.debug("dangling entry %r in %d", name, ino)
+
+        async with trio.open_nursery() as nursery:
+            for index, (name, child, _kind) in enumerate(items):
+                nursery.start_soon(one, index, name, child)
+        return [r for r in results if r is not None]
+
+    async def rpc_readlink(self, s: Session, ino: int) -> bytes:
+        """The target of symlink ``ino``; EINVAL if it is not a symlink."""
+        inode = await self.get_inode(s, ino)
+        if inode.kind != SYMLINK:
+            raise InvalidArgument(f"inode {ino} is not a symlink")
+        return inode.target
+
+    async def rpc_setattr(
+        self,
+        s: Session,
+        ino: int,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        size: int | None = None,
+    ) -> dict[str, Any]:
+        """chmod, chown, utimens and truncate; the new inode.  ENOENT, EISDIR, EINVAL."""
+        async with self._inode_locks((s.tenant, ino)):
+            inode = await self._authoritative(s, ino)
+            now = time.time_ns()
+            if size is not None:
+                if inode.is_dir:
+                    raise IsADirectory(f"inode {ino} is a directory")
+                if inode.kind != REGULAR or size < 0:
+                    raise InvalidArgument(f"cannot truncate inode {ino} to {size}")
+                if size != inode.size:
+                    inode = await self._truncate(s, inode, size)
+            changed = inode.evolve(
+                mode=inode.mode if mode is None else stat.S_IFMT(inode.mode) | (mode & 0o7777),
+                uid=inode.uid if uid is None else uid,
+                gid=inode.gid if gid is None else gid,
+                atime_ns=inode.atime_ns if atime_ns is None else atime_ns,
+                mtime_ns=inode.mtime_ns if mtime_ns is None else mtime_ns,
+                ctime_ns=now,
+            )
+            await s.store.set_attrs(changed)
+            await self.cache.put_inode(s.tenant, changed)
+            self._announce(s, ino)
+            return changed.to_wire()

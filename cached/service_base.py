@@ -1,0 +1,215 @@
+"""State and helpers shared by the daemon's RPC method groups.
+
+:class:`ServiceBase` holds the store, the cache, the counters, the sessions and
+the locks, and the helpers every group uses: reading an inode through the cache
+(TTL, revalidation, stale-if-error), touching a directory, announcing changes
+to the tenant's other sessions.  The groups are :mod:`cached.ops_metadata`,
+:mod:`cached.ops_namespace` and :mod:`cached.ops_content`; :mod:`cached.service`
+puts them together.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from cached.cache import Freshness, LocalCache
+from cached.errors import (
+    NotADirectory,
+    NotFound,
+    StorageError,
+)
+from cached.locks import KeyedLocks
+from cached.model import (
+    ROOT_INO,
+    Inode,
+)
+from cached.singleflight import SingleFlight
+from cached.stats import Counters
+from cached.store import Store, TenantStore
+
+log = logging.getLogger(__name__)
+
+
+Tenant = tuple[int, str]
+T = TypeVar("T")
+
+
+class ContentGone(Exception):
+    """A chunk of the content version being fetched is missing: the file was rewritten."""
+
+
+@dataclass(eq=False)
+class Session:
+    """One connection's tenant, store view and notification callback (hashed by identity)."""
+
+    owner: int
+    environment: str
+    store: TenantStore
+    notify: Callable[[str, dict[str, Any]], None] = field(repr=False)
+
+    @property
+    def tenant(self) -> Tenant:
+        """``(owner, environment)``."""
+        return (self.owner, self.environment)
+
+
+def new_inode_number() -> int:
+    """A random 63-bit inode number above the root's (collisions: ~n²/2⁶⁴)."""
+    while (ino := secrets.randbits(63)) <= ROOT_INO:
+        pass
+    return ino
+
+
+class ServiceBase:
+    """State and helpers shared by the RPC method groups, over one :class:`Store` and
+    one :class:`LocalCache`.
+
+    ``spool_dir`` is where the front leaves content too large to send inline
+    (bytes over :data:`INLINE_LIMIT`), and where :meth:`rpc_materialize` leaves
+    content for the front; paths outside it are refused (EINVAL).
+    """
+
+    def __init__(
+        self, store: Store, cache: LocalCache, counters: Counters, spool_dir: Path
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.counters = counters
+        self.spool_dir = spool_dir
+        self.epoch = secrets.randbits(31)  # changes at every start and purge
+        self.sessions: set[Session] = set()
+        self._flights = SingleFlight()
+        #: Serialise this daemon's mutations of one inode.
+        self._inode_locks = KeyedLocks()
+
+        self._io_limiter = trio.CapacityLimiter(4)
+        #: Where work that need not delay a reply runs (old-content deletion); set by
+        #: the daemon.  None: such work runs inline.
+        self.background: trio.Nursery | None = None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._io_limiter)
+
+    async def get_inode(self, s: Session, ino: int) -> Inode:
+        """The inode through the cache: fresh from it, else (re)validated from Cassandra.
+
+        Raises ``NotFound`` (ENOENT) when Cassandra has no such inode.
+        """
+        state, cached = await self.cache.get_inode(s.tenant, ino)
+        if state is Freshness.FRESH and cached is not None:
+            self.counters.add("hits")
+            return cached
+        self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+        try:
+            return await self._flights.run(("i", s.tenant, ino), self._load_inode, s, ino)
+        except StorageError as exc:
+            return self._stale_if_error(cached, exc, f"inode {ino}")
+
+    def _stale_if_error(self, cached: T | None, exc: StorageError, what: str) -> T:
+        """Serve an expired cache entry while Cassandra fails, rather than EIO.
+
+        Caching FUSE users ask for reads that keep working when the backend is down
+        (rclone#9343; FuseDAV's "saint mode").  With nothing cached, EIO.
+        """
+        if cached is None:
+            raise exc
+        self.counters.add("stale_served")
+        log.warning("Cassandra failed (%s): serving the cached %s past its TTL", exc, what)
+        return cached
+
+    async def _load_inode(self, s: Session, ino: int) -> Inode:
+        inode = await s.store.get_inode(ino)
+        if inode is None:
+            await self.cache.drop_inode(s.tenant, ino)
+            raise NotFound(f"inode {ino}")
+        await self.cache.put_inode(s.tenant, inode)
+        return inode
+
+    async def _authoritative(self, s: Session, ino: int) -> Inode:
+        """The inode read from Cassandra now (for mutations); NotFound (ENOENT)."""
+        return await self._load_inode(s, ino)
+
+    async def _directory(self, s: Session, ino: int) -> Inode:
+        inode = await self.get_inode(s, ino)
+        if not inode.is_dir:
+            raise NotADirectory(f"inode {ino} is not a directory")
+        return inode
+
+    async def _touch_dir(self, s: Session, ino: int, now: int) -> None:
+        """Set a directory's mtime/ctime after its entries changed."""
+        await s.store.touch(ino, now, now)
+        _, cached = await self.cache.get_inode(s.tenant, ino)
+        if cached is not None:
+            await self.cache.put_inode(s.tenant, cached.evolve(mtime_ns=now, ctime_ns=now))
+
+    async def _dentries_changed(
+        self, s: Session, parent: int, name: bytes, ino: int, kind: int
+    ) -> None:
+        await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
+        await self.cache.update_listing(s.tenant, parent, name, ino, kind)
+
+    def _announce(self, s: Session, *inos: int) -> None:
+        """Tell the tenant's other sessions on this daemon that ``inos`` changed.
+
+        Their fronts drop answers they reuse within the TTL (see ``rpc_open``).
+        """
+        changed = [ino for ino in inos if ino]
+        for other in self.sessions:
+            if other is not s and other.tenant == s.tenant and changed:
+                other.notify("changed", {"inos": changed})
+
+    # -- provided by the content methods (cached.ops_content) -----------------------------
+
+    async def _truncate(self, s: Session, inode: Inode, size: int) -> Inode:
+        raise NotImplementedError
+
+    async def _delete_content(self, s: Session, inode: Inode) -> None:
+        raise NotImplementedError
+
+
+async def _gather(fn: Callable[[int], Any], count: int) -> None:
+    """Run ``fn(0) ... fn(count - 1)`` concurrently; the first error cancels the rest.
+
+    An error from one task is re-raised alone (not as an ExceptionGroup).
+    """
+    if count == 0:
+        return
+    if count == 1:
+        await fn(0)
+        return
+    try:
+        async with trio.open_nursery() as nursery:
+            for index in range(count):
+                nursery.start_soon(fn, index)
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        raise first from group
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as reader:
+        reader.seek(offset)
+        return reader.read(size)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
