@@ -10,7 +10,7 @@ msgpack arrays, self-delimiting, so no length prefix is needed.
 
 ``msgid`` is an unsigned 32-bit integer chosen by the client; replies may come
 back in any order, so one connection carries many concurrent requests.  Large
-file content never travels as one message: see ``cached.service``.
+file content never travels as one message: see ``cached.ops_content``.
 """
 
 from __future__ import annotations

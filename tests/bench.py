@@ -67,7 +67,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -80,24 +79,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cached.stats import NAMES
+from tests.stdlib_tree import STDLIB, stdlib_files
+
 log = logging.getLogger("bench")
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-SKIP_DIRS = {"site-packages", "__pycache__"}
 MB = 1_000_000
 OWNER = 1
 CLI_TIMEOUT = 180.0  # seconds for one `cassfs` command
-COUNTERS = (
-    "hits",
-    "misses",
-    "revalidations",
-    "bytes_fetched",
-    "bytes_served",
-    "flushes",
-    "bytes_written",
-    "evictions",
-    "purges",
-)
+COUNTERS = NAMES
 GAUGES = ("entries", "bytes_cached")
 
 
@@ -115,18 +105,6 @@ class SourceFile:
     rel: Path
     size: int
     sha256: bytes
-
-
-def stdlib_files() -> list[Path]:
-    """Every regular file of the installed standard library (relative paths), sorted."""
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(STDLIB):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for name in filenames:
-            path = Path(dirpath) / name
-            if path.is_file() and not path.is_symlink():
-                files.append(path.relative_to(STDLIB))
-    return sorted(files)
 
 
 def describe(files: list[Path]) -> list[SourceFile]:

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,23 +17,9 @@ import pytest
 
 from cached.client import call_once
 from tests.conftest import Mount, run_cli, unmount
+from tests.stdlib_tree import STDLIB, stdlib_files
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
-
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-SKIP_DIRS = {"site-packages", "__pycache__"}
-
-
-def stdlib_files() -> list[Path]:
-    """Every regular file of the installed standard library (relative paths), sorted."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(STDLIB):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for name in filenames:
-            path = Path(dirpath) / name
-            if path.is_file() and not path.is_symlink():
-                files.append(path.relative_to(STDLIB))
-    return sorted(files)
 
 
 def copy_tree(files: list[Path], dest: Path) -> None:
