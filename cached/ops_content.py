@@ -29,9 +29,9 @@ from cached.service_base import (
     ContentGone,
     ServiceBase,
     Session,
-    _gather,
-    _read_at,
-    _unlink_quietly,
+    gather_indexed,
+    read_at,
+    unlink_quietly,
 )
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class ContentOps(ServiceBase):
                     raise ContentGone(index)
                 parts[index] = data
 
-            await _gather(get, count)
+            await gather_indexed(get, count)
             try:
                 data = content.join(parts, inode.size, inode.content_id)
             except ValueError as exc:
@@ -177,7 +177,7 @@ class ContentOps(ServiceBase):
                             raise ContentGone(index)
                         await self._thread(os.pwrite, handle.fileno(), data, index * chunk_size)
 
-                await _gather(get_to_file, count)
+                await gather_indexed(get_to_file, count)
                 await self._thread(handle.close)
                 digest, size = await self._thread(sha256_file, path)
                 if digest != inode.content_id or size != inode.size:
@@ -185,7 +185,7 @@ class ContentOps(ServiceBase):
                 await self.cache.put_content_file(s.tenant, inode.content_id, path)
             finally:
                 await self._thread(handle.close)
-                await self._thread(_unlink_quietly, path)
+                await self._thread(unlink_quietly, path)
             self.counters.add("bytes_fetched", inode.size)
             return None
 
@@ -220,7 +220,7 @@ class ContentOps(ServiceBase):
 
             steps = (read_inode, upload)
             try:
-                await _gather(lambda index: steps[index](), 2)
+                await gather_indexed(lambda index: steps[index](), 2)
                 inode = found[0]
                 if inode.is_dir:
                     raise IsADirectory(f"inode {ino} is a directory")
@@ -277,7 +277,7 @@ class ContentOps(ServiceBase):
 
         # Caching the content (keyed by its hash) needs no order against the flip.
         steps = (flip, cache_content)
-        await _gather(lambda index: steps[index](), 2)
+        await gather_indexed(lambda index: steps[index](), 2)
         if not same and inode.content_id and inode.size > 0:
             # The old version is unreachable now; deleting it need not delay the writer.
             if self.background is not None:
@@ -304,10 +304,10 @@ class ContentOps(ServiceBase):
                     part = data[index * chunk_size : (index + 1) * chunk_size]
                 else:
                     assert spool is not None
-                    part = await self._thread(_read_at, spool, index * chunk_size, chunk_size)
+                    part = await self._thread(read_at, spool, index * chunk_size, chunk_size)
                 await s.store.put_chunk(ino, new_id, index, part)
 
-        await _gather(put, count)
+        await gather_indexed(put, count)
 
     async def _delete_old_content(self, s: Session, old: Inode) -> None:
         """Delete the chunks of version ``(old.ino, old.content_id)`` once it is not current.
@@ -334,7 +334,7 @@ class ContentOps(ServiceBase):
             async with limiter:
                 await s.store.delete_chunk(inode.ino, inode.content_id, index)
 
-        await _gather(delete, count)
+        await gather_indexed(delete, count)
 
     async def _truncate(self, s: Session, inode: Inode, size: int) -> Inode:
         """Rewrite ``inode`` cut or zero-extended to ``size`` bytes (write-through)."""
@@ -349,7 +349,7 @@ class ContentOps(ServiceBase):
             return await self._write_content(s, inode, None, path)
         finally:
             await self._thread(handle.close)
-            await self._thread(_unlink_quietly, path)
+            await self._thread(unlink_quietly, path)
 
     async def rpc_materialize(self, s: Session, ino: int) -> dict[str, Any]:
         """The current content of ``ino`` for a read-modify-write by the front.
@@ -369,7 +369,7 @@ class ContentOps(ServiceBase):
             if not await self.cache.copy_content(s.tenant, inode.content_id, handle):
                 raise StorageError("content evicted during materialize")
         except BaseException:
-            await self._thread(_unlink_quietly, path)
+            await self._thread(unlink_quietly, path)
             raise
         finally:
             await self._thread(handle.close)

@@ -176,7 +176,7 @@ class ServiceBase:
         raise NotImplementedError
 
 
-async def _gather(fn: Callable[[int], Any], count: int) -> None:
+async def gather_indexed(fn: Callable[[int], Any], count: int) -> None:
     """Run ``fn(0) ... fn(count - 1)`` concurrently; the first error cancels the rest.
 
     An error from one task is re-raised alone (not as an ExceptionGroup).
@@ -202,13 +202,15 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     return exc
 
 
-def _read_at(path: Path, offset: int, size: int) -> bytes:
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` of the file at ``path`` (blocking)."""
     with open(path, "rb") as reader:
         reader.seek(offset)
         return reader.read(size)
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
+    """Remove ``path`` if it exists (blocking)."""
     try:
         path.unlink()
     except FileNotFoundError:
