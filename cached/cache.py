@@ -35,7 +35,6 @@ from typing import Any, BinaryIO, TypeVar
 import diskcache
 import trio
 
-from cached.content import EMPTY_ID
 from cached.model import Inode
 from cached.stats import Counters
 
@@ -101,7 +100,7 @@ class LocalCache:
         # One thread at a time: with the LRU policy every get() is a write transaction
         # (it updates access_time), and SQLite makes competing threads wait in its busy
         # handler, which sleeps: 8 reader threads spent most of a cold read there.
-        self._read_limiter = self._write_limiter = trio.CapacityLimiter(1)
+        self._limiter = trio.CapacityLimiter(1)
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
         self._ops_queued = trio.Event()
@@ -124,11 +123,8 @@ class LocalCache:
         self._apply(ops)
         self._cache.close()
 
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._read_limiter)
-
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def _set_counting(self, key: tuple[Any, ...], value: Any, read: bool = False) -> None:
         """Set ``key`` then evict least-recently-used entries, one at a time, to the limit.
@@ -181,7 +177,7 @@ class LocalCache:
             self._memo.move_to_end(key)
             value = self._memo[key]
             return None if value is _GONE else value
-        value = await self._read(self._cache.get, key)
+        value = await self._run(self._cache.get, key)
         # Remember misses too: only this daemon writes here, so a key absent on disk
         # stays absent until this daemon puts it (which replaces the tombstone).
         self._memo_put(key, _GONE if value is None else value)
@@ -211,7 +207,7 @@ class LocalCache:
         while self._pending_ops:
             ops = self._pending_ops[:WRITE_BATCH]
             del self._pending_ops[:WRITE_BATCH]
-            await self._write(self._apply, ops)
+            await self._run(self._apply, ops)
         if not self._pending_ops:
             self._ops_queued = trio.Event()
 
@@ -224,7 +220,7 @@ class LocalCache:
     async def flush(self) -> None:
         """Apply every queued metadata write now (at shutdown, before stats)."""
         await self._apply_pending()
-        await self._write(lambda: None)  # and wait for a batch the writer holds
+        await self._run(lambda: None)  # and wait for a batch the writer holds
 
     async def get_inode(self, tenant: Tenant, ino: int) -> tuple[Freshness, Inode | None]:
         """The cached inode and its freshness; ``(ABSENT, None)`` when not cached."""
@@ -343,15 +339,13 @@ class LocalCache:
         return ("c", *tenant, content_id)
 
     async def has_content(self, tenant: Tenant, content_id: bytes) -> bool:
-        """True if the content is cached (no LRU touch).  The empty content always is."""
-        if content_id == EMPTY_ID:
-            return True
+        """True if the content is cached (no LRU touch)."""
         key = self._content_key(tenant, content_id)
-        return await self._read(self._cache.__contains__, key)
+        return await self._run(self._cache.__contains__, key)
 
     async def put_content(self, tenant: Tenant, content_id: bytes, data: bytes) -> None:
         """Cache ``data`` (whose SHA-256 is ``content_id``)."""
-        await self._write(self._set_counting, self._content_key(tenant, content_id), data)
+        await self._run(self._set_counting, self._content_key(tenant, content_id), data)
 
     async def put_content_file(self, tenant: Tenant, content_id: bytes, path: Path) -> None:
         """Cache the content of the file at ``path`` (streamed, not loaded in memory)."""
@@ -360,7 +354,7 @@ class LocalCache:
             with open(path, "rb") as reader:
                 self._set_counting(self._content_key(tenant, content_id), reader, read=True)
 
-        await self._write(put)
+        await self._run(put)
 
     async def read_content(
         self, tenant: Tenant, content_id: bytes, offset: int, size: int
@@ -369,9 +363,6 @@ class LocalCache:
 
         Touches the entry for LRU.  Holds no descriptor after it returns.
         """
-
-        if content_id == EMPTY_ID:
-            return b""
 
         def read() -> bytes | None:
             value = self._cache.get(self._content_key(tenant, content_id), read=True)
@@ -383,13 +374,10 @@ class LocalCache:
                 value.seek(offset)
                 return value.read(size)
 
-        return await self._read(read)
+        return await self._run(read)
 
     async def copy_content(self, tenant: Tenant, content_id: bytes, dest: BinaryIO) -> bool:
         """Write the whole cached content into ``dest``; False when not cached."""
-
-        if content_id == EMPTY_ID:
-            return True
 
         def copy() -> bool:
             value = self._cache.get(self._content_key(tenant, content_id), read=True)
@@ -402,7 +390,7 @@ class LocalCache:
                     shutil.copyfileobj(value, dest, 1024 * 1024)
             return True
 
-        return await self._read(copy)
+        return await self._run(copy)
 
     def new_tmp_file(self) -> tuple[Path, BinaryIO]:
         """Create a private (0600) file in the cache's tmp dir, opened for read and write.
@@ -418,12 +406,12 @@ class LocalCache:
         """Remove every entry; returns how many were removed."""
         self._memo.clear()
         self._pending_ops = []
-        return await self._write(self._cache.clear)
+        return await self._run(self._cache.clear)
 
     async def usage(self) -> tuple[int, int]:
         """``(entries, bytes)`` held now (bytes as diskcache counts them)."""
         await self.flush()
-        return await self._read(lambda: (len(self._cache), self._cache.volume()))
+        return await self._run(lambda: (len(self._cache), self._cache.volume()))
 
 
 def sha256_file(path: Path) -> tuple[bytes, int]:

@@ -127,7 +127,7 @@ class ContentOps(ServiceBase):
                 data = await self._fetch_once(s, inode)
             except ContentGone:
                 log.info("inode %d changed during fetch; rereading it", inode.ino)
-                inode = await self._authoritative(s, inode.ino)
+                inode = await self._load_inode(s, inode.ino)
                 continue
             if want_bytes and data is None:
                 data = await self.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
@@ -227,11 +227,8 @@ class ContentOps(ServiceBase):
                 if inode.kind != REGULAR:
                     raise InvalidArgument(f"inode {ino} is not a regular file")
             except (NotFound, IsADirectory, InvalidArgument):
-                version = Inode(
-                    ino, REGULAR, 0, 0, 0, size, 0, 0, 0, 0, 0, new_id, content.CHUNK_SIZE, b""
-                )
                 with trio.CancelScope(shield=True):
-                    await self._delete_content(s, version)
+                    await self._delete_chunks(s, ino, new_id, size)
                 raise
             updated = await self._write_content(s, inode, data, spool, (new_id, size))
             return updated.to_wire()
@@ -284,7 +281,7 @@ class ContentOps(ServiceBase):
                 self.background.start_soon(self._delete_old_content, s, inode)
             else:  # we hold the inode lock and the new version is current
                 with trio.CancelScope(shield=True):
-                    await self._delete_content(s, inode)
+                    await self._delete_chunks(s, inode.ino, inode.content_id, inode.size)
         await self.cache.put_inode(s.tenant, updated)
         self.counters.add("flushes")
         self.counters.add("bytes_written", size)
@@ -322,17 +319,18 @@ class ContentOps(ServiceBase):
                     current = await s.store.get_inode(old.ino)
                     if current is not None and current.content_id == old.content_id:
                         return
-                    await self._delete_content(s, old)
+                    await self._delete_chunks(s, old.ino, old.content_id, old.size)
             except CassfsError as exc:
                 log.warning("old content of inode %d left behind: %s", old.ino, exc)
 
-    async def _delete_content(self, s: Session, inode: Inode) -> None:
-        count = content.chunk_count(inode.size, inode.chunk_size or content.CHUNK_SIZE)
+    async def _delete_chunks(self, s: Session, ino: int, content_id: bytes, size: int) -> None:
+        """Delete every chunk of version ``(ino, content_id)`` of ``size`` bytes."""
+        count = content.chunk_count(size, content.CHUNK_SIZE)
         limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
 
         async def delete(index: int) -> None:
             async with limiter:
-                await s.store.delete_chunk(inode.ino, inode.content_id, index)
+                await s.store.delete_chunk(ino, content_id, index)
 
         await gather_indexed(delete, count)
 

@@ -185,7 +185,7 @@ class MetadataOps(ServiceBase):
     ) -> dict[str, Any]:
         """chmod, chown, utimens and truncate; the new inode.  ENOENT, EISDIR, EINVAL."""
         async with self._inode_locks((s.tenant, ino)):
-            inode = await self._authoritative(s, ino)
+            inode = await self._load_inode(s, ino)
             now = time.time_ns()
             if size is not None:
                 if inode.is_dir:

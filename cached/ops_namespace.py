@@ -248,7 +248,7 @@ class NamespaceOps(ServiceBase):
             if inode is None or inode.nlink != 0:
                 return False
             if inode.kind == REGULAR and inode.content_id:
-                await self._delete_content(s, inode)
+                await self._delete_chunks(s, inode.ino, inode.content_id, inode.size)
             await s.store.delete_inode(ino)
             await self.cache.drop_inode(s.tenant, ino)
             return True

@@ -127,16 +127,13 @@ class ServiceBase:
         return cached
 
     async def _load_inode(self, s: Session, ino: int) -> Inode:
+        """The inode read from Cassandra now, and cached; NotFound (ENOENT)."""
         inode = await s.store.get_inode(ino)
         if inode is None:
             await self.cache.drop_inode(s.tenant, ino)
             raise NotFound(f"inode {ino}")
         await self.cache.put_inode(s.tenant, inode)
         return inode
-
-    async def _authoritative(self, s: Session, ino: int) -> Inode:
-        """The inode read from Cassandra now (for mutations); NotFound (ENOENT)."""
-        return await self._load_inode(s, ino)
 
     async def _directory(self, s: Session, ino: int) -> Inode:
         inode = await self.get_inode(s, ino)
@@ -172,7 +169,7 @@ class ServiceBase:
     async def _truncate(self, s: Session, inode: Inode, size: int) -> Inode:
         raise NotImplementedError
 
-    async def _delete_content(self, s: Session, inode: Inode) -> None:
+    async def _delete_chunks(self, s: Session, ino: int, content_id: bytes, size: int) -> None:
         raise NotImplementedError
 
 

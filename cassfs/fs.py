@@ -376,7 +376,7 @@ class Operations(pyfuse3.Operations):
         ino = inode["ino"]
         buffer = self._buffers.setdefault(ino, WriteBuffer(self.spool_dir))
         await buffer.load_bytes(b"")
-        fh = self._open_handle(OpenFile(ino, inode["content_id"], 0, writable=True, data=b""))
+        fh = self._open_handle(OpenFile(ino, inode["content_id"], 0, data=b""))
         self._seen[ino] = (inode["content_id"], self.epoch)
         return pyfuse3.FileInfo(fh=fh), self._remember(inode)
 
@@ -422,9 +422,7 @@ class Operations(pyfuse3.Operations):
             self._reusable.move_to_end(inode)
             if len(self._reusable) > REUSABLE_ENTRIES:
                 self._reusable.popitem(last=False)
-        fh = self._open_handle(
-            OpenFile(inode, content_id, info["size"], writable, data=reply.get("data"))
-        )
+        fh = self._open_handle(OpenFile(inode, content_id, info["size"], data=reply.get("data")))
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     def _reuse(self, ino: int) -> pyfuse3.FileInfo | None:
@@ -443,7 +441,7 @@ class Operations(pyfuse3.Operations):
         ):
             del self._reusable[ino]
             return None
-        fh = self._open_handle(OpenFile(ino, info["content_id"], info["size"], False))
+        fh = self._open_handle(OpenFile(ino, info["content_id"], info["size"]))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     def _forget_answers(self, *inos: int) -> None:

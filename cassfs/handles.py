@@ -25,7 +25,7 @@ SPILL_BYTES = INLINE_LIMIT
 
 @dataclass
 class OpenFile:
-    """One open(2) of a regular file: the content version it opened, and how.
+    """One open(2) of a regular file: the content version it opened.
 
     ``data`` holds the whole content when the daemon sent it inline at open.
     """
@@ -33,7 +33,6 @@ class OpenFile:
     ino: int
     content_id: bytes
     size: int
-    writable: bool
     data: bytes | None = None
 
 

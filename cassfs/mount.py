@@ -93,7 +93,6 @@ async def serve(opts: MountOptions) -> None:
                     pid=os.getpid(),
                     mountpoint=str(opts.mountpoint),
                     cache_dir=str(opts.cache_dir),
-                    daemon_pid=hello.get("pid", 0),
                 ),
             )
             async with trio.open_nursery() as nursery:

@@ -20,7 +20,6 @@ class MountRecord:
     pid: int
     mountpoint: str
     cache_dir: str
-    daemon_pid: int
 
 
 def run_dir() -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from cached.client import call_once, socket_path
+from cached.daemon import daemon_command
 from cached.errors import DaemonUnavailable
 from cached.store import ContactPoints, make_cluster
 
@@ -127,22 +128,16 @@ def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemo
         log = tmp_path / f"{name}-daemon.log"
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "cached",
-                    "--cache-dir",
-                    str(cache_dir),
-                    "--contact-points",
-                    cassandra,
-                    "--keyspace",
-                    KEYSPACE,
-                    "--cache-ttl",
-                    str(cache_ttl),
-                    "--cache-size",
-                    cache_size,
-                    *extra,
-                ],
+                daemon_command(
+                    cache_dir,
+                    {
+                        "contact_points": cassandra,
+                        "keyspace": KEYSPACE,
+                        "cache_ttl": cache_ttl,
+                        "cache_size": cache_size,
+                    },
+                )
+                + list(extra),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

@@ -27,9 +27,9 @@ def test_spill_threshold_is_the_inline_limit() -> None:
 
 
 def test_open_file_defaults() -> None:
-    handle = OpenFile(ino=5, content_id=b"\x01" * 32, size=3, writable=False)
+    handle = OpenFile(ino=5, content_id=b"\x01" * 32, size=3)
     assert handle.data is None
-    assert (handle.ino, handle.size, handle.writable) == (5, 3, False)
+    assert (handle.ino, handle.content_id, handle.size) == (5, b"\x01" * 32, 3)
 
 
 async def test_new_buffer_is_empty_unloaded_clean(buf: WriteBuffer) -> None:
