@@ -43,7 +43,8 @@ class Inode:
 
     Times are nanoseconds since the epoch, ``size`` is bytes; ``content_id`` is
     the SHA-256 of the whole content (regular files; ``b""`` otherwise);
-    ``nlink`` 0 means unlinked but still open somewhere.
+    ``nlink`` 0 means unlinked but still open somewhere.  ``version`` is the chunk
+    key of the current content version (``b""``: no chunks, an empty file).
     """
 
     ino: int
@@ -60,6 +61,7 @@ class Inode:
     content_id: bytes
     chunk_size: int
     target: bytes
+    version: bytes = b""
 
     @property
     def is_dir(self) -> bool:
@@ -82,12 +84,16 @@ class Inode:
 
 @dataclass(frozen=True, slots=True)
 class Dentry:
-    """A directory entry: ``name`` (bytes) in directory ``parent`` names inode ``ino``."""
+    """A directory entry: ``name`` (bytes) in directory ``parent`` names inode ``ino``.
+
+    ``pending`` is the id of the cross-directory rename moving it (``b""``: none).
+    """
 
     parent: int
     name: bytes
     ino: int
     kind: int
+    pending: bytes = b""
 
 
 def check_name(name: bytes) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ from cassandra.cluster import (
     Session,
 )
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement, dict_factory
+from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_factory
 
 from cached.bridge import execute
 from cached.errors import SchemaMissing, StorageError
@@ -36,68 +38,147 @@ from cached.model import Dentry, Inode
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Buckets of ``inode_index`` per tenant (a row's bucket is ``ino % INDEX_BUCKETS``).
+INDEX_BUCKETS = 256
+#: Seconds per ``intents`` bucket (a row's bucket is its start time // this).
+INTENT_BUCKET_SECONDS = 3600
 
 _INODE_COLUMNS = (
     "ino, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, parent, nlink, "
-    "content_id, chunk_size, target"
+    "content_id, chunk_size, target, version"
 )
 _TENANT = "owner = ? AND environment = ?"
+_DIR = f"{_TENANT} AND parent = ?"
+_ENTRY = f"{_DIR} AND name = ?"
 
 #: name -> CQL; {ks} is the keyspace.  The statement behind every Store call is here.
 STATEMENTS: dict[str, str] = {
+    # -- inodes ---------------------------------------------------------------------------
     "get_inode": f"SELECT {_INODE_COLUMNS} FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ?",
     "put_inode": (
         f"INSERT INTO {{ks}}.inodes (owner, environment, {_INODE_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
     "set_attrs": (
         "UPDATE {ks}.inodes SET mode = ?, uid = ?, gid = ?, atime_ns = ?, mtime_ns = ?, "
         f"ctime_ns = ? WHERE {_TENANT} AND ino = ?"
     ),
-    "set_content": (
-        "UPDATE {ks}.inodes SET content_id = ?, size = ?, chunk_size = ?, mtime_ns = ?, "
-        f"ctime_ns = ? WHERE {_TENANT} AND ino = ?"
+    "flip_content": (
+        "UPDATE {ks}.inodes SET version = ?, content_id = ?, size = ?, chunk_size = ?, "
+        f"mtime_ns = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ? IF version = ?"
     ),
     "touch": f"UPDATE {{ks}}.inodes SET mtime_ns = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?",
     "set_link": (
         f"UPDATE {{ks}}.inodes SET parent = ?, nlink = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?"
     ),
     "delete_inode": f"DELETE FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ?",
-    "get_dentry": (
-        f"SELECT ino, kind FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ? AND name = ?"
+    # -- inode_index ----------------------------------------------------------------------
+    "put_index": (
+        "INSERT INTO {ks}.inode_index (owner, environment, bucket, ino, kind, created_ns) "
+        "VALUES (?, ?, ?, ?, ?, ?)"
     ),
-    "list_dentries": f"SELECT name, ino, kind FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ?",
+    "delete_index": f"DELETE FROM {{ks}}.inode_index WHERE {_TENANT} AND bucket = ? AND ino = ?",
+    "list_index": (
+        f"SELECT ino, kind, created_ns FROM {{ks}}.inode_index WHERE {_TENANT} AND bucket = ?"
+    ),
+    # -- versions and chunks --------------------------------------------------------------
+    "put_version": (
+        "INSERT INTO {ks}.versions (owner, environment, ino, version, content_id, size, "
+        "chunk_size, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    "list_versions": (
+        "SELECT version, content_id, size, chunk_size, created_ns FROM {ks}.versions "
+        f"WHERE {_TENANT} AND ino = ?"
+    ),
+    "delete_version": (f"DELETE FROM {{ks}}.versions WHERE {_TENANT} AND ino = ? AND version = ?"),
+    "delete_versions": f"DELETE FROM {{ks}}.versions WHERE {_TENANT} AND ino = ?",
+    "put_chunk": (
+        "INSERT INTO {ks}.chunks (owner, environment, ino, version, chunk, data) "
+        "VALUES (?, ?, ?, ?, ?, ?)"
+    ),
+    "get_chunk": (
+        f"SELECT data FROM {{ks}}.chunks WHERE {_TENANT} AND ino = ? AND version = ? AND chunk = ?"
+    ),
+    "delete_chunk": (
+        f"DELETE FROM {{ks}}.chunks WHERE {_TENANT} AND ino = ? AND version = ? AND chunk = ?"
+    ),
+    # -- dentries -------------------------------------------------------------------------
+    "get_dentry": f"SELECT ino, kind, pending FROM {{ks}}.dentries WHERE {_ENTRY}",
+    "list_dentries": f"SELECT name, ino, kind, pending FROM {{ks}}.dentries WHERE {_DIR}",
     "list_dentries_limit": (
-        f"SELECT name, ino, kind FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ? LIMIT ?"
+        f"SELECT name, ino, kind, pending FROM {{ks}}.dentries WHERE {_DIR} LIMIT ?"
     ),
-    "first_dentry": f"SELECT name FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ? LIMIT 1",
+    # A partition with only static cells reads as one row whose name is null.
+    "first_dentries": f"SELECT name FROM {{ks}}.dentries WHERE {_DIR} LIMIT 2",
+    "dir_state": f"SELECT sealed, changed_ns FROM {{ks}}.dentries WHERE {_DIR} LIMIT 1",
     "insert_dentry": (
         "INSERT INTO {ks}.dentries (owner, environment, parent, name, ino, kind) "
         "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"
     ),
     "replace_dentry": (
-        f"UPDATE {{ks}}.dentries SET ino = ?, kind = ? WHERE {_TENANT} AND parent = ? "
-        "AND name = ? IF ino = ?"
+        f"UPDATE {{ks}}.dentries SET ino = ?, kind = ? WHERE {_ENTRY} IF ino = ? AND pending = null"
     ),
-    "delete_dentry": (
-        f"DELETE FROM {{ks}}.dentries WHERE {_TENANT} AND parent = ? AND name = ? IF ino = ?"
+    "delete_dentry": f"DELETE FROM {{ks}}.dentries WHERE {_ENTRY} IF ino = ? AND pending = null",
+    "claim_dentry": (
+        f"UPDATE {{ks}}.dentries SET pending = ? WHERE {_ENTRY} IF ino = ? AND pending = null"
     ),
-    "put_chunk": (
-        "INSERT INTO {ks}.chunks (owner, environment, ino, content_id, chunk, data) "
-        "VALUES (?, ?, ?, ?, ?, ?)"
+    "release_claim": (f"UPDATE {{ks}}.dentries SET pending = null WHERE {_ENTRY} IF pending = ?"),
+    "delete_claimed": f"DELETE FROM {{ks}}.dentries WHERE {_ENTRY} IF pending = ?",
+    # Static cells of a directory's partition (in batches with the entry LWTs above).
+    "dir_open": f"UPDATE {{ks}}.dentries SET changed_ns = ? WHERE {_DIR} IF sealed = null",
+    "dir_changed": f"UPDATE {{ks}}.dentries SET changed_ns = ? WHERE {_DIR}",
+    "seal_dir": f"UPDATE {{ks}}.dentries SET sealed = ? WHERE {_DIR} IF sealed = null",
+    "unseal_dir": f"UPDATE {{ks}}.dentries SET sealed = null WHERE {_DIR} IF sealed = ?",
+    # -- intents and locks ----------------------------------------------------------------
+    "put_intent": (
+        "INSERT INTO {ks}.intents (owner, environment, bucket, id, old_parent, old_name, "
+        "new_parent, new_name, ino, kind, replaced, started_ns) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
-    "get_chunk": (
-        f"SELECT data FROM {{ks}}.chunks WHERE {_TENANT} AND ino = ? AND content_id = ? "
-        "AND chunk = ?"
+    "get_intent": (
+        "SELECT id, old_parent, old_name, new_parent, new_name, ino, kind, replaced, "
+        f"started_ns FROM {{ks}}.intents WHERE {_TENANT} AND bucket = ? AND id = ?"
     ),
-    "delete_chunk": (
-        f"DELETE FROM {{ks}}.chunks WHERE {_TENANT} AND ino = ? AND content_id = ? AND chunk = ?"
+    "list_intents": (
+        "SELECT id, old_parent, old_name, new_parent, new_name, ino, kind, replaced, "
+        f"started_ns FROM {{ks}}.intents WHERE {_TENANT} AND bucket = ?"
     ),
+    "delete_intent": f"DELETE FROM {{ks}}.intents WHERE {_TENANT} AND bucket = ? AND id = ?",
+    "acquire_lock": (
+        "INSERT INTO {ks}.locks (owner, environment, name, holder, acquired_ns) "
+        "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+    ),
+    "release_lock": f"DELETE FROM {{ks}}.locks WHERE {_TENANT} AND name = ? IF holder = ?",
     "schema_version": "SELECT version FROM {ks}.schema_version WHERE component = 'cassfs'",
 }
 
-_LWT = {"insert_dentry", "replace_dentry", "delete_dentry"}
+#: Statements that are lightweight transactions (serial consistency LOCAL_SERIAL).
+_LWT = {
+    "flip_content",
+    "insert_dentry",
+    "replace_dentry",
+    "delete_dentry",
+    "claim_dentry",
+    "release_claim",
+    "delete_claimed",
+    "dir_open",
+    "seal_dir",
+    "unseal_dir",
+    "acquire_lock",
+    "release_lock",
+}
+#: Tables the daemon needs (checked at start-up with the schema version).
+TABLES = (
+    "inodes",
+    "dentries",
+    "chunks",
+    "versions",
+    "inode_index",
+    "intents",
+    "locks",
+    "schema_version",
+)
 
 
 @dataclass(frozen=True)
@@ -179,10 +260,12 @@ class Store:
         session: Session,
         statements: dict[str, PreparedStatement],
         timeout: float,
+        level: int = ConsistencyLevel.LOCAL_QUORUM,
     ) -> None:
         self._cluster = cluster
         self._session = session
         self._statements = statements
+        self._level = level
         self.timeout = timeout
 
     @classmethod
@@ -220,11 +303,7 @@ class Store:
             ) from exc
         try:
             meta = cluster.metadata.keyspaces.get(keyspace)
-            missing = [
-                t
-                for t in ("inodes", "dentries", "chunks", "schema_version")
-                if meta is None or t not in meta.tables
-            ]
+            missing = [t for t in TABLES if meta is None or t not in meta.tables]
             if missing:
                 raise SchemaMissing(
                     f"keyspace {keyspace!r} lacks {', '.join(missing)}: "
@@ -249,7 +328,7 @@ class Store:
         except BaseException:
             cluster.shutdown()
             raise
-        return cls(cluster, session, statements, timeout)
+        return cls(cluster, session, statements, timeout, level)
 
     async def close(self) -> None:
         """Shut the driver down (in a worker thread; it blocks)."""
@@ -264,15 +343,36 @@ class Store:
 
         Raises ``StorageError`` (EIO) on any driver failure or timeout.
         """
+        return await self._execute(name, self._statements[name], params)
+
+    async def run_batch(
+        self, parts: Sequence[tuple[str, Sequence[Any]]], *, logged: bool = False
+    ) -> list[dict[str, Any]]:
+        """Execute the prepared statements ``parts`` (``(name, params)``) as one batch.
+
+        A batch with conditions (LWTs) must stay in one partition: it is then
+        applied all or nothing, atomically (conditional batch).  ``logged`` makes a
+        batch over several partitions eventually all-or-nothing (the batchlog).
+        Returns the rows (for a conditional batch: ``[applied]`` and the current
+        values of the conditioned rows).  Raises ``StorageError`` (EIO).
+        """
+        batch = BatchStatement(
+            batch_type=BatchType.LOGGED if logged else BatchType.UNLOGGED,
+            consistency_level=self._level,
+            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+        )
+        for name, params in parts:
+            batch.add(self._statements[name], params)
+        return await self._execute("batch of " + "+".join(n for n, _ in parts), batch, None)
+
+    async def _execute(self, what: str, statement: Any, params: Any) -> list[dict[str, Any]]:
         try:
-            return await execute(
-                self._session, self._statements[name], params, query_timeout=self.timeout
-            )
+            return await execute(self._session, statement, params, query_timeout=self.timeout)
         except DriverException as exc:
-            raise StorageError(f"{name}: {exc}") from exc
+            raise StorageError(f"{what}: {exc}") from exc
         except Exception as exc:  # OperationTimedOut and friends do not share a base
             if type(exc).__module__.startswith("cassandra"):
-                raise StorageError(f"{name}: {exc}") from exc
+                raise StorageError(f"{what}: {exc}") from exc
             raise
 
 
@@ -299,7 +399,77 @@ def _inode(row: dict[str, Any]) -> Inode:
         content_id=row["content_id"] or b"",
         chunk_size=row["chunk_size"] or 0,
         target=row["target"] or b"",
+        version=row["version"] or b"",
     )
+
+
+def _blob(value: bytes) -> bytes | None:
+    """An empty bytes value as CQL null (``version`` and ``pending`` use null for "none")."""
+    return value or None
+
+
+@dataclass(frozen=True)
+class Version:
+    """A row of ``versions``: one content version of an inode (sizes in bytes)."""
+
+    ino: int
+    version: bytes
+    content_id: bytes
+    size: int
+    chunk_size: int
+    created_ns: int
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A cross-directory rename in progress (a row of ``intents``)."""
+
+    id: bytes
+    old_parent: int
+    old_name: bytes
+    new_parent: int
+    new_name: bytes
+    ino: int
+    kind: int
+    replaced: int
+    started_ns: int
+
+    @property
+    def bucket(self) -> int:
+        """The ``intents`` partition of this intent (its start hour)."""
+        return intent_bucket(self.started_ns)
+
+
+def intent_bucket(started_ns: int) -> int:
+    """The ``intents`` bucket of an intent started at ``started_ns`` (nanoseconds)."""
+    return started_ns // 1_000_000_000 // INTENT_BUCKET_SECONDS
+
+
+@dataclass(frozen=True)
+class LwtOutcome:
+    """What a name LWT found when it was not applied.
+
+    ``applied`` is True when it was.  Otherwise ``holder`` is the entry that now
+    holds the name (None when there is none), and ``sealed`` is True when the
+    directory was sealed (removed, or being removed).
+    """
+
+    applied: bool
+    holder: Dentry | None = None
+    sealed: bool = False
+
+
+def _outcome(rows: list[dict[str, Any]], parent: int, name: bytes) -> LwtOutcome:
+    if not rows or rows[0].get("[applied]"):
+        return LwtOutcome(applied=bool(rows and rows[0].get("[applied]")))
+    holder = None
+    sealed = False
+    for row in rows:
+        if row.get("sealed"):
+            sealed = True
+        if row.get("name") == name and row.get("parent", parent) == parent and row.get("ino"):
+            holder = Dentry(parent, name, row["ino"], row["kind"], row.get("pending") or b"")
+    return LwtOutcome(False, holder, sealed)
 
 
 class TenantStore:
@@ -309,67 +479,68 @@ class TenantStore:
         self._store = store
         self._t = (owner, environment)
 
+    @property
+    def tenant(self) -> tuple[int, str]:
+        """``(owner, environment)``."""
+        return self._t
+
+    @property
+    def timeout(self) -> float:
+        """The per-query timeout, seconds."""
+        return self._store.timeout
+
+    # -- inodes ---------------------------------------------------------------------------
+
     async def get_inode(self, ino: int) -> Inode | None:
         """The inode ``ino``, or None when there is no such row."""
         rows = await self._store.run("get_inode", (*self._t, ino))
         return _inode(rows[0]) if rows and rows[0]["kind"] is not None else None
 
+    def _put_inode_params(self, i: Inode) -> tuple[Any, ...]:
+        return (
+            *self._t, i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.atime_ns, i.mtime_ns,
+            i.ctime_ns, i.parent, i.nlink, i.content_id, i.chunk_size, i.target,
+            _blob(i.version),
+        )  # fmt: skip
+
     async def put_inode(self, inode: Inode) -> None:
-        """Write every column of ``inode`` (a new inode, or the root)."""
-        i = inode
-        await self._store.run(
-            "put_inode",
-            (
-                *self._t,
-                i.ino,
-                i.kind,
-                i.mode,
-                i.uid,
-                i.gid,
-                i.size,
-                i.atime_ns,
-                i.mtime_ns,
-                i.ctime_ns,
-                i.parent,
-                i.nlink,
-                i.content_id,
-                i.chunk_size,
-                i.target,
-            ),
-        )
+        """Write every column of ``inode`` (the root, or a repair)."""
+        await self._store.run("put_inode", self._put_inode_params(inode))
+
+    async def create_inode(self, inode: Inode) -> None:
+        """Write a new inode and its ``inode_index`` row (one logged batch)."""
+        await self._store.run_batch(
+            [
+                ("put_index", (*self._t, index_bucket(inode.ino), inode.ino, inode.kind,
+                               inode.ctime_ns)),
+                ("put_inode", self._put_inode_params(inode)),
+            ],
+            logged=True,
+        )  # fmt: skip
 
     async def set_attrs(self, inode: Inode) -> None:
         """Write mode, uid, gid and the three times of ``inode``."""
         i = inode
         await self._store.run(
-            "set_attrs",
-            (
-                i.mode,
-                i.uid,
-                i.gid,
-                i.atime_ns,
-                i.mtime_ns,
-                i.ctime_ns,
-                *self._t,
-                i.ino,
-            ),
+            "set_attrs", (i.mode, i.uid, i.gid, i.atime_ns, i.mtime_ns, i.ctime_ns, *self._t, i.ino)
         )
 
-    async def set_content(self, inode: Inode) -> None:
-        """Point ``inode`` at its (already written) content: the atomic flip of a rewrite."""
+    async def flip_content(self, inode: Inode, expected_version: bytes) -> bytes | None:
+        """LWT: point ``inode`` at its written version if it is still at ``expected_version``.
+
+        Writes version, content_id, size, chunk_size, mtime and ctime.  Returns
+        None when applied, else the version the inode is at now (``b""``: none;
+        also when the inode row is gone: the caller rereads it).
+        """
         i = inode
-        await self._store.run(
-            "set_content",
-            (
-                i.content_id,
-                i.size,
-                i.chunk_size,
-                i.mtime_ns,
-                i.ctime_ns,
-                *self._t,
-                i.ino,
-            ),
-        )
+        rows = await self._store.run(
+            "flip_content",
+            (_blob(i.version), i.content_id, i.size, i.chunk_size, i.mtime_ns, i.ctime_ns,
+             *self._t, i.ino, _blob(expected_version)),
+        )  # fmt: skip
+        if rows[0]["[applied]"]:
+            return None
+        return rows[0].get("version") or b""
 
     async def touch(self, ino: int, mtime_ns: int, ctime_ns: int) -> None:
         """Set only the mtime and ctime of ``ino`` (a directory whose entries changed)."""
@@ -381,13 +552,76 @@ class TenantStore:
         await self._store.run("set_link", (i.parent, i.nlink, i.ctime_ns, *self._t, i.ino))
 
     async def delete_inode(self, ino: int) -> None:
-        """Delete the inode row (its content is deleted separately)."""
-        await self._store.run("delete_inode", (*self._t, ino))
+        """Delete the inode row, its versions rows and its index row (one logged batch).
+
+        The chunks are deleted separately, before.
+        """
+        await self._store.run_batch(
+            [
+                ("delete_versions", (*self._t, ino)),
+                ("delete_inode", (*self._t, ino)),
+                ("delete_index", (*self._t, index_bucket(ino), ino)),
+            ],
+            logged=True,
+        )
+
+    async def list_index(self, bucket: int) -> list[tuple[int, int, int]]:
+        """``[(ino, kind, created_ns), ...]`` of ``inode_index`` bucket ``bucket``."""
+        rows = await self._store.run("list_index", (*self._t, bucket))
+        return [(r["ino"], r["kind"] or 0, r["created_ns"] or 0) for r in rows]
+
+    async def put_index(self, ino: int, kind: int, created_ns: int) -> None:
+        """Write the ``inode_index`` row of ``ino`` (repairs and migrations)."""
+        await self._store.run("put_index", (*self._t, index_bucket(ino), ino, kind, created_ns))
+
+    async def delete_index(self, ino: int) -> None:
+        """Delete the ``inode_index`` row of ``ino`` (an index row whose inode is gone)."""
+        await self._store.run("delete_index", (*self._t, index_bucket(ino), ino))
+
+    # -- versions and chunks --------------------------------------------------------------
+
+    async def put_version(self, v: Version) -> None:
+        """Record a content version before its first chunk is written."""
+        await self._store.run(
+            "put_version",
+            (*self._t, v.ino, v.version, v.content_id, v.size, v.chunk_size, v.created_ns),
+        )
+
+    async def list_versions(self, ino: int) -> list[Version]:
+        """Every recorded content version of ``ino``."""
+        rows = await self._store.run("list_versions", (*self._t, ino))
+        return [
+            Version(ino, r["version"], r["content_id"] or b"", r["size"] or 0,
+                    r["chunk_size"] or 0, r["created_ns"] or 0)
+            for r in rows
+        ]  # fmt: skip
+
+    async def delete_version(self, ino: int, version: bytes) -> None:
+        """Delete the ``versions`` row (after its chunks)."""
+        await self._store.run("delete_version", (*self._t, ino, version))
+
+    async def put_chunk(self, ino: int, version: bytes, index: int, data: bytes) -> None:
+        """Write chunk ``index`` of content version ``(ino, version)``."""
+        await self._store.run("put_chunk", (*self._t, ino, version, index, data))
+
+    async def get_chunk(self, ino: int, version: bytes, index: int) -> bytes | None:
+        """Chunk ``index`` of ``(ino, version)``, or None when it is gone."""
+        rows = await self._store.run("get_chunk", (*self._t, ino, version, index))
+        return rows[0]["data"] if rows else None
+
+    async def delete_chunk(self, ino: int, version: bytes, index: int) -> None:
+        """Delete chunk ``index`` of ``(ino, version)`` (a partition tombstone)."""
+        await self._store.run("delete_chunk", (*self._t, ino, version, index))
+
+    # -- dentries -------------------------------------------------------------------------
 
     async def get_dentry(self, parent: int, name: bytes) -> Dentry | None:
         """The entry ``name`` in directory ``parent``, or None."""
         rows = await self._store.run("get_dentry", (*self._t, parent, name))
-        return Dentry(parent, name, rows[0]["ino"], rows[0]["kind"]) if rows else None
+        if not rows or rows[0]["ino"] is None:
+            return None
+        r = rows[0]
+        return Dentry(parent, name, r["ino"], r["kind"], r["pending"] or b"")
 
     async def list_dentries(self, parent: int, limit: int | None = None) -> list[Dentry]:
         """The entries of directory ``parent`` (all, or the first ``limit``), ordered by name."""
@@ -395,51 +629,175 @@ class TenantStore:
             rows = await self._store.run("list_dentries", (*self._t, parent))
         else:
             rows = await self._store.run("list_dentries_limit", (*self._t, parent, limit))
-        return [Dentry(parent, r["name"], r["ino"], r["kind"]) for r in rows]
+        return [
+            Dentry(parent, r["name"], r["ino"], r["kind"], r["pending"] or b"")
+            for r in rows
+            if r["name"] is not None and r["ino"] is not None
+        ]
 
     async def has_dentries(self, parent: int) -> bool:
         """True if directory ``parent`` has at least one entry."""
-        return bool(await self._store.run("first_dentry", (*self._t, parent)))
+        rows = await self._store.run("first_dentries", (*self._t, parent))
+        return any(r["name"] is not None for r in rows)
 
-    async def insert_dentry(self, entry: Dentry) -> Dentry | None:
-        """LWT insert; returns None when applied, else the entry that holds the name."""
-        rows = await self._store.run(
-            "insert_dentry", (*self._t, entry.parent, entry.name, entry.ino, entry.kind)
+    async def dir_sealed(self, parent: int) -> bytes:
+        """The id of the operation that sealed directory ``parent`` (``b""``: not sealed)."""
+        rows = await self._store.run("dir_state", (*self._t, parent))
+        return (rows[0]["sealed"] or b"") if rows else b""
+
+    async def insert_dentry(self, entry: Dentry, now_ns: int) -> LwtOutcome:
+        """Conditional batch: add ``entry`` if the name is free and the directory not sealed."""
+        e = entry
+        rows = await self._store.run_batch(
+            [
+                ("insert_dentry", (*self._t, e.parent, e.name, e.ino, e.kind)),
+                ("dir_open", (now_ns, *self._t, e.parent)),
+            ]
         )
-        row = rows[0]
-        if row["[applied]"]:
+        return _outcome(rows, e.parent, e.name)
+
+    async def replace_dentry(self, entry: Dentry, expected_ino: int, now_ns: int) -> LwtOutcome:
+        """LWT: point ``entry.name`` at ``entry.ino`` if it names ``expected_ino``, unclaimed."""
+        e = entry
+        rows = await self._store.run_batch(
+            [
+                ("replace_dentry", (e.ino, e.kind, *self._t, e.parent, e.name, expected_ino)),
+                ("dir_changed", (now_ns, *self._t, e.parent)),
+            ]
+        )
+        return _outcome(rows, e.parent, e.name)
+
+    async def delete_dentry(
+        self, parent: int, name: bytes, expected_ino: int, now_ns: int
+    ) -> LwtOutcome:
+        """LWT: delete ``name`` from ``parent`` if it names ``expected_ino``, unclaimed."""
+        rows = await self._store.run_batch(
+            [
+                ("delete_dentry", (*self._t, parent, name, expected_ino)),
+                ("dir_changed", (now_ns, *self._t, parent)),
+            ]
+        )
+        return _outcome(rows, parent, name)
+
+    async def rename_in_dir(
+        self, parent: int, old: Dentry, new_name: bytes, replaced_ino: int, now_ns: int
+    ) -> LwtOutcome:
+        """One conditional batch in ``parent``: ``old`` moves to ``new_name``.
+
+        ``new_name`` must be free (``replaced_ino`` 0) or name ``replaced_ino``
+        (unclaimed); ``old`` must still name ``old.ino``, unclaimed.  Atomic.
+        """
+        t = self._t
+        if replaced_ino:
+            first: tuple[str, Sequence[Any]] = (
+                "replace_dentry",
+                (old.ino, old.kind, *t, parent, new_name, replaced_ino),
+            )
+        else:
+            first = ("insert_dentry", (*t, parent, new_name, old.ino, old.kind))
+        rows = await self._store.run_batch(
+            [
+                first,
+                ("delete_dentry", (*t, parent, old.name, old.ino)),
+                ("dir_open", (now_ns, *t, parent)),
+            ]
+        )  # fmt: skip
+        return _outcome(rows, parent, new_name)
+
+    async def claim_dentry(self, parent: int, name: bytes, ino: int, intent: bytes) -> bool:
+        """LWT: mark ``name`` (naming ``ino``, unclaimed) as being moved by ``intent``."""
+        rows = await self._store.run("claim_dentry", (intent, *self._t, parent, name, ino))
+        return bool(rows[0]["[applied]"])
+
+    async def release_claim(self, parent: int, name: bytes, intent: bytes) -> bool:
+        """LWT: drop the claim of ``intent`` on ``name`` (a rename undone)."""
+        rows = await self._store.run("release_claim", (*self._t, parent, name, intent))
+        return bool(rows[0]["[applied]"])
+
+    async def delete_claimed(self, parent: int, name: bytes, intent: bytes, now_ns: int) -> bool:
+        """LWT: delete ``name`` if ``intent`` claims it (the last name step of a rename)."""
+        rows = await self._store.run_batch(
+            [
+                ("delete_claimed", (*self._t, parent, name, intent)),
+                ("dir_changed", (now_ns, *self._t, parent)),
+            ]
+        )
+        return bool(rows[0]["[applied]"])
+
+    async def seal_dir(self, ino: int, op: bytes) -> bytes | None:
+        """LWT: seal directory ``ino`` for ``op``; None when sealed now, else the holder's id."""
+        rows = await self._store.run("seal_dir", (op, *self._t, ino))
+        if rows[0]["[applied]"]:
             return None
-        return Dentry(entry.parent, entry.name, row["ino"], row["kind"])
+        return rows[0].get("sealed") or b""
 
-    async def replace_dentry(self, entry: Dentry, expected_ino: int) -> bool:
-        """LWT: point ``entry.name`` at ``entry.ino`` if it still names ``expected_ino``."""
-        rows = await self._store.run(
-            "replace_dentry",
-            (
-                entry.ino,
-                entry.kind,
-                *self._t,
-                entry.parent,
-                entry.name,
-                expected_ino,
-            ),
-        )
+    async def unseal_dir(self, ino: int, op: bytes) -> bool:
+        """LWT: lift the seal of ``op`` from directory ``ino`` (an rmdir that failed)."""
+        rows = await self._store.run("unseal_dir", (*self._t, ino, op))
         return bool(rows[0]["[applied]"])
 
-    async def delete_dentry(self, parent: int, name: bytes, expected_ino: int) -> bool:
-        """LWT: delete ``name`` from ``parent`` if it still names ``expected_ino``."""
-        rows = await self._store.run("delete_dentry", (*self._t, parent, name, expected_ino))
+    # -- intents and locks ----------------------------------------------------------------
+
+    async def put_intent(self, i: Intent) -> None:
+        """Record a cross-directory rename before its first name step."""
+        await self._store.run(
+            "put_intent",
+            (*self._t, i.bucket, i.id, i.old_parent, i.old_name, i.new_parent, i.new_name,
+             i.ino, i.kind, i.replaced, i.started_ns),
+        )  # fmt: skip
+
+    async def get_intent(self, intent_id: bytes) -> Intent | None:
+        """The intent ``intent_id`` (its bucket comes from the time in the id), or None."""
+        bucket = intent_bucket(uuid_time_ns(intent_id))
+        rows = await self._store.run("get_intent", (*self._t, bucket, intent_id))
+        return _intent(rows[0]) if rows else None
+
+    async def list_intents(self, bucket: int) -> list[Intent]:
+        """Every intent of ``intents`` bucket ``bucket``."""
+        return [_intent(r) for r in await self._store.run("list_intents", (*self._t, bucket))]
+
+    async def delete_intent(self, intent: Intent) -> None:
+        """Delete a completed or undone intent."""
+        await self._store.run("delete_intent", (*self._t, intent.bucket, intent.id))
+
+    async def acquire_lock(self, name: str, holder: bytes, ttl: int) -> bool:
+        """LWT: take the tenant's lease ``name`` for ``ttl`` seconds; False when held."""
+        rows = await self._store.run("acquire_lock", (*self._t, name, holder, time.time_ns(), ttl))
         return bool(rows[0]["[applied]"])
 
-    async def put_chunk(self, ino: int, content_id: bytes, index: int, data: bytes) -> None:
-        """Write chunk ``index`` of content version ``(ino, content_id)``."""
-        await self._store.run("put_chunk", (*self._t, ino, content_id, index, data))
+    async def release_lock(self, name: str, holder: bytes) -> bool:
+        """LWT: give the lease ``name`` back if ``holder`` still has it."""
+        rows = await self._store.run("release_lock", (*self._t, name, holder))
+        return bool(rows[0]["[applied]"])
 
-    async def get_chunk(self, ino: int, content_id: bytes, index: int) -> bytes | None:
-        """Chunk ``index`` of ``(ino, content_id)``, or None when it is gone."""
-        rows = await self._store.run("get_chunk", (*self._t, ino, content_id, index))
-        return rows[0]["data"] if rows else None
 
-    async def delete_chunk(self, ino: int, content_id: bytes, index: int) -> None:
-        """Delete chunk ``index`` of ``(ino, content_id)`` (a partition tombstone)."""
-        await self._store.run("delete_chunk", (*self._t, ino, content_id, index))
+def _intent(r: dict[str, Any]) -> Intent:
+    return Intent(
+        id=r["id"], old_parent=r["old_parent"], old_name=r["old_name"],
+        new_parent=r["new_parent"], new_name=r["new_name"], ino=r["ino"], kind=r["kind"],
+        replaced=r["replaced"] or 0, started_ns=r["started_ns"] or 0,
+    )  # fmt: skip
+
+
+def index_bucket(ino: int) -> int:
+    """The ``inode_index`` bucket of ``ino``."""
+    return ino % INDEX_BUCKETS
+
+
+def new_op_id() -> bytes:
+    """16 bytes of a new time-based UUID (version 1): ids of versions, intents and seals."""
+    return uuid.uuid1().bytes
+
+
+def uuid_time_ns(op_id: bytes) -> int:
+    """Nanoseconds since the epoch at which the time-based id ``op_id`` was made.
+
+    Ids that are not version-1 UUIDs (content written by schema version 1 is keyed
+    by its SHA-256) give 0.
+    """
+    if len(op_id) != 16:
+        return 0
+    value = uuid.UUID(bytes=op_id)
+    if value.version != 1:
+        return 0
+    return (value.time - 0x01B21DD213814000) * 100
