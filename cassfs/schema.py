@@ -79,6 +79,17 @@ def apply(
                 session.execute(cql, timeout=60)
             except Exception as exc:
                 raise StorageError(f"Cassandra refused: {cql.splitlines()[0]}...: {exc}") from exc
+        # TEMPORARY (replaced by the versioned upgrade): schema 2 renames a key column.
+        columns = {
+            row["column_name"]
+            for row in session.execute(
+                "SELECT column_name FROM system_schema.columns "
+                "WHERE keyspace_name = %s AND table_name = 'chunks'",
+                (keyspace,),
+            )
+        }
+        if "content_id" in columns:
+            session.execute(f"ALTER TABLE {keyspace}.chunks RENAME content_id TO version")
         session.execute(
             f"INSERT INTO {keyspace}.schema_version (component, version, applied_at) "
             "VALUES ('cassfs', %s, toTimestamp(now()))",
