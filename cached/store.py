@@ -450,23 +450,24 @@ class LwtOutcome:
     """What a name LWT found when it was not applied.
 
     ``applied`` is True when it was.  Otherwise ``holder`` is the entry that now
-    holds the name (None when there is none), and ``sealed`` is True when the
-    directory was sealed (removed, or being removed).
+    holds the name (None when there is none), and ``sealed`` is the id of the
+    operation that sealed the directory (removed, or being removed; ``b""``: not
+    sealed).
     """
 
     applied: bool
     holder: Dentry | None = None
-    sealed: bool = False
+    sealed: bytes = b""
 
 
 def _outcome(rows: list[dict[str, Any]], parent: int, name: bytes) -> LwtOutcome:
     if not rows or rows[0].get("[applied]"):
         return LwtOutcome(applied=bool(rows and rows[0].get("[applied]")))
     holder = None
-    sealed = False
+    sealed = b""
     for row in rows:
         if row.get("sealed"):
-            sealed = True
+            sealed = row["sealed"]
         if row.get("name") == name and row.get("parent", parent) == parent and row.get("ino"):
             holder = Dentry(parent, name, row["ino"], row["kind"], row.get("pending") or b"")
     return LwtOutcome(False, holder, sealed)
