@@ -512,19 +512,28 @@ def schema() -> None:
     help="CQL replication map for a new keyspace (env CASSFS_REPLICATION).",
 )
 def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
-    """Create the keyspace and tables (idempotent) and record the schema version."""
+    """Create the keyspace, or upgrade it in place to this cassfs's schema version.
+
+    One line per version step applied; a keyspace already current is left as is.
+    """
     from cassfs import schema as schema_mod
 
     logging.getLogger("cassandra").setLevel(logging.ERROR)
     try:
         points = ContactPoints.parse(contact_points)
-        version = schema_mod.apply(points, keyspace, replication)
+        with schema_mod.ConsoleReporter(click.echo) as report:
+            version = schema_mod.apply(
+                points, keyspace, replication, on_step=report.step, on_progress=report.progress
+            )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     except FileNotFoundError as exc:
         fail(f"{exc}: point CASSFS_SCHEMA_DIR at the schema/ folder of cassfs")
+    except schema_mod.SchemaTooNew as exc:
+        fail(str(exc))
     except CassfsError as exc:
-        fail(f"{exc} (is the node up? `just node-start` starts a local one)")
+        fail(f"{exc} (is the node up? `just node-start` starts a local one; apply again resumes)")
+    state = "now at" if report.steps else "already at"
     click.echo(
-        f"cassfs: schema version {version} applied to keyspace {keyspace} at {contact_points}"
+        f"cassfs: keyspace {keyspace} at {contact_points} is {state} schema version {version}"
     )
