@@ -117,11 +117,18 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 @pytest.fixture
 def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Factory: start a daemon on a new cache dir (``cache_ttl`` seconds, default 60)."""
+    """Factory: start a daemon on a new cache dir (``cache_ttl`` seconds, default 60).
+
+    ``keyspace`` (keyword) serves another keyspace than the test keyspace.
+    """
     started: list[Daemon] = []
 
     def start(
-        name: str = "cache", cache_ttl: float = 60.0, cache_size: str = "2G", *extra: str
+        name: str = "cache",
+        cache_ttl: float = 60.0,
+        cache_size: str = "2G",
+        *extra: str,
+        keyspace: str = KEYSPACE,
     ) -> Daemon:
         cache_dir = tmp_path / name
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +139,7 @@ def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemo
                     cache_dir,
                     {
                         "contact_points": cassandra,
-                        "keyspace": KEYSPACE,
+                        "keyspace": keyspace,
                         "cache_ttl": cache_ttl,
                         "cache_size": cache_size,
                     },
