@@ -151,6 +151,11 @@ STATEMENTS: dict[str, str] = {
     ),
     "release_lock": f"DELETE FROM {{ks}}.locks WHERE {_TENANT} AND name = ? IF holder = ?",
     "schema_version": "SELECT version FROM {ks}.schema_version WHERE component = 'cassfs'",
+    # -- fsck (cassfs/fsck.py) ------------------------------------------------------------
+    # A directory's entries with its static cells (sealed, changed_ns) in one read.
+    "list_directory": (
+        f"SELECT name, ino, kind, pending, sealed, changed_ns FROM {{ks}}.dentries WHERE {_DIR}"
+    ),
 }
 
 #: Statements that are lightweight transactions (serial consistency LOCAL_SERIAL).
@@ -770,6 +775,30 @@ class TenantStore:
         """LWT: give the lease ``name`` back if ``holder`` still has it."""
         rows = await self._store.run("release_lock", (*self._t, name, holder))
         return bool(rows[0]["[applied]"])
+
+    # -- fsck (cassfs/fsck.py) ------------------------------------------------------------
+
+    async def list_directory(self, parent: int) -> tuple[list[Dentry], bytes, int]:
+        """``(entries, sealed, changed_ns)`` of directory ``parent`` in one read.
+
+        ``entries`` as :meth:`list_dentries` gives them; ``sealed`` is the id of the
+        operation that sealed it (``b""``: none) and ``changed_ns`` the time of the
+        last LWT that changed an entry (0: none; an empty partition gives both empty).
+        """
+        rows = await self._store.run("list_directory", (*self._t, parent))
+        entries = [
+            Dentry(parent, r["name"], r["ino"], r["kind"], r["pending"] or b"")
+            for r in rows
+            if r["name"] is not None and r["ino"] is not None
+        ]
+        first = rows[0] if rows else {}
+        return entries, first.get("sealed") or b"", first.get("changed_ns") or 0
+
+    async def directory_state(self, parent: int) -> tuple[bytes, int]:
+        """``(sealed, changed_ns)`` of directory ``parent`` (see :meth:`list_directory`)."""
+        rows = await self._store.run("dir_state", (*self._t, parent))
+        first = rows[0] if rows else {}
+        return first.get("sealed") or b"", first.get("changed_ns") or 0
 
 
 def _intent(r: dict[str, Any]) -> Intent:
