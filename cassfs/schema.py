@@ -465,7 +465,9 @@ class ConsoleReporter:
         if self._bar is None:
             return
         if version not in self._tasks:
-            self._tasks[version] = self._bar.add_task(f"schema version {version}", total=None)
+            self._tasks[version] = self._bar.add_task(
+                f"upgrading to schema version {version}", total=None
+            )
         self._bar.update(self._tasks[version], completed=done)
 
     def step(self, report: StepReport) -> None:
