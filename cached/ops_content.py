@@ -33,6 +33,7 @@ from cached.service_base import (
     read_at,
     unlink_quietly,
 )
+from cached.store import Version, new_op_id
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 OPEN_INLINE_LIMIT = 128 * 1024
 #: Chunk reads or writes in flight for one file.
 CHUNK_CONCURRENCY = 4
+#: Tries of a flip that keeps finding another writer's version before it gives up (EIO).
+ATTEMPTS = 8
 #: Content up to this size is assembled in memory when fetched; larger goes through a file.
 MEMORY_FETCH_LIMIT = 4 * 1024 * 1024
 
@@ -152,7 +155,7 @@ class ContentOps(ServiceBase):
 
             async def get(index: int) -> None:
                 async with limiter:
-                    data = await s.store.get_chunk(inode.ino, inode.content_id, index)
+                    data = await s.store.get_chunk(inode.ino, inode.version, index)
                 if data is None:
                     raise ContentGone(index)
                 parts[index] = data
@@ -172,7 +175,7 @@ class ContentOps(ServiceBase):
 
                 async def get_to_file(index: int) -> None:
                     async with limiter:
-                        data = await s.store.get_chunk(inode.ino, inode.content_id, index)
+                        data = await s.store.get_chunk(inode.ino, inode.version, index)
                         if data is None:
                             raise ContentGone(index)
                         await self._thread(os.pwrite, handle.fileno(), data, index * chunk_size)
@@ -203,34 +206,12 @@ class ContentOps(ServiceBase):
             raise InvalidArgument("write needs exactly one of data and path")
         spool = await self._spool_path(path) if path is not None else None
         async with self._inode_locks((s.tenant, ino)):
-            new_id, size = await self._identify(data, spool)
-            # Reading the inode and uploading the chunks do not depend on each other,
-            # so they run together.  Were the inode gone or not a file, the chunks
-            # just uploaded belong to nothing and are deleted again.  The inode may
-            # come from the cache: the chunks are uploaded whatever it says, so a
-            # stale answer (another host rewrote the file meanwhile) can at worst
-            # leave that host's version behind unreferenced, never lose this one.
-            found: list[Inode] = []
-
-            async def read_inode() -> None:
-                found.append(await self.get_inode(s, ino))
-
-            async def upload() -> None:
-                await self._put_chunks(s, ino, new_id, size, data, spool)
-
-            steps = (read_inode, upload)
-            try:
-                await gather_indexed(lambda index: steps[index](), 2)
-                inode = found[0]
-                if inode.is_dir:
-                    raise IsADirectory(f"inode {ino} is a directory")
-                if inode.kind != REGULAR:
-                    raise InvalidArgument(f"inode {ino} is not a regular file")
-            except (NotFound, IsADirectory, InvalidArgument):
-                with trio.CancelScope(shield=True):
-                    await self._delete_chunks(s, ino, new_id, size)
-                raise
-            updated = await self._write_content(s, inode, data, spool, (new_id, size))
+            inode = await self.get_inode(s, ino)
+            if inode.is_dir:
+                raise IsADirectory(f"inode {ino} is a directory")
+            if inode.kind != REGULAR:
+                raise InvalidArgument(f"inode {ino} is not a regular file")
+            updated = await self._write_content(s, inode, data, spool)
             return updated.to_wire()
 
     async def _identify(self, data: bytes | None, spool: Path | None) -> tuple[bytes, int]:
@@ -241,56 +222,93 @@ class ContentOps(ServiceBase):
         return await self._thread(sha256_file, spool)  # type: ignore[no-any-return]
 
     async def _write_content(
-        self,
-        s: Session,
-        inode: Inode,
-        data: bytes | None,
-        spool: Path | None,
-        uploaded: tuple[bytes, int] | None = None,
+        self, s: Session, inode: Inode, data: bytes | None, spool: Path | None
     ) -> Inode:
-        """Make ``inode`` point at new content: chunks, flip, then old chunks deleted.
+        """Make ``inode`` point at new content: a new version, its chunks, the flip (LWT).
 
-        ``uploaded`` is ``(content_id, size)`` when the caller already wrote the chunks.
-        Called with the inode lock held.
+        ``inode`` may come from the cache: the flip is conditional on the version
+        it names, and a flip that finds another version rereads the inode and flips
+        over it (last writer wins; both versions were whole).  Content equal to the
+        current version's only moves the times, under the same condition.  The
+        replaced version's chunks are deleted after the flip.  Called with the
+        inode lock held.  Raises ``NotFound`` (ENOENT) when the inode is gone,
+        ``StorageError`` (EIO).
         """
-        new_id, size = uploaded or await self._identify(data, spool)
+        content_id, size = await self._identify(data, spool)
         now = time.time_ns()
-        updated = inode.evolve(
-            content_id=new_id, size=size, chunk_size=content.CHUNK_SIZE, mtime_ns=now, ctime_ns=now
-        )
-        same = new_id == inode.content_id and inode.chunk_size == content.CHUNK_SIZE
-        if not same and uploaded is None:
-            await self._put_chunks(s, inode.ino, new_id, size, data, spool)
-
-        async def cache_content() -> None:
-            if data is not None:
-                await self.cache.put_content(s.tenant, new_id, data)
+        uploaded = b""
+        try:
+            for _attempt in range(ATTEMPTS):
+                same = (
+                    not uploaded
+                    and content_id == inode.content_id
+                    and size == inode.size
+                    and (inode.version or size == 0)
+                )
+                if same:
+                    version = inode.version
+                elif size == 0:
+                    version = b""  # an empty file has no chunks, so no version
+                else:
+                    if not uploaded:
+                        uploaded = await self._upload(s, inode.ino, content_id, size, data, spool)
+                    version = uploaded
+                updated = inode.evolve(
+                    version=version, content_id=content_id, size=size,
+                    chunk_size=content.CHUNK_SIZE, mtime_ns=now, ctime_ns=now,
+                )  # fmt: skip
+                found = await s.store.flip_content(updated, inode.version)
+                if found is None:
+                    break
+                # Another writer flipped first (or the cached inode was old): reread.
+                current = await s.store.get_inode(inode.ino)
+                if current is None:
+                    raise NotFound(f"inode {inode.ino}")
+                inode = current
             else:
-                assert spool is not None
-                await self.cache.put_content_file(s.tenant, new_id, spool)
-
-        async def flip() -> None:
-            await s.store.set_content(updated)  # readers now see the new version
-
-        # Caching the content (keyed by its hash) needs no order against the flip.
-        steps = (flip, cache_content)
-        await gather_indexed(lambda index: steps[index](), 2)
-        if not same and inode.content_id and inode.size > 0:
-            # The old version is unreachable now; deleting it need not delay the writer.
-            if self.background is not None:
-                self.background.start_soon(self._delete_old_content, s, inode)
-            else:  # we hold the inode lock and the new version is current
+                raise StorageError(f"inode {inode.ino} kept changing; gave up writing it")
+        except BaseException:
+            if uploaded:
                 with trio.CancelScope(shield=True):
-                    await self._delete_chunks(s, inode.ino, inode.content_id, inode.size)
+                    await self._forget_version(s, inode.ino, uploaded, size, content.CHUNK_SIZE)
+            raise
+        if data is not None:
+            await self.cache.put_content(s.tenant, content_id, data)
+        else:
+            assert spool is not None
+            await self.cache.put_content_file(s.tenant, content_id, spool)
+        if inode.version and inode.version != updated.version:
+            # The replaced version can never be current again; deleting it need not
+            # delay the writer.
+            if self.background is not None:
+                self.background.start_soon(
+                    self._forget_version, s, inode.ino, inode.version, inode.size, inode.chunk_size
+                )
+            else:
+                with trio.CancelScope(shield=True):
+                    await self._forget_version(
+                        s, inode.ino, inode.version, inode.size, inode.chunk_size
+                    )
         await self.cache.put_inode(s.tenant, updated)
         self.counters.add("flushes")
         self.counters.add("bytes_written", size)
         self._announce(s, inode.ino)
         return updated
 
-    async def _put_chunks(
-        self, s: Session, ino: int, new_id: bytes, size: int, data: bytes | None, spool: Path | None
-    ) -> None:
+    async def _upload(
+        self,
+        s: Session,
+        ino: int,
+        content_id: bytes,
+        size: int,
+        data: bytes | None,
+        spool: Path | None,
+    ) -> bytes:
+        """Write a new version of ``ino``: its ``versions`` row, then every chunk; its id."""
+        version = new_op_id()
+        await s.store.put_version(
+            Version(ino, version, content_id, size, content.CHUNK_SIZE, time.time_ns())
+        )
         chunk_size = content.CHUNK_SIZE
         count = content.chunk_count(size, chunk_size)
         limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
@@ -302,35 +320,36 @@ class ContentOps(ServiceBase):
                 else:
                     assert spool is not None
                     part = await self._thread(read_at, spool, index * chunk_size, chunk_size)
-                await s.store.put_chunk(ino, new_id, index, part)
+                await s.store.put_chunk(ino, version, index, part)
 
         await gather_indexed(put, count)
+        return version
 
-    async def _delete_old_content(self, s: Session, old: Inode) -> None:
-        """Delete the chunks of version ``(old.ino, old.content_id)`` once it is not current.
+    async def _forget_version(
+        self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
+    ) -> None:
+        """Delete version ``(ino, version)``: its chunks, then its ``versions`` row.
 
-        Runs after the writer released the inode lock, so it takes the lock and
-        rereads the inode: a later write may have made that same content current
-        again (A -> B -> A), and then its chunks must stay.
+        Only for a version that is not current and never will be again.  Errors
+        are logged, not raised: ``cassfs fsck`` finds what is left.
         """
         with trio.CancelScope(shield=True):
             try:
-                async with self._inode_locks((s.tenant, old.ino)):
-                    current = await s.store.get_inode(old.ino)
-                    if current is not None and current.content_id == old.content_id:
-                        return
-                    await self._delete_chunks(s, old.ino, old.content_id, old.size)
+                await self._delete_chunks(s, ino, version, size, chunk_size)
+                await s.store.delete_version(ino, version)
             except CassfsError as exc:
-                log.warning("old content of inode %d left behind: %s", old.ino, exc)
+                log.warning("version of inode %d left behind: %s", ino, exc)
 
-    async def _delete_chunks(self, s: Session, ino: int, content_id: bytes, size: int) -> None:
-        """Delete every chunk of version ``(ino, content_id)`` of ``size`` bytes."""
-        count = content.chunk_count(size, content.CHUNK_SIZE)
+    async def _delete_chunks(
+        self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
+    ) -> None:
+        """Delete every chunk of version ``(ino, version)`` of ``size`` bytes."""
+        count = content.chunk_count(size, chunk_size or content.CHUNK_SIZE)
         limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
 
         async def delete(index: int) -> None:
             async with limiter:
-                await s.store.delete_chunk(ino, content_id, index)
+                await s.store.delete_chunk(ino, version, index)
 
         await gather_indexed(delete, count)
 

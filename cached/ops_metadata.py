@@ -80,7 +80,18 @@ class MetadataOps(ServiceBase):
             if entry is None:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
-        return (await self.get_inode(s, ino)).to_wire()
+        try:
+            return (await self.get_inode(s, ino)).to_wire()
+        except NotFound:
+            # The cached entry names an inode that is gone: the name was rebound (a
+            # file replaced by a rename over it) or removed.  Ask Cassandra.
+            entry = await s.store.get_dentry(parent, name)
+            await self._dentries_changed(
+                s, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
+            )
+            if entry is None or entry.ino == ino:
+                raise
+            return (await self.get_inode(s, entry.ino)).to_wire()
 
     async def _listing_index(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
         """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.

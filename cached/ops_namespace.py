@@ -1,4 +1,11 @@
-"""RPC methods that change names: mkdir, create, symlink, unlink, rmdir, rename, purge_inode."""
+"""RPC methods that change names: mkdir, create, symlink, unlink, rmdir, rename, purge_inode.
+
+Every name change is a lightweight transaction (LWT) or a conditional batch on
+one directory's ``dentries`` partition, read from Cassandra (never from the
+cache) just before; see the README's consistency model.  A change that loses a
+race rereads and tries again (:data:`ATTEMPTS` times) rather than report an
+errno the race does not explain.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from cached.errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
+    StorageError,
 )
 from cached.model import (
     DIRECTORY,
@@ -27,41 +35,108 @@ from cached.model import (
     check_name,
     mode_of_kind,
 )
+from cached.recovery import finish_move, is_stale, lift_stale_seal, orphan, settle_claim
 from cached.service_base import (
     ServiceBase,
     Session,
     new_inode_number,
 )
+from cached.store import Intent, LwtOutcome, new_op_id
 
 log = logging.getLogger(__name__)
 
 #: rename(2) flags (linux/fs.h).
 RENAME_NOREPLACE = 1
+#: Tries of a name change that keeps losing races before it gives up (EIO).
+ATTEMPTS = 8
+#: Seconds between looks at a name claimed by another host's rename in progress.
+CLAIM_POLL = 0.02
+#: Seconds a cross-directory directory rename waits for the tenant's rename lease.
+LEASE_WAIT = 10.0
+#: Seconds the rename lease lives without being released (a holder that died).
+LEASE_TTL = 60
+#: The lease serialising directory moves between parents (see the README).
+RENAME_LEASE = "rename-dir"
+
+
+def _text(name: bytes) -> str:
+    return name.decode(errors="replace")
 
 
 class NamespaceOps(ServiceBase):
     """Namespace operations: the ``rpc_*`` methods of this group."""
 
-    # -- namespace ------------------------------------------------------------------------
+    # -- reading names from Cassandra -----------------------------------------------------
+
+    async def _entry(self, s: Session, parent: int, name: bytes) -> Dentry | None:
+        """The entry ``name`` in ``parent`` from Cassandra, once no rename claims it.
+
+        A claim by a rename in progress is waited out (renames finish in
+        milliseconds); a claim past the grace period belongs to a dead request and
+        is settled here.  Refreshes the cached dentry.  Raises ``StorageError``.
+        """
+        deadline = trio.current_time() + 2.0
+        while True:
+            entry = await s.store.get_dentry(parent, name)
+            if entry is None or not entry.pending:
+                await self.cache.put_dentry(
+                    s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
+                )
+                return entry
+            if is_stale(entry.pending):
+                await settle_claim(s.store, parent, name, entry.pending)
+            elif trio.current_time() > deadline:
+                raise StorageError(f"{_text(name)!r} stays claimed by a rename in progress")
+            else:
+                await trio.sleep(CLAIM_POLL)
+
+    async def _refresh_name(
+        self, s: Session, parent: int, name: bytes, holder: Dentry | None
+    ) -> None:
+        """Cache what a lost LWT said ``name`` in ``parent`` now names (None: nothing)."""
+        ino, kind = (holder.ino, holder.kind) if holder is not None else (0, 0)
+        await self._dentries_changed(s, parent, name, ino, kind)
+
+    async def _check_open_dir(self, s: Session, parent: int, outcome: LwtOutcome) -> None:
+        """After an insert refused because ``parent`` is sealed: lift a dead rmdir's seal.
+
+        Raises ``NotFound`` (ENOENT) when the directory is removed or being removed.
+        """
+        directory = await s.store.get_inode(parent)
+        if directory is not None and await lift_stale_seal(s.store, directory, outcome.sealed):
+            return
+        raise NotFound(f"directory {parent} was removed")
+
+    # -- create ---------------------------------------------------------------------------
 
     async def _make(self, s: Session, parent: int, name: bytes, inode: Inode) -> Inode:
         check_name(name)
         await self._directory(s, parent)
-        await s.store.put_inode(inode)  # before its name: a name never points at nothing
-        holder: list[Dentry | None] = [None]
-
-        async def insert() -> None:
-            holder[0] = await s.store.insert_dentry(Dentry(parent, name, inode.ino, inode.kind))
-
-        # The parent's mtime is set alongside the LWT; if the name turns out taken,
-        # the parent merely got a newer mtime.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(insert)
-            nursery.start_soon(self._touch_dir, s, parent, inode.ctime_ns)
-        if holder[0] is not None:
-            await s.store.delete_inode(inode.ino)
-            await self.cache.put_dentry(s.tenant, parent, name, holder[0].ino, holder[0].kind)
-            raise Exists(name.decode(errors="replace"))
+        # The inode (and its index row) before its name: a name never points at nothing.
+        # If the name LWT fails without an answer, the inode stays: the name may have
+        # been set; if not, fsck finds a nameless inode.
+        await s.store.create_inode(inode)
+        for _attempt in range(2):
+            outcome = await s.store.insert_dentry(
+                Dentry(parent, name, inode.ino, inode.kind), inode.ctime_ns
+            )
+            if outcome.applied:
+                break
+            try:
+                if outcome.sealed:
+                    await self._check_open_dir(s, parent, outcome)
+                    continue  # a dead rmdir's seal was lifted
+                await self._refresh_name(s, parent, name, outcome.holder)
+                raise Exists(_text(name))
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await s.store.delete_inode(inode.ino)
+                raise
+        else:
+            with trio.CancelScope(shield=True):
+                await s.store.delete_inode(inode.ino)
+            raise NotFound(f"directory {parent} was removed")
+        await self._touch_dir(s, parent, inode.ctime_ns)
         await self.cache.put_inode(s.tenant, inode)
         await self._dentries_changed(s, parent, name, inode.ino, inode.kind)
         self._announce(s, parent)
@@ -93,14 +168,14 @@ class NamespaceOps(ServiceBase):
     async def rpc_mkdir(
         self, s: Session, parent: int, name: bytes, mode: int, uid: int, gid: int
     ) -> dict[str, Any]:
-        """Create directory ``name`` in ``parent``; EEXIST, ENOTDIR, ENAMETOOLONG."""
+        """Create directory ``name`` in ``parent``; EEXIST, ENOENT (parent removed), ENOTDIR."""
         inode = self._new_inode(DIRECTORY, mode, uid, gid, parent)
         return (await self._make(s, parent, name, inode)).to_wire()
 
     async def rpc_create(
         self, s: Session, parent: int, name: bytes, mode: int, uid: int, gid: int
     ) -> dict[str, Any]:
-        """Create empty regular file ``name`` in ``parent``; EEXIST, ENOTDIR, ENAMETOOLONG."""
+        """Create empty regular file ``name`` in ``parent``; EEXIST, ENOENT, ENOTDIR."""
         inode = self._new_inode(
             REGULAR,
             mode,
@@ -121,35 +196,60 @@ class NamespaceOps(ServiceBase):
         inode = self._new_inode(SYMLINK, 0o777, uid, gid, parent, target=target, size=len(target))
         return (await self._make(s, parent, name, inode)).to_wire()
 
+    # -- remove ---------------------------------------------------------------------------
+
+    async def _seal_empty(self, s: Session, directory: int, op: bytes, name: bytes) -> None:
+        """Seal ``directory`` for ``op`` and check that it is empty.
+
+        Raises ``NotEmpty`` (ENOTEMPTY, the seal lifted again) or ``NotFound``
+        (another operation removes it).
+        """
+        for _attempt in range(ATTEMPTS):
+            holder = await s.store.seal_dir(directory, op)
+            if holder is None:
+                break
+            inode = await s.store.get_inode(directory)
+            if inode is not None and await lift_stale_seal(s.store, inode, holder):
+                continue
+            await trio.sleep(CLAIM_POLL)  # another rmdir or rename: it removes it, or unseals
+            if await s.store.dir_sealed(directory) == holder:
+                raise NotFound(f"{_text(name)!r} is being removed")
+        else:
+            raise NotFound(f"{_text(name)!r} is being removed")
+        if await s.store.has_dentries(directory):
+            with trio.CancelScope(shield=True):
+                await s.store.unseal_dir(directory, op)
+            raise NotEmpty(_text(name))
+
     async def _unlink_entry(self, s: Session, parent: int, name: bytes, want_dir: bool) -> int:
         check_name(name)
-        entry = await s.store.get_dentry(parent, name)
-        if entry is None:
-            await self.cache.put_dentry(s.tenant, parent, name, 0, 0)
-            raise NotFound(name.decode(errors="replace"))
-        if want_dir and entry.kind != DIRECTORY:
-            raise NotADirectory(name.decode(errors="replace"))
-        if not want_dir and entry.kind == DIRECTORY:
-            raise IsADirectory(name.decode(errors="replace"))
-        if want_dir and await s.store.has_dentries(entry.ino):
-            raise NotEmpty(name.decode(errors="replace"))
-        if not await s.store.delete_dentry(parent, name, entry.ino):
-            raise NotFound(f"{name!r} changed while being removed")
-        now = time.time_ns()
+        for _attempt in range(ATTEMPTS):
+            entry = await self._entry(s, parent, name)
+            if entry is None:
+                raise NotFound(_text(name))
+            if want_dir and entry.kind != DIRECTORY:
+                raise NotADirectory(_text(name))
+            if not want_dir and entry.kind == DIRECTORY:
+                raise IsADirectory(_text(name))
+            op = new_op_id()
+            if want_dir:
+                await self._seal_empty(s, entry.ino, op, name)
+            now = time.time_ns()
+            outcome = await s.store.delete_dentry(parent, name, entry.ino, now)
+            if outcome.applied:
+                break
+            if want_dir:  # the name changed: the directory stays
+                with trio.CancelScope(shield=True):
+                    await s.store.unseal_dir(entry.ino, op)
+        else:
+            raise StorageError(f"{_text(name)!r} kept changing while being removed")
         await self._dentries_changed(s, parent, name, 0, 0)
-        await self._orphan(s, entry.ino, now)
+        inode = await orphan(s.store, entry.ino, now)
+        if inode is not None:
+            await self.cache.put_inode(s.tenant, inode)
         await self._touch_dir(s, parent, now)
         self._announce(s, parent, entry.ino)
         return entry.ino
-
-    async def _orphan(self, s: Session, ino: int, now: int) -> None:
-        """Mark an inode that lost its last name (nlink 0); purged when no longer open."""
-        inode = await s.store.get_inode(ino)
-        if inode is None:
-            return
-        inode = inode.evolve(nlink=0, ctime_ns=now)
-        await s.store.set_link(inode)
-        await self.cache.put_inode(s.tenant, inode)
 
     async def rpc_unlink(self, s: Session, parent: int, name: bytes) -> int:
         """Remove the non-directory ``name``; its inode number.  ENOENT, EISDIR."""
@@ -158,6 +258,8 @@ class NamespaceOps(ServiceBase):
     async def rpc_rmdir(self, s: Session, parent: int, name: bytes) -> int:
         """Remove the empty directory ``name``; its inode number.  ENOENT, ENOTDIR, ENOTEMPTY."""
         return await self._unlink_entry(s, parent, name, want_dir=True)
+
+    # -- rename ---------------------------------------------------------------------------
 
     async def rpc_rename(
         self,
@@ -172,74 +274,152 @@ class NamespaceOps(ServiceBase):
 
         Returns ``{"ino": moved inode, "replaced": replaced inode or 0}``.
         ENOENT, EEXIST (RENAME_NOREPLACE), EISDIR, ENOTDIR, ENOTEMPTY, EINVAL
-        (moving a directory under itself, or unsupported flags such as RENAME_EXCHANGE).
-
-        Not atomic across two directory partitions: the new name is written
-        (LWT) before the old one is deleted (LWT), so a concurrent reader may see
-        both names for a moment, never neither.
+        (moving a directory under itself, or unsupported flags such as
+        RENAME_EXCHANGE).  Atomic within one directory (one conditional batch);
+        across directories through an intent (see the README).
         """
         if flags & ~RENAME_NOREPLACE:
             raise InvalidArgument(f"rename flags {flags:#x} are not supported")
         check_name(old_name)
         check_name(new_name)
-        source = await s.store.get_dentry(old_parent, old_name)
-        if source is None:
-            raise NotFound(old_name.decode(errors="replace"))
         await self._directory(s, new_parent)
-        if (old_parent, old_name) == (new_parent, new_name):
-            return {"ino": source.ino, "replaced": 0}
-        if source.kind == DIRECTORY and old_parent != new_parent:
-            await self._check_not_below(s, source.ino, new_parent)
-        target = await s.store.get_dentry(new_parent, new_name)
-        moved = Dentry(new_parent, new_name, source.ino, source.kind)
-        if target is not None:
-            if target.ino == source.ino:
-                return {"ino": source.ino, "replaced": 0}
-            if flags & RENAME_NOREPLACE:
-                raise Exists(new_name.decode(errors="replace"))
-            if source.kind == DIRECTORY and target.kind != DIRECTORY:
-                raise NotADirectory(new_name.decode(errors="replace"))
-            if source.kind != DIRECTORY and target.kind == DIRECTORY:
-                raise IsADirectory(new_name.decode(errors="replace"))
-            if target.kind == DIRECTORY and await s.store.has_dentries(target.ino):
-                raise NotEmpty(new_name.decode(errors="replace"))
-            if not await s.store.replace_dentry(moved, target.ino):
-                raise Exists(f"{new_name!r} changed during rename")
-        elif (holder := await s.store.insert_dentry(moved)) is not None:
-            raise Exists(f"{new_name!r} was created during rename (inode {holder.ino})")
-        if not await s.store.delete_dentry(old_parent, old_name, source.ino):
-            log.warning("rename: %r in %d changed before its removal", old_name, old_parent)
+        lease = b""
+        try:
+            for _attempt in range(ATTEMPTS):
+                source = await self._entry(s, old_parent, old_name)
+                if source is None:
+                    raise NotFound(_text(old_name))
+                if (old_parent, old_name) == (new_parent, new_name):
+                    return {"ino": source.ino, "replaced": 0}
+                if source.kind == DIRECTORY and old_parent != new_parent:
+                    lease = lease or await self._take_rename_lease(s)
+                    await self._check_not_below(s, source.ino, new_parent)
+                target = await self._entry(s, new_parent, new_name)
+                if target is not None:
+                    if target.ino == source.ino:
+                        return {"ino": source.ino, "replaced": 0}
+                    self._check_replace(source, target, new_name, flags)
+                done = await self._move(s, source, new_parent, new_name, target)
+                if done is not None:
+                    return done
+            raise StorageError(f"rename of {_text(old_name)!r} kept losing races")
+        finally:
+            if lease:
+                with trio.CancelScope(shield=True):
+                    await s.store.release_lock(RENAME_LEASE, lease)
+
+    @staticmethod
+    def _check_replace(source: Dentry, target: Dentry, new_name: bytes, flags: int) -> None:
+        if flags & RENAME_NOREPLACE:
+            raise Exists(_text(new_name))
+        if source.kind == DIRECTORY and target.kind != DIRECTORY:
+            raise NotADirectory(_text(new_name))
+        if source.kind != DIRECTORY and target.kind == DIRECTORY:
+            raise IsADirectory(_text(new_name))
+
+    async def _move(
+        self, s: Session, source: Dentry, new_parent: int, new_name: bytes, target: Dentry | None
+    ) -> dict[str, int] | None:
+        """One try at the move; None when it lost a race and the caller should reread."""
+        op = new_op_id()
+        if target is not None and target.kind == DIRECTORY:
+            await self._seal_empty(s, target.ino, op, new_name)
+        replaced = target.ino if target is not None else 0
         now = time.time_ns()
-        await self._dentries_changed(s, old_parent, old_name, 0, 0)
+        moved = False
+        try:
+            if source.parent == new_parent:
+                outcome = await s.store.rename_in_dir(new_parent, source, new_name, replaced, now)
+                moved = outcome.applied
+                if not moved and outcome.sealed:
+                    await self._check_open_dir(s, new_parent, outcome)
+            else:
+                intent = Intent(
+                    op, source.parent, source.name, new_parent, new_name, source.ino,
+                    source.kind, replaced, now,
+                )  # fmt: skip
+                moved = await self._move_across(s, intent, target)
+        finally:
+            if not moved and target is not None and target.kind == DIRECTORY:
+                with trio.CancelScope(shield=True):
+                    await s.store.unseal_dir(target.ino, op)
+        if not moved:
+            return None
+        if source.parent == new_parent and replaced:
+            await orphan(s.store, replaced, now)
+        await self.cache.drop_inode(s.tenant, source.ino)
+        if replaced:
+            await self.cache.drop_inode(s.tenant, replaced)
+        await self._dentries_changed(s, source.parent, source.name, 0, 0)
         await self._dentries_changed(s, new_parent, new_name, source.ino, source.kind)
-        inode = await s.store.get_inode(source.ino)
-        if inode is not None:
-            inode = inode.evolve(parent=new_parent if inode.is_dir else inode.parent, ctime_ns=now)
-            await s.store.set_link(inode)
-            await self.cache.put_inode(s.tenant, inode)
-        if target is not None:
-            await self._orphan(s, target.ino, now)
-        await self._touch_dir(s, old_parent, now)
-        if new_parent != old_parent:
+        await self._touch_dir(s, source.parent, now)
+        if new_parent != source.parent:
             await self._touch_dir(s, new_parent, now)
-        self._announce(s, old_parent, new_parent, source.ino, target.ino if target else 0)
-        return {"ino": source.ino, "replaced": target.ino if target else 0}
+        self._announce(s, source.parent, new_parent, source.ino, replaced)
+        return {"ino": source.ino, "replaced": replaced}
+
+    async def _move_across(self, s: Session, intent: Intent, target: Dentry | None) -> bool:
+        """Intent, claim the source, set the new name, finish; False when a race was lost."""
+        store = s.store
+        await store.put_intent(intent)
+        if not await store.claim_dentry(intent.old_parent, intent.old_name, intent.ino, intent.id):
+            with trio.CancelScope(shield=True):
+                await store.delete_intent(intent)
+            return False
+        # Should this LWT fail without an answer, whether the new name was set is
+        # unknown: the claim and the intent stay for a later request or fsck to settle.
+        moved = Dentry(intent.new_parent, intent.new_name, intent.ino, intent.kind)
+        if target is None:
+            outcome = await store.insert_dentry(moved, intent.started_ns)
+        else:
+            outcome = await store.replace_dentry(moved, target.ino, intent.started_ns)
+        if not outcome.applied:
+            with trio.CancelScope(shield=True):
+                await store.release_claim(intent.old_parent, intent.old_name, intent.id)
+                await store.delete_intent(intent)
+            if outcome.sealed:
+                await self._check_open_dir(s, intent.new_parent, outcome)
+            return False
+        await finish_move(store, intent, intent.started_ns)
+        return True
+
+    async def _take_rename_lease(self, s: Session) -> bytes:
+        """Take the tenant's lease for moving directories between parents; its holder id.
+
+        Raises ``StorageError`` (EIO) when another host keeps it past :data:`LEASE_WAIT`.
+        """
+        holder = new_op_id()
+        with trio.move_on_after(LEASE_WAIT):
+            delay = 0.005
+            while not await s.store.acquire_lock(RENAME_LEASE, holder, LEASE_TTL):
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+            return holder
+        raise StorageError("another host keeps the rename lease")
 
     async def _check_not_below(self, s: Session, moving: int, new_parent: int) -> None:
-        """EINVAL if ``new_parent`` is ``moving`` or lies below it."""
-        ino, seen = new_parent, 0
-        while True:
+        """EINVAL if ``new_parent`` is ``moving`` or lies below it.
+
+        Reads the parents from Cassandra under the rename lease, so no other
+        directory move can change them meanwhile.  Raises ``StorageError`` on a
+        parent chain that does not end at the root (a corrupt tree: run fsck).
+        """
+        ino, seen = new_parent, set[int]()
+        while ino != ROOT_INO:
             if ino == moving:
                 raise InvalidArgument("cannot move a directory below itself")
-            if ino == ROOT_INO or seen > 4096:
-                return
+            if ino in seen:
+                raise StorageError(f"directory {ino} is its own ancestor: run `cassfs fsck`")
+            seen.add(ino)
             inode = await s.store.get_inode(ino)
             if inode is None:
-                raise NotFound(f"inode {ino} vanished")
-            ino, seen = inode.parent, seen + 1
+                raise NotFound(f"directory {ino} vanished")
+            ino = inode.parent
+
+    # -- purge ----------------------------------------------------------------------------
 
     async def rpc_purge_inode(self, s: Session, ino: int) -> bool:
-        """Delete an unlinked inode (nlink 0) and its content; True if it was deleted.
+        """Delete an unlinked inode (nlink 0), its versions and chunks; True if deleted.
 
         The front calls this when the kernel has forgotten the inode.
         """
@@ -247,8 +427,10 @@ class NamespaceOps(ServiceBase):
             inode = await s.store.get_inode(ino)
             if inode is None or inode.nlink != 0:
                 return False
-            if inode.kind == REGULAR and inode.content_id:
-                await self._delete_chunks(s, inode.ino, inode.content_id, inode.size)
+            for version in await s.store.list_versions(ino):
+                await self._delete_chunks(s, ino, version.version, version.size, version.chunk_size)
+            if inode.version:
+                await self._delete_chunks(s, ino, inode.version, inode.size, inode.chunk_size)
             await s.store.delete_inode(ino)
             await self.cache.drop_inode(s.tenant, ino)
             return True

@@ -46,10 +46,9 @@ async def finish_move(store: TenantStore, intent: Intent, now_ns: int) -> None:
     intent.  Idempotent.  Raises ``StorageError`` (EIO).
     """
     await store.delete_claimed(intent.old_parent, intent.old_name, intent.id, now_ns)
-    moved = await store.get_inode(intent.ino)
-    if moved is not None:
-        parent = intent.new_parent if moved.kind == DIRECTORY else moved.parent
-        await store.set_link(moved.evolve(parent=parent, ctime_ns=now_ns))
+    if intent.kind == DIRECTORY:
+        await store.set_parent(intent.ino, intent.new_parent, now_ns)
+    # (a file's ctime is not moved here: ctime_ns belongs to whichever change wrote it)
     if intent.replaced:
         await orphan(store, intent.replaced, now_ns)
     await store.delete_intent(intent)
@@ -60,9 +59,8 @@ async def orphan(store: TenantStore, ino: int, now_ns: int) -> Inode | None:
     inode = await store.get_inode(ino)
     if inode is None:
         return None
-    inode = inode.evolve(nlink=0, ctime_ns=now_ns)
-    await store.set_link(inode)
-    return inode
+    await store.set_nlink(ino, 0, now_ns)
+    return inode.evolve(nlink=0, ctime_ns=now_ns)
 
 
 async def settle_intent(store: TenantStore, intent: Intent) -> str:

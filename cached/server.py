@@ -20,12 +20,17 @@ from typing import Any
 import trio
 
 from cached import protocol
-from cached.errors import CassfsError, InvalidArgument
+from cached.errors import CassfsError, InvalidArgument, StorageError
+from cached.recovery import STEP_DEADLINE
 from cached.service import Service, Session
 from cached.store import Store
 
 log = logging.getLogger(__name__)
 
+#: Methods that change Cassandra: shielded from cancellation, bounded by a deadline.
+MUTATING_METHODS = frozenset(
+    {"mkdir", "create", "symlink", "unlink", "rmdir", "rename", "write", "setattr", "purge_inode"}
+)
 #: Methods a connection may call before ``hello`` names its tenant.
 ADMIN_METHODS = frozenset({"ping", "stats", "purge", "status", "shutdown"})
 
@@ -197,7 +202,19 @@ class Server:
             inspect.signature(handler).bind(current, **params)
         except TypeError as exc:
             raise InvalidArgument(f"{method}: {exc}") from exc
-        return await handler(current, **params)
+        if method not in MUTATING_METHODS:
+            return await handler(current, **params)
+        # A change once begun runs to its end (or to a state a later request or fsck
+        # settles), whatever happens to the connection or the daemon's other tasks;
+        # but never past its deadline, after which others may settle it.
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(STEP_DEADLINE):
+                    return await handler(current, **params)
+            except trio.TooSlowError:
+                raise StorageError(
+                    f"{method} did not finish within {STEP_DEADLINE:.0f} s"
+                ) from None
 
 
 def _brief(params: dict[str, Any]) -> str:

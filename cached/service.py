@@ -57,7 +57,7 @@ class Service(MetadataOps, NamespaceOps, ContentOps):
                 size=0, atime_ns=now, mtime_ns=now, ctime_ns=now, parent=ROOT_INO, nlink=1,
                 content_id=b"", chunk_size=0, target=b"",
             )  # fmt: skip
-            await s.store.put_inode(root)
+            await s.store.create_inode(root)
             log.info("created the root inode of tenant %s/%s", s.owner, s.environment)
         await self.cache.put_inode(s.tenant, root)
         return {"root": root.to_wire(), "epoch": self.epoch, "pid": os.getpid()}

@@ -169,7 +169,9 @@ class ServiceBase:
     async def _truncate(self, s: Session, inode: Inode, size: int) -> Inode:
         raise NotImplementedError
 
-    async def _delete_chunks(self, s: Session, ino: int, content_id: bytes, size: int) -> None:
+    async def _delete_chunks(
+        self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
+    ) -> None:
         raise NotImplementedError
 
 

@@ -72,6 +72,12 @@ STATEMENTS: dict[str, str] = {
     "set_link": (
         f"UPDATE {{ks}}.inodes SET parent = ?, nlink = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?"
     ),
+    # Each writes only the cells its change owns, so that concurrent changes of one
+    # inode (a rename moving it, an unlink on another host) never undo each other.
+    "set_parent": (
+        f"UPDATE {{ks}}.inodes SET parent = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?"
+    ),
+    "set_nlink": f"UPDATE {{ks}}.inodes SET nlink = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?",
     "delete_inode": f"DELETE FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ?",
     # -- inode_index ----------------------------------------------------------------------
     "put_index": (
@@ -556,6 +562,14 @@ class TenantStore:
         """Write ``parent``, ``nlink`` and ``ctime_ns`` of ``inode`` (rename, unlink)."""
         i = inode
         await self._store.run("set_link", (i.parent, i.nlink, i.ctime_ns, *self._t, i.ino))
+
+    async def set_parent(self, ino: int, parent: int, ctime_ns: int) -> None:
+        """Write only ``parent`` and ``ctime_ns`` of ``ino`` (a move)."""
+        await self._store.run("set_parent", (parent, ctime_ns, *self._t, ino))
+
+    async def set_nlink(self, ino: int, nlink: int, ctime_ns: int) -> None:
+        """Write only ``nlink`` and ``ctime_ns`` of ``ino`` (a name removed)."""
+        await self._store.run("set_nlink", (nlink, ctime_ns, *self._t, ino))
 
     async def delete_inode(self, ino: int) -> None:
         """Delete the inode row, its versions rows and its index row (one logged batch).

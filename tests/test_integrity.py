@@ -1,0 +1,363 @@
+"""Integrity across hosts: two daemons on one tenant racing over names and versions.
+
+Each race starts both sides together (a trio nursery; both requests are sent before
+either answer comes back) and is repeated, counting outcomes: a defect that shows
+in one run of three shows here.  The real node, real daemons, no fakes.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from cached import protocol
+from cached.client import DaemonClient, socket_path
+from cached.errors import CassfsError, Exists, NotEmpty, NotFound
+from cached.model import DIRECTORY, ROOT_INO, Dentry
+from cached.recovery import GRACE_NS
+from cached.store import ContactPoints, Intent, Store, TenantStore
+from tests.conftest import KEYSPACE, Daemon
+from tests.test_daemon import make_file, session
+
+pytestmark = pytest.mark.cassandra
+
+ROUNDS = 12
+
+
+async def both(*calls: Callable[[], Any]) -> list[Any]:
+    """Run ``calls`` concurrently; each result, or the CassfsError it raised."""
+    results: list[Any] = [None] * len(calls)
+
+    async def one(index: int) -> None:
+        try:
+            results[index] = await calls[index]()
+        except CassfsError as exc:
+            results[index] = exc
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(calls)):
+            nursery.start_soon(one, index)
+    return results
+
+
+async def names(client: DaemonClient, ino: int) -> dict[bytes, int]:
+    """``{name: ino}`` of directory ``ino`` as the daemon lists it (its cache, within the TTL)."""
+    return {name: inode["ino"] for name, inode in await client.call("readdir", ino=ino)}
+
+
+@pytest.fixture
+async def truth(cassandra: str, tenant: tuple[int, str]) -> AsyncIterator[TenantStore]:
+    """The tenant's rows in Cassandra, read directly: what every host will see."""
+    store = await Store.connect(ContactPoints.parse(cassandra), KEYSPACE)
+    try:
+        yield store.tenant(*tenant)
+    finally:
+        await store.close()
+
+
+async def listed(ts: TenantStore, ino: int) -> dict[bytes, int]:
+    """``{name: ino}`` of directory ``ino`` in Cassandra."""
+    return {entry.name: entry.ino for entry in await ts.list_dentries(ino)}
+
+
+def rename(client: DaemonClient, op: bytes, on: bytes, np: int = ROOT_INO, p: int = ROOT_INO):  # type: ignore[no-untyped-def]
+    return lambda: client.call(
+        "rename", old_parent=p, old_name=op, new_parent=np, new_name=on, flags=0
+    )
+
+
+async def test_one_source_renamed_by_two_hosts_ends_under_one_name(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """rename(src, x) on A and rename(src, y) on B: one wins, the other gets ENOENT."""
+    host_a, host_b = start_daemon("a", cache_ttl=0.2), start_daemon("b", cache_ttl=0.2)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        other = await a.call("mkdir", parent=ROOT_INO, name=b"other", mode=0o755, uid=0, gid=0)
+        for round_ in range(ROUNDS):
+            src = f"src{round_}".encode()
+            made = await make_file(a, ROOT_INO, src, b"payload %d" % round_)
+            # same directory on even rounds, across directories on odd ones
+            y_parent = ROOT_INO if round_ % 2 == 0 else other["ino"]
+            x, y = f"x{round_}".encode(), f"y{round_}".encode()
+            results = await both(rename(a, src, x), rename(b, src, y, y_parent))
+            wins = [r for r in results if not isinstance(r, CassfsError)]
+            losses = [r for r in results if isinstance(r, CassfsError)]
+            assert len(wins) == 1, results
+            assert [e.errno for e in losses] == [errno.ENOENT], results
+            here, there = await listed(truth, ROOT_INO), await listed(truth, other["ino"])
+            holders = [n for n in (x,) if n in here] + [
+                n for n in (y,) if n in (here if y_parent == ROOT_INO else there)
+            ]
+            assert len(holders) == 1, (round_, here, there, results)
+            assert src not in here
+            inode = await b.call("getattr", ino=made["ino"])
+            assert inode["nlink"] == 1
+
+
+async def test_two_sources_renamed_onto_one_target_never_eexist(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """rename(s1, t) on A and rename(s2, t) on B: rename(2) never says EEXIST for that."""
+    host_a, host_b = start_daemon("a", cache_ttl=0.2), start_daemon("b", cache_ttl=0.2)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
+        for round_ in range(ROUNDS):
+            s1, s2, t = (f"{p}{round_}".encode() for p in ("s1-", "s2-", "t-"))
+            p2 = ROOT_INO if round_ % 2 == 0 else other["ino"]
+            f1 = await make_file(a, ROOT_INO, s1, b"one")
+            f2 = await make_file(a, p2, s2, b"two")
+            results = await both(rename(a, s1, t), rename(b, s2, t, ROOT_INO, p2))
+            assert not any(isinstance(r, CassfsError) for r in results), results
+            target = (await listed(truth, ROOT_INO))[t]
+            assert target in (f1["ino"], f2["ino"])
+            loser = f2["ino"] if target == f1["ino"] else f1["ino"]
+            assert (await truth.get_inode(loser)).nlink == 0  # type: ignore[union-attr]
+            assert s1 not in await listed(truth, ROOT_INO)
+            assert s2 not in await listed(truth, p2)
+
+
+async def test_rmdir_and_create_on_two_hosts_never_lose_the_file(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """rmdir(d) on A while B creates d/f: either d stays with f, or the create fails."""
+    host_a, host_b = start_daemon("a", cache_ttl=60), start_daemon("b", cache_ttl=60)
+    outcomes: dict[str, int] = {}
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        for round_ in range(ROUNDS * 2):
+            name = f"d{round_}".encode()
+            d = await a.call("mkdir", parent=ROOT_INO, name=name, mode=0o755, uid=0, gid=0)
+            await b.call("getattr", ino=d["ino"])  # b caches the directory
+            removed, created = await both(
+                lambda: a.call("rmdir", parent=ROOT_INO, name=name),  # noqa: B023
+                lambda: b.call("create", parent=d["ino"], name=b"f", mode=0o644, uid=0, gid=0),  # noqa: B023
+            )
+            listing = await listed(truth, ROOT_INO)
+            if isinstance(removed, CassfsError):
+                assert isinstance(removed, NotEmpty), removed
+                assert not isinstance(created, CassfsError)
+                assert listing[name] == d["ino"]
+                assert b"f" in await listed(truth, d["ino"])
+                outcomes["create first"] = outcomes.get("create first", 0) + 1
+            else:
+                assert isinstance(created, NotFound), created
+                assert name not in listing
+                outcomes["rmdir first"] = outcomes.get("rmdir first", 0) + 1
+            # a host holding the removed directory cannot create in it later either
+            if name not in listing:
+                with pytest.raises(NotFound):
+                    await b.call("mkdir", parent=d["ino"], name=b"late", mode=0o755, uid=0, gid=0)
+    assert sum(outcomes.values()) == ROUNDS * 2
+
+
+async def test_eexist_refreshes_what_the_host_knows_of_the_name(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """B sees ENOENT, A creates the name, B's create gets EEXIST and B's lookup then finds it."""
+    host_a, host_b = start_daemon("a", cache_ttl=60), start_daemon("b", cache_ttl=60)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"ct", mode=0o755, uid=0, gid=0)
+        for round_ in range(ROUNDS):
+            name = f"new{round_}.php".encode()
+            with pytest.raises(NotFound):
+                await b.call("lookup", parent=d["ino"], name=name)  # cached listing: negative
+            made = await make_file(a, d["ino"], name, b"<?php")
+            with pytest.raises(Exists):
+                await b.call("create", parent=d["ino"], name=name, mode=0o644, uid=0, gid=0)
+            found = await b.call("lookup", parent=d["ino"], name=name)
+            assert found["ino"] == made["ino"]
+
+
+async def test_replacing_a_file_by_rename_never_shows_enoent_elsewhere(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """Deploy pattern: write a temp name, rename it over the live one; B always finds the name."""
+    host_a, host_b = start_daemon("a", cache_ttl=0.3), start_daemon("b", cache_ttl=0.3)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        await make_file(a, ROOT_INO, b"live.php", b"v0")
+        for round_ in range(ROUNDS):
+            seen = await b.call("lookup", parent=ROOT_INO, name=b"live.php")
+            tmp = f".live.php.{round_}".encode()
+            await make_file(a, ROOT_INO, tmp, b"v%d" % (round_ + 1))
+            result = await a.call(
+                "rename", old_parent=ROOT_INO, old_name=tmp, new_parent=ROOT_INO,
+                new_name=b"live.php", flags=0,
+            )  # fmt: skip
+            assert result["replaced"] == seen["ino"]
+            assert await a.call("purge_inode", ino=seen["ino"]) is True  # its host forgot it
+            await trio.sleep(0.35)  # past b's TTL: b revalidates what it cached
+            found = await b.call("lookup", parent=ROOT_INO, name=b"live.php")
+            assert found["ino"] == result["ino"]
+            assert (await b.call("open", ino=found["ino"]))["data"] == b"v%d" % (round_ + 1)
+
+
+async def test_same_bytes_written_back_after_a_rewrite_stay_readable(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], tmp_path: Any
+) -> None:
+    """A->B on one host while the other writes A again: the file must stay readable.
+
+    Schema version 1 keyed chunks by (ino, SHA-256): the first host's deletion of
+    A's chunks, behind its flip to B, removed the chunks of the second host's
+    newer A, and every read failed with EIO for good.
+    """
+    host_a, host_b = start_daemon("a", cache_ttl=60), start_daemon("b", cache_ttl=60)
+    one, two = b"A" * 5000, b"B" * 5000
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        f = await make_file(a, ROOT_INO, b"aba", one)
+        await b.call("open", ino=f["ino"])
+        for _round in range(ROUNDS):
+            await both(
+                lambda: a.call("write", ino=f["ino"], data=two),
+                lambda: b.call("write", ino=f["ino"], data=one),
+            )
+            await a.call("write", ino=f["ino"], data=one)
+    fresh = start_daemon("fresh", cache_ttl=60)
+    async with session(fresh, tenant) as c:
+        assert (await c.call("open", ino=f["ino"]))["data"] == one
+
+
+async def test_directories_moved_into_each_other_on_two_hosts_make_no_cycle(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """mv p/a p/b/a on A and mv p/b p/a/b on B: one fails (EINVAL or ENOENT), no cycle."""
+    host_a, host_b = start_daemon("a", cache_ttl=0.2), start_daemon("b", cache_ttl=0.2)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        for round_ in range(ROUNDS // 2):
+            p = await a.call(
+                "mkdir", parent=ROOT_INO, name=f"p{round_}".encode(), mode=0o755, uid=0, gid=0
+            )
+            da = await a.call("mkdir", parent=p["ino"], name=b"a", mode=0o755, uid=0, gid=0)
+            db = await a.call("mkdir", parent=p["ino"], name=b"b", mode=0o755, uid=0, gid=0)
+            results = await both(
+                rename(a, b"a", b"a", db["ino"], p["ino"]),
+                rename(b, b"b", b"b", da["ino"], p["ino"]),
+            )
+            failures = [r for r in results if isinstance(r, CassfsError)]
+            assert len(failures) == 1, results
+            assert failures[0].errno in (errno.EINVAL, errno.ENOENT)
+            # both directories are still reachable from p
+            top = await listed(truth, p["ino"])
+            assert len(top) == 1
+            (inner,) = top.values()
+            below = await listed(truth, inner)
+            assert set(below.values()) == {da["ino"], db["ino"]} - {inner}
+
+
+async def test_a_rename_cut_off_by_a_dropped_connection_completes(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """A client that sends renames and hangs up at once: every rename is all or nothing."""
+    daemon = start_daemon("a", cache_ttl=60)
+    async with session(daemon, tenant) as a:
+        other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
+        made = [await make_file(a, ROOT_INO, f"f{i}".encode(), b"x") for i in range(ROUNDS)]
+        for index in range(ROUNDS):
+            stream = await trio.open_unix_socket(str(socket_path(daemon.cache_dir)))
+            await stream.send_all(
+                protocol.pack_request(1, "hello", {"owner": tenant[0], "environment": tenant[1]})
+                + protocol.pack_request(
+                    2,
+                    "rename",
+                    {
+                        "old_parent": ROOT_INO,
+                        "old_name": f"f{index}".encode(),
+                        "new_parent": other["ino"],
+                        "new_name": f"g{index}".encode(),
+                        "flags": 0,
+                    },
+                )
+            )
+            await stream.aclose()
+        with trio.fail_after(30):  # the daemon finishes what it began
+            while True:
+                entries = await truth.list_dentries(ROOT_INO) + await truth.list_dentries(
+                    other["ino"]
+                )
+                where = {e.ino: e for e in entries if not e.pending}
+                if all(m["ino"] in where for m in made) and len(entries) == ROUNDS + 1:
+                    break
+                await trio.sleep(0.05)
+        for index, m in enumerate(made):
+            entry = where[m["ino"]]
+            assert (entry.parent, entry.name) in (
+                (ROOT_INO, f"f{index}".encode()),
+                (other["ino"], f"g{index}".encode()),
+            )
+            assert (await truth.get_inode(m["ino"])).nlink == 1  # type: ignore[union-attr]
+
+
+async def test_a_rename_whose_daemon_died_is_settled_by_the_next_request(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+) -> None:
+    """An intent and a claim left by a dead daemon: settled (undone, or completed) later."""
+    daemon = start_daemon("a", cache_ttl=60)
+    store = await Store.connect(ContactPoints.parse(cassandra), KEYSPACE)
+    try:
+        ts = store.tenant(*tenant)
+        async with session(daemon, tenant) as a:
+            other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
+            undone = await make_file(a, ROOT_INO, b"undone", b"1")
+            done = await make_file(a, ROOT_INO, b"done", b"2")
+            old_ns = time.time_ns() - 2 * GRACE_NS
+            for f, name, set_target in ((undone, b"undone", False), (done, b"done", True)):
+                intent = Intent(
+                    _old_uuid(old_ns), ROOT_INO, name, other["ino"], name + b"-moved",
+                    f["ino"], f["kind"], 0, old_ns,
+                )  # fmt: skip
+                await ts.put_intent(intent)
+                assert await ts.claim_dentry(ROOT_INO, name, f["ino"], intent.id)
+                if set_target:  # the daemon died after setting the new name
+                    moved = Dentry(other["ino"], name + b"-moved", f["ino"], f["kind"])
+                    assert (await ts.insert_dentry(moved, old_ns)).applied
+            # a claimed name cannot be unlinked until its rename is settled; these settle it
+            await a.call("unlink", parent=ROOT_INO, name=b"undone")
+            with pytest.raises(NotFound):
+                await a.call("unlink", parent=ROOT_INO, name=b"done")
+            assert await names(a, other["ino"]) == {b"done-moved": done["ino"]}
+            assert b"done" not in await names(a, ROOT_INO)
+            # a fresh claim (a rename in progress elsewhere) is not settled by others
+            fresh = await make_file(a, ROOT_INO, b"busy", b"3")
+            fresh_intent = uuid.uuid1().bytes
+            assert await ts.claim_dentry(ROOT_INO, b"busy", fresh["ino"], fresh_intent)
+            with pytest.raises(CassfsError) as info:
+                await a.call("unlink", parent=ROOT_INO, name=b"busy")
+            assert info.value.errno == errno.EIO
+            assert (await ts.get_dentry(ROOT_INO, b"busy")) is not None
+    finally:
+        await store.close()
+
+
+async def test_a_directory_sealed_by_a_dead_rmdir_opens_again_after_the_grace(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+) -> None:
+    daemon = start_daemon("a", cache_ttl=60)
+    store = await Store.connect(ContactPoints.parse(cassandra), KEYSPACE)
+    try:
+        ts = store.tenant(*tenant)
+        async with session(daemon, tenant) as a:
+            d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+            assert d["kind"] == DIRECTORY
+            assert await ts.seal_dir(d["ino"], _old_uuid(time.time_ns() - 2 * GRACE_NS)) is None
+            await make_file(a, d["ino"], b"f", b"lands")
+            assert b"f" in await names(a, d["ino"])
+            e = await a.call("mkdir", parent=ROOT_INO, name=b"e", mode=0o755, uid=0, gid=0)
+            assert await ts.seal_dir(e["ino"], uuid.uuid1().bytes) is None  # rmdir in progress
+            with pytest.raises(NotFound):
+                await a.call("create", parent=e["ino"], name=b"f", mode=0o644, uid=0, gid=0)
+    finally:
+        await store.close()
+
+
+def _old_uuid(at_ns: int) -> bytes:
+    """A version-1 UUID made at ``at_ns`` (nanoseconds since the epoch)."""
+    ticks = at_ns // 100 + 0x01B21DD213814000
+    node, seq = uuid.getnode(), 0x1234
+    return uuid.UUID(
+        fields=(ticks & 0xFFFFFFFF, (ticks >> 32) & 0xFFFF, ((ticks >> 48) & 0x0FFF) | 0x1000,
+                0x80 | (seq >> 8) & 0x3F, seq & 0xFF, node),
+    ).bytes  # fmt: skip
