@@ -201,7 +201,7 @@ def apply(
         if recorded > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"keyspace {keyspace} has schema version {recorded}, newer than this cassfs "
-                f"({SCHEMA_VERSION}): use a cassfs of version {recorded} or later; "
+                f"({SCHEMA_VERSION}): use a cassfs that knows schema version {recorded}; "
                 "nothing was changed"
             )
         for cql in files.keyspace:
