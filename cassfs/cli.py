@@ -537,3 +537,74 @@ def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
     click.echo(
         f"cassfs: keyspace {keyspace} at {contact_points} is {state} schema version {version}"
     )
+
+
+# -- fsck -----------------------------------------------------------------------------------
+
+
+@main.command("fsck")
+@contact_points_option
+@keyspace_option
+@click.option(
+    "--owner",
+    type=int,
+    default=1,
+    envvar="CASSFS_OWNER",
+    show_default=True,
+    help="Tenant owner id (env CASSFS_OWNER).",
+)
+@click.option(
+    "--environment",
+    default="prod",
+    envvar="CASSFS_ENVIRONMENT",
+    show_default=True,
+    help="Tenant environment (env CASSFS_ENVIRONMENT).",
+)
+@click.option("--repair", is_flag=True, help="Mend what is safe to mend (else only report).")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds: --repair leaves anything younger alone (it may belong to a running "
+    "request). 0 only when no mount of the tenant runs.",
+)
+@click.option("--no-content", is_flag=True, help="Skip reading chunks (structure only).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Cassandra queries in flight.",
+)
+def fsck_command(
+    contact_points: str,
+    keyspace: str,
+    owner: int,
+    environment: str,
+    repair: bool,
+    grace: float,
+    no_content: bool,
+    concurrency: int,
+) -> None:
+    """Check a tenant's files in Cassandra; exit 1 when something is wrong (and not repaired).
+
+    Prints one line per problem and a summary line; progress on a terminal.
+    """
+    from cassfs import fsck as fsck_mod
+
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    try:
+        points = ContactPoints.parse(contact_points)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not environment:
+        raise click.BadParameter("--environment must not be empty")
+    options = fsck_mod.Options(
+        repair=repair, grace=grace, content=not no_content, concurrency=concurrency
+    )
+    try:
+        status = fsck_mod.run(points, keyspace, owner, environment, options)
+    except CassfsError as exc:
+        fail(f"{exc} (is the node up? `just node-start` starts a local one)")
+    sys.exit(status)
