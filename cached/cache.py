@@ -282,11 +282,6 @@ class LocalCache:
         self._memo.pop(("L", *tenant, parent), None)
         await self._meta_set(("l", *tenant, parent), (self.clock(), items))
 
-    async def drop_listing(self, tenant: Tenant, parent: int) -> None:
-        """Forget the listing of ``parent``."""
-        self._memo.pop(("L", *tenant, parent), None)
-        await self._meta_delete(("l", *tenant, parent))
-
     async def get_listing_index(
         self, tenant: Tenant, parent: int
     ) -> tuple[Freshness, dict[bytes, tuple[int, int]] | None]:

@@ -10,7 +10,7 @@ default) while a typical PHP file is one chunk.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 #: Bytes per chunk for new content.
 CHUNK_SIZE = 1024 * 1024
@@ -31,13 +31,6 @@ def chunk_count(size: int, chunk_size: int = CHUNK_SIZE) -> int:
     if size < 0 or chunk_size <= 0:
         raise ValueError(f"bad size {size} or chunk size {chunk_size}")
     return -(-size // chunk_size)
-
-
-def split(data: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(index, bytes)`` for each chunk of ``data``, in order."""
-    view = memoryview(data)
-    for index in range(chunk_count(len(data), chunk_size)):
-        yield index, bytes(view[index * chunk_size : (index + 1) * chunk_size])
 
 
 def join(chunks: Iterable[bytes], size: int, expected_id: bytes) -> bytes:

@@ -122,7 +122,7 @@ async def run_daemon(
             await nursery.start(server.serve)
             nursery.start_soon(_flush_counters, counters)
             nursery.start_soon(cache.run_writer)
-            service.background = nursery
+            service.core.background = nursery
             nursery.start_soon(_on_signals, server)
             log.info(
                 "serving %s (keyspace %s at %s, TTL %s s, %d bytes)",

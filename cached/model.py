@@ -24,14 +24,6 @@ SYMLINK = 3
 _KIND_BITS = {DIRECTORY: stat.S_IFDIR, REGULAR: stat.S_IFREG, SYMLINK: stat.S_IFLNK}
 
 
-def kind_of_mode(mode: int) -> int:
-    """Map an ``st_mode`` to DIRECTORY, REGULAR or SYMLINK; ValueError for other types."""
-    for kind, bits in _KIND_BITS.items():
-        if stat.S_IFMT(mode) == bits:
-            return kind
-    raise ValueError(f"unsupported file type in mode {mode:o}")
-
-
 def mode_of_kind(kind: int, permissions: int) -> int:
     """Return the ``st_mode`` for ``kind`` with ``permissions`` (the low 12 bits)."""
     return _KIND_BITS[kind] | (permissions & 0o7777)

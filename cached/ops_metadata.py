@@ -11,6 +11,10 @@ from typing import Any
 import trio
 
 from cached.cache import Freshness
+from cached.core import (
+    Core,
+    Session,
+)
 from cached.errors import (
     CassfsError,
     InvalidArgument,
@@ -25,10 +29,7 @@ from cached.model import (
     Dentry,
     check_name,
 )
-from cached.service_base import (
-    ServiceBase,
-    Session,
-)
+from cached.versions import Contents
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,12 @@ LISTING_LIMIT = 4096
 PREFETCH_LIMIT = 512
 
 
-class MetadataOps(ServiceBase):
+class MetadataOps:
     """Metadata operations: the ``rpc_*`` methods of this group."""
+
+    def __init__(self, core: Core, contents: Contents) -> None:
+        self.core = core
+        self.contents = contents
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -52,10 +57,10 @@ class MetadataOps(ServiceBase):
         small directory are prefetched.  Larger directories are asked name by name.
         """
         check_name(name)
-        listing_state, index = await self.cache.get_listing_index(s.tenant, parent)
+        listing_state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if listing_state is not Freshness.FRESH:
             index = None
-            state, cached = await self.cache.get_dentry(s.tenant, parent, name)
+            state, cached = await self.core.cache.get_dentry(s.tenant, parent, name)
             if state is not Freshness.FRESH:
                 index = await self._listing_index(s, parent)
         if index is not None:
@@ -63,35 +68,35 @@ class MetadataOps(ServiceBase):
         if state is Freshness.FRESH and cached is not None:
             ino = cached[0]
             if ino == 0:
-                self.counters.add("hits")
+                self.core.counters.add("hits")
                 raise NotFound(name.decode(errors="replace"))
         else:
-            await self._directory(s, parent)
-            self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+            await self.core.directory(s, parent)
+            self.core.counters.add("revalidations" if state is Freshness.STALE else "misses")
             try:
                 entry = await s.store.get_dentry(parent, name)
             except StorageError as exc:
-                ino, kind = self._stale_if_error(cached, exc, f"entry {name!r}")
+                ino, kind = self.core.stale_if_error(cached, exc, f"entry {name!r}")
                 entry = Dentry(parent, name, ino, kind) if ino else None
             else:
-                await self.cache.put_dentry(
+                await self.core.cache.put_dentry(
                     s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
                 )
             if entry is None:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
         try:
-            return (await self.get_inode(s, ino)).to_wire()
+            return (await self.core.get_inode(s, ino)).to_wire()
         except NotFound:
             # The cached entry names an inode that is gone: the name was rebound (a
             # file replaced by a rename over it) or removed.  Ask Cassandra.
             entry = await s.store.get_dentry(parent, name)
-            await self._dentries_changed(
+            await self.core.dentries_changed(
                 s, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
             )
             if entry is None or entry.ino == ino:
                 raise
-            return (await self.get_inode(s, entry.ino)).to_wire()
+            return (await self.core.get_inode(s, entry.ino)).to_wire()
 
     async def _listing_index(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
         """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.
@@ -99,29 +104,29 @@ class MetadataOps(ServiceBase):
         None for a directory over :data:`LISTING_LIMIT` entries (remembered for the
         TTL) or when Cassandra fails.
         """
-        state, index = await self.cache.get_listing_index(s.tenant, parent)
+        state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if state is Freshness.FRESH and index is not None:
             return index
-        if self.cache.is_large_dir(s.tenant, parent):
+        if self.core.cache.is_large_dir(s.tenant, parent):
             return None
-        return await self._flights.run(("L", s.tenant, parent), self._load_listing, s, parent)
+        return await self.core.flights.run(("L", s.tenant, parent), self._load_listing, s, parent)
 
     async def _load_listing(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
-        self.counters.add("misses")
+        self.core.counters.add("misses")
         try:
-            await self._directory(s, parent)
+            await self.core.directory(s, parent)
             entries = await s.store.list_dentries(parent, limit=LISTING_LIMIT + 1)
         except StorageError:
             return None
         except NotADirectory:
             raise
         if len(entries) > LISTING_LIMIT:
-            self.cache.mark_large_dir(s.tenant, parent)
+            self.core.cache.mark_large_dir(s.tenant, parent)
             return None
         items = [(e.name, e.ino, e.kind) for e in entries]
-        await self.cache.put_listing(s.tenant, parent, items)
-        if len(items) <= PREFETCH_LIMIT and self.background is not None:
-            self.background.start_soon(self._prefetch_inodes, s, [e.ino for e in entries])
+        await self.core.cache.put_listing(s.tenant, parent, items)
+        if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
+            self.core.background.start_soon(self._prefetch_inodes, s, [e.ino for e in entries])
         return {name: (ino, kind) for name, ino, kind in items}
 
     async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
@@ -130,10 +135,12 @@ class MetadataOps(ServiceBase):
 
         async def one(ino: int) -> None:
             async with limiter:
-                state, _ = await self.cache.get_inode(s.tenant, ino)
+                state, _ = await self.core.cache.get_inode(s.tenant, ino)
                 if state is not Freshness.FRESH:
                     with contextlib.suppress(CassfsError):
-                        await self._flights.run(("i", s.tenant, ino), self._load_inode, s, ino)
+                        await self.core.flights.run(
+                            ("i", s.tenant, ino), self.core.load_inode, s, ino
+                        )
 
         async with trio.open_nursery() as nursery:
             for ino in inos:
@@ -141,33 +148,33 @@ class MetadataOps(ServiceBase):
 
     async def rpc_getattr(self, s: Session, ino: int) -> dict[str, Any]:
         """The inode ``ino``; ENOENT."""
-        return (await self.get_inode(s, ino)).to_wire()
+        return (await self.core.get_inode(s, ino)).to_wire()
 
     async def rpc_readdir(self, s: Session, ino: int) -> list[list[Any]]:
         """Every entry of directory ``ino`` as ``[name, inode]``, ordered by name.
 
         Entries whose inode has vanished are left out.  ENOTDIR, ENOENT.
         """
-        await self._directory(s, ino)
-        state, items = await self.cache.get_listing(s.tenant, ino)
+        await self.core.directory(s, ino)
+        state, items = await self.core.cache.get_listing(s.tenant, ino)
         if state is not Freshness.FRESH or items is None:
-            self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+            self.core.counters.add("revalidations" if state is Freshness.STALE else "misses")
             try:
                 entries = await s.store.list_dentries(ino)
             except StorageError as exc:
-                items = self._stale_if_error(items, exc, f"listing of {ino}")
+                items = self.core.stale_if_error(items, exc, f"listing of {ino}")
             else:
                 items = [(e.name, e.ino, e.kind) for e in entries]
-                await self.cache.put_listing(s.tenant, ino, items)
+                await self.core.cache.put_listing(s.tenant, ino, items)
         else:
-            self.counters.add("hits")
+            self.core.counters.add("hits")
         results: list[list[Any] | None] = [None] * len(items)
         limiter = trio.CapacityLimiter(16)
 
         async def one(index: int, name: bytes, child: int) -> None:
             async with limiter:
                 try:
-                    results[index] = [name, (await self.get_inode(s, child)).to_wire()]
+                    results[index] = [name, (await self.core.get_inode(s, child)).to_wire()]
                 except NotFound:
                     log.debug("dangling entry %r in %d", name, ino)
 
@@ -178,7 +185,7 @@ class MetadataOps(ServiceBase):
 
     async def rpc_readlink(self, s: Session, ino: int) -> bytes:
         """The target of symlink ``ino``; EINVAL if it is not a symlink."""
-        inode = await self.get_inode(s, ino)
+        inode = await self.core.get_inode(s, ino)
         if inode.kind != SYMLINK:
             raise InvalidArgument(f"inode {ino} is not a symlink")
         return inode.target
@@ -195,8 +202,8 @@ class MetadataOps(ServiceBase):
         size: int | None = None,
     ) -> dict[str, Any]:
         """chmod, chown, utimens and truncate; the new inode.  ENOENT, EISDIR, EINVAL."""
-        async with self._inode_locks((s.tenant, ino)):
-            inode = await self._load_inode(s, ino)
+        async with self.core.inode_locks((s.tenant, ino)):
+            inode = await self.core.load_inode(s, ino)
             now = time.time_ns()
             if size is not None:
                 if inode.is_dir:
@@ -204,7 +211,7 @@ class MetadataOps(ServiceBase):
                 if inode.kind != REGULAR or size < 0:
                     raise InvalidArgument(f"cannot truncate inode {ino} to {size}")
                 if size != inode.size:
-                    inode = await self._truncate(s, inode, size)
+                    inode = await self.contents.truncate(s, inode, size)
             changed = inode.evolve(
                 mode=inode.mode if mode is None else stat.S_IFMT(inode.mode) | (mode & 0o7777),
                 uid=inode.uid if uid is None else uid,
@@ -214,6 +221,6 @@ class MetadataOps(ServiceBase):
                 ctime_ns=now,
             )
             await s.store.set_attrs(changed)
-            await self.cache.put_inode(s.tenant, changed)
-            self._announce(s, ino)
+            await self.core.cache.put_inode(s.tenant, changed)
+            self.core.announce(s, ino)
             return changed.to_wire()

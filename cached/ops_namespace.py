@@ -16,6 +16,11 @@ from typing import Any
 import trio
 
 from cached import content
+from cached.core import (
+    Core,
+    Session,
+    new_inode_number,
+)
 from cached.errors import (
     Exists,
     InvalidArgument,
@@ -36,12 +41,8 @@ from cached.model import (
     mode_of_kind,
 )
 from cached.recovery import finish_move, is_stale, lift_stale_seal, orphan, settle_claim
-from cached.service_base import (
-    ServiceBase,
-    Session,
-    new_inode_number,
-)
 from cached.store import Intent, LwtOutcome, new_op_id
+from cached.versions import Contents
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,12 @@ def _text(name: bytes) -> str:
     return name.decode(errors="replace")
 
 
-class NamespaceOps(ServiceBase):
+class NamespaceOps:
     """Namespace operations: the ``rpc_*`` methods of this group."""
+
+    def __init__(self, core: Core, contents: Contents) -> None:
+        self.core = core
+        self.contents = contents
 
     # -- reading names from Cassandra -----------------------------------------------------
 
@@ -79,7 +84,7 @@ class NamespaceOps(ServiceBase):
         while True:
             entry = await s.store.get_dentry(parent, name)
             if entry is None or not entry.pending:
-                await self.cache.put_dentry(
+                await self.core.cache.put_dentry(
                     s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
                 )
                 return entry
@@ -95,7 +100,7 @@ class NamespaceOps(ServiceBase):
     ) -> None:
         """Cache what a lost LWT said ``name`` in ``parent`` now names (None: nothing)."""
         ino, kind = (holder.ino, holder.kind) if holder is not None else (0, 0)
-        await self._dentries_changed(s, parent, name, ino, kind)
+        await self.core.dentries_changed(s, parent, name, ino, kind)
 
     async def _check_open_dir(self, s: Session, parent: int, outcome: LwtOutcome) -> None:
         """After an insert refused because ``parent`` is sealed: lift a dead rmdir's seal.
@@ -111,7 +116,7 @@ class NamespaceOps(ServiceBase):
 
     async def _make(self, s: Session, parent: int, name: bytes, inode: Inode) -> Inode:
         check_name(name)
-        await self._directory(s, parent)
+        await self.core.directory(s, parent)
         # The inode (and its index row) before its name: a name never points at nothing.
         # If the name LWT fails without an answer, the inode stays: the name may have
         # been set; if not, fsck finds a nameless inode.
@@ -136,10 +141,10 @@ class NamespaceOps(ServiceBase):
             with trio.CancelScope(shield=True):
                 await s.store.delete_inode(inode.ino)
             raise NotFound(f"directory {parent} was removed")
-        await self._touch_dir(s, parent, inode.ctime_ns)
-        await self.cache.put_inode(s.tenant, inode)
-        await self._dentries_changed(s, parent, name, inode.ino, inode.kind)
-        self._announce(s, parent)
+        await self.core.touch_dir(s, parent, inode.ctime_ns)
+        await self.core.cache.put_inode(s.tenant, inode)
+        await self.core.dentries_changed(s, parent, name, inode.ino, inode.kind)
+        self.core.announce(s, parent)
         return inode
 
     def _new_inode(
@@ -243,12 +248,12 @@ class NamespaceOps(ServiceBase):
                     await s.store.unseal_dir(entry.ino, op)
         else:
             raise StorageError(f"{_text(name)!r} kept changing while being removed")
-        await self._dentries_changed(s, parent, name, 0, 0)
+        await self.core.dentries_changed(s, parent, name, 0, 0)
         inode = await orphan(s.store, entry.ino, now)
         if inode is not None:
-            await self.cache.put_inode(s.tenant, inode)
-        await self._touch_dir(s, parent, now)
-        self._announce(s, parent, entry.ino)
+            await self.core.cache.put_inode(s.tenant, inode)
+        await self.core.touch_dir(s, parent, now)
+        self.core.announce(s, parent, entry.ino)
         return entry.ino
 
     async def rpc_unlink(self, s: Session, parent: int, name: bytes) -> int:
@@ -282,7 +287,7 @@ class NamespaceOps(ServiceBase):
             raise InvalidArgument(f"rename flags {flags:#x} are not supported")
         check_name(old_name)
         check_name(new_name)
-        await self._directory(s, new_parent)
+        await self.core.directory(s, new_parent)
         lease = b""
         try:
             for _attempt in range(ATTEMPTS):
@@ -347,15 +352,15 @@ class NamespaceOps(ServiceBase):
             return None
         if source.parent == new_parent and replaced:
             await orphan(s.store, replaced, now)
-        await self.cache.drop_inode(s.tenant, source.ino)
+        await self.core.cache.drop_inode(s.tenant, source.ino)
         if replaced:
-            await self.cache.drop_inode(s.tenant, replaced)
-        await self._dentries_changed(s, source.parent, source.name, 0, 0)
-        await self._dentries_changed(s, new_parent, new_name, source.ino, source.kind)
-        await self._touch_dir(s, source.parent, now)
+            await self.core.cache.drop_inode(s.tenant, replaced)
+        await self.core.dentries_changed(s, source.parent, source.name, 0, 0)
+        await self.core.dentries_changed(s, new_parent, new_name, source.ino, source.kind)
+        await self.core.touch_dir(s, source.parent, now)
         if new_parent != source.parent:
-            await self._touch_dir(s, new_parent, now)
-        self._announce(s, source.parent, new_parent, source.ino, replaced)
+            await self.core.touch_dir(s, new_parent, now)
+        self.core.announce(s, source.parent, new_parent, source.ino, replaced)
         return {"ino": source.ino, "replaced": replaced}
 
     async def _move_across(self, s: Session, intent: Intent, target: Dentry | None) -> bool:
@@ -423,14 +428,18 @@ class NamespaceOps(ServiceBase):
 
         The front calls this when the kernel has forgotten the inode.
         """
-        async with self._inode_locks((s.tenant, ino)):
+        async with self.core.inode_locks((s.tenant, ino)):
             inode = await s.store.get_inode(ino)
             if inode is None or inode.nlink != 0:
                 return False
             for version in await s.store.list_versions(ino):
-                await self._delete_chunks(s, ino, version.version, version.size, version.chunk_size)
+                await self.contents.delete_chunks(
+                    s, ino, version.version, version.size, version.chunk_size
+                )
             if inode.version:
-                await self._delete_chunks(s, ino, inode.version, inode.size, inode.chunk_size)
+                await self.contents.delete_chunks(
+                    s, ino, inode.version, inode.size, inode.chunk_size
+                )
             await s.store.delete_inode(ino)
-            await self.cache.drop_inode(s.tenant, ino)
+            await self.core.cache.drop_inode(s.tenant, ino)
             return True

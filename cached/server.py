@@ -32,7 +32,7 @@ MUTATING_METHODS = frozenset(
     {"mkdir", "create", "symlink", "unlink", "rmdir", "rename", "write", "setattr", "purge_inode"}
 )
 #: Methods a connection may call before ``hello`` names its tenant.
-ADMIN_METHODS = frozenset({"ping", "stats", "purge", "status", "shutdown"})
+ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown"})
 
 
 class Server:
@@ -191,11 +191,13 @@ class Server:
             self.stopped.set()
             return True
         if method in ADMIN_METHODS:
-            return await getattr(self.service, f"rpc_{method}")(box.get("session"), **params)
+            admin = self.service.handler(method)
+            assert admin is not None
+            return await admin(box.get("session"), **params)
         current = box.get("session")
         if current is None:
             raise InvalidArgument(f"{method} needs a session: call hello first")
-        handler = getattr(self.service, f"rpc_{method}", None)
+        handler = self.service.handler(method)
         if handler is None:
             raise InvalidArgument(f"unknown method {method!r}")
         try:

@@ -22,28 +22,62 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from cached.cache import LocalCache
+from cached.core import Core, Session
 from cached.model import DIRECTORY, ROOT_INO, Inode, mode_of_kind
 from cached.ops_content import ContentOps
 from cached.ops_metadata import MetadataOps
 from cached.ops_namespace import NamespaceOps
-from cached.service_base import Session
+from cached.stats import Counters
+from cached.store import Store
+from cached.versions import Contents
 
 __all__ = ["Service", "Session"]
 
 log = logging.getLogger(__name__)
 
 
-class Service(MetadataOps, NamespaceOps, ContentOps):
-    """Every RPC method of the daemon: the three groups plus session and cache administration.
+class Service:
+    """Every RPC method of the daemon, found by name: the three operation groups, each
+    composed from one shared :class:`~cached.core.Core` and :class:`~cached.versions.Contents`,
+    plus session and cache administration here.
 
     Operation -> method: lookup/getattr/readdir/readlink/setattr in
     :mod:`cached.ops_metadata`; mkdir/create/symlink/unlink/rmdir/rename/purge_inode in
-    :mod:`cached.ops_namespace`; open/read/write/materialize in :mod:`cached.ops_content`.
+    :mod:`cached.ops_namespace`; open/read/write/materialize in :mod:`cached.ops_content`;
+    hello/stats/purge here.
     """
+
+    def __init__(
+        self, store: Store, cache: LocalCache, counters: Counters, spool_dir: Path
+    ) -> None:
+        self.core = Core(store, cache, counters, spool_dir)
+        contents = Contents(self.core)
+        self._groups: tuple[object, ...] = (
+            self,
+            MetadataOps(self.core, contents),
+            NamespaceOps(self.core, contents),
+            ContentOps(self.core, contents),
+        )
+
+    @property
+    def sessions(self) -> set[Session]:
+        """The mount sessions connected now."""
+        return self.core.sessions
+
+    def handler(self, method: str) -> Callable[..., Awaitable[Any]] | None:
+        """The ``rpc_<method>`` of whichever group has it, or None."""
+        for group in self._groups:
+            found = getattr(group, f"rpc_{method}", None)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return None
 
     # -- session --------------------------------------------------------------------------
 
@@ -59,26 +93,22 @@ class Service(MetadataOps, NamespaceOps, ContentOps):
             )  # fmt: skip
             await s.store.create_inode(root)
             log.info("created the root inode of tenant %s/%s", s.owner, s.environment)
-        await self.cache.put_inode(s.tenant, root)
-        return {"root": root.to_wire(), "epoch": self.epoch, "pid": os.getpid()}
-
-    async def rpc_ping(self, s: Session) -> str:
-        """Liveness check."""
-        return "pong"
+        await self.core.cache.put_inode(s.tenant, root)
+        return {"root": root.to_wire(), "epoch": self.core.epoch, "pid": os.getpid()}
 
     # -- cache administration -------------------------------------------------------------
 
     async def rpc_stats(self, s: Session | None = None) -> dict[str, int]:
         """Every counter and gauge (see :mod:`cached.stats`)."""
-        totals = await trio.to_thread.run_sync(self.counters.totals)
-        entries, volume = await self.cache.usage()
+        totals = await trio.to_thread.run_sync(self.core.counters.totals)
+        entries, volume = await self.core.cache.usage()
         return {**totals, "entries": entries, "bytes_cached": volume}
 
     async def rpc_purge(self, s: Session | None = None) -> int:
         """Empty the cache and tell every session to drop kernel caches; entries removed."""
-        removed = await self.cache.clear()
-        self.epoch = (self.epoch + 1) % 2**31
-        self.counters.add("purges")
-        for session in list(self.sessions):
-            session.notify("purged", {"epoch": self.epoch})
+        removed = await self.core.cache.clear()
+        self.core.epoch = (self.core.epoch + 1) % 2**31
+        self.core.counters.add("purges")
+        for session in list(self.core.sessions):
+            session.notify("purged", {"epoch": self.core.epoch})
         return removed

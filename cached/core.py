@@ -1,10 +1,11 @@
 """State and helpers shared by the daemon's RPC method groups.
 
-:class:`ServiceBase` holds the store, the cache, the counters, the sessions and
-the locks, and the helpers every group uses: reading an inode through the cache
+:class:`Core` holds the store, the cache, the counters, the sessions and the
+locks, and the helpers every group uses: reading an inode through the cache
 (TTL, revalidation, stale-if-error), touching a directory, announcing changes
 to the tenant's other sessions.  The groups are :mod:`cached.ops_metadata`,
-:mod:`cached.ops_namespace` and :mod:`cached.ops_content`; :mod:`cached.service`
+:mod:`cached.ops_namespace` and :mod:`cached.ops_content`, each built from a
+``Core`` and the content versions (:mod:`cached.versions`); :mod:`cached.service`
 puts them together.
 """
 
@@ -67,7 +68,7 @@ def new_inode_number() -> int:
     return ino
 
 
-class ServiceBase:
+class Core:
     """State and helpers shared by the RPC method groups, over one :class:`Store` and
     one :class:`LocalCache`.
 
@@ -85,19 +86,19 @@ class ServiceBase:
         self.spool_dir = spool_dir
         self.epoch = secrets.randbits(31)  # changes at every start and purge
         self.sessions: set[Session] = set()
-        self._flights = SingleFlight()
+        self.flights = SingleFlight()
         #: Serialise this daemon's mutations of one inode.
-        self._inode_locks = KeyedLocks()
+        self.inode_locks = KeyedLocks()
 
-        self._io_limiter = trio.CapacityLimiter(4)
+        self.io_limiter = trio.CapacityLimiter(4)
         #: Where work that need not delay a reply runs (old-content deletion); set by
         #: the daemon.  None: such work runs inline.
         self.background: trio.Nursery | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._io_limiter)
+    async def thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.io_limiter)
 
     async def get_inode(self, s: Session, ino: int) -> Inode:
         """The inode through the cache: fresh from it, else (re)validated from Cassandra.
@@ -110,11 +111,11 @@ class ServiceBase:
             return cached
         self.counters.add("revalidations" if state is Freshness.STALE else "misses")
         try:
-            return await self._flights.run(("i", s.tenant, ino), self._load_inode, s, ino)
+            return await self.flights.run(("i", s.tenant, ino), self.load_inode, s, ino)
         except StorageError as exc:
-            return self._stale_if_error(cached, exc, f"inode {ino}")
+            return self.stale_if_error(cached, exc, f"inode {ino}")
 
-    def _stale_if_error(self, cached: T | None, exc: StorageError, what: str) -> T:
+    def stale_if_error(self, cached: T | None, exc: StorageError, what: str) -> T:
         """Serve an expired cache entry while Cassandra fails, rather than EIO.
 
         Caching FUSE users ask for reads that keep working when the backend is down
@@ -126,7 +127,7 @@ class ServiceBase:
         log.warning("Cassandra failed (%s): serving the cached %s past its TTL", exc, what)
         return cached
 
-    async def _load_inode(self, s: Session, ino: int) -> Inode:
+    async def load_inode(self, s: Session, ino: int) -> Inode:
         """The inode read from Cassandra now, and cached; NotFound (ENOENT)."""
         inode = await s.store.get_inode(ino)
         if inode is None:
@@ -135,26 +136,26 @@ class ServiceBase:
         await self.cache.put_inode(s.tenant, inode)
         return inode
 
-    async def _directory(self, s: Session, ino: int) -> Inode:
+    async def directory(self, s: Session, ino: int) -> Inode:
         inode = await self.get_inode(s, ino)
         if not inode.is_dir:
             raise NotADirectory(f"inode {ino} is not a directory")
         return inode
 
-    async def _touch_dir(self, s: Session, ino: int, now: int) -> None:
+    async def touch_dir(self, s: Session, ino: int, now: int) -> None:
         """Set a directory's mtime/ctime after its entries changed."""
         await s.store.touch(ino, now, now)
         _, cached = await self.cache.get_inode(s.tenant, ino)
         if cached is not None:
             await self.cache.put_inode(s.tenant, cached.evolve(mtime_ns=now, ctime_ns=now))
 
-    async def _dentries_changed(
+    async def dentries_changed(
         self, s: Session, parent: int, name: bytes, ino: int, kind: int
     ) -> None:
         await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
         await self.cache.update_listing(s.tenant, parent, name, ino, kind)
 
-    def _announce(self, s: Session, *inos: int) -> None:
+    def announce(self, s: Session, *inos: int) -> None:
         """Tell the tenant's other sessions on this daemon that ``inos`` changed.
 
         Their fronts drop answers they reuse within the TTL (see ``rpc_open``).
@@ -163,16 +164,6 @@ class ServiceBase:
         for other in self.sessions:
             if other is not s and other.tenant == s.tenant and changed:
                 other.notify("changed", {"inos": changed})
-
-    # -- provided by the content methods (cached.ops_content) -----------------------------
-
-    async def _truncate(self, s: Session, inode: Inode, size: int) -> Inode:
-        raise NotImplementedError
-
-    async def _delete_chunks(
-        self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
-    ) -> None:
-        raise NotImplementedError
 
 
 async def gather_indexed(fn: Callable[[int], Any], count: int) -> None:

@@ -1,0 +1,308 @@
+"""Content versions of regular files: upload, flip, fetch, verify, delete.
+
+A whole-file write makes a new version (an id of its own, see
+:func:`cached.store.new_op_id`): its ``versions`` row, then its chunks, then the
+flip of the inode (an LWT on the version it replaces); the replaced version's
+chunks go after.  A fetch reads every chunk of one version and checks the
+SHA-256 of the whole.  Used by the content, metadata (truncate) and namespace
+(purge) RPC groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from cached import content
+from cached.cache import sha256_file
+from cached.core import (
+    ContentGone,
+    Core,
+    Session,
+    gather_indexed,
+    read_at,
+    unlink_quietly,
+)
+from cached.errors import CassfsError, InvalidArgument, NotFound, StorageError
+from cached.model import Inode
+from cached.store import Version, new_op_id
+
+log = logging.getLogger(__name__)
+
+#: Chunk reads or writes in flight for one file.
+CHUNK_CONCURRENCY = 4
+#: Tries of a flip that keeps finding another writer's version before it gives up (EIO).
+ATTEMPTS = 8
+#: Content up to this size is assembled in memory when fetched; larger goes through a file.
+MEMORY_FETCH_LIMIT = 4 * 1024 * 1024
+
+
+class Contents:
+    """The content versions of one daemon, over its :class:`~cached.core.Core`."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def ensure_content(self, s: Session, inode: Inode) -> Inode:
+        """Make sure ``inode``'s content is cached; returns the inode it fetched for.
+
+        If the content version vanished (rewritten elsewhere), reread the inode and
+        try again, up to three times; then EIO.
+        """
+        return (await self.cached_content(s, inode, want_bytes=False))[0]
+
+    async def cached_content(
+        self, s: Session, inode: Inode, want_bytes: bool
+    ) -> tuple[Inode, bytes | None]:
+        """Cache ``inode``'s content; with ``want_bytes``, also return the whole content.
+
+        Returns ``(inode fetched for, bytes or None)``; the bytes come in the same
+        thread hop that checks the cache, or straight from the fetch.
+        """
+        for _attempt in range(3):
+            if want_bytes:
+                data = await self.core.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
+                if data is not None:
+                    self.core.counters.add("hits")
+                    return inode, data
+            elif await self.core.cache.has_content(s.tenant, inode.content_id):
+                self.core.counters.add("hits")
+                return inode, None
+            try:
+                data = await self.fetch_once(s, inode)
+            except ContentGone:
+                log.info("inode %d changed during fetch; rereading it", inode.ino)
+                inode = await self.core.load_inode(s, inode.ino)
+                continue
+            if want_bytes and data is None:
+                data = await self.core.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
+            return inode, data
+        raise StorageError(f"inode {inode.ino} keeps changing; gave up fetching it")
+
+    async def fetch_once(self, s: Session, inode: Inode) -> bytes | None:
+        key = ("c", s.tenant, inode.content_id)
+        return await self.core.flights.run(key, self.fetch, s, inode)
+
+    async def fetch(self, s: Session, inode: Inode) -> bytes | None:
+        """Read every chunk of ``inode``'s content, verify its SHA-256, and cache it.
+
+        Returns the content when it was assembled in memory (up to
+        :data:`MEMORY_FETCH_LIMIT` bytes), else None.
+        """
+        self.core.counters.add("misses")
+        count = content.chunk_count(inode.size, inode.chunk_size or content.CHUNK_SIZE)
+        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
+        if inode.size <= MEMORY_FETCH_LIMIT:
+            parts: list[bytes] = [b""] * count
+
+            async def get(index: int) -> None:
+                async with limiter:
+                    data = await s.store.get_chunk(inode.ino, inode.version, index)
+                if data is None:
+                    raise ContentGone(index)
+                parts[index] = data
+
+            await gather_indexed(get, count)
+            try:
+                data = content.join(parts, inode.size, inode.content_id)
+            except ValueError as exc:
+                raise ContentGone(str(exc)) from exc
+            await self.core.cache.put_content(s.tenant, inode.content_id, data)
+            self.core.counters.add("bytes_fetched", inode.size)
+            return data
+        else:
+            path, handle = await self.core.thread(self.core.cache.new_tmp_file)
+            try:
+                chunk_size = inode.chunk_size
+
+                async def get_to_file(index: int) -> None:
+                    async with limiter:
+                        data = await s.store.get_chunk(inode.ino, inode.version, index)
+                        if data is None:
+                            raise ContentGone(index)
+                        await self.core.thread(os.pwrite, handle.fileno(), data, index * chunk_size)
+
+                await gather_indexed(get_to_file, count)
+                await self.core.thread(handle.close)
+                digest, size = await self.core.thread(sha256_file, path)
+                if digest != inode.content_id or size != inode.size:
+                    raise ContentGone("content does not match its identity")
+                await self.core.cache.put_content_file(s.tenant, inode.content_id, path)
+            finally:
+                await self.core.thread(handle.close)
+                await self.core.thread(unlink_quietly, path)
+            self.core.counters.add("bytes_fetched", inode.size)
+            return None
+
+    async def identify(self, data: bytes | None, spool: Path | None) -> tuple[bytes, int]:
+        """``(SHA-256, size in bytes)`` of the content given inline or as a spool file."""
+        if data is not None:
+            return content.content_id(data), len(data)
+        assert spool is not None
+        return await self.core.thread(sha256_file, spool)  # type: ignore[no-any-return]
+
+    async def write_content(
+        self, s: Session, inode: Inode, data: bytes | None, spool: Path | None
+    ) -> Inode:
+        """Make ``inode`` point at new content: a new version, its chunks, the flip (LWT).
+
+        ``inode`` may come from the cache: the flip is conditional on the version
+        it names, and a flip that finds another version rereads the inode and flips
+        over it (last writer wins; both versions were whole).  Content equal to the
+        current version's only moves the times, under the same condition.  The
+        replaced version's chunks are deleted after the flip.  Called with the
+        inode lock held.  Raises ``NotFound`` (ENOENT) when the inode is gone,
+        ``StorageError`` (EIO).
+        """
+        content_id, size = await self.identify(data, spool)
+        now = time.time_ns()
+        uploaded = b""
+        try:
+            for _attempt in range(ATTEMPTS):
+                same = (
+                    not uploaded
+                    and content_id == inode.content_id
+                    and size == inode.size
+                    and (inode.version or size == 0)
+                )
+                if same:
+                    version = inode.version
+                elif size == 0:
+                    version = b""  # an empty file has no chunks, so no version
+                else:
+                    if not uploaded:
+                        uploaded = await self.upload(s, inode.ino, content_id, size, data, spool)
+                    version = uploaded
+                updated = inode.evolve(
+                    version=version, content_id=content_id, size=size,
+                    chunk_size=content.CHUNK_SIZE, mtime_ns=now, ctime_ns=now,
+                )  # fmt: skip
+                found = await s.store.flip_content(updated, inode.version)
+                if found is None:
+                    break
+                # Another writer flipped first (or the cached inode was old): reread.
+                current = await s.store.get_inode(inode.ino)
+                if current is None:
+                    raise NotFound(f"inode {inode.ino}")
+                inode = current
+            else:
+                raise StorageError(f"inode {inode.ino} kept changing; gave up writing it")
+        except BaseException:
+            if uploaded:
+                with trio.CancelScope(shield=True):
+                    await self.forget_version(s, inode.ino, uploaded, size, content.CHUNK_SIZE)
+            raise
+        if data is not None:
+            await self.core.cache.put_content(s.tenant, content_id, data)
+        else:
+            assert spool is not None
+            await self.core.cache.put_content_file(s.tenant, content_id, spool)
+        if inode.version and inode.version != updated.version:
+            # The replaced version can never be current again; deleting it need not
+            # delay the writer.
+            if self.core.background is not None:
+                self.core.background.start_soon(
+                    self.forget_version, s, inode.ino, inode.version, inode.size, inode.chunk_size
+                )
+            else:
+                with trio.CancelScope(shield=True):
+                    await self.forget_version(
+                        s, inode.ino, inode.version, inode.size, inode.chunk_size
+                    )
+        await self.core.cache.put_inode(s.tenant, updated)
+        self.core.counters.add("flushes")
+        self.core.counters.add("bytes_written", size)
+        self.core.announce(s, inode.ino)
+        return updated
+
+    async def upload(
+        self,
+        s: Session,
+        ino: int,
+        content_id: bytes,
+        size: int,
+        data: bytes | None,
+        spool: Path | None,
+    ) -> bytes:
+        """Write a new version of ``ino``: its ``versions`` row, then every chunk; its id."""
+        version = new_op_id()
+        await s.store.put_version(
+            Version(ino, version, content_id, size, content.CHUNK_SIZE, time.time_ns())
+        )
+        chunk_size = content.CHUNK_SIZE
+        count = content.chunk_count(size, chunk_size)
+        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
+
+        async def put(index: int) -> None:
+            async with limiter:
+                if data is not None:
+                    part = data[index * chunk_size : (index + 1) * chunk_size]
+                else:
+                    assert spool is not None
+                    part = await self.core.thread(read_at, spool, index * chunk_size, chunk_size)
+                await s.store.put_chunk(ino, version, index, part)
+
+        await gather_indexed(put, count)
+        return version
+
+    async def forget_version(
+        self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
+    ) -> None:
+        """Delete version ``(ino, version)``: its chunks, then its ``versions`` row.
+
+        Only for a version that is not current and never will be again.  Errors
+        are logged, not raised: ``cassfs fsck`` finds what is left.
+        """
+        with trio.CancelScope(shield=True):
+            try:
+                await self.delete_chunks(s, ino, version, size, chunk_size)
+                await s.store.delete_version(ino, version)
+            except CassfsError as exc:
+                log.warning("version of inode %d left behind: %s", ino, exc)
+
+    async def delete_chunks(
+        self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
+    ) -> None:
+        """Delete every chunk of version ``(ino, version)`` of ``size`` bytes."""
+        count = content.chunk_count(size, chunk_size or content.CHUNK_SIZE)
+        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
+
+        async def delete(index: int) -> None:
+            async with limiter:
+                await s.store.delete_chunk(ino, version, index)
+
+        await gather_indexed(delete, count)
+
+    async def truncate(self, s: Session, inode: Inode, size: int) -> Inode:
+        """Rewrite ``inode`` cut or zero-extended to ``size`` bytes (write-through)."""
+        if size == 0:
+            return await self.write_content(s, inode, b"", None)
+        inode = await self.ensure_content(s, inode)
+        path, handle = await self.core.thread(self.new_spool_file)
+        try:
+            await self.core.cache.copy_content(s.tenant, inode.content_id, handle)
+            await self.core.thread(handle.truncate, size)
+            await self.core.thread(handle.close)
+            return await self.write_content(s, inode, None, path)
+        finally:
+            await self.core.thread(handle.close)
+            await self.core.thread(unlink_quietly, path)
+
+    def new_spool_file(self) -> tuple[Path, Any]:
+        fd, name = tempfile.mkstemp(dir=self.core.spool_dir, prefix="daemon-")
+        return Path(name), os.fdopen(fd, "w+b")
+
+    async def spool_path(self, path: str) -> Path:
+        def check() -> Path:
+            resolved = Path(path).resolve()
+            if resolved.parent != self.core.spool_dir.resolve() or not resolved.is_file():
+                raise InvalidArgument(f"{path!r} is not a file in the spool dir")
+            return resolved
+
+        return await self.core.thread(check)  # type: ignore[no-any-return]
