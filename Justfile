@@ -75,6 +75,10 @@ test *ARGS: schema
 bench: schema
     python -m tests.bench
 
+# Race hosts against each other for SECONDS (kill -9, dropped connections), then check invariants.
+stress SECONDS="600": schema
+    python -m tests.race --seconds "$1"
+
 # Lint, format check and type check, changing nothing (CI runs this).
 lint:
     ruff check cassfs cached tests && ruff format --check cassfs cached tests && mypy cassfs cached

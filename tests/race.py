@@ -296,6 +296,7 @@ class History:
         self.kills = 0
         self.drops = 0
         self.start = time.monotonic()  # the origin of the "+N s" times in reports
+        self.start_wall = time.time()  # the same moment on the wall clock (for the logs)
         self._seq = 0
 
     def new_vid(self, tag: str) -> str:
@@ -336,6 +337,42 @@ class History:
         """Record a violation found while running (the rest are found by :func:`analyze`)."""
         with self.lock:
             self.violations.append(Violation(kind, detail))
+
+    def dump(self, path: Path) -> None:
+        """Write the log as JSON lines (times in seconds from :attr:`start`) for post-mortems."""
+
+        def rel(t: float) -> float | None:
+            return round(t - self.start, 4) if t != float("inf") else None
+
+        with self.lock, open(path, "w") as out:
+            out.write(json.dumps({"start_wall": self.start_wall}) + "\n")
+            for op in self.ops:
+                row = {
+                    "op": op.kind, "host": op.host, "src": op.src, "dst": op.dst,
+                    "t0": rel(op.t0), "t1": rel(op.t1), "outcome": op.outcome,
+                    "step": op.step, "ino": op.ino, "detail": op.detail,
+                }  # fmt: skip
+                out.write(json.dumps(row) + "\n")
+            for r in self.reads:
+                verdict = r.verdict
+                row = {
+                    "read": r.path, "host": r.host, "t0": rel(r.t0), "t1": rel(r.t1),
+                    "ino": r.ino, "err": r.err,
+                    "vid": verdict.vid if verdict else None,
+                    "problem": verdict.problem if verdict else None,
+                }  # fmt: skip
+                out.write(json.dumps(row) + "\n")
+            for ino, events in self.events.items():
+                for e in events:
+                    row = {"ino": ino, "vid": e.vid, "t0": rel(e.t0), "t1": rel(e.t1)}
+                    out.write(json.dumps({**row, "acked": e.acked}) + "\n")
+            for (h, f), writes in self.lanes.items():
+                for w in writes:
+                    row = {"lane": f"lane{h}/f{f}", "vid": w.vid, "t0": rel(w.t0), "t1": rel(w.t1)}
+                    out.write(json.dumps({**row, "acked": w.acked, "in_place": w.in_place}) + "\n")
+            for h, windows in self.faults.items():
+                for a, b in windows:
+                    out.write(json.dumps({"kill": h, "t0": rel(a), "t1": rel(b)}) + "\n")
 
     def in_fault(self, host: int, t0: float, t1: float) -> bool:
         """True if ``[t0, t1]`` overlaps a window in which ``host``'s daemon was down."""
@@ -1122,17 +1159,32 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
     """Check the log (and the final walk's files) against the invariants; the violations."""
     found: list[Violation] = []
     ops = sorted(history.ops, key=lambda op: op.t0)
-    removers: dict[str, list[Op]] = defaultdict(list)  # path -> ops that may remove it
+    bound = cfg.cache_ttl + cfg.entry_ttl + cfg.slack  # how long a host may see the past
+    removers: dict[str, list[Op]] = defaultdict(list)  # path -> ops that may remove the name
+    replacers: dict[str, list[Op]] = defaultdict(list)  # path -> ops that may put another inode
     for op in ops:
-        if op.kind in REMOVERS and (op.done or op.uncertain):
+        if not (op.done or op.uncertain):
+            continue
+        if op.kind in REMOVERS:
             removers[op.src].append(op)
             if op.kind.startswith(("rename", "drop_rename")) and op.dst:
-                removers[op.dst].append(op)  # replaced (a directory over an empty one)
+                removers[op.dst].append(op)  # a directory replaced by another (empty) one
+        if op.dst and op.kind.startswith(("rename", "drop_rename", "rewrite_rename")):
+            replacers[op.dst].append(op)
 
-    def may_be_removed(rel: str, t0: float, t1: float) -> bool:
+    def touched(index: dict[str, list[Op]], rel: str, t0: float, t1: float, stale: float) -> bool:
+        """True if an op of ``index`` on ``rel`` or a parent overlaps ``[t0 - stale, t1]``."""
         parts = rel.split("/")
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        return any(r.t0 <= t1 and t0 <= r.t1 for p in prefixes for r in removers.get(p, []))
+        return any(r.t0 <= t1 and t0 - stale <= r.t1 for p in prefixes for r in index.get(p, []))
+
+    def may_be_removed(rel: str, t0: float, t1: float, stale: float = 0.0) -> bool:
+        """True if the name ``rel`` (or a parent) may have been removed in ``[t0 - stale, t1]``.
+
+        ``stale``: a host may act on a name through kernel entries and a daemon cache up to
+        ``bound`` seconds old, so a path it uses may name what was there that long ago.
+        """
+        return touched(removers, rel, t0, t1, stale)
 
     # unexplained errnos
     for op in ops:
@@ -1142,14 +1194,25 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
             continue
         if op.outcome in FAULT_ERRNOS and history.in_fault(op.host, op.t0, op.t1):
             continue
+        path = op.dst if op.kind == "rewrite_rename" else op.src
         if (
             op.step in ("write", "close")
-            and op.outcome in ("ENOENT", "ESTALE", "EIO")
+            and op.outcome == "ENOENT"
             and op.kind in ("create", "rewrite_inplace", "rewrite_rename")
             and (final is None or op.ino not in final.names_of)
-            and any(r.t0 <= op.t1 and op.t0 <= r.t1 for rs in removers.values() for r in rs)
+            and (
+                may_be_removed(path, op.t0, op.t1, bound)
+                or touched(replacers, path, op.t0, op.t1, bound)
+            )
         ):
-            continue  # another host removed the file while it was open for writing
+            continue  # another host removed or replaced the file while it was open here
+        if (
+            op.kind == "read"
+            and op.step == "read"
+            and op.outcome == "ENOENT"
+            and may_be_removed(op.src, op.t0, op.t1, bound)
+        ):
+            continue  # the name vanished (another host unlinked the file being read)
         if op.outcome == "EEXIST" and op.step == "open" and op.kind != "create":
             kind = "eexist-without-excl"  # open(O_CREAT) without O_EXCL never says EEXIST
         else:
@@ -1161,7 +1224,7 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
                 f"{op.step} {op.outcome} ({op.detail}) at +{op.t0 - history.start:.2f} s",
             )
         )
-    found += _check_names(ops, history, may_be_removed)
+    found += _check_names(ops, history, may_be_removed, bound)
     found += _check_reads(cfg, history, history.start)
     found += _check_lanes_final(cfg, history, final)
     if final is not None:
@@ -1170,12 +1233,18 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
 
 
 def _check_names(
-    ops: list[Op], history: History, may_be_removed: Callable[[str, float, float], bool]
+    ops: list[Op],
+    history: History,
+    may_be_removed: Callable[[str, float, float, float], bool],
+    bound: float,
 ) -> list[Violation]:
     """EEXIST then ENOENT; two exclusive creates both winning; directory cycles."""
     found: list[Violation] = []
     for f in history.followups:
-        if not may_be_removed(f.path, f.t0, f.t1):
+        parent = f.path.rpartition("/")[0]
+        if not may_be_removed(f.path, f.t0, f.t1, 0.0) and not (
+            parent and may_be_removed(parent, f.t0, f.t1, bound)  # a stale view of a parent
+        ):
             found.append(
                 Violation(
                     "eexist-then-enoent",
@@ -1189,7 +1258,8 @@ def _check_names(
             creators[op.src].append(op)
     for rel, made in creators.items():
         for first, second in itertools.pairwise(made):
-            if not may_be_removed(rel, first.t0, second.t1):
+            # the first create may have gone through a stale view of a moved parent
+            if not may_be_removed(rel, first.t0, second.t1, bound):
                 found.append(
                     Violation(
                         "double-create",
@@ -1373,6 +1443,7 @@ class RaceReport:
     pending_namespace: list[Violation]
     seconds: float
     timeline: list[str] = field(default_factory=list)
+    start_wall: float = 0.0
 
     def summary(self) -> str:
         """``race: N operations, K daemon kills, D dropped connections, V violations``."""
@@ -1411,11 +1482,44 @@ class RaceReport:
         return "\n".join(lines)
 
 
-def run_fsck(cfg: RaceConfig, tenant: tuple[int, str], env: dict[str, str]) -> tuple[str, bool]:
-    """Run ``cassfs fsck`` for ``tenant``: (what to report, True if it found something wrong).
+#: fsck's codes for leftovers that crashes and cancelled requests leave by design (the
+#: README: "a later request or fsck finishes what a dead one began"; fsck lists them and
+#: ``--repair`` removes them past its grace period): counted, not violations.
+ORPHAN_CODES = (
+    "unlinked",
+    "nameless",
+    "stale-version",
+    "orphan-index",
+    "unindexed",
+    "intent",
+    "claim",
+    "stale-seal",
+)
 
-    A cassfs without the command reports ``not available`` (not a violation).
+
+@dataclass
+class FsckResult:
+    """``cassfs fsck`` for the tenant: ``status`` to report, ``problems`` (lines that are
+    violations), ``orphans`` (lines per orphan label, not violations)."""
+
+    status: str
+    problems: list[str] = field(default_factory=list)
+    orphans: Counter[str] = field(default_factory=Counter)
+
+
+def run_fsck(cfg: RaceConfig, tenant: tuple[int, str], env: dict[str, str]) -> FsckResult:
+    """Run ``cassfs fsck`` for ``tenant`` and sort its findings into problems and orphans.
+
+    A cassfs without the command gives status ``not available`` (no violation).  Exit
+    status 1 with only orphan lines (labels of :data:`ORPHAN_CODES`) is no violation; any
+    other finding line, or an exit status other than 0 and 1, is.
     """
+    try:
+        from cassfs.fsck import LABELS  # the labels fsck prints its findings under
+
+        orphan_labels = [LABELS[code] for code in ORPHAN_CODES if code in LABELS]
+    except ImportError:
+        orphan_labels = []
     try:
         result = cassfs(
             "fsck",
@@ -1431,14 +1535,24 @@ def run_fsck(cfg: RaceConfig, tenant: tuple[int, str], env: dict[str, str]) -> t
             timeout=600,
         )
     except subprocess.TimeoutExpired:
-        return "did not finish in 600 s", True
-    output = (result.stdout + result.stderr).strip()
+        return FsckResult("did not finish in 600 s", ["fsck did not finish in 600 s"])
+    output = (result.stdout + "\n" + result.stderr).strip()
     if result.returncode != 0 and "No such command" in output:
-        return "not available", False
-    tail = output.splitlines()[-1] if output else "(no output)"
-    if result.returncode == 0:
-        return f"ok: {tail}", False
-    return f"exit {result.returncode}: {output[-3000:]}", True
+        return FsckResult("not available")
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    summary = next((line for line in reversed(lines) if line.startswith("fsck:")), "")
+    found = FsckResult(f"exit {result.returncode}: {summary or '(no summary line)'}")
+    for line in lines:
+        if line is summary:
+            continue
+        label = next((lab for lab in orphan_labels if line.startswith(lab + ":")), None)
+        if label is not None:
+            found.orphans[label] += 1
+        elif result.returncode != 0:
+            found.problems.append(line)
+    if result.returncode not in (0, 1) or (result.returncode == 1 and not found.orphans):
+        found.problems = found.problems or [f"exit {result.returncode}: {output[-2000:]}"]
+    return found
 
 
 def run(cfg: RaceConfig, log: Callable[[str], None] = print) -> RaceReport:
@@ -1485,19 +1599,24 @@ def run(cfg: RaceConfig, log: Callable[[str], None] = print) -> RaceReport:
         for host in checkers:
             unmount_host(host)
         if cfg.fsck:
-            fsck, bad = run_fsck(cfg, race.tenant, race.env)
-            if bad:
-                history.violate("fsck", fsck)
+            checked = run_fsck(cfg, race.tenant, race.env)
+            fsck = checked.status
+            for problem in checked.problems:
+                history.violate("fsck", problem)
+            for label, n in checked.orphans.items():
+                history.notes[f"fsck orphan (left by faults; --repair removes it): {label}"] += n
         violations = history.violations + analyze(cfg, history, final)
     finally:
         for host in race.hosts + checkers:
             unmount_host(host)
+        with contextlib.suppress(OSError):
+            history.dump(workdir / "history.jsonl")
         if not cfg.keep and cfg.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     kinds: dict[str, Counter[str]] = defaultdict(Counter)
     operations = 0
     for op in history.ops:
-        kinds[op.kind][op.outcome] += 1
+        kinds[op.kind][f"{op.outcome}@{op.step}" if op.step else op.outcome] += 1
         operations += not op.kind.startswith("drop_")
     return RaceReport(
         seed=cfg.seed,
@@ -1511,6 +1630,7 @@ def run(cfg: RaceConfig, log: Callable[[str], None] = print) -> RaceReport:
         fsck=fsck,
         pending_namespace=pending,
         seconds=time.monotonic() - started,
+        start_wall=history.start_wall,
         timeline=[
             f"kill -9 of host{h}'s daemon at +{a - history.start:.2f} s, "
             f"fault window until +{b - history.start:.2f} s"
