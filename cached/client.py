@@ -19,16 +19,10 @@ from typing import Any
 import trio
 
 from cached import protocol
+from cached.api import SOCKET_NAME, socket_path  # noqa: F401 (re-exported)
 from cached.errors import CassfsError, DaemonUnavailable, from_wire
 
 log = logging.getLogger(__name__)
-
-SOCKET_NAME = "daemon.sock"
-
-
-def socket_path(cache_dir: Path) -> Path:
-    """Where the daemon of ``cache_dir`` listens."""
-    return cache_dir / SOCKET_NAME
 
 
 class _Pending:

@@ -14,13 +14,12 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import trio
 
+from cached.api import daemon_command, parse_size, socket_path  # noqa: F401 (re-exported)
 from cached.cache import LocalCache
-from cached.client import socket_path
 from cached.errors import CassfsError
 from cached.server import Server
 from cached.service import Service
@@ -31,53 +30,6 @@ log = logging.getLogger(__name__)
 
 EXIT_STARTUP = 2
 EXIT_RUNNING = 3
-_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """Parse ``1073741824``, ``512M``, ``1G`` or ``2GiB`` into bytes (binary multiples).
-
-    Raises ValueError for anything else or a size under 1 MiB.
-    """
-    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
-    number, suffix = raw, ""
-    if raw and raw[-1] in _SUFFIXES:
-        number, suffix = raw[:-1], raw[-1]
-    try:
-        size = int(float(number) * _SUFFIXES[suffix])
-    except (ValueError, OverflowError):
-        raise ValueError(f"bad size {text!r}: use bytes or a number with K, M, G or T") from None
-    if size < 1024**2:
-        raise ValueError(f"cache size {text!r} is under 1 MiB")
-    return size
-
-
-def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False) -> list[str]:
-    """The command line that starts a daemon for ``cache_dir`` with ``config``.
-
-    ``config`` has the keys of the ``status`` reply's config (``contact_points``,
-    ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``,
-    ``query_timeout``, ``idle_exit``), so a mount can restart the daemon it had.
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "cached",
-        "--cache-dir",
-        str(cache_dir),
-        "--contact-points",
-        str(config["contact_points"]),
-        "--keyspace",
-        str(config["keyspace"]),
-        "--cache-ttl",
-        str(config["cache_ttl"]),
-        "--cache-size",
-        str(config["cache_size"]),
-    ]
-    for option in ("consistency", "query_timeout", "idle_exit"):
-        if config.get(option) is not None:
-            command += [f"--{option.replace('_', '-')}", str(config[option])]
-    return command + (["--debug"] if debug else [])
 
 
 async def run_daemon(

@@ -32,6 +32,7 @@ from cassandra.cluster import (
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_factory
 
+from cached.api import ContactPoints
 from cached.bridge import execute
 from cached.errors import SchemaMissing, StorageError
 from cached.model import Dentry, Inode
@@ -190,50 +191,6 @@ TABLES = (
     "locks",
     "schema_version",
 )
-
-
-@dataclass(frozen=True)
-class ContactPoints:
-    """Where Cassandra answers: ``hosts`` on one native ``port``."""
-
-    hosts: tuple[str, ...]
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> ContactPoints:
-        """Parse ``HOST[:PORT],...``; every host must use the same port (default 9042).
-
-        IPv6 addresses are written ``[::1]:9042`` or bare (``::1``, default port).
-        Raises ValueError with a readable message on bad input.
-        """
-        hosts: list[str] = []
-        ports: set[int] = set()
-        for item in (part.strip() for part in text.split(",")):
-            if not item:
-                continue
-            if item.startswith("["):
-                host, _, rest = item[1:].partition("]")
-                port_text = rest.removeprefix(":") if rest.startswith(":") else (rest or "9042")
-            elif item.count(":") > 1:
-                host, port_text = item, "9042"
-            else:
-                host, sep, port_text = item.rpartition(":")
-                if not sep:
-                    host, port_text = item, "9042"
-            if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise ValueError(f"bad contact point {item!r}: expected HOST[:PORT]")
-            hosts.append(host)
-            ports.add(int(port_text))
-        if not hosts:
-            raise ValueError("no contact points given")
-        if len(ports) > 1:
-            raise ValueError("all contact points must use the same port")
-        return cls(tuple(hosts), ports.pop())
-
-    def __str__(self) -> str:
-        return ",".join(
-            f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}" for host in self.hosts
-        )
 
 
 def make_cluster(contact_points: ContactPoints, connect_timeout: float = 5.0) -> Cluster:

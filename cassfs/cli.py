@@ -20,10 +20,9 @@ from typing import Any
 import click
 
 from cached import stats as stats_mod
+from cached.api import ContactPoints, daemon_command, parse_size
 from cached.client import call_once, socket_path
-from cached.daemon import daemon_command, parse_size
 from cached.errors import CassfsError, DaemonUnavailable
-from cached.store import ContactPoints
 from cassfs.state import pid_alive, read_record
 
 log = logging.getLogger(__name__)

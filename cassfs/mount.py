@@ -21,8 +21,8 @@ from typing import Any
 import pyfuse3
 import trio
 
+from cached.api import daemon_command
 from cached.client import open_client, socket_path
-from cached.daemon import daemon_command
 from cached.errors import DaemonUnavailable
 from cassfs.fs import FrontConfig, Operations
 from cassfs.state import MountRecord, record_path

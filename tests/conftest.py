@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from cached.api import daemon_command
 from cached.client import call_once, socket_path
-from cached.daemon import daemon_command
 from cached.errors import DaemonUnavailable
 from cached.store import ContactPoints, make_cluster
 
