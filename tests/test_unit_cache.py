@@ -170,8 +170,6 @@ async def test_listings(cache: LocalCache, clock: FakeClock) -> None:
     fresh, got = await cache.get_listing(T1, 1)
     assert fresh is Freshness.STALE
     assert [tuple(item) for item in got] == items
-    await cache.drop_listing(T1, 1)
-    assert await cache.get_listing(T1, 1) == (Freshness.ABSENT, None)
 
 
 async def test_tenants_are_isolated(cache: LocalCache) -> None:
@@ -268,7 +266,6 @@ async def test_new_tmp_file_is_private_and_in_tmp_dir(cache: LocalCache) -> None
 
 
 async def test_clear_and_usage(cache: LocalCache) -> None:
-    assert await cache.usage() == (0, (await cache.usage())[1])
     entries0, bytes0 = await cache.usage()
     assert entries0 == 0
     await cache.put_inode(T1, make_inode(1))
@@ -284,7 +281,20 @@ async def test_clear_and_usage(cache: LocalCache) -> None:
     assert entries == 0
     assert volume < bytes0 + len(big)
     assert await cache.get_inode(T1, 1) == (Freshness.ABSENT, None)
+    assert await cache.get_dentry(T1, 1, b"a") == (Freshness.ABSENT, None)
+    assert await cache.get_listing_index(T1, 1) == (Freshness.ABSENT, None)
     assert await cache.has_content(T1, content_id(big)) is False
+
+
+async def test_clear_drops_metadata_writes_still_queued(cache: LocalCache) -> None:
+    # Written behind: not yet in diskcache when the purge comes, and must not land after it.
+    await cache.put_inode(T1, make_inode(1))
+    await cache.put_listing(T1, 1, [(b"a", 2, REGULAR)])
+    assert await cache.clear() == 0
+    await cache.flush()
+    assert (await cache.usage())[0] == 0
+    assert await cache.get_inode(T1, 1) == (Freshness.ABSENT, None)
+    assert await cache.get_listing(T1, 1) == (Freshness.ABSENT, None)
 
 
 async def test_overwriting_an_entry_is_not_an_eviction(
@@ -365,19 +375,6 @@ async def test_lru_eviction_with_few_large_entries_keeps_recent_ones(
         assert await cache.has_content(T1, ids[1]) is False
     finally:
         cache.close()
-
-
-async def test_cache_survives_reopen(tmp_path: Path, counters: Counters, clock: FakeClock) -> None:
-    first = LocalCache(tmp_path / "c", 64 * MiB, TTL, counters, clock=clock)
-    await first.put_inode(T1, make_inode())
-    await first.put_content(T1, content_id(b"abc"), b"abc")
-    first.close()
-    second = LocalCache(tmp_path / "c", 64 * MiB, TTL, counters, clock=clock)
-    try:
-        assert await second.get_inode(T1, 42) == (Freshness.FRESH, make_inode())
-        assert await second.read_content(T1, content_id(b"abc"), 1, 5) == b"bc"
-    finally:
-        second.close()
 
 
 def test_sha256_file(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cached.daemon import parse_size
+from cached.api import parse_size
 from cached.store import ContactPoints
 
 MiB = 1024**2
@@ -64,12 +64,31 @@ def test_empty_raises(text: str) -> None:
         ContactPoints.parse(text)
 
 
-def test_ipv6_literal_is_not_misparsed() -> None:
-    try:
-        points = ContactPoints.parse("::1")
-    except ValueError:
-        return
-    assert points == ContactPoints(("::1",), 9042)
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("::1", ContactPoints(("::1",), 9042)),
+        ("[::1]", ContactPoints(("::1",), 9042)),
+        ("[::1]:9142", ContactPoints(("::1",), 9142)),
+        ("fe80::1, 2001:db8::7", ContactPoints(("fe80::1", "2001:db8::7"), 9042)),
+        ("[fe80::1]:9142,[2001:db8::7]:9142", ContactPoints(("fe80::1", "2001:db8::7"), 9142)),
+        ("[::1]:9142,h:9142", ContactPoints(("::1", "h"), 9142)),
+    ],
+)
+def test_ipv6_literals(text: str, expected: ContactPoints) -> None:
+    points = ContactPoints.parse(text)
+    assert points == expected
+    assert ContactPoints.parse(str(points)) == points
+
+
+def test_ipv6_literal_is_bracketed_in_str() -> None:
+    assert str(ContactPoints.parse("::1")) == "[::1]:9042"
+
+
+@pytest.mark.parametrize("text", ["[]:9042", "[::1]:0", "[::1]:x", "[::1]x", "[::1]:"])
+def test_bad_ipv6_contact_point_raises(text: str) -> None:
+    with pytest.raises(ValueError, match="bad contact point"):
+        ContactPoints.parse(text)
 
 
 # -- parse_size --------------------------------------------------------------------------

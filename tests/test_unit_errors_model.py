@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import stat
 
 import pytest
 
@@ -23,14 +22,11 @@ from cached.errors import (
 )
 from cached.model import (
     DIRECTORY,
-    NAME_MAX,
     REGULAR,
     ROOT_INO,
     SYMLINK,
-    Dentry,
     Inode,
     check_name,
-    kind_of_mode,
     mode_of_kind,
 )
 from cached.protocol import Decoder, Response, pack_response
@@ -50,40 +46,23 @@ EIO_CLASSES = [CassfsError, StorageError, DaemonUnavailable, SchemaMissing]
 
 
 @pytest.mark.parametrize(("cls", "err"), DISTINCT)
-def test_errno_of_each_class(cls: type[CassfsError], err: int) -> None:
-    assert cls.errno == err
-    assert cls("m").errno == err
-    assert issubclass(cls, CassfsError)
-
-
-@pytest.mark.parametrize("cls", EIO_CLASSES)
-def test_eio_classes(cls: type[CassfsError]) -> None:
-    assert cls("m").errno == errno.EIO
-
-
-@pytest.mark.parametrize(("cls", "err"), DISTINCT)
-def test_round_trip_preserves_class_errno_and_message(cls: type[CassfsError], err: int) -> None:
-    wire = cls("it failed: \u00e9").to_wire()
-    assert wire == [err, "it failed: \u00e9"]
-    back = from_wire(wire)
+def test_error_reaches_the_caller_as_its_class_errno_and_message(
+    cls: type[CassfsError], err: int
+) -> None:
+    # The daemon's error reply, decoded as the client decodes it: the front reports `err`.
+    (msg,) = Decoder().feed(pack_response(3, cls("it failed: \u00e9").to_wire(), None))
+    assert isinstance(msg, Response)
+    back = from_wire(msg.error)
     assert type(back) is cls
     assert back.errno == err
     assert str(back) == "it failed: \u00e9"
 
 
-@pytest.mark.parametrize(("cls", "err"), DISTINCT)
-def test_round_trip_through_a_msgpack_response(cls: type[CassfsError], err: int) -> None:
-    (msg,) = Decoder().feed(pack_response(3, cls("x").to_wire(), None))
-    assert isinstance(msg, Response)
-    back = from_wire(msg.error)
-    assert type(back) is cls
-    assert back.errno == err
-
-
 @pytest.mark.parametrize("cls", EIO_CLASSES)
-def test_eio_classes_round_trip_as_eio(cls: type[CassfsError]) -> None:
+def test_eio_classes_reach_the_caller_as_eio(cls: type[CassfsError]) -> None:
     # EIO is shared by several classes, so only the errno and message survive.
-    back = from_wire(cls("cassandra timed out").to_wire())
+    (msg,) = Decoder().feed(pack_response(3, cls("cassandra timed out").to_wire(), None))
+    back = from_wire(msg.error)
     assert isinstance(back, CassfsError)
     assert back.errno == errno.EIO
     assert str(back) == "cassandra timed out"
@@ -131,11 +110,6 @@ def test_malformed_payload_becomes_eio(payload: object) -> None:
 # -- model -------------------------------------------------------------------------------
 
 
-def test_constants() -> None:
-    assert (ROOT_INO, NAME_MAX) == (1, 255)
-    assert len({DIRECTORY, REGULAR, SYMLINK}) == 3
-
-
 @pytest.mark.parametrize(
     "name", [b"a", b"x" * 255, "\u00e9".encode() * 127 + b"x", b"...", b".hidden", b"a b\xff"]
 )
@@ -174,27 +148,8 @@ def make_inode() -> Inode:
         content_id=b"\x00" * 31 + b"\xff",
         chunk_size=1024 * 1024,
         target=b"",
+        version=b"\x01" * 16,
     )
-
-
-def test_inode_to_wire_has_every_field() -> None:
-    inode = make_inode()
-    assert inode.to_wire() == {
-        "ino": 0x7FFF_FFFF_FFFF_FFFF,
-        "kind": REGULAR,
-        "mode": 0o100640,
-        "uid": 33,
-        "gid": 33,
-        "size": 5,
-        "atime_ns": 1,
-        "mtime_ns": 2,
-        "ctime_ns": 3,
-        "parent": 1,
-        "nlink": 1,
-        "content_id": b"\x00" * 31 + b"\xff",
-        "chunk_size": 1024 * 1024,
-        "target": b"",
-    }
 
 
 def test_inode_round_trip() -> None:
@@ -226,33 +181,6 @@ def test_inode_evolve_and_is_dir() -> None:
     assert inode.evolve(kind=DIRECTORY).is_dir is True
 
 
-def test_dentry_fields() -> None:
-    d = Dentry(parent=1, name=b"a", ino=5, kind=REGULAR)
-    assert (d.parent, d.name, d.ino, d.kind) == (1, b"a", 5, REGULAR)
-
-
-@pytest.mark.parametrize(
-    ("mode", "kind"),
-    [
-        (stat.S_IFDIR | 0o755, DIRECTORY),
-        (stat.S_IFREG | 0o644, REGULAR),
-        (stat.S_IFLNK | 0o777, SYMLINK),
-        (stat.S_IFREG, REGULAR),
-        (stat.S_IFDIR | 0o7777, DIRECTORY),
-    ],
-)
-def test_kind_of_mode(mode: int, kind: int) -> None:
-    assert kind_of_mode(mode) == kind
-
-
-@pytest.mark.parametrize(
-    "mode", [stat.S_IFSOCK | 0o755, stat.S_IFIFO | 0o644, stat.S_IFCHR, stat.S_IFBLK, 0o644]
-)
-def test_kind_of_mode_rejects_other_types(mode: int) -> None:
-    with pytest.raises(ValueError):
-        kind_of_mode(mode)
-
-
 @pytest.mark.parametrize(
     ("kind", "permissions", "mode"),
     [
@@ -265,11 +193,6 @@ def test_kind_of_mode_rejects_other_types(mode: int) -> None:
 )
 def test_mode_of_kind(kind: int, permissions: int, mode: int) -> None:
     assert mode_of_kind(kind, permissions) == mode
-
-
-@pytest.mark.parametrize("kind", [DIRECTORY, REGULAR, SYMLINK])
-def test_mode_and_kind_are_inverse(kind: int) -> None:
-    assert kind_of_mode(mode_of_kind(kind, 0o640)) == kind
 
 
 def test_mode_of_unknown_kind_raises() -> None:

@@ -10,17 +10,11 @@ from cached.singleflight import SingleFlight
 
 
 class Work:
-    """A slow async function that records its calls."""
+    """Async work that records its calls and finishes only once ``release`` is set."""
 
-    def __init__(self, delay: float = 0.05) -> None:
-        self.delay = delay
+    def __init__(self) -> None:
         self.started: list[object] = []
         self.release = trio.Event()
-
-    async def slow(self, value: object) -> tuple[str, object, int]:
-        self.started.append(value)
-        await trio.sleep(self.delay)
-        return ("done", value, len(self.started))
 
     async def gated(self, value: object) -> str:
         self.started.append(value)
@@ -34,64 +28,58 @@ async def test_concurrent_callers_of_one_key_share_one_run() -> None:
     results: list[object] = []
 
     async def caller() -> None:
-        results.append(await flights.run("k", work.slow, "v"))
+        results.append(await flights.run("k", work.gated, "v"))
 
     async with trio.open_nursery() as nursery:
         for _ in range(20):
             nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        # Every caller is waiting and the work has started once.
+        assert work.started == ["v"]
+        work.release.set()
     assert flights.calls == 1
-    assert work.started == ["v"]
-    assert results == [("done", "v", 1)] * 20
+    assert results == ["result-v"] * 20
 
 
 async def test_sequential_calls_run_again() -> None:
     flights = SingleFlight()
-    work = Work(delay=0)
-    assert await flights.run("k", work.slow, 1) == ("done", 1, 1)
-    assert await flights.run("k", work.slow, 2) == ("done", 2, 2)
+    work = Work()
+    work.release.set()
+    assert await flights.run("k", work.gated, 1) == "result-1"
+    assert await flights.run("k", work.gated, 2) == "result-2"
     assert flights.calls == 2
+    assert work.started == [1, 2]
 
 
-async def test_different_keys_run_separately() -> None:
+async def test_different_keys_run_separately_and_concurrently() -> None:
     flights = SingleFlight()
     work = Work()
     results: dict[str, list[object]] = {"a": [], "b": [], "c": []}
 
     async def caller(key: str) -> None:
-        results[key].append(await flights.run(key, work.slow, key))
+        results[key].append(await flights.run(("c", key), work.gated, key))
 
     async with trio.open_nursery() as nursery:
         for _ in range(5):
             for key in results:
                 nursery.start_soon(caller, key)
-    assert flights.calls == 3
-    assert sorted(work.started) == ["a", "b", "c"]
-    for key, got in results.items():
-        assert len(got) == 5
-        assert {r[:2] for r in got} == {("done", key)}  # type: ignore[index]
-
-
-async def test_different_keys_run_concurrently() -> None:
-    flights = SingleFlight()
-    work = Work()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(flights.run, ("c", 1), work.gated, 1)
-        nursery.start_soon(flights.run, ("c", 2), work.gated, 2)
         await trio.testing.wait_all_tasks_blocked()
-        # Both started although neither finished: no key blocks another.
-        assert sorted(work.started) == [1, 2]  # type: ignore[type-var]
+        # One run per key, all started although none finished: no key blocks another.
+        assert sorted(work.started) == ["a", "b", "c"]  # type: ignore[type-var]
         work.release.set()
-    assert flights.calls == 2
+    assert flights.calls == 3
+    assert results == {key: [f"result-{key}"] * 5 for key in results}
 
 
 async def test_exception_reaches_every_waiter() -> None:
     flights = SingleFlight()
     calls = 0
+    fail = trio.Event()
 
     async def failing() -> None:
         nonlocal calls
         calls += 1
-        await trio.sleep(0.02)
+        await fail.wait()
         raise OSError(5, "cassandra down")
 
     errors: list[BaseException] = []
@@ -105,6 +93,8 @@ async def test_exception_reaches_every_waiter() -> None:
     async with trio.open_nursery() as nursery:
         for _ in range(10):
             nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        fail.set()
     assert calls == 1
     assert flights.calls == 1
     assert len(errors) == 10
