@@ -212,15 +212,16 @@ class MetadataOps:
                     raise InvalidArgument(f"cannot truncate inode {ino} to {size}")
                 if size != inode.size:
                     inode = await self.contents.truncate(s, inode, size)
-            changed = inode.evolve(
-                mode=inode.mode if mode is None else stat.S_IFMT(inode.mode) | (mode & 0o7777),
-                uid=inode.uid if uid is None else uid,
-                gid=inode.gid if gid is None else gid,
-                atime_ns=inode.atime_ns if atime_ns is None else atime_ns,
-                mtime_ns=inode.mtime_ns if mtime_ns is None else mtime_ns,
-                ctime_ns=now,
-            )
-            await s.store.set_attrs(changed)
+            changes: dict[str, int] = {}
+            if mode is not None:
+                changes["mode"] = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+            for column, value in (
+                ("uid", uid), ("gid", gid), ("atime_ns", atime_ns), ("mtime_ns", mtime_ns)
+            ):  # fmt: skip
+                if value is not None:
+                    changes[column] = value
+            await s.store.set_attrs(ino, changes, now)
+            changed = inode.evolve(**changes, ctime_ns=now if changes else inode.ctime_ns)
             await self.core.cache.put_inode(s.tenant, changed)
             self.core.announce(s, ino)
             return changed.to_wire()

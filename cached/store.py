@@ -61,10 +61,14 @@ STATEMENTS: dict[str, str] = {
         f"INSERT INTO {{ks}}.inodes (owner, environment, {_INODE_COLUMNS}) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
-    "set_attrs": (
-        "UPDATE {ks}.inodes SET mode = ?, uid = ?, gid = ?, atime_ns = ?, mtime_ns = ?, "
-        f"ctime_ns = ? WHERE {_TENANT} AND ino = ?"
-    ),
+    # One statement per attribute: a setattr writes only the cells it changes, so a
+    # chmod on one host and a chown on another both stay (no read-modify-write).
+    **{
+        f"set_{column}": (
+            f"UPDATE {{ks}}.inodes SET {column} = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?"
+        )
+        for column in ("mode", "uid", "gid", "atime_ns", "mtime_ns")
+    },
     "flip_content": (
         "UPDATE {ks}.inodes SET version = ?, content_id = ?, size = ?, chunk_size = ?, "
         f"mtime_ns = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ? IF version = ?"
@@ -487,12 +491,17 @@ class TenantStore:
             logged=True,
         )  # fmt: skip
 
-    async def set_attrs(self, inode: Inode) -> None:
-        """Write mode, uid, gid and the three times of ``inode``."""
-        i = inode
-        await self._store.run(
-            "set_attrs", (i.mode, i.uid, i.gid, i.atime_ns, i.mtime_ns, i.ctime_ns, *self._t, i.ino)
-        )
+    async def set_attrs(self, ino: int, changes: dict[str, int], ctime_ns: int) -> None:
+        """Write the attributes in ``changes`` (keys among mode, uid, gid, atime_ns,
+        mtime_ns) and ``ctime_ns`` of ``ino``, and nothing else (one batch, one partition).
+        """
+        if changes:
+            await self._store.run_batch(
+                [
+                    (f"set_{column}", (value, ctime_ns, *self._t, ino))
+                    for column, value in changes.items()
+                ]
+            )
 
     async def flip_content(self, inode: Inode, expected_version: bytes) -> bytes | None:
         """LWT: point ``inode`` at its written version if it is still at ``expected_version``.

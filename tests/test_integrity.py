@@ -361,3 +361,21 @@ def _old_uuid(at_ns: int) -> bytes:
         fields=(ticks & 0xFFFFFFFF, (ticks >> 32) & 0xFFFF, ((ticks >> 48) & 0x0FFF) | 0x1000,
                 0x80 | (seq >> 8) & 0x3F, seq & 0xFF, node),
     ).bytes  # fmt: skip
+
+
+async def test_chmod_and_chown_on_two_hosts_both_stay(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """setattr writes only what it changes: no host undoes another's attribute."""
+    host_a, host_b = start_daemon("a", cache_ttl=60), start_daemon("b", cache_ttl=60)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        for round_ in range(ROUNDS):
+            f = await make_file(a, ROOT_INO, f"attrs{round_}".encode(), b"x")
+            await b.call("getattr", ino=f["ino"])  # b caches the old attributes
+            await both(
+                lambda: a.call("setattr", ino=f["ino"], mode=0o600),  # noqa: B023
+                lambda: b.call("setattr", ino=f["ino"], uid=1000 + round_),  # noqa: B023
+            )
+            inode = await truth.get_inode(f["ino"])
+            assert inode is not None
+            assert (inode.mode & 0o7777, inode.uid) == (0o600, 1000 + round_)
