@@ -11,7 +11,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cached.model import Inode
+
+if TYPE_CHECKING:
+    from cached.client import DaemonClient
 
 _SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -112,3 +117,176 @@ class ContactPoints:
         return ",".join(
             f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}" for host in self.hosts
         )
+
+
+# -- typed RPC replies and requests ---------------------------------------------------------
+#
+# The wire carries msgpack maps (cached.protocol); these records are the one definition of
+# each reply's shape, built by the daemon's methods and read by the front, and DaemonApi
+# gives every request a typed signature.  Inodes travel as cached.model.Inode maps.
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """Reply of ``open``: the inode, the cache epoch, the content when it came inline
+    (whole, at most ``OPEN_INLINE_LIMIT`` bytes) and how many seconds the front may reuse
+    this answer (``fresh_for``)."""
+
+    inode: Inode
+    epoch: int
+    data: bytes | None
+    fresh_for: float
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-friendly map."""
+        return {
+            "inode": self.inode.to_wire(),
+            "epoch": self.epoch,
+            "data": self.data,
+            "fresh_for": self.fresh_for,
+        }
+
+    @classmethod
+    def from_wire(cls, reply: dict[str, Any]) -> Opened:
+        """Read :meth:`to_wire` output; KeyError/TypeError on a malformed map."""
+        return cls(
+            Inode.from_wire(reply["inode"]), reply["epoch"], reply["data"], reply["fresh_for"]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """Reply of ``rename``: the moved inode and the inode the new name replaced (0: none)."""
+
+    ino: int
+    replaced: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-friendly map."""
+        return {"ino": self.ino, "replaced": self.replaced}
+
+    @classmethod
+    def from_wire(cls, reply: dict[str, Any]) -> Renamed:
+        """Read :meth:`to_wire` output."""
+        return cls(reply["ino"], reply["replaced"])
+
+
+@dataclass(frozen=True, slots=True)
+class Materialized:
+    """Reply of ``materialize``: the inode and its content, inline (``data``) or as a
+    spool file the front now owns (``path``); exactly one is set."""
+
+    inode: Inode
+    data: bytes | None = None
+    path: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-friendly map (only the content field that is set)."""
+        wire: dict[str, Any] = {"inode": self.inode.to_wire()}
+        if self.path is not None:
+            wire["path"] = self.path
+        else:
+            wire["data"] = self.data
+        return wire
+
+    @classmethod
+    def from_wire(cls, reply: dict[str, Any]) -> Materialized:
+        """Read :meth:`to_wire` output."""
+        return cls(Inode.from_wire(reply["inode"]), reply.get("data"), reply.get("path"))
+
+
+class DaemonApi:
+    """Every RPC a mount makes, typed: one method per daemon method, same parameter names.
+
+    Wraps a connected :class:`~cached.client.DaemonClient`.  Each method raises the
+    :mod:`cached.errors` class of the daemon's errno (ENOENT -> ``NotFound``...), and
+    ``DaemonUnavailable`` (EIO) when the daemon cannot be reached.
+    """
+
+    def __init__(self, client: DaemonClient) -> None:
+        self.client = client
+
+    async def _inode(self, method: str, **params: Any) -> Inode:
+        return Inode.from_wire(await self.client.call(method, **params))
+
+    async def lookup(self, parent: int, name: bytes) -> Inode:
+        """The inode ``name`` names in directory ``parent``; ENOENT, ENOTDIR, ENAMETOOLONG."""
+        return await self._inode("lookup", parent=parent, name=name)
+
+    async def getattr(self, ino: int) -> Inode:
+        """The inode ``ino``; ENOENT."""
+        return await self._inode("getattr", ino=ino)
+
+    async def setattr(self, ino: int, **changes: int) -> Inode:
+        """chmod/chown/utimens/truncate: ``changes`` among mode, uid, gid, atime_ns,
+        mtime_ns (nanoseconds) and size (bytes); the new inode.  ENOENT, EISDIR, EINVAL."""
+        return await self._inode("setattr", ino=ino, **changes)
+
+    async def readlink(self, ino: int) -> bytes:
+        """The target of symlink ``ino``; EINVAL when it is not one."""
+        return await self.client.call("readlink", ino=ino)  # type: ignore[no-any-return]
+
+    async def readdir(self, ino: int) -> list[tuple[bytes, Inode]]:
+        """Every entry of directory ``ino`` as ``(name, inode)``, by name; ENOTDIR."""
+        return [
+            (name, Inode.from_wire(inode))
+            for name, inode in await self.client.call("readdir", ino=ino)
+        ]
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        """Create a directory; EEXIST, ENOENT (parent removed), ENOTDIR."""
+        return await self._inode("mkdir", parent=parent, name=name, mode=mode, uid=uid, gid=gid)
+
+    async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        """Create an empty regular file; EEXIST, ENOENT (parent removed), ENOTDIR."""
+        return await self._inode("create", parent=parent, name=name, mode=mode, uid=uid, gid=gid)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Inode:
+        """Create a symlink to ``target``; EEXIST, EINVAL (empty or over 4096 bytes)."""
+        return await self._inode(
+            "symlink", parent=parent, name=name, target=target, uid=uid, gid=gid
+        )
+
+    async def unlink(self, parent: int, name: bytes) -> int:
+        """Remove a non-directory name; the inode it named.  ENOENT, EISDIR."""
+        return await self.client.call("unlink", parent=parent, name=name)  # type: ignore[no-any-return]
+
+    async def rmdir(self, parent: int, name: bytes) -> int:
+        """Remove an empty directory; its inode.  ENOENT, ENOTDIR, ENOTEMPTY."""
+        return await self.client.call("rmdir", parent=parent, name=name)  # type: ignore[no-any-return]
+
+    async def rename(
+        self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> Renamed:
+        """Move a name; ENOENT, EEXIST (RENAME_NOREPLACE), EISDIR, ENOTDIR, ENOTEMPTY, EINVAL."""
+        return Renamed.from_wire(
+            await self.client.call(
+                "rename", old_parent=old_parent, old_name=old_name, new_parent=new_parent,
+                new_name=new_name, flags=flags,
+            )
+        )  # fmt: skip
+
+    async def open(self, ino: int, fetch: bool = True, inline: bool = True) -> Opened:
+        """Open ``ino`` (its content cached by the daemon with ``fetch``); ENOENT, EIO."""
+        return Opened.from_wire(await self.client.call("open", ino=ino, fetch=fetch, inline=inline))
+
+    async def read(
+        self, ino: int, content_id: bytes, file_size: int, offset: int, size: int
+    ) -> bytes:
+        """``size`` bytes at ``offset`` of the version ``content_id`` (``file_size`` bytes)."""
+        return await self.client.call(  # type: ignore[no-any-return]
+            "read", ino=ino, content_id=content_id, file_size=file_size, offset=offset, size=size
+        )
+
+    async def write(self, ino: int, data: bytes | None = None, path: str | None = None) -> Inode:
+        """Replace the whole content (inline ``data`` or a spool file ``path``); write-through."""
+        params: dict[str, Any] = {"data": data} if path is None else {"path": path}
+        return await self._inode("write", ino=ino, **params)
+
+    async def materialize(self, ino: int) -> Materialized:
+        """The current content of ``ino`` for a read-modify-write; ENOENT, EIO."""
+        return Materialized.from_wire(await self.client.call("materialize", ino=ino))
+
+    async def purge_inode(self, ino: int) -> bool:
+        """Delete the unlinked inode ``ino`` once nothing holds it; True if deleted."""
+        return await self.client.call("purge_inode", ino=ino)  # type: ignore[no-any-return]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cached.api import Materialized, Opened
 from cached.core import ContentGone, Core, Session, unlink_quietly
 from cached.errors import InvalidArgument, IsADirectory, StorageError
 from cached.model import REGULAR
@@ -43,12 +44,9 @@ class ContentOps:
             inode, data = await self.contents.cached_content(s, inode, want_bytes=small)
             if data is not None:
                 self.core.counters.add("bytes_served", len(data))
-        return {
-            "inode": inode.to_wire(),
-            "epoch": self.core.epoch,
-            "data": data,
-            "fresh_for": self.core.cache.fresh_for(s.tenant, inode.ino),
-        }
+        return Opened(
+            inode, self.core.epoch, data, self.core.cache.fresh_for(s.tenant, inode.ino)
+        ).to_wire()
 
     async def rpc_read(
         self, s: Session, ino: int, content_id: bytes, file_size: int, offset: int, size: int
@@ -109,7 +107,7 @@ class ContentOps:
             data = await self.core.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
             if data is None:
                 raise StorageError("content evicted during materialize")
-            return {"inode": inode.to_wire(), "data": data}
+            return Materialized(inode, data=data).to_wire()
         path, handle = await self.core.thread(self.contents.new_spool_file)
         try:
             if not await self.core.cache.copy_content(s.tenant, inode.content_id, handle):
@@ -119,4 +117,4 @@ class ContentOps:
             raise
         finally:
             await self.core.thread(handle.close)
-        return {"inode": inode.to_wire(), "path": str(path)}
+        return Materialized(inode, path=str(path)).to_wire()

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from cached import content
+from cached.api import Renamed
 from cached.core import (
     Core,
     Session,
@@ -295,14 +296,14 @@ class NamespaceOps:
                 if source is None:
                     raise NotFound(_text(old_name))
                 if (old_parent, old_name) == (new_parent, new_name):
-                    return {"ino": source.ino, "replaced": 0}
+                    return Renamed(source.ino, 0).to_wire()
                 if source.kind == DIRECTORY and old_parent != new_parent:
                     lease = lease or await self._take_rename_lease(s)
                     await self._check_not_below(s, source.ino, new_parent)
                 target = await self._entry(s, new_parent, new_name)
                 if target is not None:
                     if target.ino == source.ino:
-                        return {"ino": source.ino, "replaced": 0}
+                        return Renamed(source.ino, 0).to_wire()
                     self._check_replace(source, target, new_name, flags)
                 done = await self._move(s, source, new_parent, new_name, target)
                 if done is not None:
@@ -361,7 +362,7 @@ class NamespaceOps:
         if new_parent != source.parent:
             await self.core.touch_dir(s, new_parent, now)
         self.core.announce(s, source.parent, new_parent, source.ino, replaced)
-        return {"ino": source.ino, "replaced": replaced}
+        return Renamed(source.ino, replaced).to_wire()
 
     async def _move_across(self, s: Session, intent: Intent, target: Dentry | None) -> bool:
         """Intent, claim the source, set the new name, finish; False when a race was lost."""

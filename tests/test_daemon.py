@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from cached.api import DaemonApi, Renamed
 from cached.client import DaemonClient, open_client, socket_path
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
 from cached.model import ROOT_INO
@@ -322,3 +323,32 @@ async def test_cache_dir_survives_kill_9_during_writes(
         for name in acknowledged:
             inode = next(i for n, i in listing if n == name)
             assert inode["size"] == len(contents[name])
+
+
+async def test_typed_api_speaks_every_content_and_name_reply(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """The front's typed calls (cached.api.DaemonApi) read what the daemon's methods build."""
+    daemon = start_daemon()
+    async with session(daemon, tenant) as client:
+        api = DaemonApi(client)
+        made = await api.create(ROOT_INO, b"typed", 0o640, 0, 0)
+        written = await api.write(made.ino, data=b"typed bytes")
+        assert (written.size, written.mode & 0o777) == (11, 0o640)
+        opened = await api.open(made.ino)
+        assert (opened.inode.ino, opened.data, opened.fresh_for > 0) == (
+            made.ino,
+            b"typed bytes",
+            True,
+        )
+        moved = await api.rename(ROOT_INO, b"typed", ROOT_INO, b"typed2")
+        assert moved == Renamed(made.ino, 0)
+        whole = await api.materialize(made.ino)
+        assert (whole.inode.content_id, whole.data, whole.path) == (
+            hashlib.sha256(b"typed bytes").digest(),
+            b"typed bytes",
+            None,
+        )
+        assert [(name, inode.ino) for name, inode in await api.readdir(ROOT_INO)] == [
+            (b"typed2", made.ino)
+        ]
