@@ -3,17 +3,25 @@
 This is the only place that raises ``pyfuse3.FUSEError``: every handler runs
 under :func:`_fuse_errors`, which maps :mod:`cached.errors` (which carry their
 errno) to ``FUSEError`` and anything unexpected to EIO, so no exception ever
-escapes into ``pyfuse3.main()`` (which would kill the mount).
+escapes into ``pyfuse3.main()`` (which would kill the mount).  A request naming
+an inode by number that the daemon no longer has gets ESTALE, not ENOENT
+(:class:`~cassfs.inodes.InodeGone`), so the kernel looks the path up again.
 
 Timeouts: ``entry_ttl`` seconds is the entry and attr timeout of every reply,
 ``negative_ttl`` the timeout of a negative lookup (``st_ino = 0``).  Source:
 pyfuse3 ``EntryAttributes`` and libfuse ``fuse_lowlevel.h``.
 
+What the front keeps per inode (lookup count, open handles, write buffer, the
+version in the kernel's page cache, the reusable open answer) is one
+:class:`~cassfs.inodes.InodeState` in :attr:`Operations.inodes`.
+
 Operation -> RPC: lookup/getattr/setattr/readlink -> the same name;
 opendir -> readdir; mkdir/create/symlink/unlink/rmdir/rename -> the same name;
-open -> open; read -> read (unless the content came inline); write -> nothing
-(buffered), or materialize for a partial rewrite; flush/fsync -> write;
-forget -> purge_inode for unlinked inodes; statfs -> statfs.
+open -> open (or nothing while its last answer holds); read -> read (unless the
+content came inline, or a write buffer exists); write -> nothing (buffered), or
+materialize for a partial rewrite; flush/fsync -> write when the handle changed
+the buffer; release -> write for changes after the last flush (mmap);
+forget -> purge_inode for unlinked inodes.
 """
 
 from __future__ import annotations
@@ -24,25 +32,21 @@ import itertools
 import logging
 import os
 import stat
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import pyfuse3
 import trio
 
-from cached.client import DaemonClient
-from cached.errors import CassfsError, NotFound
+from cached.errors import CassfsError, Exists, NotFound
 from cached.model import NAME_MAX, ROOT_INO
 from cassfs.handles import OpenFile, WriteBuffer
-from cassfs.lookups import LookupCounts
+from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
+from cassfs.kernel import FuseKernelCache, KernelCache
 
 log = logging.getLogger(__name__)
-
-#: Open answers kept for reuse (see Operations._reuse).
-REUSABLE_ENTRIES = 100_000
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -68,20 +72,36 @@ def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
     return wrapper
 
 
+class Daemon(Protocol):
+    """What the operations need of the daemon: :class:`cached.client.DaemonClient`."""
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """Call RPC ``method``; raises the :mod:`cached.errors` class of a failure."""
+
+
 @dataclass(frozen=True)
 class FrontConfig:
-    """Kernel cache timeouts of the mount, seconds."""
+    """Kernel cache timeouts of the mount, and how long an open waits for old readers.
+
+    ``entry_ttl`` and ``negative_ttl`` are seconds.  ``switch_wait`` is how many
+    seconds an open that found a new version of a file waits for the handles reading
+    the kernel's page cache (an older version) to close, before it reads with
+    ``direct_io`` instead.
+    """
 
     entry_ttl: float = 1.0
     negative_ttl: float = 1.0
+    switch_wait: float = 1.0
 
 
 class Operations(pyfuse3.Operations):
-    """cassfs's pyfuse3 operations over a connected :class:`DaemonClient`.
+    """cassfs's pyfuse3 operations over a connected daemon client.
 
     ``spool_dir`` receives write buffers larger than 1 MiB (it must be the
-    daemon's spool dir: the daemon reads them from there).  Set ``nursery``
-    before the mount serves requests; background purges run in it.
+    daemon's spool dir: the daemon reads them from there).  ``epoch`` is the
+    daemon's cache epoch from ``hello``.  ``kernel`` drops the kernel's caches
+    (the mounted session's by default).  Set ``nursery`` before the mount serves
+    requests; background purges and invalidations run in it.
     """
 
     supports_dot_lookup = True
@@ -89,36 +109,47 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, client: DaemonClient, config: FrontConfig, spool_dir: Path, epoch: int
+        self,
+        client: Daemon,
+        config: FrontConfig,
+        spool_dir: Path,
+        epoch: int,
+        kernel: KernelCache | None = None,
     ) -> None:
         super().__init__()
         self.client = client
         self.config = config
         self.spool_dir = spool_dir
         self.epoch = epoch
+        self.kernel: KernelCache = kernel if kernel is not None else FuseKernelCache()
         self.nursery: trio.Nursery | None = None
-        self.lookups = LookupCounts()
-        self.orphans: set[int] = set()
-        self._handles: dict[int, OpenFile] = {}
-        self._open_count: dict[int, int] = {}
-        self._buffers: dict[int, WriteBuffer] = {}
+        self.inodes = InodeTable()
         self._dirs: dict[int, list[list[Any]]] = {}
-        self._seen: dict[int, tuple[bytes, int]] = {}
-        #: ino -> (trio deadline, inode map): open answers reusable until the daemon's
-        #: TTL for the inode runs out, unless a `changed` notification names it first.
-        self._reusable: OrderedDict[int, tuple[float, dict[str, Any]]] = OrderedDict()
         self._fh = itertools.count(1)
 
     # -- helpers --------------------------------------------------------------------------
 
+    async def _by_ino(self, method: str, ino: int, **params: Any) -> Any:
+        """Call ``method`` about inode ``ino``; ESTALE (InodeGone) when it no longer exists."""
+        try:
+            return await self.client.call(method, ino=ino, **params)
+        except NotFound as exc:
+            raise InodeGone(f"inode {ino} is gone ({method}): {exc}") from exc
+
     def _entry(self, inode: dict[str, Any]) -> pyfuse3.EntryAttributes:
-        """EntryAttributes of a daemon inode map, with the mount's timeouts."""
+        """EntryAttributes of a daemon inode map, with the mount's timeouts.
+
+        Size and mtime are what the inode's record says the kernel must see
+        (:meth:`InodeState.reported`): a write buffer's size, or the size of the
+        version handles read through the page cache.
+        """
         attrs = pyfuse3.EntryAttributes()
         ino = inode["ino"]
-        size = inode["size"]
-        buffer = self._buffers.get(ino)
-        if buffer is not None and buffer.loaded:
-            size = buffer.size
+        state = self.inodes.get(ino)
+        if state is not None:
+            size, mtime_ns = state.reported(inode, self.epoch)
+        else:
+            size, mtime_ns = inode["size"], inode["mtime_ns"]
         attrs.st_ino = ino
         attrs.generation = 0
         attrs.entry_timeout = self.config.entry_ttl
@@ -132,22 +163,34 @@ class Operations(pyfuse3.Operations):
         attrs.st_blksize = 4096
         attrs.st_blocks = -(-size // 512)
         attrs.st_atime_ns = inode["atime_ns"]
-        attrs.st_mtime_ns = inode["mtime_ns"]
+        attrs.st_mtime_ns = mtime_ns
         attrs.st_ctime_ns = inode["ctime_ns"]
         return attrs
 
     def _remember(self, inode: dict[str, Any]) -> pyfuse3.EntryAttributes:
         """An entry reply: the kernel now holds one more reference."""
-        self.lookups.add(inode["ino"])
+        self.inodes.remember(inode["ino"])
         return self._entry(inode)
+
+    def _handle(self, fh: int) -> tuple[OpenFile, InodeState]:
+        """The open handle ``fh`` and its inode's record; EBADF when unknown."""
+        handle = self.inodes.handle(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return handle, self.inodes.state(handle.ino)
 
     def _unlinked(self, ino: int) -> None:
         """``ino`` lost its last name: purge it now, or once the kernel forgets it."""
-        self._forget_answers(ino)
-        if ino and self.lookups.count(ino) == 0 and not self._open_count.get(ino):
+        if not ino:
+            return
+        state = self.inodes.get(ino)
+        if state is None or (state.lookups == 0 and not state.handles):
             self._start_purge(ino)
-        elif ino:
-            self.orphans.add(ino)
+            if state is not None:
+                self.inodes.discard_if_idle(state)
+        else:
+            state.unlinked = True
+            state.reusable = None
 
     def _start_purge(self, ino: int) -> None:
         if self.nursery is not None:
@@ -158,6 +201,15 @@ class Operations(pyfuse3.Operations):
             await self.client.call("purge_inode", ino=ino)
         except CassfsError as exc:
             log.warning("could not purge unlinked inode %d: %s", ino, exc)
+
+    def _name_taken(self, parent: int, name: bytes) -> None:
+        """A create found ``name`` taken: have the kernel forget its negative dentry.
+
+        The kernel may hold a negative dentry for the name (a lookup answered before
+        another host created it); without this, the next stat would say ENOENT
+        again until ``negative_ttl`` runs out.
+        """
+        self.kernel.invalidate_entry_soon(parent, name)
 
     @staticmethod
     def _check_name(name: bytes) -> None:
@@ -170,14 +222,17 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        """Resolve ``name`` in ``parent_inode``; a negative entry (st_ino 0) when absent."""
+        """Resolve ``name`` in ``parent_inode``; a negative entry (st_ino 0) when absent.
+
+        ESTALE when ``parent_inode`` itself is gone (for ``.`` and ``..``).
+        """
         log.debug("lookup %d %r", parent_inode, name)
         self._check_name(name)
         if name == b".":
-            inode = await self.client.call("getattr", ino=parent_inode)
+            inode = await self._by_ino("getattr", parent_inode)
         elif name == b"..":
-            parent = await self.client.call("getattr", ino=parent_inode)
-            inode = await self.client.call("getattr", ino=parent["parent"] or ROOT_INO)
+            parent = await self._by_ino("getattr", parent_inode)
+            inode = await self._by_ino("getattr", parent["parent"] or ROOT_INO)
         else:
             try:
                 inode = await self.client.call("lookup", parent=parent_inode, name=name)
@@ -192,9 +247,9 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        """Attributes of ``inode``, with the size of unflushed writes."""
+        """Attributes of ``inode`` (see :meth:`_entry` for size and mtime).  ESTALE when gone."""
         log.debug("getattr %d", inode)
-        return self._entry(await self.client.call("getattr", ino=inode))
+        return self._entry(await self._by_ino("getattr", inode))
 
     @_fuse_errors
     async def setattr(
@@ -205,7 +260,12 @@ class Operations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        """chmod, chown, truncate and utimens.  EISDIR/EINVAL from the daemon on truncate."""
+        """chmod, chown, truncate and utimens.
+
+        A truncate is saved before this returns: through the write buffer when the
+        inode has one (written through at once), else by the daemon.  ESTALE when
+        the inode is gone; EISDIR/EINVAL from the daemon on truncate.
+        """
         log.debug("setattr %d", inode)
         changes: dict[str, Any] = {}
         if fields.update_mode:
@@ -218,24 +278,45 @@ class Operations(pyfuse3.Operations):
             changes["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
-        if fields.update_size:
-            buffer = self._buffers.get(inode)
-            if buffer is not None:
-                async with buffer.lock:
-                    await buffer.truncate(attr.st_size)
-            else:
-                changes["size"] = attr.st_size
-        self._forget_answers(inode)
-        if changes or not fields.update_size:
-            result = await self.client.call("setattr", ino=inode, **changes)
-        else:
-            result = await self.client.call("getattr", ino=inode)
-        return self._entry(result)
+        state = self.inodes.state(inode)
+        result: dict[str, Any] | None = None
+        try:
+            if fields.update_size:
+                result = await self._truncate(state, attr.st_size, changes)
+                changes = {} if result is not None and "size" in changes else changes
+            if changes:
+                result = await self._by_ino("setattr", inode, **changes)
+            elif result is None:
+                result = await self._by_ino("getattr", inode)
+            state.reusable = None
+            return self._entry(result)
+        finally:
+            self.inodes.discard_if_idle(state)
+
+    async def _truncate(
+        self, state: InodeState, size: int, changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Cut or zero-extend ``state``'s file to ``size`` bytes and save it; the new inode.
+
+        Under the inode's lock, so ``release`` cannot drop the buffer meanwhile.  With
+        a buffer: truncate it and write it through.  Without: the daemon truncates,
+        together with ``changes`` (which then gain a ``size`` key to say so).
+        """
+        async with state.lock:
+            buffer = state.buffer
+            if buffer is None:
+                changes["size"] = size
+                result: dict[str, Any] = await self._by_ino("setattr", state.ino, **changes)
+                if stat.S_ISREG(result["mode"]):
+                    state.committed(result, self.epoch)
+                return result
+            await buffer.truncate(size)
+            return await self._write_buffer(state, buffer)
 
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        """The symlink's target."""
-        return await self.client.call("readlink", ino=inode)  # type: ignore[no-any-return]
+        """The symlink's target.  ESTALE when the inode is gone."""
+        return await self._by_ino("readlink", inode)  # type: ignore[no-any-return]
 
     @_fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -251,14 +332,14 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        """Take a snapshot of the listing; readdir tokens index into it.
+        """Take a snapshot of the listing; readdir tokens index into it.  ESTALE when gone.
 
         POSIX leaves it unspecified whether entries added or removed after
         opendir(3) show up, so a per-handle snapshot is a valid, stable cursor.
         """
         log.debug("opendir %d", inode)
         fh = next(self._fh)
-        self._dirs[fh] = await self.client.call("readdir", ino=inode)
+        self._dirs[fh] = await self._by_ino("readdir", inode)
         return fh
 
     @_fuse_errors
@@ -271,7 +352,7 @@ class Operations(pyfuse3.Operations):
             name, inode = entries[index]
             if not pyfuse3.readdir_reply(token, name, self._entry(inode), index + 1):
                 return
-            self.lookups.add(inode["ino"])
+            self.inodes.remember(inode["ino"])
 
     async def releasedir(self, fh: int) -> None:
         """Drop the listing snapshot."""
@@ -281,16 +362,20 @@ class Operations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        """Create a directory.  EEXIST, ENAMETOOLONG."""
+        """Create a directory.  EEXIST (the kernel's dentry is dropped), ENAMETOOLONG."""
         self._check_name(name)
-        inode = await self.client.call(
-            "mkdir",
-            parent=parent_inode,
-            name=name,
-            mode=stat.S_IMODE(mode),
-            uid=ctx.uid,
-            gid=ctx.gid,
-        )
+        try:
+            inode = await self.client.call(
+                "mkdir",
+                parent=parent_inode,
+                name=name,
+                mode=stat.S_IMODE(mode),
+                uid=ctx.uid,
+                gid=ctx.gid,
+            )
+        except Exists:
+            self._name_taken(parent_inode, name)
+            raise
         return self._remember(inode)
 
     @_fuse_errors
@@ -303,11 +388,15 @@ class Operations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        """Create a symlink.  EEXIST, ENAMETOOLONG."""
+        """Create a symlink.  EEXIST (the kernel's dentry of the name is dropped), ENAMETOOLONG."""
         self._check_name(name)
-        inode = await self.client.call(
-            "symlink", parent=parent_inode, name=name, target=target, uid=ctx.uid, gid=ctx.gid
-        )
+        try:
+            inode = await self.client.call(
+                "symlink", parent=parent_inode, name=name, target=target, uid=ctx.uid, gid=ctx.gid
+            )
+        except Exists:
+            self._name_taken(parent_inode, name)
+            raise
         return self._remember(inode)
 
     @_fuse_errors
@@ -346,16 +435,23 @@ class Operations(pyfuse3.Operations):
         """Hard links are not supported (EPERM, as on filesystems without them)."""
         raise pyfuse3.FUSEError(errno.EPERM)
 
-    @_fuse_errors
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        """Drop kernel references; purge unlinked inodes nobody holds any more."""
+        """Drop kernel references; purge unlinked inodes nobody holds any more.
+
+        Never raises (pyfuse3 must not see an exception from ``forget``).
+        """
         for ino, nlookup in inode_list:
-            if self.lookups.forget(ino, nlookup):
-                self._seen.pop(ino, None)
-                self._forget_answers(ino)
-                if ino in self.orphans and not self._open_count.get(ino):
-                    self.orphans.discard(ino)
+            try:
+                state = self.inodes.forget(ino, nlookup)
+                if state is None:
+                    continue
+                state.reusable = None
+                if state.unlinked and not state.handles:
+                    state.unlinked = False
                     self._start_purge(ino)
+                self.inodes.discard_if_idle(state)
+            except Exception:
+                log.exception("forget of inode %d failed", ino)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -363,106 +459,158 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        """Create and open an empty file.  EEXIST, ENAMETOOLONG."""
+        """Create and open an empty file.  EEXIST (the kernel's dentry is dropped), ENAMETOOLONG."""
         self._check_name(name)
-        inode = await self.client.call(
-            "create",
-            parent=parent_inode,
-            name=name,
-            mode=stat.S_IMODE(mode),
-            uid=ctx.uid,
-            gid=ctx.gid,
-        )
+        try:
+            inode = await self.client.call(
+                "create",
+                parent=parent_inode,
+                name=name,
+                mode=stat.S_IMODE(mode),
+                uid=ctx.uid,
+                gid=ctx.gid,
+            )
+        except Exists:
+            self._name_taken(parent_inode, name)
+            raise
         ino = inode["ino"]
-        buffer = self._buffers.setdefault(ino, WriteBuffer(self.spool_dir))
-        await buffer.load_bytes(b"")
-        fh = self._open_handle(OpenFile(ino, inode["content_id"], 0, data=b""))
-        self._seen[ino] = (inode["content_id"], self.epoch)
-        return pyfuse3.FileInfo(fh=fh), self._remember(inode)
-
-    def _open_handle(self, handle: OpenFile) -> int:
-        fh = next(self._fh)
-        self._handles[fh] = handle
-        self._open_count[handle.ino] = self._open_count.get(handle.ino, 0) + 1
-        return fh
+        state = self.inodes.state(ino)
+        async with state.lock:
+            if state.buffer is None:
+                state.buffer = WriteBuffer(self.spool_dir)
+        version = Version.of(inode, self.epoch)
+        state.pages = version
+        handle = OpenFile(
+            next(self._fh),
+            ino,
+            version.content_id,
+            version.size,
+            version.mtime_ns,
+            self.epoch,
+            data=b"",
+            writable=True,
+        )
+        self.inodes.add_handle(handle, Placement.KEEP)
+        return pyfuse3.FileInfo(fh=handle.fh), self._remember(inode)
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        """Open a file; its content is cached by the daemon unless the open truncates it.
+        """Open a file: its version from the daemon (or its last answer, while it holds).
 
-        The kernel keeps its page cache only when the content identity and the
-        cache epoch are the ones this mount saw last (``keep_cache``).
+        The kernel keeps its page cache only for the version it holds; an open of
+        another version drops pages and cached attributes, or, while handles of the
+        held version are open, waits for them and then reads with ``direct_io``
+        (see :meth:`InodeState.placement`).  A truncating open empties the write
+        buffer at once.  ESTALE when the inode is gone, EISDIR for a directory.
         """
         log.debug("open %d flags %#o", inode, flags)
         access = flags & os.O_ACCMODE
         writable = access in (os.O_WRONLY, os.O_RDWR)
         truncating = writable and bool(flags & os.O_TRUNC)
-        if not writable and inode not in self._buffers:
-            reused = self._reuse(inode)
-            if reused is not None:
-                return reused
-        reply = await self.client.call(
-            "open", ino=inode, fetch=not truncating, inline=inode not in self._seen
-        )
-        info = reply["inode"]
-        if stat.S_ISDIR(info["mode"]):
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        content_id, epoch = info["content_id"], reply["epoch"]
-        self.epoch = epoch
-        if truncating:
-            buffer = self._buffers.setdefault(inode, WriteBuffer(self.spool_dir))
-            async with buffer.lock:
-                if info["size"] > 0 or buffer.size > 0 or not buffer.loaded:
-                    await buffer.truncate(0)
-                buffer.dirty = buffer.dirty or info["size"] > 0
-        keep_cache = self._seen.get(inode) == (content_id, epoch) and inode not in self._buffers
-        self._seen[inode] = (content_id, epoch)
-        if reply.get("fresh_for", 0) > 0 and not writable:
-            self._reusable[inode] = (trio.current_time() + reply["fresh_for"], info)
-            self._reusable.move_to_end(inode)
-            if len(self._reusable) > REUSABLE_ENTRIES:
-                self._reusable.popitem(last=False)
-        fh = self._open_handle(OpenFile(inode, content_id, info["size"], data=reply.get("data")))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        state = self.inodes.state(inode)
+        try:
+            info = None if writable else state.reuse(trio.current_time(), self.epoch)
+            data: bytes | None = None
+            reusable: Reusable | None = None
+            if info is None:
+                reply = await self._by_ino(
+                    "open", inode, fetch=not truncating, inline=state.pages is None
+                )
+                info = reply["inode"]
+                if stat.S_ISDIR(info["mode"]):
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                self.epoch = reply["epoch"]
+                data = reply.get("data")
+                if reply.get("fresh_for", 0) > 0 and not writable:
+                    reusable = Reusable(trio.current_time() + reply["fresh_for"], info)
+            version = Version.of(info, self.epoch)
+            handle = OpenFile(
+                next(self._fh),
+                inode,
+                version.content_id,
+                version.size,
+                version.mtime_ns,
+                self.epoch,
+                data=data,
+                writable=writable,
+            )
+            if truncating:
+                await self._truncate_at_open(state, handle)
+            placement = await self._place(state, handle, version, writable)
+            if reusable is not None:
+                state.reusable = reusable
+            return pyfuse3.FileInfo(
+                fh=handle.fh,
+                keep_cache=placement is not Placement.SWITCH,
+                direct_io=placement is Placement.DIRECT,
+            )
+        finally:
+            self.inodes.discard_if_idle(state)
 
-    def _reuse(self, ino: int) -> pyfuse3.FileInfo | None:
-        """Open ``ino`` read-only without asking the daemon, if its last answer still holds.
+    async def _truncate_at_open(self, state: InodeState, handle: OpenFile) -> None:
+        """Empty the inode's write buffer for an ``O_TRUNC`` open (made empty if none).
 
-        It holds while the daemon's TTL for the inode runs (the daemon would answer
-        from its cache alike) and the kernel may keep the pages it has.
+        The handle counts as having changed the buffer when the file was not empty.
         """
-        entry = self._reusable.get(ino)
-        if entry is None:
-            return None
-        deadline, info = entry
-        if deadline <= trio.current_time() or self._seen.get(ino) != (
-            info["content_id"],
-            self.epoch,
-        ):
-            del self._reusable[ino]
-            return None
-        fh = self._open_handle(OpenFile(ino, info["content_id"], info["size"]))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        async with state.lock:
+            buffer = state.buffer
+            if buffer is None:
+                state.buffer = buffer = WriteBuffer(self.spool_dir)
+                buffer.dirty = changed = handle.size > 0
+            else:
+                changed = buffer.size > 0
+                if changed:
+                    await buffer.truncate(0)
+            handle.dirtied = changed
 
-    def _forget_answers(self, *inos: int) -> None:
-        """Stop reusing open answers for ``inos`` (changed here or by another session)."""
-        for ino in inos:
-            self._reusable.pop(ino, None)
+    async def _place(
+        self, state: InodeState, handle: OpenFile, version: Version, writable: bool
+    ) -> Placement:
+        """Register ``handle`` (of ``version``) where it may use the page cache; its placement.
+
+        Waits up to ``switch_wait`` seconds for handles of another version to close;
+        a SWITCH returns only once the kernel dropped the cached attributes, and so
+        does a KEEP that found another open's switch in progress.
+        """
+        deadline = trio.current_time() + self.config.switch_wait
+        while True:
+            placement = state.placement(
+                version, writable=writable, may_wait=trio.current_time() < deadline
+            )
+            if placement is not Placement.WAIT:
+                break
+            state.reusable = None  # that answer is older than the version just found
+            await state.wait_for_page_handles(deadline)
+        self.inodes.add_handle(handle, placement)
+        if placement is Placement.SWITCH:
+            try:
+                await self.kernel.invalidate_attributes(state.ino)
+            finally:
+                state.finish_switch()
+        elif placement is Placement.KEEP:
+            await state.wait_for_switch()
+        else:
+            log.debug("inode %d: handle %d reads with direct_io", state.ino, handle.fh)
+        return placement
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        """Bytes from unflushed writes, the inline content, or the daemon's cache."""
-        handle = self._handles[fh]
-        buffer = self._buffers.get(handle.ino)
-        if buffer is not None and buffer.loaded:
+        """Bytes from unflushed writes, the inline content, or the daemon's cache.
+
+        ``off`` and ``size`` are bytes; fewer at the end of the handle's version.
+        ESTALE when the inode is gone and its version not cached.
+        """
+        handle, state = self._handle(fh)
+        buffer = state.buffer
+        if buffer is not None:
             return await buffer.read(off, size)
         if handle.data is not None:
             return handle.data[off : off + size]
         if off >= handle.size:
             return b""
-        return await self.client.call(  # type: ignore[no-any-return]
+        return await self._by_ino(  # type: ignore[no-any-return]
             "read",
-            ino=handle.ino,
+            handle.ino,
             content_id=handle.content_id,
             file_size=handle.size,
             offset=off,
@@ -471,45 +619,59 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        """Buffer ``buf`` at ``off``; the file reaches Cassandra on flush/fsync."""
-        handle = self._handles[fh]
-        buffer = self._buffers.setdefault(handle.ino, WriteBuffer(self.spool_dir))
-        async with buffer.lock:
-            if not buffer.loaded:
-                await self._materialize(handle.ino, buffer)
+        """Buffer ``buf`` at byte ``off``; the file reaches Cassandra on flush/fsync.
+
+        The first write to a file without a buffer loads its content first
+        (materialize); the buffer exists only once that succeeded.  ESTALE when the
+        inode is gone, EIO when the daemon or the spool dir fails.
+        """
+        handle, state = self._handle(fh)
+        async with state.lock:
+            buffer = state.buffer
+            if buffer is None:
+                buffer = await self._materialize(state.ino)
+                state.buffer = buffer
             await buffer.write(off, buf)
+            handle.dirtied = True
         return len(buf)
 
-    async def _materialize(self, ino: int, buffer: WriteBuffer) -> None:
-        """Load the current content into ``buffer`` before a partial rewrite."""
-        reply = await self.client.call("materialize", ino=ino)
+    async def _materialize(self, ino: int) -> WriteBuffer:
+        """A buffer holding the current content of ``ino``, for a partial rewrite."""
+        reply = await self._by_ino("materialize", ino)
         if "path" in reply:
-            await buffer.load_file(Path(reply["path"]))
-        else:
-            await buffer.load_bytes(reply["data"])
+            return await WriteBuffer.from_file(self.spool_dir, Path(reply["path"]))
+        return WriteBuffer(self.spool_dir, reply["data"])
+
+    async def _write_buffer(self, state: InodeState, buffer: WriteBuffer) -> dict[str, Any]:
+        """Write ``buffer`` through to Cassandra (shielded); the new inode.
+
+        Called with ``state.lock`` held.  Every handle of the inode is clean
+        afterwards and reads the new version.
+        """
+        with trio.CancelScope(shield=True):
+            inode: dict[str, Any] = await self._by_ino("write", state.ino, **buffer.wire_content())
+        buffer.dirty = False
+        for other in state.handles.values():
+            other.dirtied = False
+        state.committed(inode, self.epoch)
+        return inode
 
     async def _commit(self, fh: int) -> None:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        buffer = self._buffers.get(handle.ino)
-        if buffer is None or not buffer.dirty:
+        """Write the buffer through if handle ``fh`` changed it since the last commit."""
+        handle, state = self._handle(fh)
+        if not handle.dirtied:
             return
-        async with buffer.lock:
-            if not buffer.dirty:
+        async with state.lock:
+            buffer = state.buffer
+            if buffer is None or not buffer.dirty:
+                handle.dirtied = False
                 return
-            with trio.CancelScope(shield=True):
-                inode = await self.client.call("write", ino=handle.ino, **buffer.wire_content())
-            buffer.dirty = False
-        self._seen[handle.ino] = (inode["content_id"], self.epoch)
-        self._forget_answers(handle.ino)
-        for other in self._handles.values():
-            if other.ino == handle.ino:
-                other.content_id, other.size, other.data = inode["content_id"], inode["size"], None
+            if handle.dirtied:
+                await self._write_buffer(state, buffer)
 
     @_fuse_errors
     async def flush(self, fh: int) -> None:
-        """Write the file through to Cassandra if it changed; EIO reaches close(2)."""
+        """Write the file through to Cassandra if this handle changed it; EIO reaches close(2)."""
         log.debug("flush %d", fh)
         await self._commit(fh)
 
@@ -518,24 +680,39 @@ class Operations(pyfuse3.Operations):
         """Same as flush: the file is in Cassandra when this returns."""
         await self._commit(fh)
 
+    @_fuse_errors
     async def release(self, fh: int) -> None:
-        """Close a handle; the last one of an inode drops its write buffer."""
-        handle = self._handles.pop(fh, None)
-        if handle is None:
+        """Close a handle; save its changes made after the last flush (mmap writes).
+
+        The last handle of an inode drops its write buffer.  Errors are logged:
+        the kernel does not wait for release.
+        """
+        removed = self.inodes.remove_handle(fh)
+        if removed is None:
             return
-        left = self._open_count.get(handle.ino, 1) - 1
-        if left > 0:
-            self._open_count[handle.ino] = left
-            return
-        self._open_count.pop(handle.ino, None)
-        buffer = self._buffers.pop(handle.ino, None)
-        if buffer is not None:
-            if buffer.dirty:
-                log.warning("inode %d released with unflushed data; it was not saved", handle.ino)
-            await buffer.close()
-        if handle.ino in self.orphans and self.lookups.count(handle.ino) == 0:
-            self.orphans.discard(handle.ino)
-            self._start_purge(handle.ino)
+        handle, state = removed
+        with trio.CancelScope(shield=True):
+            async with state.lock:
+                buffer = state.buffer
+                if buffer is not None and buffer.dirty and handle.dirtied:
+                    try:
+                        await self._write_buffer(state, buffer)
+                    except CassfsError as exc:
+                        log.warning(
+                            "inode %d: writes after the last close were not saved: %s",
+                            state.ino,
+                            exc,
+                        )
+                if not state.handles and state.buffer is not None:
+                    buffer, state.buffer = state.buffer, None
+                    if buffer.dirty:
+                        # the kernel's pages hold what was not saved: drop them at next open
+                        state.pages = None
+                    await buffer.close()
+        if state.unlinked and state.lookups == 0 and not state.handles:
+            state.unlinked = False
+            self._start_purge(state.ino)
+        self.inodes.discard_if_idle(state)
 
     # -- daemon notifications -------------------------------------------------------------
 
@@ -547,24 +724,23 @@ class Operations(pyfuse3.Operations):
         answer and the kernel's caches of every inode.
         """
         if event == "changed":
-            self._forget_answers(*params.get("inos", ()))
+            for ino in params.get("inos", ()):
+                state = self.inodes.get(ino)
+                if state is not None:
+                    state.reusable = None
         elif event == "purged":
             self.epoch = params.get("epoch", self.epoch)
-            self._seen.clear()
-            self._reusable.clear()
+            for ino in self.inodes.known():
+                self.inodes.state(ino).reusable = None
             if self.nursery is not None:
                 self.nursery.start_soon(self._invalidate_all)
 
     async def _invalidate_all(self) -> None:
-        for ino in self.lookups.known():
-            try:
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
-            except OSError:
-                pass  # ENOENT: the kernel held nothing for it
+        for ino in self.inodes.known():
+            await self.kernel.invalidate_inode(ino)
 
     async def destroy(self) -> None:
         """After unmount: purge the inodes still waiting for their last forget."""
-        for ino in list(self.orphans):
-            await self._purge(ino)
-        self.orphans.clear()
-        self.lookups.clear()
+        for state in self.inodes.unlinked():
+            await self._purge(state.ino)
+        self.inodes.clear()

@@ -1,4 +1,4 @@
-"""Unit tests of cassfs.handles.WriteBuffer: whole-file write buffering and spilling."""
+"""Unit tests of cassfs.handles: the whole-file write buffer (spilling, short writes), handles."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cassfs.handles import SPILL_BYTES, OpenFile, WriteBuffer
+from cassfs.handles import SPILL_BYTES, OpenFile, WriteBuffer, pwrite_all
 
 MiB = 1024 * 1024
 
@@ -22,20 +22,22 @@ async def buf(tmp_path: Path) -> AsyncIterator[WriteBuffer]:
     await buffer.close()
 
 
-def test_spill_threshold_is_the_inline_limit() -> None:
-    assert SPILL_BYTES == MiB
-
-
-def test_open_file_defaults() -> None:
-    handle = OpenFile(ino=5, content_id=b"\x01" * 32, size=3)
+def test_open_file_moves_to_a_new_version_and_drops_inline_data() -> None:
+    handle = OpenFile(fh=3, ino=5, content_id=b"\x01" * 32, size=3, data=b"abc")
+    assert (handle.page_cache, handle.dirtied, handle.writable) == (True, False, False)
+    handle.move_to(b"\x02" * 32, 7, 99, 4)
+    assert (handle.content_id, handle.size, handle.mtime_ns, handle.epoch) == (
+        b"\x02" * 32,
+        7,
+        99,
+        4,
+    )
     assert handle.data is None
-    assert (handle.ino, handle.content_id, handle.size) == (5, b"\x01" * 32, 3)
 
 
-async def test_new_buffer_is_empty_unloaded_clean(buf: WriteBuffer) -> None:
+async def test_new_buffer_is_empty_and_clean(buf: WriteBuffer) -> None:
     assert buf.size == 0
     assert buf.path is None
-    assert buf.loaded is False
     assert buf.dirty is False
     assert await buf.read(0, 10) == b""
     assert buf.wire_content() == {"data": b""}
@@ -43,7 +45,7 @@ async def test_new_buffer_is_empty_unloaded_clean(buf: WriteBuffer) -> None:
 
 async def test_write_and_read_back(buf: WriteBuffer) -> None:
     await buf.write(0, b"hello")
-    assert (buf.size, buf.loaded, buf.dirty) == (5, True, True)
+    assert (buf.size, buf.dirty) == (5, True)
     assert await buf.read(0, 100) == b"hello"
     assert await buf.read(1, 3) == b"ell"
     assert await buf.read(5, 10) == b""
@@ -83,9 +85,9 @@ async def test_truncate_shorter_and_longer(buf: WriteBuffer) -> None:
     assert buf.wire_content() == {"data": b""}
 
 
-async def test_truncate_marks_loaded_and_dirty(buf: WriteBuffer) -> None:
+async def test_truncate_marks_dirty(buf: WriteBuffer) -> None:
     await buf.truncate(0)
-    assert (buf.loaded, buf.dirty, buf.size) == (True, True, 0)
+    assert (buf.dirty, buf.size) == (True, 0)
 
 
 async def test_write_after_truncate_longer_keeps_zeros(buf: WriteBuffer) -> None:
@@ -120,7 +122,7 @@ async def test_spill_moves_content_to_the_spool_dir(buf: WriteBuffer, tmp_path: 
     assert await buf.read(buf.size, 10) == b""
     assert path.read_bytes() == head + tail
     assert buf.wire_content() == {"path": str(path)}
-    assert (buf.loaded, buf.dirty) == (True, True)
+    assert buf.dirty is True
 
 
 async def test_spill_by_writing_far_past_the_end(buf: WriteBuffer) -> None:
@@ -189,30 +191,23 @@ async def test_close_of_an_in_memory_buffer(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-async def test_load_bytes_starts_clean(buf: WriteBuffer) -> None:
-    await buf.load_bytes(b"old content")
-    assert (buf.loaded, buf.dirty, buf.size, buf.path) == (True, False, 11, None)
-    assert await buf.read(4, 3) == b"con"
-    await buf.write(0, b"new")
-    assert buf.dirty is True
-    assert buf.wire_content() == {"data": b"new content"}
+async def test_buffer_made_from_bytes_starts_clean(tmp_path: Path) -> None:
+    buffer = WriteBuffer(tmp_path, b"old content")
+    assert (buffer.dirty, buffer.size, buffer.path) == (False, 11, None)
+    assert await buffer.read(4, 3) == b"con"
+    await buffer.write(0, b"new")
+    assert buffer.dirty is True
+    assert buffer.wire_content() == {"data": b"new content"}
 
 
-async def test_load_empty_bytes(buf: WriteBuffer) -> None:
-    await buf.load_bytes(b"")
-    assert (buf.loaded, buf.dirty, buf.size) == (True, False, 0)
-    assert buf.wire_content() == {"data": b""}
-
-
-async def test_load_file_owns_the_file(tmp_path: Path) -> None:
+async def test_buffer_from_a_file_owns_the_file(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     source = spool / "materialized"
     data = os.urandom(2 * MiB + 7)
     source.write_bytes(data)
-    buffer = WriteBuffer(spool)
-    await buffer.load_file(source)
-    assert (buffer.loaded, buffer.dirty, buffer.path) == (True, False, source)
+    buffer = await WriteBuffer.from_file(spool, source)
+    assert (buffer.dirty, buffer.path) == (False, source)
     assert buffer.size == len(data)
     assert await buffer.read(MiB - 3, 6) == data[MiB - 3 : MiB + 3]
     await buffer.write(len(data), b"++")
@@ -223,11 +218,10 @@ async def test_load_file_owns_the_file(tmp_path: Path) -> None:
     assert not source.exists()
 
 
-async def test_load_small_file_stays_a_file(tmp_path: Path) -> None:
+async def test_small_buffer_from_a_file_stays_a_file(tmp_path: Path) -> None:
     source = tmp_path / "small"
     source.write_bytes(b"tiny")
-    buffer = WriteBuffer(tmp_path)
-    await buffer.load_file(source)
+    buffer = await WriteBuffer.from_file(tmp_path, source)
     await buffer.write(4, b"!")
     assert await buffer.read(0, 10) == b"tiny!"
     assert buffer.wire_content() == {"path": str(source)}
@@ -235,10 +229,44 @@ async def test_load_small_file_stays_a_file(tmp_path: Path) -> None:
     assert not source.exists()
 
 
-async def test_load_bytes_after_spill_replaces_the_content(buf: WriteBuffer) -> None:
-    await buf.write(0, b"s" * (SPILL_BYTES + 1))
+async def test_buffer_from_a_missing_file_fails(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        await WriteBuffer.from_file(tmp_path, tmp_path / "gone")
+    assert os.listdir(tmp_path) == []
+
+
+def _short_pwrites(monkeypatch: pytest.MonkeyPatch, at_most: int) -> list[int]:
+    """Make os.pwrite write at most ``at_most`` bytes per call; returns the sizes written."""
+    real = os.pwrite
+    sizes: list[int] = []
+
+    def short(fd: int, data: bytes, offset: int) -> int:
+        written = real(fd, bytes(memoryview(data)[:at_most]), offset)
+        sizes.append(written)
+        return written
+
+    monkeypatch.setattr(os, "pwrite", short)
+    return sizes
+
+
+async def test_short_pwrites_are_continued(
+    buf: WriteBuffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = os.urandom(SPILL_BYTES)
+    await buf.write(0, head)
+    sizes = _short_pwrites(monkeypatch, 64 * 1024)
+    tail = os.urandom(300_000)
+    await buf.write(SPILL_BYTES - 100, tail)  # spills (pwrite of 1 MiB), then writes the tail
     assert buf.path is not None
-    await buf.load_bytes(b"fresh")
-    assert buf.size == 5
-    assert await buf.read(0, 100) == b"fresh"
-    assert buf.wire_content() == {"data": b"fresh"}
+    expected = head[: SPILL_BYTES - 100] + tail
+    assert buf.path.read_bytes() == expected
+    assert buf.size == len(expected)
+    assert len(sizes) > 2 and max(sizes) == 64 * 1024
+
+
+def test_pwrite_all_refuses_a_pwrite_that_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: 0)
+    with open(tmp_path / "f", "wb") as f, pytest.raises(OSError):
+        pwrite_all(f.fileno(), b"abc", 0)
