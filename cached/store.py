@@ -167,6 +167,12 @@ STATEMENTS: dict[str, str] = {
     "list_directory": (
         f"SELECT name, ino, kind, pending, sealed, changed_ns FROM {{ks}}.dentries WHERE {_DIR}"
     ),
+    # Many partitions in one request (IN on the partition key): one directory's worth.
+    "get_inodes": f"SELECT {_INODE_COLUMNS} FROM {{ks}}.inodes WHERE {_TENANT} AND ino IN ?",
+    "list_versions_of": (
+        "SELECT ino, version, content_id, size, chunk_size, created_ns FROM {ks}.versions "
+        f"WHERE {_TENANT} AND ino IN ?"
+    ),
 }
 
 #: Statements that are lightweight transactions (serial consistency LOCAL_SERIAL).
@@ -779,6 +785,25 @@ class TenantStore:
         rows = await self._store.run("dir_state", (*self._t, parent))
         first = rows[0] if rows else {}
         return first.get("sealed") or b"", first.get("changed_ns") or 0
+
+    async def get_inodes(self, inos: Sequence[int]) -> dict[int, Inode]:
+        """``{ino: inode}`` of those of ``inos`` that exist, in one request.
+
+        An ``IN`` over partitions: keep ``inos`` to a directory's worth (fsck sends 64).
+        """
+        rows = await self._store.run("get_inodes", (*self._t, list(inos)))
+        return {r["ino"]: _inode(r) for r in rows if r["kind"] is not None}
+
+    async def list_versions_of(self, inos: Sequence[int]) -> dict[int, list[Version]]:
+        """``{ino: [version, ...]}`` of the recorded versions of ``inos`` (none: absent), in
+        one request (an ``IN`` over partitions, as :meth:`get_inodes`)."""
+        result: dict[int, list[Version]] = {}
+        for r in await self._store.run("list_versions_of", (*self._t, list(inos))):
+            result.setdefault(r["ino"], []).append(
+                Version(r["ino"], r["version"], r["content_id"] or b"", r["size"] or 0,
+                        r["chunk_size"] or 0, r["created_ns"] or 0)
+            )  # fmt: skip
+        return result
 
 
 def _intent(r: dict[str, Any]) -> Intent:

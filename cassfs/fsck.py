@@ -59,6 +59,7 @@ import trio
 from cached.content import CHUNK_SIZE, EMPTY_ID, chunk_count
 from cached.errors import CassfsError, StorageError
 from cached.model import DIRECTORY, REGULAR, ROOT_INO, SYMLINK, Dentry, Inode, mode_of_kind
+from cached.recovery import STEP_DEADLINE, settle_intent
 from cached.store import (
     INDEX_BUCKETS,
     INTENT_BUCKET_SECONDS,
@@ -67,6 +68,7 @@ from cached.store import (
     Store,
     TenantStore,
     Version,
+    index_bucket,
     intent_bucket,
     uuid_time_ns,
 )
@@ -82,10 +84,14 @@ INTENT_DAYS = 30
 READ_ATTEMPTS = 3
 #: Chunks of at least this many bytes are hashed in a worker thread (hashlib drops the GIL).
 HASH_IN_THREAD = 64 * 1024
+#: Inodes read in one request (an ``IN`` over their partitions).
+BATCH = 64
 #: Rounds of re-listing directories that changed while they were crawled.
 RESCAN_ROUNDS = 2
 #: The directory in the root that receives trees cut off from the root.
 LOST_FOUND = b"lost+found"
+#: Problems whose inodes are read again before they are reported.
+_RECHECKED = {"links", "unlinked", "nameless", "stale-version", "orphan-index", "several-names"}
 
 _NS = 1_000_000_000
 _KIND_NAMES = {DIRECTORY: "directory", REGULAR: "file", SYMLINK: "symlink"}
@@ -123,7 +129,7 @@ class Options:
     grace: float = DEFAULT_GRACE
     content: bool = True
     concurrency: int = 64
-    files: int = 8
+    files: int = 32
 
 
 @dataclass
@@ -285,22 +291,21 @@ class Checker:
                 self.stats.inodes_expected = len(await self._read_index())
                 self.stats.phase = "crawl"
                 await self._crawl(inodes=[(ROOT_INO, DIRECTORY)])
-                self.stats.phase = "recrawl"
-                await self._recrawl_changed()
                 self.stats.phase = "orphans"
                 self.index = await self._read_index()
                 self.intents = await self._read_intents()
-                await self._crawl(
-                    inodes=[(ino, kind) for ino, (kind, _) in self.index.items()],
-                )
+                await self._crawl(inodes=[(ino, kind) for ino, (kind, _) in self.index.items()])
+                self.stats.phase = "recrawl"
+                await self._recrawl_changed()
                 await self._read_claimed_intents()
                 self.stats.phase = "content"
             self._files = None
         self.stats.phase = "analysis"
-        problems = self.analyse(time.time_ns())
+        problems = await self._confirm(self.analyse())
+        seen_ns = time.time_ns()
         if self.options.repair:
             self.stats.phase = "repair"
-            await self._repair(problems)
+            await self._repair(problems, seen_ns)
         self.stats.phase = "done"
         live = [i for i in self.inodes.values() if i is not None]
         return Report(
@@ -382,58 +387,71 @@ class Checker:
         self, *, inodes: Iterable[tuple[int, int]] = (), dirs: Iterable[int] = ()
     ) -> None:
         """Load ``inodes`` (``(ino, kind hint)``) and list ``dirs`` (again), following every
-        directory found, until nothing new is left; each inode is read once per run."""
-        send, receive = trio.open_memory_channel[tuple[bool, int, int]](math.inf)
+        directory found, until nothing new is left; each inode is read once per run.
+
+        Inodes are read :data:`BATCH` at a time (one ``IN`` request), and so are the
+        versions of the regular files among them.
+        """
+        send, receive = trio.open_memory_channel[int | list[tuple[int, int]]](math.inf)
         pending = 0
 
-        def put(is_dir: bool, ino: int, hint: int) -> None:
+        def put(job: int | list[tuple[int, int]]) -> None:
             nonlocal pending
             pending += 1
-            send.send_nowait((is_dir, ino, hint))
+            send.send_nowait(job)
 
-        def want_inode(ino: int) -> bool:
-            if ino in self._queued:
-                return False
-            self._queued.add(ino)
-            return True
+        def put_inodes(candidates: Iterable[tuple[int, int]]) -> None:
+            batch: list[tuple[int, int]] = []
+            for ino, hint in candidates:
+                if ino in self._queued:
+                    continue
+                self._queued.add(ino)
+                batch.append((ino, hint))
+                if len(batch) == BATCH:
+                    put(batch)
+                    batch = []
+            if batch:
+                put(batch)
 
-        async def load(ino: int, hint: int) -> None:
-            inode = await self._read(self.store.get_inode, ino)
-            self.inodes[ino] = inode
-            if inode is not None:
-                self.stats.inodes += 1
-                self.stats.directories += inode.kind == DIRECTORY
-                if inode.kind == REGULAR:
+        async def load(batch: list[tuple[int, int]]) -> None:
+            found = await self._read(self.store.get_inodes, [ino for ino, _ in batch])
+            files = [inode for inode in found.values() if inode.kind == REGULAR]
+            if files:
+                versions = await self._read(self.store.list_versions_of, [i.ino for i in files])
+                for inode in files:
+                    self.versions[inode.ino] = versions.get(inode.ino, [])
                     self._queue_file(inode)
-            is_dir = inode.kind == DIRECTORY if inode is not None else hint == DIRECTORY
-            if is_dir and ino not in self._listed:
-                self._listed.add(ino)
-                put(True, ino, 0)
+            for ino, hint in batch:
+                loaded = found.get(ino)
+                self.inodes[ino] = loaded
+                if loaded is not None:
+                    self.stats.inodes += 1
+                    self.stats.directories += loaded.kind == DIRECTORY
+                is_dir = loaded.kind == DIRECTORY if loaded is not None else hint == DIRECTORY
+                if is_dir and ino not in self._listed:
+                    self._listed.add(ino)
+                    put(ino)
 
         async def list_dir(ino: int) -> None:
             entries, sealed, changed_ns = await self._read(self.store.list_directory, ino)
             self.dirs[ino] = _Listing({e.name: e for e in entries}, sealed, changed_ns)
-            for entry in entries:
-                if want_inode(entry.ino):
-                    put(False, entry.ino, entry.kind)
+            put_inodes((entry.ino, entry.kind) for entry in entries)
 
         async def worker() -> None:
             nonlocal pending
-            async for is_dir, ino, hint in receive:
-                if is_dir:
-                    await list_dir(ino)
+            async for job in receive:
+                if isinstance(job, int):
+                    await list_dir(job)
                 else:
-                    await load(ino, hint)
+                    await load(job)
                 pending -= 1
                 if pending == 0:
                     await send.aclose()
 
-        for ino, hint in inodes:
-            if want_inode(ino):
-                put(False, ino, hint)
+        put_inodes(inodes)
         for ino in dirs:
             self._listed.add(ino)
-            put(True, ino, 0)
+            put(ino)
         if pending == 0:
             return
         async with trio.open_nursery() as nursery:
@@ -459,12 +477,12 @@ class Checker:
             await self._crawl(dirs=list(changed))
 
     def _queue_file(self, inode: Inode) -> None:
-        if self._files is None or inode.ino in self._filed:
+        """Hand a regular file to the content workers (once; only when checking content)."""
+        if self._files is None or inode.ino in self._filed or not self.options.content:
             return
         self._filed.add(inode.ino)
         self.stats.files_queued += 1
-        if self.options.content:
-            self.stats.bytes_queued += inode.size
+        self.stats.bytes_queued += inode.size
         self._files.send_nowait(inode)
 
     # -- files ----------------------------------------------------------------------------
@@ -476,17 +494,11 @@ class Checker:
                 self.stats.files_done += 1
 
     async def _check_file(self, inode: Inode) -> None:
-        """List the versions of a regular file and, with ``content``, verify the current one.
+        """Verify the current version of a regular file.
 
-        A version that is not the one read from the inode, or content that fails,
-        makes it reread the inode first: a rewrite on some host may just have flipped it.
+        Content that fails makes it reread the inode: a rewrite on some host may just
+        have flipped it to a new version (and deleted the old one's chunks).
         """
-        versions = await self._read(self.store.list_versions, inode.ino)
-        if any(v.version != inode.version for v in versions):
-            inode = await self._reread(inode)
-        self.versions[inode.ino] = versions
-        if not self.options.content:
-            return
         for _attempt in range(3):
             problem = await self._verify(inode)
             if problem is None:
@@ -598,10 +610,35 @@ class Checker:
 
     # -- analysis -------------------------------------------------------------------------
 
-    def analyse(self, now_ns: int) -> list[Problem]:
+    async def _confirm(self, problems: list[Problem]) -> list[Problem]:
+        """Read again the inodes (and index rows) that problems are about, then analyse
+        again: what changed while the tenant was crawled (a file unlinked, an inode
+        purged, a version flipped) is then not reported as damage."""
+        inos = {p.ino for p in problems if p.code in _RECHECKED}
+        if not inos:
+            return problems
+
+        async def reread(ino: int) -> None:
+            self.inodes[ino] = await self._read(self.store.get_inode, ino)
+
+        await self._each(reread, inos)
+        gone = {ino for ino in inos if self.inodes.get(ino) is None}
+        buckets = {index_bucket(ino) for ino in gone}
+
+        async def relist(bucket: int) -> None:
+            rows = await self._read(self.store.list_index, bucket)
+            present = {ino for ino, _, _ in rows}
+            for ino in [i for i in self.index if index_bucket(i) == bucket]:
+                if ino not in present:
+                    del self.index[ino]
+
+        await self._each(relist, buckets)
+        return self.analyse()
+
+    def analyse(self) -> list[Problem]:
         """Every problem in what was gathered, each with its fix when one is safe to offer.
 
-        ``now_ns`` is only used to phrase ages.  Pure: reads nothing from Cassandra.
+        Pure: reads nothing from Cassandra.
         """
         inodes = {ino: inode for ino, inode in self.inodes.items() if inode is not None}
         names: dict[int, list[Dentry]] = defaultdict(list)
@@ -1009,8 +1046,15 @@ class Checker:
 
     # -- repairs --------------------------------------------------------------------------
 
-    async def _repair(self, problems: list[Problem]) -> None:
-        """Run the fix of every problem past the grace, stage by stage."""
+    async def _repair(self, problems: list[Problem], seen_ns: int) -> None:
+        """Run the fix of every problem past the grace, stage by stage.
+
+        ``seen_ns`` is when the problems were last confirmed.  Nameless inodes are
+        deleted only once they were seen nameless ``min(grace, STEP_DEADLINE)`` seconds
+        before: an unlink or a rename over a name removes the name first and marks the
+        inode unlinked (nlink 0) just after, within a daemon's step deadline; the fix
+        then finds the inode changed and leaves it to a later run.
+        """
         now = time.time_ns()
         grace_ns = int(self.options.grace * _NS)
         by_stage: dict[int, list[Problem]] = defaultdict(list)
@@ -1028,6 +1072,12 @@ class Checker:
             by_stage[problem.stage].append(problem)
         for stage in sorted(by_stage):
             todo = by_stage[stage]
+            if any(p.code == "nameless" for p in todo):
+                settle = min(self.options.grace, STEP_DEADLINE) - (time.time_ns() - seen_ns) / _NS
+                if settle > 0:
+                    self.stats.phase = f"waiting {settle:.0f} s before deleting nameless inodes"
+                    await trio.sleep(settle)
+                    self.stats.phase = "repair"
             if todo[0].sequential:
                 for problem in todo:
                     await self._apply(problem)
@@ -1047,8 +1097,6 @@ class Checker:
 
     def _fix_intent(self, intent: Intent) -> Callable[[], Awaitable[str]]:
         async def fix() -> str:
-            from cached.recovery import settle_intent
-
             return f"rename {await self._write(settle_intent, self.store, intent)}"
 
         return fix
