@@ -95,6 +95,7 @@ from cached.errors import CassfsError
 class RaceConfig:
     """What one run does.  Times in seconds, sizes in bytes.
 
+    ``debug``: mounts and daemons log every call (``cassfs up --debug``) for post-mortems.
     ``kill_every``/``drop_every``: mean seconds between daemon kills / dropped connections
     (0 disables).  ``grace``: the README's grace period after which an unfinished
     cross-directory rename is completed or undone (namespace findings of the final walk are
@@ -123,6 +124,7 @@ class RaceConfig:
     workdir: Path | None = None
     keep: bool = False
     fsck: bool = True
+    debug: bool = False
 
 
 class HarnessError(Exception):
@@ -444,6 +446,7 @@ def mount_host(
         str(cfg.entry_ttl),
         "--negative-ttl",
         str(cfg.negative_ttl),
+        *(["--debug"] if cfg.debug else []),
         env=env,
     )
     if result.returncode != 0 or not os.path.ismount(mnt):
@@ -627,8 +630,12 @@ class Race:
                 except OSError as exc:
                     read.err = errname(exc)
                     self.history.end(op, exc, "read")
-                finally:
-                    os.close(fd)
+                try:
+                    os.close(fd)  # a flush: a read-only descriptor's close must not fail
+                except OSError as exc:
+                    if not read.err:
+                        read.err = errname(exc)
+                        self.history.end(op, exc, "close")
                 if not read.err:
                     read.verdict = judge(b"".join(chunks), self.cfg.size)
                     self.history.end(op)
@@ -1313,7 +1320,8 @@ def _check_reads(cfg: RaceConfig, history: History, start: float) -> list[Violat
         verdict = read.verdict
         assert verdict is not None
         if verdict.problem:
-            local = verdict.prefix and any(
+            # the writing host's readers see an in-place write as it happens (as on a disk)
+            local = verdict.vid is not None and any(
                 w.t0 <= read.t1
                 and read.t0 <= w.t1
                 and (w.src == read.path or (w.ino and w.ino == read.ino) or not w.ino)
@@ -1667,6 +1675,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run")
     parser.add_argument("--keep", action="store_true", help="keep the temp work dir")
     parser.add_argument("--no-fsck", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="mounts and daemons log every call")
     parser.add_argument(
         "--contact-points",
         default=os.environ.get("CASSFS_CONTACT_POINTS", "127.0.0.1:9042"),
@@ -1690,6 +1699,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         keep=args.keep,
         fsck=not args.no_fsck,
+        debug=args.debug,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up on SIGTERM
     applied = cassfs(
