@@ -26,25 +26,30 @@ forget -> purge_inode for unlinked inodes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
 import logging
 import os
 import stat
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
+from cached.api import DaemonApi
 from cached.errors import CassfsError, Exists, NotFound
-from cached.model import NAME_MAX, ROOT_INO
+from cached.model import NAME_MAX, ROOT_INO, Inode
 from cassfs.handles import OpenFile, WriteBuffer
 from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
 from cassfs.kernel import FuseKernelCache, KernelCache
+
+if TYPE_CHECKING:
+    from cached.client import DaemonClient
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +77,6 @@ def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
     return wrapper
 
 
-class Daemon(Protocol):
-    """What the operations need of the daemon: :class:`cached.client.DaemonClient`."""
-
-    async def call(self, method: str, **params: Any) -> Any:
-        """Call RPC ``method``; raises the :mod:`cached.errors` class of a failure."""
-
-
 @dataclass(frozen=True)
 class FrontConfig:
     """Kernel cache timeouts of the mount, and how long an open waits for old readers.
@@ -94,8 +92,21 @@ class FrontConfig:
     switch_wait: float = 1.0
 
 
+@contextlib.contextmanager
+def _stale_if_gone(ino: int) -> Iterator[None]:
+    """Turn the daemon's ENOENT about inode ``ino`` (named by number) into ESTALE.
+
+    The kernel's cached dentry named an inode that is gone (another host replaced the
+    file); ESTALE makes the VFS look the path up again (see :class:`InodeGone`).
+    """
+    try:
+        yield
+    except NotFound as exc:
+        raise InodeGone(f"inode {ino} is gone: {exc}") from exc
+
+
 class Operations(pyfuse3.Operations):
-    """cassfs's pyfuse3 operations over a connected daemon client.
+    """cassfs's pyfuse3 operations over a connected daemon client (typed by :class:`DaemonApi`).
 
     ``spool_dir`` receives write buffers larger than 1 MiB (it must be the
     daemon's spool dir: the daemon reads them from there).  ``epoch`` is the
@@ -110,66 +121,59 @@ class Operations(pyfuse3.Operations):
 
     def __init__(
         self,
-        client: Daemon,
+        client: DaemonClient,
         config: FrontConfig,
         spool_dir: Path,
         epoch: int,
         kernel: KernelCache | None = None,
     ) -> None:
         super().__init__()
-        self.client = client
+        self.daemon = DaemonApi(client)
         self.config = config
         self.spool_dir = spool_dir
         self.epoch = epoch
         self.kernel: KernelCache = kernel if kernel is not None else FuseKernelCache()
         self.nursery: trio.Nursery | None = None
         self.inodes = InodeTable()
-        self._dirs: dict[int, list[list[Any]]] = {}
+        self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._fh = itertools.count(1)
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _by_ino(self, method: str, ino: int, **params: Any) -> Any:
-        """Call ``method`` about inode ``ino``; ESTALE (InodeGone) when it no longer exists."""
-        try:
-            return await self.client.call(method, ino=ino, **params)
-        except NotFound as exc:
-            raise InodeGone(f"inode {ino} is gone ({method}): {exc}") from exc
-
-    def _entry(self, inode: dict[str, Any]) -> pyfuse3.EntryAttributes:
-        """EntryAttributes of a daemon inode map, with the mount's timeouts.
+    def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        """EntryAttributes of the daemon's ``inode``, with the mount's timeouts.
 
         Size and mtime are what the inode's record says the kernel must see
         (:meth:`InodeState.reported`): a write buffer's size, or the size of the
         version handles read through the page cache.
         """
         attrs = pyfuse3.EntryAttributes()
-        ino = inode["ino"]
+        ino = inode.ino
         state = self.inodes.get(ino)
         if state is not None:
             size, mtime_ns = state.reported(inode, self.epoch)
         else:
-            size, mtime_ns = inode["size"], inode["mtime_ns"]
+            size, mtime_ns = inode.size, inode.mtime_ns
         attrs.st_ino = ino
         attrs.generation = 0
         attrs.entry_timeout = self.config.entry_ttl
         attrs.attr_timeout = self.config.entry_ttl
-        attrs.st_mode = inode["mode"]
-        attrs.st_nlink = inode["nlink"]
-        attrs.st_uid = inode["uid"]
-        attrs.st_gid = inode["gid"]
+        attrs.st_mode = inode.mode
+        attrs.st_nlink = inode.nlink
+        attrs.st_uid = inode.uid
+        attrs.st_gid = inode.gid
         attrs.st_rdev = 0
         attrs.st_size = size
         attrs.st_blksize = 4096
         attrs.st_blocks = -(-size // 512)
-        attrs.st_atime_ns = inode["atime_ns"]
+        attrs.st_atime_ns = inode.atime_ns
         attrs.st_mtime_ns = mtime_ns
-        attrs.st_ctime_ns = inode["ctime_ns"]
+        attrs.st_ctime_ns = inode.ctime_ns
         return attrs
 
-    def _remember(self, inode: dict[str, Any]) -> pyfuse3.EntryAttributes:
+    def _remember(self, inode: Inode) -> pyfuse3.EntryAttributes:
         """An entry reply: the kernel now holds one more reference."""
-        self.inodes.remember(inode["ino"])
+        self.inodes.remember(inode.ino)
         return self._entry(inode)
 
     def _handle(self, fh: int) -> tuple[OpenFile, InodeState]:
@@ -198,7 +202,7 @@ class Operations(pyfuse3.Operations):
 
     async def _purge(self, ino: int) -> None:
         try:
-            await self.client.call("purge_inode", ino=ino)
+            await self.daemon.purge_inode(ino)
         except CassfsError as exc:
             log.warning("could not purge unlinked inode %d: %s", ino, exc)
 
@@ -229,13 +233,15 @@ class Operations(pyfuse3.Operations):
         log.debug("lookup %d %r", parent_inode, name)
         self._check_name(name)
         if name == b".":
-            inode = await self._by_ino("getattr", parent_inode)
+            with _stale_if_gone(parent_inode):
+                inode = await self.daemon.getattr(parent_inode)
         elif name == b"..":
-            parent = await self._by_ino("getattr", parent_inode)
-            inode = await self._by_ino("getattr", parent["parent"] or ROOT_INO)
+            with _stale_if_gone(parent_inode):
+                parent = await self.daemon.getattr(parent_inode)
+                inode = await self.daemon.getattr(parent.parent or ROOT_INO)
         else:
             try:
-                inode = await self.client.call("lookup", parent=parent_inode, name=name)
+                inode = await self.daemon.lookup(parent_inode, name)
             except NotFound:
                 if self.config.negative_ttl <= 0:
                     raise
@@ -249,7 +255,8 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         """Attributes of ``inode`` (see :meth:`_entry` for size and mtime).  ESTALE when gone."""
         log.debug("getattr %d", inode)
-        return self._entry(await self._by_ino("getattr", inode))
+        with _stale_if_gone(inode):
+            return self._entry(await self.daemon.getattr(inode))
 
     @_fuse_errors
     async def setattr(
@@ -267,7 +274,7 @@ class Operations(pyfuse3.Operations):
         the inode is gone; EISDIR/EINVAL from the daemon on truncate.
         """
         log.debug("setattr %d", inode)
-        changes: dict[str, Any] = {}
+        changes: dict[str, int] = {}
         if fields.update_mode:
             changes["mode"] = stat.S_IMODE(attr.st_mode)
         if fields.update_uid:
@@ -279,23 +286,23 @@ class Operations(pyfuse3.Operations):
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
         state = self.inodes.state(inode)
-        result: dict[str, Any] | None = None
+        result: Inode | None = None
         try:
-            if fields.update_size:
-                result = await self._truncate(state, attr.st_size, changes)
-                changes = {} if result is not None and "size" in changes else changes
-            if changes:
-                result = await self._by_ino("setattr", inode, **changes)
-            elif result is None:
-                result = await self._by_ino("getattr", inode)
+            with _stale_if_gone(inode):
+                if fields.update_size:
+                    result = await self._truncate(state, attr.st_size, changes)
+                    if "size" in changes:  # the daemon made the other changes too
+                        changes = {}
+                if changes:
+                    result = await self.daemon.setattr(inode, **changes)
+                elif result is None:
+                    result = await self.daemon.getattr(inode)
             state.reusable = None
             return self._entry(result)
         finally:
             self.inodes.discard_if_idle(state)
 
-    async def _truncate(
-        self, state: InodeState, size: int, changes: dict[str, Any]
-    ) -> dict[str, Any] | None:
+    async def _truncate(self, state: InodeState, size: int, changes: dict[str, int]) -> Inode:
         """Cut or zero-extend ``state``'s file to ``size`` bytes and save it; the new inode.
 
         Under the inode's lock, so ``release`` cannot drop the buffer meanwhile.  With
@@ -306,8 +313,8 @@ class Operations(pyfuse3.Operations):
             buffer = state.buffer
             if buffer is None:
                 changes["size"] = size
-                result: dict[str, Any] = await self._by_ino("setattr", state.ino, **changes)
-                if stat.S_ISREG(result["mode"]):
+                result = await self.daemon.setattr(state.ino, **changes)
+                if stat.S_ISREG(result.mode):
                     state.committed(result, self.epoch)
                 return result
             await buffer.truncate(size)
@@ -316,7 +323,8 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         """The symlink's target.  ESTALE when the inode is gone."""
-        return await self._by_ino("readlink", inode)  # type: ignore[no-any-return]
+        with _stale_if_gone(inode):
+            return await self.daemon.readlink(inode)
 
     @_fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -339,7 +347,8 @@ class Operations(pyfuse3.Operations):
         """
         log.debug("opendir %d", inode)
         fh = next(self._fh)
-        self._dirs[fh] = await self._by_ino("readdir", inode)
+        with _stale_if_gone(inode):
+            self._dirs[fh] = await self.daemon.readdir(inode)
         return fh
 
     @_fuse_errors
@@ -352,7 +361,7 @@ class Operations(pyfuse3.Operations):
             name, inode = entries[index]
             if not pyfuse3.readdir_reply(token, name, self._entry(inode), index + 1):
                 return
-            self.inodes.remember(inode["ino"])
+            self.inodes.remember(inode.ino)
 
     async def releasedir(self, fh: int) -> None:
         """Drop the listing snapshot."""
@@ -365,13 +374,8 @@ class Operations(pyfuse3.Operations):
         """Create a directory.  EEXIST (the kernel's dentry is dropped), ENAMETOOLONG."""
         self._check_name(name)
         try:
-            inode = await self.client.call(
-                "mkdir",
-                parent=parent_inode,
-                name=name,
-                mode=stat.S_IMODE(mode),
-                uid=ctx.uid,
-                gid=ctx.gid,
+            inode = await self.daemon.mkdir(
+                parent_inode, name, stat.S_IMODE(mode), ctx.uid, ctx.gid
             )
         except Exists:
             self._name_taken(parent_inode, name)
@@ -382,7 +386,7 @@ class Operations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove an empty directory.  ENOENT, ENOTDIR, ENOTEMPTY."""
         self._check_name(name)
-        self._unlinked(await self.client.call("rmdir", parent=parent_inode, name=name))
+        self._unlinked(await self.daemon.rmdir(parent_inode, name))
 
     @_fuse_errors
     async def symlink(
@@ -391,9 +395,7 @@ class Operations(pyfuse3.Operations):
         """Create a symlink.  EEXIST (the kernel's dentry of the name is dropped), ENAMETOOLONG."""
         self._check_name(name)
         try:
-            inode = await self.client.call(
-                "symlink", parent=parent_inode, name=name, target=target, uid=ctx.uid, gid=ctx.gid
-            )
+            inode = await self.daemon.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
         except Exists:
             self._name_taken(parent_inode, name)
             raise
@@ -403,7 +405,7 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove a name; the inode lives on while the kernel still holds it."""
         self._check_name(name)
-        self._unlinked(await self.client.call("unlink", parent=parent_inode, name=name))
+        self._unlinked(await self.daemon.unlink(parent_inode, name))
 
     @_fuse_errors
     async def rename(
@@ -418,15 +420,10 @@ class Operations(pyfuse3.Operations):
         """Move a name, replacing a target.  EINVAL for RENAME_EXCHANGE or a move below itself."""
         self._check_name(name_old)
         self._check_name(name_new)
-        result = await self.client.call(
-            "rename",
-            old_parent=parent_inode_old,
-            old_name=name_old,
-            new_parent=parent_inode_new,
-            new_name=name_new,
-            flags=flags,
+        result = await self.daemon.rename(
+            parent_inode_old, name_old, parent_inode_new, name_new, flags
         )
-        self._unlinked(result["replaced"])
+        self._unlinked(result.replaced)
 
     @_fuse_errors
     async def link(
@@ -462,18 +459,13 @@ class Operations(pyfuse3.Operations):
         """Create and open an empty file.  EEXIST (the kernel's dentry is dropped), ENAMETOOLONG."""
         self._check_name(name)
         try:
-            inode = await self.client.call(
-                "create",
-                parent=parent_inode,
-                name=name,
-                mode=stat.S_IMODE(mode),
-                uid=ctx.uid,
-                gid=ctx.gid,
+            inode = await self.daemon.create(
+                parent_inode, name, stat.S_IMODE(mode), ctx.uid, ctx.gid
             )
         except Exists:
             self._name_taken(parent_inode, name)
             raise
-        ino = inode["ino"]
+        ino = inode.ino
         state = self.inodes.state(ino)
         async with state.lock:
             if state.buffer is None:
@@ -513,16 +505,17 @@ class Operations(pyfuse3.Operations):
             data: bytes | None = None
             reusable: Reusable | None = None
             if info is None:
-                reply = await self._by_ino(
-                    "open", inode, fetch=not truncating, inline=state.pages is None
-                )
-                info = reply["inode"]
-                if stat.S_ISDIR(info["mode"]):
+                with _stale_if_gone(inode):
+                    reply = await self.daemon.open(
+                        inode, fetch=not truncating, inline=state.pages is None
+                    )
+                info = reply.inode
+                if info.is_dir:
                     raise pyfuse3.FUSEError(errno.EISDIR)
-                self.epoch = reply["epoch"]
-                data = reply.get("data")
-                if reply.get("fresh_for", 0) > 0 and not writable:
-                    reusable = Reusable(trio.current_time() + reply["fresh_for"], info)
+                self.epoch = reply.epoch
+                data = reply.data
+                if reply.fresh_for > 0 and not writable:
+                    reusable = Reusable(trio.current_time() + reply.fresh_for, info)
             version = Version.of(info, self.epoch)
             handle = OpenFile(
                 next(self._fh),
@@ -608,14 +601,8 @@ class Operations(pyfuse3.Operations):
             return handle.data[off : off + size]
         if off >= handle.size:
             return b""
-        return await self._by_ino(  # type: ignore[no-any-return]
-            "read",
-            handle.ino,
-            content_id=handle.content_id,
-            file_size=handle.size,
-            offset=off,
-            size=size,
-        )
+        with _stale_if_gone(handle.ino):
+            return await self.daemon.read(handle.ino, handle.content_id, handle.size, off, size)
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -637,19 +624,20 @@ class Operations(pyfuse3.Operations):
 
     async def _materialize(self, ino: int) -> WriteBuffer:
         """A buffer holding the current content of ``ino``, for a partial rewrite."""
-        reply = await self._by_ino("materialize", ino)
-        if "path" in reply:
-            return await WriteBuffer.from_file(self.spool_dir, Path(reply["path"]))
-        return WriteBuffer(self.spool_dir, reply["data"])
+        with _stale_if_gone(ino):
+            reply = await self.daemon.materialize(ino)
+        if reply.path is not None:
+            return await WriteBuffer.from_file(self.spool_dir, Path(reply.path))
+        return WriteBuffer(self.spool_dir, reply.data or b"")
 
-    async def _write_buffer(self, state: InodeState, buffer: WriteBuffer) -> dict[str, Any]:
+    async def _write_buffer(self, state: InodeState, buffer: WriteBuffer) -> Inode:
         """Write ``buffer`` through to Cassandra (shielded); the new inode.
 
         Called with ``state.lock`` held.  Every handle of the inode is clean
         afterwards and reads the new version.
         """
-        with trio.CancelScope(shield=True):
-            inode: dict[str, Any] = await self._by_ino("write", state.ino, **buffer.wire_content())
+        with trio.CancelScope(shield=True), _stale_if_gone(state.ino):
+            inode = await self.daemon.write(state.ino, **buffer.wire_content())
         buffer.dirty = False
         for other in state.handles.values():
             other.dirtied = False

@@ -34,12 +34,11 @@ import enum
 import errno as _errno
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
 from cached.errors import CassfsError
-from cached.model import ROOT_INO
+from cached.model import REGULAR, ROOT_INO, Inode
 from cassfs.handles import OpenFile, WriteBuffer
 
 log = logging.getLogger(__name__)
@@ -71,9 +70,9 @@ class Version:
     epoch: int
 
     @classmethod
-    def of(cls, inode: dict[str, Any], epoch: int) -> Version:
-        """The version of a daemon inode map (keys ``content_id``, ``size``, ``mtime_ns``)."""
-        return cls(inode["content_id"], inode["size"], inode["mtime_ns"], epoch)
+    def of(cls, inode: Inode, epoch: int) -> Version:
+        """The version of the daemon's ``inode`` under cache epoch ``epoch``."""
+        return cls(inode.content_id, inode.size, inode.mtime_ns, epoch)
 
     def same_content(self, other: Version) -> bool:
         """True when ``other`` has the same bytes (content and size; times and epoch aside)."""
@@ -102,7 +101,7 @@ class Reusable:
     """An ``open`` answer reusable until ``deadline`` (trio clock, seconds)."""
 
     deadline: float
-    inode: dict[str, Any]
+    inode: Inode
 
 
 class InodeState:
@@ -218,7 +217,7 @@ class InodeState:
             self._page_handles_closed = None
         return handle
 
-    def committed(self, inode: dict[str, Any], epoch: int) -> None:
+    def committed(self, inode: Inode, epoch: int) -> None:
         """The daemon now holds ``inode``'s content, written from this host.
 
         Every handle here moves to that version (readers on the writing host see its
@@ -230,8 +229,8 @@ class InodeState:
         self.pages = version
         self.reusable = None
 
-    def reported(self, inode: dict[str, Any], epoch: int) -> tuple[int, int]:
-        """``(st_size bytes, st_mtime ns)`` to tell the kernel about daemon inode map ``inode``.
+    def reported(self, inode: Inode, epoch: int) -> tuple[int, int]:
+        """``(st_size bytes, st_mtime ns)`` to tell the kernel about the daemon's ``inode``.
 
         - A loaded buffer: its size (writes not yet flushed), the daemon's mtime.
         - A file whose daemon content differs from the page cache's version while
@@ -241,10 +240,10 @@ class InodeState:
           the kernel drops its pages on this reply (size or mtime changed), so the
           record forgets its page-cache version and the reusable answer.
         """
-        size, mtime_ns = inode["size"], inode["mtime_ns"]
+        size, mtime_ns = inode.size, inode.mtime_ns
         if self.buffer is not None:
             return self.buffer.size, mtime_ns
-        if self.pages is None or not inode.get("content_id"):
+        if self.pages is None or inode.kind != REGULAR:
             return size, mtime_ns
         if self.pages.same_content(Version.of(inode, epoch)):
             return size, mtime_ns
@@ -254,7 +253,7 @@ class InodeState:
         self.pages = None
         return size, mtime_ns
 
-    def reuse(self, now: float, epoch: int) -> dict[str, Any] | None:
+    def reuse(self, now: float, epoch: int) -> Inode | None:
         """The reusable open answer, if it holds at ``now`` (trio clock) and for the pages.
 
         It holds while the daemon's TTL runs, no buffer exists, and its version is

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import trio
 import trio.testing
 
-from cached.model import ROOT_INO
+from cached.model import DIRECTORY, REGULAR, ROOT_INO, Inode
 from cassfs.handles import OpenFile, WriteBuffer
 from cassfs.inodes import InodeState, InodeTable, Placement, Reusable, Version
 
@@ -17,10 +16,25 @@ NEW = b"\x02" * 32
 
 
 def inode(
-    ino: int = 7, content_id: bytes = OLD, size: int = 100, mtime_ns: int = 1
-) -> dict[str, Any]:
-    """A daemon inode map with the keys the record reads."""
-    return {"ino": ino, "content_id": content_id, "size": size, "mtime_ns": mtime_ns}
+    ino: int = 7, content_id: bytes = OLD, size: int = 100, mtime_ns: int = 1, kind: int = REGULAR
+) -> Inode:
+    """A daemon inode of a regular file (or ``kind``)."""
+    return Inode(
+        ino=ino,
+        kind=kind,
+        mode=0o100644,
+        uid=0,
+        gid=0,
+        size=size,
+        atime_ns=0,
+        mtime_ns=mtime_ns,
+        ctime_ns=0,
+        parent=0,
+        nlink=1,
+        content_id=content_id,
+        chunk_size=1 << 20,
+        target=b"",
+    )
 
 
 def handle(fh: int, ino: int = 7, content_id: bytes = OLD, size: int = 100) -> OpenFile:
@@ -246,7 +260,8 @@ def test_reported_new_content_with_no_page_handle_forgets_the_page_version() -> 
 def test_reported_attributes_of_a_directory_are_the_daemons() -> None:
     state = InodeState(7)
     state.open_handle(handle(1), Placement.SWITCH)
-    assert state.reported(inode(content_id=b"", size=4096, mtime_ns=3), 0) == (4096, 3)
+    directory = inode(content_id=b"", size=4096, mtime_ns=3, kind=DIRECTORY)
+    assert state.reported(directory, 0) == (4096, 3)
 
 
 def test_commit_moves_every_handle_and_the_pages() -> None:
