@@ -40,6 +40,7 @@ Violations (each names its kind; see :func:`analyze` and :func:`check_tree`):
 - ``stale-read``: a lane read older than an acknowledged write past the staleness bound
   (``cache-ttl + entry-ttl + slack``) of the README;
 - ``empty-mid-rewrite``: another host read a lane file empty while it was rewritten in place;
+- ``empty-read``: a lane file read empty though it never was empty under its name;
 - ``unexplained-errno KIND/STEP ERRNO``: an errno the race cannot explain (EIO outside a
   fault window on its host, EEXIST from rename, ENOENT for a lane file that always exists...);
 - ``eexist-without-excl``: ``open(O_CREAT)`` without ``O_EXCL`` failed with EEXIST (POSIX
@@ -526,6 +527,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
 }
 #: errnos explained when the daemon of the operation's host was killed during it.
 FAULT_ERRNOS = frozenset({"EIO", "ENOTCONN", "ECONNABORTED"})
+#: What a file's vanished inode is reported as (the front says ESTALE, the daemon ENOENT):
+#: explained for a descriptor whose file another host removed or replaced meanwhile.
+VANISHED = frozenset({"ENOENT", "ESTALE"})
 #: Kinds that can remove the name at ``src`` (and ``dst`` for renames, replaced).
 REMOVERS = frozenset(
     {
@@ -1211,7 +1215,7 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
         path = op.dst if op.kind == "rewrite_rename" else op.src
         if (
             op.step in ("write", "close")
-            and op.outcome == "ENOENT"
+            and op.outcome in VANISHED
             and op.kind in ("create", "rewrite_inplace", "rewrite_rename")
             and (final is None or op.ino not in final.names_of)
             and (
@@ -1223,7 +1227,7 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
         if (
             op.kind == "read"
             and op.step == "read"
-            and op.outcome == "ENOENT"
+            and op.outcome in VANISHED
             and may_be_removed(op.src, op.t0, op.t1, bound)
         ):
             continue  # the name vanished (another host unlinked the file being read)
@@ -1346,7 +1350,7 @@ def _check_reads(cfg: RaceConfig, history: History, start: float) -> list[Violat
                     Violation("empty-mid-rewrite", f"{at}: empty while rewritten in place")
                 )
             elif not any(w.in_place and not w.acked and w.t0 <= read.t1 for w in writes):
-                found.append(Violation("torn-read", f"{at}: empty, never written empty"))
+                found.append(Violation("empty-read", f"{at}: empty; it never was under this name"))
             continue
         producers = [w for w in writes if w.vid == vid and w.t0 <= read.t1]
         if not producers:
