@@ -428,7 +428,23 @@ def mount_host(
     mnt, cache_dir = root / name, root / f"{name}-cache"
     mnt.mkdir(parents=True, exist_ok=True)
     host = Host(index, mnt, cache_dir, env)
-    result = cassfs(
+    try:
+        result = _up(cfg, tenant, host)
+    except subprocess.TimeoutExpired as exc:
+        unmount_host(host)
+        raise HarnessError(f"cassfs up {mnt} did not return in {exc.timeout} s") from exc
+    if result.returncode != 0 or not os.path.ismount(mnt):
+        unmount_host(host)  # whatever it left behind
+        raise HarnessError(
+            f"cassfs up {mnt} exited {result.returncode}: {result.stderr.strip()[-2000:]}"
+        )
+    return host
+
+
+def _up(cfg: RaceConfig, tenant: tuple[int, str], host: Host) -> subprocess.CompletedProcess[str]:
+    """``cassfs up`` for ``host`` with the run's tenant, keyspace and TTLs."""
+    mnt, cache_dir, env = host.mnt, host.cache_dir, host.env
+    return cassfs(
         "up",
         str(mnt),
         "--cache-dir",
@@ -450,11 +466,6 @@ def mount_host(
         *(["--debug"] if cfg.debug else []),
         env=env,
     )
-    if result.returncode != 0 or not os.path.ismount(mnt):
-        raise HarnessError(
-            f"cassfs up {mnt} exited {result.returncode}: {result.stderr.strip()[-2000:]}"
-        )
-    return host
 
 
 def unmount_host(host: Host) -> list[str]:
@@ -1629,6 +1640,7 @@ def run(cfg: RaceConfig, log: Callable[[str], None] = print) -> RaceReport:
                 history.notes[f"fsck orphan (left by faults; --repair removes it): {label}"] += n
         violations = history.violations + analyze(cfg, history, final)
     finally:
+        race.stop.set()  # an exception (or ^C) while the load ran: stop the threads first
         for host in race.hosts + checkers:
             unmount_host(host)
         with contextlib.suppress(OSError):

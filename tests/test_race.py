@@ -178,6 +178,8 @@ def test_lane_reads_torn_stale_or_empty_mid_rewrite() -> None:
     assert [v.kind for v in race.analyze(cfg, history, None)] == ["stale-read"]
     history.reads = [read(3.5, b"")]
     assert [v.kind for v in race.analyze(cfg, history, None)] == ["empty-mid-rewrite"]
+    history.reads = [read(5.0, b"")]  # what a prefetched empty temp file renamed over shows
+    assert [v.kind for v in race.analyze(cfg, history, None)] == ["empty-read"]
     history.reads = [read(5.0, v2[:16384] + v1[16384:])]
     assert [v.kind for v in race.analyze(cfg, history, None)] == ["torn-read"]
 
