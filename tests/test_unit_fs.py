@@ -1,0 +1,495 @@
+"""Unit tests of cassfs.fs.Operations: handlers awaited directly over an in-memory daemon.
+
+The daemon client is the front's I/O edge; :class:`FakeDaemon` answers its RPCs from
+plain data (inodes and content in dicts) and can fail or hold a method, and
+:class:`FakeKernel` records the kernel invalidations instead of writing to /dev/fuse.
+Races between handlers that the kernel can send concurrently are played here in a fixed
+order; the same behaviours are checked through real mounts in tests/test_front.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+import trio.testing
+
+from cached.errors import CassfsError, Exists, NotFound, StorageError
+from cached.model import REGULAR, Inode
+from cassfs.fs import FrontConfig, Operations
+
+DIR_INO = 1
+FILE_INO = 100
+CTX: Any = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class FakeDaemon:
+    """The daemon's RPCs over dicts: one directory (ino 1) holding regular files.
+
+    ``fail[method]`` is raised once by the next call of ``method``; while
+    ``hold[method]`` is set, calls of ``method`` wait for it.  ``calls`` lists
+    ``(method, params)`` of every call.
+    """
+
+    def __init__(self) -> None:
+        self.inodes: dict[int, Inode] = {}
+        self.names: dict[bytes, int] = {}
+        self.versions: dict[bytes, bytes] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail: dict[str, CassfsError] = {}
+        self.hold: dict[str, trio.Event] = {}
+        self.epoch = 0
+        self.fresh_for = 0.0
+        self._next_ino = 200
+
+    def add_file(self, name: bytes, data: bytes, ino: int = FILE_INO) -> None:
+        self.names[name] = ino
+        self.inodes[ino] = Inode(
+            ino=ino,
+            kind=REGULAR,
+            mode=0o100644,
+            uid=0,
+            gid=0,
+            size=len(data),
+            atime_ns=0,
+            mtime_ns=1,
+            ctime_ns=1,
+            parent=DIR_INO,
+            nlink=1,
+            content_id=sha(data),
+            chunk_size=1 << 20,
+            target=b"",
+        )
+        self.versions[sha(data)] = data
+
+    def content(self, ino: int = FILE_INO) -> bytes:
+        return self.versions[self.inodes[ino].content_id]
+
+    def rewrite(self, data: bytes, ino: int = FILE_INO) -> Inode:
+        """Another host replaced the file's content."""
+        old = self.inodes[ino]
+        self.versions[sha(data)] = data
+        self.inodes[ino] = old.evolve(
+            content_id=sha(data), size=len(data), mtime_ns=old.mtime_ns + 1
+        )
+        return self.inodes[ino]
+
+    def writes(self) -> list[bytes]:
+        """The content of every ``write`` RPC, in order."""
+        return [params["data"] for method, params in self.calls if method == "write"]
+
+    async def call(self, method: str, **params: Any) -> Any:
+        self.calls.append((method, params))
+        gate = self.hold.get(method)
+        if gate is not None:
+            await gate.wait()
+        error = self.fail.pop(method, None)
+        if error is not None:
+            raise error
+        result = getattr(self, f"rpc_{method}")(**params)
+        return result.to_wire() if isinstance(result, Inode) else result
+
+    def _inode(self, ino: int) -> Inode:
+        if ino not in self.inodes:
+            raise NotFound(f"no inode {ino}")
+        return self.inodes[ino]
+
+    def rpc_lookup(self, parent: int, name: bytes) -> Inode:
+        if name not in self.names:
+            raise NotFound(f"no {name!r}")
+        return self._inode(self.names[name])
+
+    def rpc_getattr(self, ino: int) -> Inode:
+        return self._inode(ino)
+
+    def rpc_readdir(self, ino: int) -> list[list[Any]]:
+        self._inode(ino)
+        return [[name, self.inodes[child].to_wire()] for name, child in self.names.items()]
+
+    def rpc_readlink(self, ino: int) -> bytes:
+        return self._inode(ino).target
+
+    def rpc_setattr(self, ino: int, **changes: int) -> Inode:
+        inode = self._inode(ino)
+        if "size" in changes:
+            size = changes.pop("size")
+            data = self.content(ino)[:size].ljust(size, b"\0")
+            self.versions[sha(data)] = data
+            inode = inode.evolve(content_id=sha(data), size=size)
+        self.inodes[ino] = inode = inode.evolve(**changes)
+        return inode
+
+    def rpc_open(self, ino: int, fetch: bool = True, inline: bool = True) -> dict[str, Any]:
+        inode = self._inode(ino)
+        data = self.content(ino) if fetch and inline else None
+        return {
+            "inode": inode.to_wire(),
+            "epoch": self.epoch,
+            "data": data,
+            "fresh_for": self.fresh_for,
+        }
+
+    def rpc_read(
+        self, ino: int, content_id: bytes, file_size: int, offset: int, size: int
+    ) -> bytes:
+        if content_id not in self.versions:
+            self._inode(ino)
+            raise StorageError("version gone")
+        return self.versions[content_id][offset : offset + size]
+
+    def rpc_write(self, ino: int, data: bytes | None = None, path: str | None = None) -> Inode:
+        assert data is not None, "the tests keep buffers in memory"
+        self.versions[sha(data)] = data
+        inode = self._inode(ino)
+        self.inodes[ino] = inode = inode.evolve(
+            content_id=sha(data), size=len(data), mtime_ns=inode.mtime_ns + 1
+        )
+        return inode
+
+    def rpc_materialize(self, ino: int) -> dict[str, Any]:
+        return {"inode": self._inode(ino).to_wire(), "data": self.content(ino)}
+
+    def rpc_create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        if name in self.names:
+            raise Exists(f"{name!r} exists")
+        self._next_ino += 1
+        self.add_file(name, b"", self._next_ino)
+        return self.inodes[self._next_ino]
+
+    def rpc_mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        raise Exists(f"{name!r} exists")
+
+    def rpc_unlink(self, parent: int, name: bytes) -> int:
+        if name not in self.names:
+            raise NotFound(f"no {name!r}")
+        return self.names.pop(name)
+
+    def rpc_purge_inode(self, ino: int) -> bool:
+        return self.inodes.pop(ino, None) is not None
+
+
+class FakeKernel:
+    """Records what the operations ask the kernel to drop."""
+
+    def __init__(self) -> None:
+        self.attributes: list[int] = []
+        self.inodes: list[int] = []
+        self.entries: list[tuple[int, bytes]] = []
+
+    async def invalidate_attributes(self, ino: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.attributes.append(ino)
+
+    async def invalidate_inode(self, ino: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.inodes.append(ino)
+
+    def invalidate_entry_soon(self, parent: int, name: bytes) -> None:
+        self.entries.append((parent, name))
+
+
+@pytest.fixture
+def daemon() -> FakeDaemon:
+    fake = FakeDaemon()
+    fake.add_file(b"page.php", b"0123456789")
+    return fake
+
+
+@pytest.fixture
+def kernel() -> FakeKernel:
+    return FakeKernel()
+
+
+def make_ops(
+    daemon: FakeDaemon, kernel: FakeKernel, spool: Path, switch_wait: float = 1.0
+) -> Operations:
+    ops = Operations(
+        daemon,  # type: ignore[arg-type]
+        FrontConfig(entry_ttl=1.0, negative_ttl=1.0, switch_wait=switch_wait),
+        spool,
+        0,
+    )
+    ops.kernel = kernel
+    return ops
+
+
+@pytest.fixture
+def ops(daemon: FakeDaemon, kernel: FakeKernel, tmp_path: Path) -> Operations:
+    return make_ops(daemon, kernel, tmp_path)
+
+
+async def looked_up(ops: Operations, name: bytes = b"page.php") -> int:
+    """The kernel's lookup of ``name``, as before any open."""
+    return (await ops.lookup(DIR_INO, name, CTX)).st_ino
+
+
+def size_fields(**updates: bool) -> Any:
+    names = ("update_size", "update_mode", "update_uid", "update_gid")
+    names += ("update_atime", "update_mtime", "update_ctime")
+    return SimpleNamespace(**{name: updates.get(name, False) for name in names})
+
+
+async def truncate(ops: Operations, ino: int, size: int, fh: int | None = None) -> None:
+    attr = pyfuse3.EntryAttributes()
+    attr.st_size = size
+    await ops.setattr(ino, attr, size_fields(update_size=True), fh, CTX)
+
+
+async def test_a_readers_close_does_not_publish_a_half_written_truncate(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    writer = (await ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)).fh
+    await ops.write(writer, 0, b"half")
+    reader = (await ops.open(ino, os.O_RDONLY, CTX)).fh
+    assert await ops.read(reader, 0, 100) == b"half"  # the writing host sees it at once
+    await ops.flush(reader)
+    await ops.release(reader)
+    assert daemon.writes() == []
+    assert daemon.content() == b"0123456789"
+    await ops.write(writer, 4, b" and the rest")
+    await ops.flush(writer)
+    assert daemon.writes() == [b"half and the rest"]
+    await ops.flush(writer)  # a second close(2) of a dup: nothing new
+    await ops.release(writer)
+    assert daemon.writes() == [b"half and the rest"]
+
+
+async def test_a_truncating_open_is_a_change_its_close_publishes(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    writer = (await ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)).fh
+    await ops.flush(writer)
+    await ops.release(writer)
+    assert daemon.writes() == [b""]
+
+
+async def test_a_failed_load_leaves_no_buffer_and_a_truncate_writes_no_zeros(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    fh = (await ops.open(ino, os.O_RDWR, CTX)).fh
+    daemon.fail["materialize"] = StorageError("Cassandra timed out")
+    with pytest.raises(pyfuse3.FUSEError) as failed:
+        await ops.write(fh, 2, b"xy")
+    assert failed.value.errno == errno.EIO
+    await truncate(ops, ino, 14, fh)  # ftruncate(fd, 14)
+    assert await ops.read(fh, 0, 100) == b"0123456789\0\0\0\0"
+    await ops.flush(fh)
+    await ops.release(fh)
+    assert daemon.content() == b"0123456789\0\0\0\0"
+    assert b"\0" * 14 not in daemon.writes()
+
+
+async def test_a_truncate_between_the_last_flush_and_release_is_saved(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    fh = (await ops.open(ino, os.O_RDWR, CTX)).fh
+    await ops.write(fh, 0, b"ABC")
+    await ops.flush(fh)  # close(2): FLUSH, then RELEASE comes later
+    await truncate(ops, ino, 5)  # truncate(2) by path from another process, in between
+    await ops.release(fh)
+    assert daemon.content() == b"ABC34"
+
+
+async def test_a_truncate_waiting_for_a_flush_is_saved_after_it(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    writer = (await ops.open(ino, os.O_RDWR, CTX)).fh
+    await ops.write(writer, 0, b"ABC")
+    held = daemon.hold["write"] = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.flush, writer)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(truncate, ops, ino, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        held.set()
+    await ops.release(writer)
+    assert daemon.content() == b"AB"
+
+
+async def test_writes_after_the_last_flush_are_saved_at_release(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    """mmap: close(fd) flushes, then munmap writes the dirty pages back, then RELEASE."""
+    ino = await looked_up(ops)
+    fh = (await ops.open(ino, os.O_RDWR, CTX)).fh
+    await ops.flush(fh)
+    await ops.write(fh, 0, b"MM")
+    await ops.release(fh)
+    assert daemon.content() == b"MM23456789"
+
+
+async def test_inodes_gone_by_number_are_stale_names_gone_are_absent(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    fh = (await ops.open(ino, os.O_RDONLY, CTX)).fh
+    daemon.inodes.clear()  # another host replaced the file; its old inode was purged
+    daemon.versions.clear()
+    stale_calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: ops.getattr(ino, CTX),
+        lambda: ops.open(ino, os.O_RDONLY, CTX),
+        lambda: ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX),
+        lambda: truncate(ops, ino, 0),
+        lambda: ops.lookup(ino, b".", CTX),
+        lambda: ops.opendir(ino, CTX),
+        lambda: ops.readlink(ino, CTX),
+        lambda: ops.write(fh, 0, b"x"),
+    ]
+    for call in stale_calls:
+        with pytest.raises(pyfuse3.FUSEError) as failed:
+            await call()
+        assert failed.value.errno == errno.ESTALE
+    assert (await ops.lookup(DIR_INO, b"missing.php", CTX)).st_ino == 0
+    with pytest.raises(pyfuse3.FUSEError) as absent:
+        await ops.unlink(DIR_INO, b"missing.php", CTX)
+    assert absent.value.errno == errno.ENOENT
+
+
+async def test_a_name_found_taken_drops_the_kernels_dentry(
+    ops: Operations, kernel: FakeKernel
+) -> None:
+    creates: list[Callable[[], Awaitable[object]]] = [
+        lambda: ops.create(DIR_INO, b"page.php", 0o100644, os.O_WRONLY, CTX),
+        lambda: ops.mkdir(DIR_INO, b"sub", 0o40755, CTX),
+    ]
+    for create in creates:
+        with pytest.raises(pyfuse3.FUSEError) as failed:
+            await create()
+        assert failed.value.errno == errno.EEXIST
+    assert kernel.entries == [(DIR_INO, b"page.php"), (DIR_INO, b"sub")]
+
+
+# -- the page cache's version ---------------------------------------------------------------
+
+
+async def test_opens_of_one_version_keep_the_page_cache(
+    ops: Operations, kernel: FakeKernel
+) -> None:
+    ino = await looked_up(ops)
+    first = await ops.open(ino, os.O_RDONLY, CTX)
+    assert (first.keep_cache, first.direct_io) == (False, False)
+    assert kernel.attributes == [ino]  # the kernel's size is dropped before open returns
+    await ops.release(first.fh)
+    second = await ops.open(ino, os.O_RDONLY, CTX)
+    assert (second.keep_cache, second.direct_io) == (True, False)
+    assert kernel.attributes == [ino]
+
+
+async def test_a_new_version_with_no_old_reader_drops_pages_and_size(
+    ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
+) -> None:
+    ino = await looked_up(ops)
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+    daemon.rewrite(b"a much longer new version")
+    info = await ops.open(ino, os.O_RDONLY, CTX)
+    assert (info.keep_cache, info.direct_io) == (False, False)
+    assert kernel.attributes == [ino, ino]
+    assert (await ops.getattr(ino, CTX)).st_size == 25
+    assert await ops.read(info.fh, 0, 100) == b"a much longer new version"
+
+
+async def test_a_new_version_while_an_old_reader_is_open_bypasses_the_page_cache(
+    daemon: FakeDaemon, kernel: FakeKernel, tmp_path: Path
+) -> None:
+    ops = make_ops(daemon, kernel, tmp_path, switch_wait=0.0)
+    ino = await looked_up(ops)
+    old = await ops.open(ino, os.O_RDONLY, CTX)
+    daemon.rewrite(b"short")
+    new = await ops.open(ino, os.O_RDONLY, CTX)
+    assert (new.keep_cache, new.direct_io) == (True, True)
+    assert kernel.attributes == [ino]
+    # the kernel keeps the old reader's size, so it does not cut the old reader's reads
+    assert (await ops.getattr(ino, CTX)).st_size == 10
+    assert (await ops.lookup(DIR_INO, b"page.php", CTX)).st_size == 10
+    assert await ops.read(new.fh, 0, 100) == b"short"
+    assert await ops.read(old.fh, 0, 100) == b"0123456789"
+    await ops.release(old.fh)
+    assert (await ops.getattr(ino, CTX)).st_size == 5
+    third = await ops.open(ino, os.O_RDONLY, CTX)
+    assert (third.keep_cache, third.direct_io) == (False, False)
+    assert kernel.attributes == [ino, ino]
+    assert await ops.read(new.fh, 0, 100) == b"short"
+
+
+async def test_a_new_version_waits_for_the_old_readers_to_close(
+    ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
+) -> None:
+    ino = await looked_up(ops)
+    old = await ops.open(ino, os.O_RDONLY, CTX)
+    daemon.rewrite(b"new")
+    opened: list[pyfuse3.FileInfo] = []
+
+    async def open_new() -> None:
+        opened.append(await ops.open(ino, os.O_RDONLY, CTX))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_new)
+        await trio.testing.wait_all_tasks_blocked()
+        assert opened == []
+        await ops.release(old.fh)
+    assert (opened[0].keep_cache, opened[0].direct_io) == (False, False)
+    assert kernel.attributes == [ino, ino]
+
+
+async def test_a_reused_open_answer_is_dropped_once_a_newer_version_is_seen(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    daemon.fresh_for = 3600.0
+    ino = await looked_up(ops)
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+    opens = sum(1 for method, _ in daemon.calls if method == "open")
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+    assert sum(1 for method, _ in daemon.calls if method == "open") == opens  # reused
+    daemon.rewrite(b"new")
+    assert (await ops.getattr(ino, CTX)).st_size == 3
+    fh = (await ops.open(ino, os.O_RDONLY, CTX)).fh
+    assert await ops.read(fh, 0, 10) == b"new"
+
+
+async def test_writes_on_this_host_move_every_handle_to_the_new_version(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    reader = (await ops.open(ino, os.O_RDONLY, CTX)).fh
+    writer = (await ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)).fh
+    await ops.write(writer, 0, b"local")
+    await ops.flush(writer)
+    await ops.release(writer)
+    assert await ops.read(reader, 0, 100) == b"local"
+    assert (await ops.getattr(ino, CTX)).st_size == 5
+    again = await ops.open(ino, os.O_RDONLY, CTX)
+    assert again.keep_cache is True  # the kernel's pages are the written ones
+
+
+async def test_an_unlinked_open_file_is_purged_after_its_last_release_and_forget(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    fh = (await ops.open(ino, os.O_RDONLY, CTX)).fh
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        await ops.unlink(DIR_INO, b"page.php", CTX)
+        await ops.release(fh)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ino in daemon.inodes  # the kernel still holds it
+        await ops.forget([(ino, 1)])
+        await trio.testing.wait_all_tasks_blocked()
+    assert ino not in daemon.inodes
+    assert ops.inodes.get(ino) is None
