@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = 1
 #: Tries of a name change that keeps losing races before it gives up (EIO).
 ATTEMPTS = 8
+#: Seconds a request waits for another host's rename to release a name it claims (a rename
+#: takes milliseconds; one whose daemon died is settled once its claim is past the grace).
+CLAIM_WAIT = 10.0
 #: Seconds between looks at a name claimed by another host's rename in progress.
 CLAIM_POLL = 0.02
 #: Seconds a cross-directory directory rename waits for the tenant's rename lease.
@@ -77,11 +80,11 @@ class NamespaceOps:
     async def _entry(self, s: Session, parent: int, name: bytes) -> Dentry | None:
         """The entry ``name`` in ``parent`` from Cassandra, once no rename claims it.
 
-        A claim by a rename in progress is waited out (renames finish in
-        milliseconds); a claim past the grace period belongs to a dead request and
-        is settled here.  Refreshes the cached dentry.  Raises ``StorageError``.
+        A claim by a rename in progress is waited out (up to :data:`CLAIM_WAIT`
+        seconds, then ``StorageError``, EIO); a claim past the grace period belongs
+        to a dead request and is settled here.  Refreshes the cached dentry.
         """
-        deadline = trio.current_time() + 2.0
+        deadline = trio.current_time() + CLAIM_WAIT
         while True:
             entry = await s.store.get_dentry(parent, name)
             if entry is None or not entry.pending:

@@ -320,14 +320,22 @@ async def test_a_rename_whose_daemon_died_is_settled_by_the_next_request(
                 await a.call("unlink", parent=ROOT_INO, name=b"done")
             assert await names(a, other["ino"]) == {b"done-moved": done["ino"]}
             assert b"done" not in await names(a, ROOT_INO)
-            # a fresh claim (a rename in progress elsewhere) is not settled by others
+            # a fresh claim (a rename in progress elsewhere) is waited out, not settled
             fresh = await make_file(a, ROOT_INO, b"busy", b"3")
             fresh_intent = uuid.uuid1().bytes
             assert await ts.claim_dentry(ROOT_INO, b"busy", fresh["ino"], fresh_intent)
-            with pytest.raises(CassfsError) as info:
-                await a.call("unlink", parent=ROOT_INO, name=b"busy")
-            assert info.value.errno == errno.EIO
-            assert (await ts.get_dentry(ROOT_INO, b"busy")) is not None
+            unlinked: list[int] = []
+
+            async def unlink_busy() -> None:
+                unlinked.append(await a.call("unlink", parent=ROOT_INO, name=b"busy"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(unlink_busy)
+                await trio.sleep(0.5)  # the unlink must still be waiting: nothing to wait on
+                assert unlinked == []
+                assert (await ts.get_dentry(ROOT_INO, b"busy")) is not None
+                assert await ts.release_claim(ROOT_INO, b"busy", fresh_intent)  # rename undone
+            assert unlinked == [fresh["ino"]]
     finally:
         await store.close()
 
