@@ -196,7 +196,7 @@ class Contents:
         except BaseException:
             if uploaded:
                 with trio.CancelScope(shield=True):
-                    await self.forget_version(s, inode.ino, uploaded, size, content.CHUNK_SIZE)
+                    await self._drop_unflipped(s, inode.ino, uploaded, size)
             raise
         if data is not None:
             await self.core.cache.put_content(s.tenant, content_id, data)
@@ -220,6 +220,21 @@ class Contents:
         self.core.counters.add("bytes_written", size)
         self.core.announce(s, inode.ino)
         return updated
+
+    async def _drop_unflipped(self, s: Session, ino: int, version: bytes, size: int) -> None:
+        """Delete an uploaded version whose flip failed, unless the flip did apply.
+
+        A flip LWT that timed out may still have been applied: the inode is reread
+        first, and the version is kept when it is current (or when the inode
+        cannot be read: fsck removes it later if it is not).
+        """
+        try:
+            current = await s.store.get_inode(ino)
+        except CassfsError as exc:
+            log.warning("inode %d unreadable after a failed write; version left: %s", ino, exc)
+            return
+        if current is None or current.version != version:
+            await self.forget_version(s, ino, version, size, content.CHUNK_SIZE)
 
     async def upload(
         self,
