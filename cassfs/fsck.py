@@ -21,14 +21,16 @@ What is checked (see the README's consistency model for why each state can arise
   inode's current version, names claimed by a rename (``pending``), rename intents of
   the last :data:`INTENT_DAYS` days, and sealed directories that still have a name.
 
-How: a breadth-first crawl from the root lists each directory once (one partition
-read) and reads each inode once, with at most ``concurrency`` queries in flight; the
-regular files it finds go to ``files`` workers that list their versions and stream
-their chunks through SHA-256 (at most two chunks per file in memory).  Directories
-whose ``changed_ns`` or seal moved while the crawl ran are listed again, so that a
-name moved during the crawl is not taken for a missing one.  Then the index is read
-and every indexed inode the crawl did not reach is loaded (with the directories it
-holds).  The graph so gathered is analysed in memory (:meth:`Checker.run`).
+How (:meth:`Checker.run`): a breadth-first crawl from the root lists each directory
+once (one partition read) and reads its inodes and their ``versions`` rows
+:data:`BATCH` partitions per request, with at most ``concurrency`` requests in flight;
+the regular files it finds go to ``files`` workers that stream their chunks in order
+through SHA-256 (at most two chunks per file in memory).  Then the index is read and
+every indexed inode the crawl did not reach is loaded, with the directories it holds.
+Directories whose ``changed_ns`` or seal moved meanwhile are listed again, so that a
+name created or moved during the crawl is not taken for a missing one, and the inodes
+that problems are about are read again before they are reported.  The graph so
+gathered is analysed in memory (:meth:`Checker.analyse`).
 
 Repairs (``repair=True``) are safe while mounts run: anything younger than ``grace``
 seconds (from ``created_ns``/``ctime_ns``/``changed_ns``, or the time inside a
@@ -615,7 +617,8 @@ class Checker:
         again: what changed while the tenant was crawled (a file unlinked, an inode
         purged, a version flipped) is then not reported as damage."""
         inos = {p.ino for p in problems if p.code in _RECHECKED}
-        if not inos:
+        unindexed = {p.ino for p in problems if p.code == "unindexed"}
+        if not inos and not unindexed:
             return problems
 
         async def reread(ino: int) -> None:
@@ -623,14 +626,13 @@ class Checker:
 
         await self._each(reread, inos)
         gone = {ino for ino in inos if self.inodes.get(ino) is None}
-        buckets = {index_bucket(ino) for ino in gone}
+        buckets = {index_bucket(ino) for ino in gone | unindexed}
 
         async def relist(bucket: int) -> None:
             rows = await self._read(self.store.list_index, bucket)
-            present = {ino for ino, _, _ in rows}
             for ino in [i for i in self.index if index_bucket(i) == bucket]:
-                if ino not in present:
-                    del self.index[ino]
+                del self.index[ino]
+            self.index.update((ino, (kind, created_ns)) for ino, kind, created_ns in rows)
 
         await self._each(relist, buckets)
         return self.analyse()

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+import trio
 
 from cached.content import CHUNK_SIZE, EMPTY_ID
 from cached.model import DIRECTORY, REGULAR, ROOT_INO, SYMLINK, Dentry, Inode, mode_of_kind
@@ -368,6 +369,55 @@ async def test_a_rename_that_set_its_new_name_is_completed(clean: Clean, ts: Ten
     assert (await ts.get_dentry(clean.sub.ino, b"moved")) is not None
 
 
+async def test_a_directory_that_is_its_own_ancestor(clean: Clean, ts: TenantStore) -> None:
+    """/docs/sub/loop names /docs: reached twice from the root, kept in its parent."""
+    await clean.tree.name(clean.sub.ino, b"loop", clean.docs)
+    problem = await found_then_repaired(ts, "several-names", clean.docs.ino)
+    assert problem.outcome == "kept /docs, removed /docs/sub/loop"
+
+
+async def test_a_name_of_the_root(clean: Clean, ts: TenantStore) -> None:
+    root = await ts.get_inode(ROOT_INO)
+    assert root is not None
+    await clean.tree.name(clean.docs.ino, b"up", root)
+    problem = await found_then_repaired(ts, "names-root", ROOT_INO)
+    assert problem.where == "/docs/up"
+
+
+async def test_a_name_with_the_wrong_type(clean: Clean, ts: TenantStore) -> None:
+    outcome = await ts.replace_dentry(
+        Dentry(clean.docs.ino, b"small", clean.small.ino, SYMLINK), clean.small.ino, time.time_ns()
+    )
+    assert outcome.applied
+    problem = await found_then_repaired(ts, "kind-mismatch", clean.small.ino)
+    assert problem.detail == "the name says symlink, the inode is a file"
+    entry = await ts.get_dentry(clean.docs.ino, b"small")
+    assert entry is not None and entry.kind == REGULAR
+
+
+async def test_a_missing_directory_inode_that_holds_entries_is_recreated(
+    clean: Clean, ts: TenantStore
+) -> None:
+    lost = clean.tree.inode(DIRECTORY, ROOT_INO)
+    await clean.tree.name(ROOT_INO, b"lost", lost)  # a name, a partition, no inode
+    inside = await clean.tree.file(lost.ino, b"index.php", b"<?php")
+    problem = await found_then_repaired(ts, "dangling-name", lost.ino)
+    assert problem.detail == "names no inode; that directory still holds 1 entries"
+    assert problem.outcome.startswith("directory inode recreated")
+    again = await ts.get_inode(lost.ino)
+    assert again is not None and again.kind == DIRECTORY and again.parent == ROOT_INO
+    assert await ts.get_inode(inside.ino) is not None
+
+
+async def test_an_inode_missing_from_the_index(clean: Clean, ts: TenantStore) -> None:
+    legacy = clean.tree.inode(REGULAR, clean.docs.ino, content_id=EMPTY_ID)
+    await ts.put_inode(legacy)  # as schema version 1 wrote inodes: no index row
+    await clean.tree.name(clean.docs.ino, b"legacy", legacy)
+    problem = await found_then_repaired(ts, "unindexed", legacy.ino)
+    assert problem.where == "/docs/legacy"
+    assert legacy.ino in {i for i, _, _ in await ts.list_index(index_bucket(legacy.ino))}
+
+
 # -- orphans ------------------------------------------------------------------------------
 
 
@@ -398,6 +448,36 @@ async def test_a_fresh_nameless_inode_is_left_to_its_create(
     assert lines[-1].endswith(": 1 problem")
     assert await ts.get_inode(nameless.ino) is not None
     assert await ts.get_chunk(nameless.ino, nameless.version, 0) is not None
+
+
+async def test_a_nameless_inode_unlinked_while_fsck_waits_is_left_alone(
+    clean: Clean, ts: TenantStore
+) -> None:
+    """An unlink removes the name, then sets nlink 0: in between the inode is nameless
+    with nlink 1.  --repair waits min(grace, step deadline) before deleting nameless
+    inodes, rereads them, and leaves alone one that changed."""
+    hour_ago = time.time_ns() - 3600 * 10**9
+    victim = clean.tree.inode(REGULAR, clean.docs.ino, content_id=EMPTY_ID, ctime_ns=hour_ago)
+    await ts.create_inode(victim)
+    checker = Checker(ts, Options(repair=True, grace=2))
+    async with trio.open_nursery() as nursery:
+
+        async def unlink_meanwhile() -> None:
+            for _ in range(6000):  # the checker's phase is plain data: look every 10 ms
+                if checker.stats.phase.startswith("waiting"):
+                    break
+                await trio.sleep(0.01)
+            else:
+                raise AssertionError(f"fsck never waited; phase {checker.stats.phase}")
+            await ts.set_link(victim.evolve(nlink=0, ctime_ns=time.time_ns()))
+
+        nursery.start_soon(unlink_meanwhile)
+        report = await checker.run()
+    problem = only(report, "nameless")
+    assert problem.outcome == "not repaired: the inode changed meanwhile"
+    assert await ts.get_inode(victim.ino) is not None
+    later = await check(ts)
+    assert only(later, "unlinked").ino == victim.ino
 
 
 async def test_an_unlinked_inode(clean: Clean, ts: TenantStore) -> None:
