@@ -588,7 +588,9 @@ def fsck_command(
 ) -> None:
     """Check a tenant's files in Cassandra; exit 1 when something is wrong (and not repaired).
 
-    Prints one line per problem and a summary line; progress on a terminal.
+    Prints one line per problem and a summary line; progress on a terminal.  On a tenant
+    in use, changes in progress (younger than --grace) are listed too; --repair leaves
+    them alone.
     """
     from cassfs import fsck as fsck_mod
 

@@ -1381,7 +1381,9 @@ def run(
     progress: bool | None = None,
 ) -> int:
     """``cassfs fsck``: check one tenant, print a line per problem and the summary to
-    ``out`` (default stdout); the exit status (0 clean or all repaired, else 1).
+    ``out`` (default stdout); the exit status (0 clean or all repaired, 1 when something
+    is wrong, 130 when interrupted: the repairs done so far stand, and the next run
+    takes up from there).
 
     ``progress`` shows a live progress display (default: when ``out`` is a terminal).
     Raises ``StorageError`` when Cassandra is unreachable or keeps failing, and
@@ -1393,6 +1395,9 @@ def run(
         report = trio.run(_run, contact_points, keyspace, owner, environment, options, show)
     except BaseExceptionGroup as group:
         raise _first_cassfs_error(group) or group from None
+    except KeyboardInterrupt:
+        print("fsck: interrupted", file=sys.stderr)
+        return 130
     for problem in report.problems:
         print(problem.line(), file=out)
     print(report.summary(), file=out)
