@@ -955,7 +955,12 @@ class Checker:
         for entry in entries:
             if entry.parent == inode.parent:
                 return entry
-        return min(entries, key=lambda e: (e.parent not in self._paths, self._dir_path(e.parent)))
+
+        def depth(entry: Dentry) -> tuple[bool, int, str]:
+            path = self._dir_path(entry.parent)
+            return entry.parent not in self._paths, path.count("/"), path
+
+        return min(entries, key=depth)
 
     def _orphans(
         self,
@@ -1208,10 +1213,15 @@ class Checker:
             )
             if not outcome.applied:
                 raise NotRepaired(f"/lost+found/{_text(name)} is taken")
+            note = ""
             if old is not None:
-                await self._write(self.store.delete_dentry, old.parent, old.name, ino, now)
+                dropped = await self._write(
+                    self.store.delete_dentry, old.parent, old.name, ino, now
+                )
+                if not dropped.applied:
+                    note = f" (its name {_text(old.name)!r} changed meanwhile: run fsck again)"
             await self._write(self.store.set_link, fresh.evolve(parent=home, nlink=1, ctime_ns=now))
-            return f"reconnected as /lost+found/{_text(name)}"
+            return f"reconnected as /lost+found/{_text(name)}{note}"
 
         return fix
 
