@@ -323,6 +323,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         """The symlink's target.  ESTALE when the inode is gone."""
+        log.debug("readlink %d", inode)
         with _stale_if_gone(inode):
             return await self.daemon.readlink(inode)
 
@@ -372,6 +373,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         """Create a directory.  EEXIST (the kernel's dentry is dropped), ENAMETOOLONG."""
+        log.debug("mkdir %d %r", parent_inode, name)
         self._check_name(name)
         try:
             inode = await self.daemon.mkdir(
@@ -385,6 +387,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove an empty directory.  ENOENT, ENOTDIR, ENOTEMPTY."""
+        log.debug("rmdir %d %r", parent_inode, name)
         self._check_name(name)
         self._unlinked(await self.daemon.rmdir(parent_inode, name))
 
@@ -393,6 +396,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         """Create a symlink.  EEXIST (the kernel's dentry of the name is dropped), ENAMETOOLONG."""
+        log.debug("symlink %d %r", parent_inode, name)
         self._check_name(name)
         try:
             inode = await self.daemon.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
@@ -404,6 +408,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove a name; the inode lives on while the kernel still holds it."""
+        log.debug("unlink %d %r", parent_inode, name)
         self._check_name(name)
         self._unlinked(await self.daemon.unlink(parent_inode, name))
 
@@ -418,6 +423,7 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         """Move a name, replacing a target.  EINVAL for RENAME_EXCHANGE or a move below itself."""
+        log.debug("rename %d %r -> %d %r", parent_inode_old, name_old, parent_inode_new, name_new)
         self._check_name(name_old)
         self._check_name(name_new)
         result = await self.daemon.rename(
@@ -457,6 +463,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         """Create and open an empty file.  EEXIST (the kernel's dentry is dropped), ENAMETOOLONG."""
+        log.debug("create %d %r flags %#o", parent_inode, name, flags)
         self._check_name(name)
         try:
             inode = await self.daemon.create(
@@ -666,6 +673,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         """Same as flush: the file is in Cassandra when this returns."""
+        log.debug("fsync %d", fh)
         await self._commit(fh)
 
     @_fuse_errors
@@ -675,6 +683,7 @@ class Operations(pyfuse3.Operations):
         The last handle of an inode drops its write buffer.  Errors are logged:
         the kernel does not wait for release.
         """
+        log.debug("release %d", fh)
         removed = self.inodes.remove_handle(fh)
         if removed is None:
             return

@@ -1,0 +1,186 @@
+"""The FUSE front through real mounts: what the kernel sees of writes, versions and names.
+
+Two mounts with their own cache dirs are two hosts (two daemons) on one tenant.  Each
+test here failed on the front before issue 5's fixes; tests/test_unit_fs.py checks the
+same handlers over an in-memory daemon, where races can be played in a fixed order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Mount
+
+pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
+
+#: A host that sees other hosts' changes within a tenth of a second.
+FAST = ["--cache-ttl", "0.1", "--entry-ttl", "0.1", "--negative-ttl", "0.1"]
+#: A host whose kernel keeps entries and attributes (above all st_size) for a minute,
+#: while its daemon revalidates within a tenth of a second.
+KERNEL_KEEPS = ["--cache-ttl", "0.1", "--entry-ttl", "60", "--negative-ttl", "60"]
+
+
+def poll_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """Call ``check`` until it returns True; fail the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds} s", pytrace=False)
+        time.sleep(0.02)
+
+
+def read_whole(path: Path, versions: list[bytes]) -> bytes:
+    """Read ``path``; fail the test if the bytes are not exactly one of ``versions``."""
+    data = path.read_bytes()
+    if data not in versions:
+        pytest.fail(f"{path.name}: read {len(data)} bytes of {sorted(set(data))[:8]!r}, a mix")
+    return data
+
+
+def test_closing_a_reader_does_not_publish_a_half_written_file(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    m = mount_cassfs("host", *tenant)
+    page = m.path / "page.php"
+    page.write_bytes(b"<?php old();")
+    flushes = m.stats()["flushes"]
+    with open(page, "wb") as writer:  # O_TRUNC
+        writer.write(b"<?php half")
+        writer.flush()
+        with open(page, "rb") as reader:
+            assert reader.read() == b"<?php half"  # this host sees writes as they happen
+        assert m.stats()["flushes"] == flushes  # the reader's close wrote nothing through
+        writer.write(b"(); ?>")
+    assert m.stats()["flushes"] == flushes + 1
+    assert page.read_bytes() == b"<?php half(); ?>"
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
+def test_writes_through_a_mapping_after_close_are_saved(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """A C program: mmap, close(fd), write to the mapping, munmap.
+
+    (Python's mmap module keeps a dup of the descriptor and closes it after munmap,
+    which flushes; libc's mmap does not.)
+    """
+    a = mount_cassfs("writer", *tenant, None, *FAST)
+    b = mount_cassfs("reader", *tenant, None, *FAST)
+    (a.path / "mapped.bin").write_bytes(b"hello world")
+    libc = _libc()
+    fd = os.open(a.path / "mapped.bin", os.O_RDWR)
+    addr = libc.mmap(None, 11, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    os.close(fd)  # FLUSH: nothing changed yet
+    ctypes.memmove(addr, b"HELLO", 5)
+    assert libc.munmap(addr, 11) == 0  # writes the page back; the kernel then sends RELEASE
+    poll_until(
+        lambda: (b.path / "mapped.bin").read_bytes() == b"HELLO world",
+        20,
+        "the mapped write reached the other host",
+    )
+
+
+def test_another_hosts_new_version_is_read_whole_not_cut_at_the_old_size(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """WordPress served a rewritten plugin cut at the old size: `Unclosed '{'`."""
+    a = mount_cassfs("writer", *tenant, None, *FAST)
+    b = mount_cassfs("reader", *tenant, None, *KERNEL_KEEPS)
+    old = b"<?php function f() { return 1; }\n"
+    new = b"<?php function f() {\n" + b"    $x = 1;\n" * 400 + b"    return $x;\n}\n"
+    (a.path / "plugin.php").write_bytes(old)
+    poll_until(lambda: (b.path / "plugin.php").read_bytes() == old, 10, "the first version")
+    (a.path / "plugin.php").write_bytes(new)
+    poll_until(lambda: read_whole(b.path / "plugin.php", [old, new]) == new, 10, "the new version")
+    assert os.stat(b.path / "plugin.php").st_size == len(new)
+
+
+@pytest.mark.parametrize(("old_size", "new_size"), [(300_000, 200_000), (200_000, 300_000)])
+def test_handles_open_on_two_versions_of_one_file_each_read_their_own_whole(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str], old_size: int, new_size: int
+) -> None:
+    a = mount_cassfs("writer", *tenant, None, *FAST)
+    b = mount_cassfs("reader", *tenant, None, *KERNEL_KEEPS)
+    old, new = b"o" * old_size, b"n" * new_size
+    (a.path / "big.php").write_bytes(old)
+    poll_until(lambda: (b.path / "big.php").read_bytes() == old, 10, "the first version")
+    with open(b.path / "big.php", "rb") as first:
+        head = first.read(100_000)  # the page cache holds the old version's first pages
+        (a.path / "big.php").write_bytes(new)
+        poll_until(
+            lambda: read_whole(b.path / "big.php", [old, new]) == new,
+            20,
+            "the new version while the old one is open",
+        )
+        assert head + first.read() == old  # neither mixed nor cut at the new size
+    with open(b.path / "big.php", "rb") as third:
+        assert third.read() == new
+        assert os.fstat(third.fileno()).st_size == new_size
+
+
+def test_a_file_replaced_by_rename_on_another_host_never_goes_missing(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """Deploy tools write a temp file and rename it over the old one."""
+    a = mount_cassfs("writer", *tenant, None, *FAST)
+    b = mount_cassfs("reader", *tenant, None, *KERNEL_KEEPS)
+    (a.path / "config.php").write_bytes(b"<?php $v = 1;")
+    poll_until(lambda: (b.path / "config.php").read_bytes() == b"<?php $v = 1;", 10, "v1")
+    (a.path / ".config.php.tmp").write_bytes(b"<?php $v = 2;")
+    os.rename(a.path / ".config.php.tmp", a.path / "config.php")
+
+    def replaced() -> bool:
+        try:
+            data = (b.path / "config.php").read_bytes()
+        except FileNotFoundError:
+            pytest.fail("config.php was missing on the other host", pytrace=False)
+        assert data in (b"<?php $v = 1;", b"<?php $v = 2;")
+        return data == b"<?php $v = 2;"
+
+    # B's kernel names the old inode for a minute; once A purges it, B must look again
+    poll_until(replaced, 30, "the replacement")
+
+
+def test_a_name_another_host_created_is_found_after_eexist(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    a = mount_cassfs("creator", *tenant, None, *FAST)
+    b = mount_cassfs("latecomer", *tenant, None, "--negative-ttl", "60")
+    (a.path / "ct").mkdir()
+    poll_until(lambda: (b.path / "ct").is_dir(), 10, "the directory")
+    for name in ("new-dir", "new.php"):
+        assert not (b.path / "ct" / name).exists()  # B's kernel caches this for a minute
+    (a.path / "ct" / "new-dir").mkdir()
+    (a.path / "ct" / "new.php").write_bytes(b"<?php")
+    with pytest.raises(FileExistsError):
+        (b.path / "ct" / "new-dir").mkdir()
+    with pytest.raises(OSError) as created:
+        os.close(os.open(b.path / "ct" / "new.php", os.O_WRONLY | os.O_CREAT, 0o644))
+    assert created.value.errno == errno.EEXIST
+    # B's daemon answered from its cached listing; a purge makes it read Cassandra
+    b.cli("cache", "purge", "--cache-dir", str(b.cache_dir))
+    poll_until(lambda: (b.path / "ct" / "new-dir").is_dir(), 5, "new-dir found")
+    poll_until(lambda: (b.path / "ct" / "new.php").is_file(), 5, "new.php found")
