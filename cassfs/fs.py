@@ -659,10 +659,9 @@ class Operations(pyfuse3.Operations):
         async with state.lock:
             buffer = state.buffer
             if buffer is None or not buffer.dirty:
-                handle.dirtied = False
+                handle.dirtied = False  # another handle's commit took its changes along
                 return
-            if handle.dirtied:
-                await self._write_buffer(state, buffer)
+            await self._write_buffer(state, buffer)
 
     @_fuse_errors
     async def flush(self, fh: int) -> None:

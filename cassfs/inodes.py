@@ -23,7 +23,9 @@ A :class:`InodeState` gathers everything the front keeps about one inode number:
 Invariants between checkpoints (every ``await``):
 
 1. Every handle with ``page_cache`` set has the content of ``pages``, or reads
-   from ``buffer`` (which exists while local writes are in progress).
+   from ``buffer`` (which exists while local writes are in progress); the one
+   exception is a writer that waited in vain for older readers (then, as on a
+   local disk, they may see its writes).
 2. ``buffer`` is None or loaded; it is replaced or dropped only under ``lock``.
 3. A record with ``lookups == 0``, no handle and no buffer is dropped from the table.
 """
@@ -152,19 +154,22 @@ class InodeState:
         - A loaded buffer (local writes in progress) or ``version`` being the page
           cache's: KEEP (reads of every handle come from the buffer, or from pages of
           their own version).
-        - A writable open: SWITCH at once (its writes go through the page cache; on
-          the writing host readers see writes as they happen, as on a local disk).
-        - Handles of another version read through the page cache: WAIT while
-          ``may_wait``, else DIRECT, so the open neither reads nor fills their pages.
-        - Otherwise SWITCH: this version becomes the page cache's.
+        - No handle reads through the page cache: SWITCH, this version becomes the
+          page cache's.
+        - Handles of another version do: WAIT while ``may_wait``.  Then a reader gets
+          DIRECT, so it neither reads nor fills their pages; a writer SWITCHes anyway
+          (its writes go through the page cache; on the writing host readers see
+          writes as they happen, as on a local disk).
         """
         if self.buffer is not None:
             return Placement.KEEP
         if self.pages is not None and self.pages.same_pages(version):
             return Placement.KEEP
-        if writable or self.page_handles() == 0:
+        if self.page_handles() == 0:
             return Placement.SWITCH
-        return Placement.WAIT if may_wait else Placement.DIRECT
+        if may_wait:
+            return Placement.WAIT
+        return Placement.SWITCH if writable else Placement.DIRECT
 
     async def wait_for_page_handles(self, deadline: float) -> None:
         """Wait until no handle reads through the page cache, or until ``deadline`` (trio clock)."""

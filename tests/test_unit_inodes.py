@@ -136,8 +136,9 @@ def test_placement_of_opens() -> None:
     # another version while a page-cache handle is open: wait, then bypass
     assert state.placement(v2, writable=False, may_wait=True) is Placement.WAIT
     assert state.placement(v2, writable=False, may_wait=False) is Placement.DIRECT
-    # a writer takes the page cache at once
-    assert state.placement(v2, writable=True, may_wait=True) is Placement.SWITCH
+    # a writer waits as well, then takes the page cache
+    assert state.placement(v2, writable=True, may_wait=True) is Placement.WAIT
+    assert state.placement(v2, writable=True, may_wait=False) is Placement.SWITCH
     # after a cache purge (new epoch) the pages are not the version's any more
     assert state.placement(Version(OLD, 100, 1, 1), writable=False, may_wait=False) is (
         Placement.DIRECT
