@@ -39,9 +39,9 @@ using it; each repair rereads what it changes just before, and changes names onl
 the name LWTs (``IF ino = ?``, ``IF pending = ?``).  Content that is missing or does not
 match its checksum cannot be repaired; it is reported.
 
-Limits: the crawl keeps every inode and name of the tenant in memory (about 0.5 kB per
-inode); an unlinked file held open on some host for longer than ``grace`` is deleted by
-a repair (nothing in Cassandra records open files).
+Limits: the crawl keeps every inode and name of the tenant in memory (the whole process
+peaked at 109 MB for 22,000 inodes); an unlinked file held open on some host for longer
+than ``grace`` is deleted by a repair (nothing in Cassandra records open files).
 """
 
 from __future__ import annotations
