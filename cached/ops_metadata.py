@@ -82,6 +82,8 @@ class MetadataOps:
                 await self.core.cache.put_dentry(
                     s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
                 )
+                if entry is not None and (cached is None or cached[0] != entry.ino):
+                    await self.core.cache.drop_inode(s.tenant, entry.ino)  # see _load_listing
             if entry is None:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
@@ -124,6 +126,13 @@ class MetadataOps:
             self.core.cache.mark_large_dir(s.tenant, parent)
             return None
         items = [(e.name, e.ino, e.kind) for e in entries]
+        # An inode newly bound to a name (a temp file renamed over it, say) may be cached
+        # from its earlier life, fetched under the other name: it must not answer for
+        # this name with that older state, so it is read again.
+        _, before = await self.core.cache.get_listing_index(s.tenant, parent)
+        for name, ino, _kind in items:
+            if before is None or before.get(name, (0, 0))[0] != ino:
+                await self.core.cache.drop_inode(s.tenant, ino)
         await self.core.cache.put_listing(s.tenant, parent, items)
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
             self.core.background.start_soon(self._prefetch_inodes, s, [e.ino for e in entries])
