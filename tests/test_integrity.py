@@ -387,3 +387,28 @@ async def test_chmod_and_chown_on_two_hosts_both_stay(
             inode = await truth.get_inode(f["ino"])
             assert inode is not None
             assert (inode.mode & 0o7777, inode.uid) == (0o600, 1000 + round_)
+
+
+async def test_a_temp_file_renamed_over_a_name_is_not_read_as_its_earlier_self(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """B cached the temp file while it was empty; after the rename B must read the content.
+
+    B's listing is older than B's copy of the temp inode, so the listing expires first and
+    names the inode B still holds as fresh, from before it was written.
+    """
+    host_a, host_b = start_daemon("a", cache_ttl=1.0), start_daemon("b", cache_ttl=1.0)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        await make_file(a, ROOT_INO, b"live.php", b"old")
+        tmp = await a.call("create", parent=ROOT_INO, name=b".tmp", mode=0o644, uid=0, gid=0)
+        assert (await b.call("lookup", parent=ROOT_INO, name=b".tmp"))["size"] == 0
+        await trio.sleep(1.1)  # past B's TTL for both; B rereads only the inode
+        assert (await b.call("getattr", ino=tmp["ino"]))["size"] == 0
+        await a.call("write", ino=tmp["ino"], data=b"new content")
+        await a.call(
+            "rename", old_parent=ROOT_INO, old_name=b".tmp", new_parent=ROOT_INO,
+            new_name=b"live.php", flags=0,
+        )  # fmt: skip
+        found = await b.call("lookup", parent=ROOT_INO, name=b"live.php")
+        assert (found["ino"], found["size"]) == (tmp["ino"], 11)
+        assert (await b.call("open", ino=found["ino"]))["data"] == b"new content"
