@@ -39,8 +39,10 @@ Violations (each names its kind; see :func:`analyze` and :func:`check_tree`):
 - ``lost-ack``: a write whose ``close()`` returned 0 replaced by older content;
 - ``stale-read``: a lane read older than an acknowledged write past the staleness bound
   (``cache-ttl + entry-ttl + slack``) of the README;
-- ``empty-mid-rewrite``: another host read a lane file empty while it was rewritten in place;
-- ``empty-read``: a lane file read empty though it never was empty under its name;
+- ``empty-mid-rewrite``: another host read a lane file empty: the truncation of an in-place
+  rewrite, under way or (from a cache) up to the staleness bound old;
+- ``empty-read``: a lane file read empty though it never was empty under its name (a temp
+  file's state from before it was renamed over the name);
 - ``unexplained-errno KIND/STEP ERRNO``: an errno the race cannot explain (EIO outside a
   fault window on its host, EEXIST from rename, ENOENT for a lane file that always exists...);
 - ``eexist-without-excl``: ``open(O_CREAT)`` without ``O_EXCL`` failed with EEXIST (POSIX
@@ -1356,12 +1358,32 @@ def _check_reads(cfg: RaceConfig, history: History, start: float) -> list[Violat
             continue
         writes = history.lanes[read.lane]
         if vid == EMPTY:
-            if any(w.in_place and w.t0 <= read.t1 and read.t0 <= w.t1 for w in writes):
+            if any(w.in_place and not w.acked and w.t0 <= read.t1 for w in writes):
+                continue  # a failed in-place rewrite may have left it empty
+            # An in-place rewrite truncates the inode first (an unacknowledged empty event);
+            # a temp file renamed over the name was empty only before it had that name.
+            truncated = [
+                e
+                for e in history.events.get(read.ino, [])
+                if e.vid == EMPTY and not e.acked and e.t0 <= read.t1 and read.t0 - bound <= e.t1
+            ]
+            if truncated or any(w.in_place and w.t0 <= read.t1 and read.t0 <= w.t1 for w in writes):
+                ago = max((read.t0 - e.t1 for e in truncated), default=0.0)
                 found.append(
-                    Violation("empty-mid-rewrite", f"{at}: empty while rewritten in place")
+                    Violation(
+                        "empty-mid-rewrite",
+                        f"{at}: empty, the state of an in-place rewrite "
+                        f"{'under way' if ago <= 0 else f'{ago:.2f} s old'}",
+                    )
                 )
-            elif not any(w.in_place and not w.acked and w.t0 <= read.t1 for w in writes):
-                found.append(Violation("empty-read", f"{at}: empty; it never was under this name"))
+            else:
+                found.append(
+                    Violation(
+                        "empty-read",
+                        f"{at}: empty; inode {read.ino} was empty only as a temp file before "
+                        "it was renamed over this name",
+                    )
+                )
             continue
         producers = [w for w in writes if w.vid == vid and w.t0 <= read.t1]
         if not producers:

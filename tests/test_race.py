@@ -180,6 +180,8 @@ def test_lane_reads_torn_stale_or_empty_mid_rewrite() -> None:
     assert [v.kind for v in race.analyze(cfg, history, None)] == ["empty-mid-rewrite"]
     history.reads = [read(5.0, b"")]  # what a prefetched empty temp file renamed over shows
     assert [v.kind for v in race.analyze(cfg, history, None)] == ["empty-read"]
+    history.event(7, race.EMPTY, t + 3.0, t + 3.01, acked=False)  # v2's truncation, cached
+    assert [v.kind for v in race.analyze(cfg, history, None)] == ["empty-mid-rewrite"]
     history.reads = [read(5.0, v2[:16384] + v1[16384:])]
     assert [v.kind for v in race.analyze(cfg, history, None)] == ["torn-read"]
 
