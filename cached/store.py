@@ -446,8 +446,12 @@ def _outcome(rows: list[dict[str, Any]], parent: int, name: bytes) -> LwtOutcome
     for row in rows:
         if row.get("sealed"):
             sealed = row["sealed"]
+        # A row that was not applied carries the columns its condition named (and, for
+        # IF NOT EXISTS, the whole row): kind may be absent.
         if row.get("name") == name and row.get("parent", parent) == parent and row.get("ino"):
-            holder = Dentry(parent, name, row["ino"], row["kind"], row.get("pending") or b"")
+            holder = Dentry(
+                parent, name, row["ino"], row.get("kind") or 0, row.get("pending") or b""
+            )
     return LwtOutcome(False, holder, sealed)
 
 

@@ -112,6 +112,8 @@ async def test_two_sources_renamed_onto_one_target_never_eexist(
             p2 = ROOT_INO if round_ % 2 == 0 else other["ino"]
             f1 = await make_file(a, ROOT_INO, s1, b"one")
             f2 = await make_file(a, p2, s2, b"two")
+            if round_ % 4 >= 2:  # over an existing target, too
+                await make_file(a, ROOT_INO, t, b"old target")
             results = await both(rename(a, s1, t), rename(b, s2, t, ROOT_INO, p2))
             assert not any(isinstance(r, CassfsError) for r in results), results
             target = (await listed(truth, ROOT_INO))[t]
