@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +27,7 @@ import trio.testing
 from cached.errors import CassfsError, Exists, NotFound, StorageError
 from cached.model import REGULAR, Inode
 from cassfs.fs import FrontConfig, Operations
+from cassfs.kernel import FuseKernelCache
 
 DIR_INO = 1
 FILE_INO = 100
@@ -493,3 +496,37 @@ async def test_an_unlinked_open_file_is_purged_after_its_last_release_and_forget
         await trio.testing.wait_all_tasks_blocked()
     assert ino not in daemon.inodes
     assert ops.inodes.get(ino) is None
+
+
+# -- the kernel edge ----------------------------------------------------------------------------
+
+
+async def test_kernel_invalidations_run_in_threads_and_treat_not_cached_as_done(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    trio_thread = threading.get_ident()
+    calls: list[tuple[int, bool, bool]] = []
+    outcomes: list[BaseException | None] = [
+        None,
+        FileNotFoundError(errno.ENOENT, "not cached"),
+        OSError(errno.ENOENT, "not cached"),
+        OSError(errno.EIO, "kernel said no"),
+    ]
+
+    def invalidate_inode(ino: int, attr_only: bool = False) -> None:
+        calls.append((ino, attr_only, threading.get_ident() != trio_thread))
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(pyfuse3, "invalidate_inode", invalidate_inode)
+    cache = FuseKernelCache()
+    await cache.invalidate_attributes(5)
+    await cache.invalidate_attributes(6)
+    await cache.invalidate_inode(7)
+    with caplog.at_level(logging.WARNING, logger="cassfs.kernel"):
+        await cache.invalidate_attributes(8)
+    assert calls == [(5, True, True), (6, True, True), (7, False, True), (8, True, True)]
+    assert [record.getMessage() for record in caplog.records] == [
+        "could not invalidate inode 8 in the kernel: [Errno 5] kernel said no"
+    ]
