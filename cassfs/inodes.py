@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
-import logging
 from dataclasses import dataclass
 
 import trio
@@ -42,8 +41,6 @@ import trio
 from cached.errors import CassfsError
 from cached.model import REGULAR, ROOT_INO, Inode
 from cassfs.handles import OpenFile, WriteBuffer
-
-log = logging.getLogger(__name__)
 
 
 class InodeGone(CassfsError):
