@@ -222,13 +222,35 @@ class LocalCache:
         await self._apply_pending()
         await self._run(lambda: None)  # and wait for a batch the writer holds
 
-    async def get_inode(self, tenant: Tenant, ino: int) -> tuple[Freshness, Inode | None]:
-        """The cached inode and its freshness; ``(ABSENT, None)`` when not cached."""
+    async def get_inode(
+        self, tenant: Tenant, ino: int, not_before: float = 0.0
+    ) -> tuple[Freshness, Inode | None]:
+        """The cached inode and its freshness; ``(ABSENT, None)`` when not cached.
+
+        An entry fetched before ``not_before`` (seconds, this cache's clock) is STALE
+        however young: see :meth:`fetched_at`.
+        """
         entry = await self._meta_get(("i", *tenant, ino))
         if entry is None:
             return Freshness.ABSENT, None
         fetched_at, data = entry
-        return self._freshness(fetched_at), Inode.from_wire(data)
+        state = self._freshness(fetched_at)
+        if state is Freshness.FRESH and fetched_at < not_before:
+            state = Freshness.STALE
+        return state, Inode.from_wire(data)
+
+    def fetched_at(self, key: tuple[Any, ...]) -> float:
+        """When the metadata entry under ``key`` (``("l", *tenant, parent)``, ``("d", ...)``)
+        was fetched, seconds; 0 when it is not in memory.
+
+        A lookup passes the time of the name it answered from as the ``not_before``
+        of the inode it returns: an inode cached before that name was read may be
+        from the inode's earlier life under another name (a temp file renamed over).
+        """
+        entry = self._memo.get(key)
+        if entry is None or entry is _GONE:
+            return 0.0
+        return float(entry[0])
 
     def fresh_for(self, tenant: Tenant, ino: int) -> float:
         """Seconds the cached inode ``ino`` stays within its TTL (0 when not in memory).
@@ -241,9 +263,12 @@ class LocalCache:
         age = self.clock() - entry[0]
         return self.ttl - age if 0 <= age < self.ttl else 0.0
 
-    async def put_inode(self, tenant: Tenant, inode: Inode) -> None:
-        """Cache ``inode`` as fetched now."""
-        await self._meta_set(("i", *tenant, inode.ino), (self.clock(), inode.to_wire()))
+    async def put_inode(
+        self, tenant: Tenant, inode: Inode, fetched_at: float | None = None
+    ) -> None:
+        """Cache ``inode`` as fetched at ``fetched_at`` (seconds; default now)."""
+        when = self.clock() if fetched_at is None else fetched_at
+        await self._meta_set(("i", *tenant, inode.ino), (when, inode.to_wire()))
 
     async def drop_inode(self, tenant: Tenant, ino: int) -> None:
         """Forget the cached inode."""

@@ -100,17 +100,21 @@ class Core:
     async def thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.io_limiter)
 
-    async def get_inode(self, s: Session, ino: int) -> Inode:
+    async def get_inode(self, s: Session, ino: int, not_before: float = 0.0) -> Inode:
         """The inode through the cache: fresh from it, else (re)validated from Cassandra.
 
-        Raises ``NotFound`` (ENOENT) when Cassandra has no such inode.
+        ``not_before`` (seconds, the cache's clock): a cached inode fetched before it is
+        read again, and so is one whose fetch was in flight before it.  Raises
+        ``NotFound`` (ENOENT) when Cassandra has no such inode.
         """
-        state, cached = await self.cache.get_inode(s.tenant, ino)
+        state, cached = await self.cache.get_inode(s.tenant, ino, not_before)
         if state is Freshness.FRESH and cached is not None:
             self.counters.add("hits")
             return cached
         self.counters.add("revalidations" if state is Freshness.STALE else "misses")
         try:
+            if not_before:  # a fetch already in flight may have started too early
+                return await self.load_inode(s, ino)
             return await self.flights.run(("i", s.tenant, ino), self.load_inode, s, ino)
         except StorageError as exc:
             return self.stale_if_error(cached, exc, f"inode {ino}")
@@ -128,12 +132,16 @@ class Core:
         return cached
 
     async def load_inode(self, s: Session, ino: int) -> Inode:
-        """The inode read from Cassandra now, and cached; NotFound (ENOENT)."""
+        """The inode read from Cassandra now, and cached; NotFound (ENOENT).
+
+        Cached as fetched when the read began (what it returns is at least that new).
+        """
+        started = self.cache.clock()
         inode = await s.store.get_inode(ino)
         if inode is None:
             await self.cache.drop_inode(s.tenant, ino)
             raise NotFound(f"inode {ino}")
-        await self.cache.put_inode(s.tenant, inode)
+        await self.cache.put_inode(s.tenant, inode, fetched_at=started)
         return inode
 
     async def directory(self, s: Session, ino: int) -> Inode:

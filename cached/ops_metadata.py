@@ -57,6 +57,9 @@ class MetadataOps:
         small directory are prefetched.  Larger directories are asked name by name.
         """
         check_name(name)
+        # The inode answered is never older than the name that led to it (bound_at): one
+        # cached earlier may be from its life under another name (a temp file renamed
+        # over this one, read while it was still empty).
         listing_state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if listing_state is not Freshness.FRESH:
             index = None
@@ -65,6 +68,9 @@ class MetadataOps:
                 index = await self._listing_index(s, parent)
         if index is not None:
             state, cached = Freshness.FRESH, index.get(name, (0, 0))
+            bound_at = self.core.cache.fetched_at(("l", *s.tenant, parent))
+        else:
+            bound_at = self.core.cache.fetched_at(("d", *s.tenant, parent, name))
         if state is Freshness.FRESH and cached is not None:
             ino = cached[0]
             if ino == 0:
@@ -73,6 +79,7 @@ class MetadataOps:
         else:
             await self.core.directory(s, parent)
             self.core.counters.add("revalidations" if state is Freshness.STALE else "misses")
+            bound_at = self.core.cache.clock()
             try:
                 entry = await s.store.get_dentry(parent, name)
             except StorageError as exc:
@@ -82,13 +89,11 @@ class MetadataOps:
                 await self.core.cache.put_dentry(
                     s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
                 )
-                if entry is not None and (cached is None or cached[0] != entry.ino):
-                    await self.core.cache.drop_inode(s.tenant, entry.ino)  # see _load_listing
             if entry is None:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
         try:
-            return (await self.core.get_inode(s, ino)).to_wire()
+            return (await self.core.get_inode(s, ino, not_before=bound_at)).to_wire()
         except NotFound:
             # The cached entry names an inode that is gone: the name was rebound (a
             # file replaced by a rename over it) or removed.  Ask Cassandra.
@@ -126,13 +131,6 @@ class MetadataOps:
             self.core.cache.mark_large_dir(s.tenant, parent)
             return None
         items = [(e.name, e.ino, e.kind) for e in entries]
-        # An inode newly bound to a name (a temp file renamed over it, say) may be cached
-        # from its earlier life, fetched under the other name: it must not answer for
-        # this name with that older state, so it is read again.
-        _, before = await self.core.cache.get_listing_index(s.tenant, parent)
-        for name, ino, _kind in items:
-            if before is None or before.get(name, (0, 0))[0] != ino:
-                await self.core.cache.drop_inode(s.tenant, ino)
         await self.core.cache.put_listing(s.tenant, parent, items)
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
             self.core.background.start_soon(self._prefetch_inodes, s, [e.ino for e in entries])
