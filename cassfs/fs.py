@@ -77,6 +77,26 @@ def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
     return wrapper
 
 
+def _may_open(inode: Inode, flags: int, ctx: pyfuse3.RequestContext) -> bool:
+    """Whether ``ctx`` may open ``inode`` with ``flags`` by its mode bits (root always).
+
+    Supplementary groups are not known here, only ``ctx.gid``.
+    """
+    if ctx.uid == 0:
+        return True
+    access = flags & os.O_ACCMODE
+    need = (4 if access in (os.O_RDONLY, os.O_RDWR) else 0) | (
+        2 if access in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC else 0
+    )
+    if ctx.uid == inode.uid:
+        bits = inode.mode >> 6
+    elif ctx.gid == inode.gid:
+        bits = inode.mode >> 3
+    else:
+        bits = inode.mode
+    return (bits & need) == need
+
+
 @dataclass(frozen=True)
 class FrontConfig:
     """Kernel cache timeouts of the mount, and how long an open waits for old readers.
@@ -462,7 +482,13 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        """Create and open an empty file.  EEXIST (the kernel's dentry is dropped), ENAMETOOLONG."""
+        """Create and open an empty file.  EEXIST with O_EXCL, ENAMETOOLONG.
+
+        The kernel asks to create when its dentry says the name is absent; another host
+        may have created it since.  Then, as open(2) says, ``O_CREAT`` without
+        ``O_EXCL`` opens the file that is there (EISDIR for a directory); with
+        ``O_EXCL`` it is EEXIST.  Either way the kernel's negative dentry is dropped.
+        """
         log.debug("create %d %r flags %#o", parent_inode, name, flags)
         self._check_name(name)
         try:
@@ -471,7 +497,15 @@ class Operations(pyfuse3.Operations):
             )
         except Exists:
             self._name_taken(parent_inode, name)
-            raise
+            if flags & os.O_EXCL:
+                raise
+            existing = await self.daemon.lookup(parent_inode, name)
+            if stat.S_ISDIR(existing.mode):
+                raise pyfuse3.FUSEError(errno.EISDIR) from None
+            if not _may_open(existing, flags, ctx):  # the kernel checked a create, not this
+                raise pyfuse3.FUSEError(errno.EACCES) from None
+            info = await self.open(existing.ino, flags & ~os.O_CREAT, ctx)
+            return info, self._remember(existing)
         ino = inode.ino
         state = self.inodes.state(ino)
         async with state.lock:

@@ -421,3 +421,21 @@ def test_cache_stats_and_purge_work_without_a_daemon(
     m.cli("cache", "purge", "--cache-dir", str(m.cache_dir))
     purged = json.loads(m.cli("cache", "stats", "--cache-dir", str(m.cache_dir), "--json").stdout)
     assert purged["entries"] == 0 and purged["purges"] == 1 and purged["flushes"] == 1
+
+
+def test_open_creating_a_name_another_host_just_made_opens_it(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """open(O_CREAT|O_TRUNC) without O_EXCL never says EEXIST (PHP's file_put_contents)."""
+    a = mount_cassfs("a", *tenant, None, "--cache-ttl", "0.5")
+    b = mount_cassfs("b", *tenant, None, "--cache-ttl", "0.5")
+    (a.path / "d").mkdir()
+    assert _eventually(lambda: (b.path / "d").is_dir(), 10)
+    for i in range(10):
+        with pytest.raises(FileNotFoundError):
+            os.stat(b.path / "d" / f"x{i}")  # B's kernel now holds a negative dentry
+        (a.path / "d" / f"x{i}").write_bytes(b"from a")
+        (b.path / "d" / f"x{i}").write_bytes(b"from b")  # O_CREAT|O_TRUNC|O_WRONLY
+        with pytest.raises(FileExistsError):
+            os.open(b.path / "d" / f"x{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        assert _eventually(lambda i=i: (a.path / "d" / f"x{i}").read_bytes() == b"from b", 10)
