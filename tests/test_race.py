@@ -39,6 +39,7 @@ MIN_OK = {
 }
 
 
+@pytest.mark.race
 @pytest.mark.cassandra
 @pytest.mark.fuse
 def test_race_short_run(cassandra: str, fuse_available: None, tmp_path: Path) -> None:
