@@ -152,11 +152,17 @@ def test_a_file_replaced_by_rename_on_another_host_never_goes_missing(
     (a.path / ".config.php.tmp").write_bytes(b"<?php $v = 2;")
     os.rename(a.path / ".config.php.tmp", a.path / "config.php")
 
+    renamed = time.monotonic()
+
     def replaced() -> bool:
         try:
             data = (b.path / "config.php").read_bytes()
-        except FileNotFoundError:
-            pytest.fail("config.php was missing on the other host", pytrace=False)
+        except OSError as exc:
+            pytest.fail(
+                f"config.php failed on the other host {time.monotonic() - renamed:.2f} s "
+                f"after the rename: {exc}",
+                pytrace=False,
+            )
         assert data in (b"<?php $v = 1;", b"<?php $v = 2;")
         return data == b"<?php $v = 2;"
 
@@ -184,8 +190,10 @@ def test_a_name_another_host_created_is_found_after_eexist(
     with pytest.raises(FileExistsError):
         (b.path / "ct" / "new-dir").mkdir()
     with pytest.raises(OSError) as created:
-        os.close(os.open(b.path / "ct" / "new.php", os.O_WRONLY | os.O_CREAT, 0o644))
+        os.open(b.path / "ct" / "new.php", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     assert created.value.errno == errno.EEXIST
+    # without O_EXCL, open(2) opens the file that is there (PHP's file_put_contents)
+    os.close(os.open(b.path / "ct" / "new.php", os.O_RDONLY | os.O_CREAT, 0o644))
     # B's daemon answered from its cached listing; a purge makes it read Cassandra
     b.cli("cache", "purge", "--cache-dir", str(b.cache_dir))
     poll_until(lambda: (b.path / "ct" / "new-dir").is_dir(), 5, "new-dir found")

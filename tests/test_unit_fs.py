@@ -369,7 +369,7 @@ async def test_a_name_found_taken_drops_the_kernels_dentry(
     ops: Operations, kernel: FakeKernel
 ) -> None:
     creates: list[Callable[[], Awaitable[object]]] = [
-        lambda: ops.create(DIR_INO, b"page.php", 0o100644, os.O_WRONLY, CTX),
+        lambda: ops.create(DIR_INO, b"page.php", 0o100644, os.O_WRONLY | os.O_EXCL, CTX),
         lambda: ops.mkdir(DIR_INO, b"sub", 0o40755, CTX),
     ]
     for create in creates:
