@@ -88,12 +88,7 @@ def main() -> None:
 # -- up / down ------------------------------------------------------------------------------
 
 
-@main.command()
-@click.argument("mountpoint", type=click.Path(path_type=Path))
-@cache_dir_option
-@contact_points_option
-@keyspace_option
-@click.option(
+owner_option = click.option(
     "--owner",
     type=int,
     default=1,
@@ -101,13 +96,22 @@ def main() -> None:
     show_default=True,
     help="Tenant owner id (env CASSFS_OWNER).",
 )
-@click.option(
+environment_option = click.option(
     "--environment",
     default="prod",
     envvar="CASSFS_ENVIRONMENT",
     show_default=True,
     help="Tenant environment (env CASSFS_ENVIRONMENT).",
 )
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@cache_dir_option
+@contact_points_option
+@keyspace_option
+@owner_option
+@environment_option
 @click.option(
     "--entry-ttl",
     type=float,
@@ -544,21 +548,8 @@ def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
 @main.command("fsck")
 @contact_points_option
 @keyspace_option
-@click.option(
-    "--owner",
-    type=int,
-    default=1,
-    envvar="CASSFS_OWNER",
-    show_default=True,
-    help="Tenant owner id (env CASSFS_OWNER).",
-)
-@click.option(
-    "--environment",
-    default="prod",
-    envvar="CASSFS_ENVIRONMENT",
-    show_default=True,
-    help="Tenant environment (env CASSFS_ENVIRONMENT).",
-)
+@owner_option
+@environment_option
 @click.option("--repair", is_flag=True, help="Mend what is safe to mend (else only report).")
 @click.option(
     "--grace",
