@@ -380,9 +380,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         for index in range(start_id, len(entries)):
             name, inode = entries[index]
+            state = self.inodes.remember(inode.ino)
             if not pyfuse3.readdir_reply(token, name, self._entry(inode), index + 1):
+                self.inodes.forget(inode.ino, 1)  # not sent: the kernel takes no reference
+                self.inodes.discard_if_idle(state)
                 return
-            self.inodes.remember(inode.ino)
 
     async def releasedir(self, fh: int) -> None:
         """Drop the listing snapshot."""
@@ -618,7 +620,9 @@ class Operations(pyfuse3.Operations):
         self.inodes.add_handle(handle, placement)
         if placement is Placement.SWITCH:
             try:
-                await self.kernel.invalidate_attributes(state.ino)
+                if not state.attributes_told_for(version):
+                    state.attributes_dropped()
+                    await self.kernel.invalidate_attributes(state.ino)
             finally:
                 state.finish_switch()
         elif placement is Placement.KEEP:
@@ -735,6 +739,7 @@ class Operations(pyfuse3.Operations):
                         )
                 if not state.handles and state.buffer is not None:
                     buffer, state.buffer = state.buffer, None
+                    state.told = None  # the kernel's size came from the writes
                     if buffer.dirty:
                         # the kernel's pages hold what was not saved: drop them at next open
                         state.pages = None

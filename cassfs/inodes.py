@@ -17,6 +17,11 @@ A :class:`InodeState` gathers everything the front keeps about one inode number:
   :meth:`InodeState.placement`.
 - ``reusable``: the last ``open`` answer of the daemon, reused for read-only
   opens while the daemon's TTL for the inode runs.
+- ``told``: the contents ``(content_id, size)`` whose size the front told the
+  kernel since it last dropped the kernel's cached attributes, or None when the
+  kernel's size may come from elsewhere (local writes and truncates, a
+  ``direct_io`` handle) or is not known.  An open that makes a version the page
+  cache's must drop the kernel's cached size unless only that version's was told.
 - ``lock``: serialises loading, writing, truncating, committing and dropping the
   buffer, so a ``setattr`` cannot truncate a buffer that ``release`` is closing.
 
@@ -117,6 +122,7 @@ class InodeState:
         "lookups",
         "pages",
         "reusable",
+        "told",
         "unlinked",
     )
 
@@ -128,6 +134,7 @@ class InodeState:
         self.pages: Version | None = None
         self.reusable: Reusable | None = None
         self.unlinked = False
+        self.told: set[tuple[bytes, int]] | None = None
         self.lock = trio.Lock()
         self._page_handles_closed: trio.Event | None = None
         self._switched: trio.Event | None = None
@@ -186,6 +193,8 @@ class InodeState:
         if placement is Placement.WAIT:
             raise ValueError("a waiting open has no handle yet")
         handle.page_cache = placement is not Placement.DIRECT
+        if placement is Placement.DIRECT:
+            self.told = None  # direct reads past the kernel's size may change it
         if placement is Placement.SWITCH:
             self.pages = Version(handle.content_id, handle.size, handle.mtime_ns, handle.epoch)
             self.reusable = None
@@ -230,6 +239,19 @@ class InodeState:
             handle.move_to(version.content_id, version.size, version.mtime_ns, epoch)
         self.pages = version
         self.reusable = None
+        self.told = None  # the writes set the kernel's size themselves
+
+    def attributes_told_for(self, version: Version) -> bool:
+        """True when every size told to the kernel (see ``told``) is ``version``'s.
+
+        Then the kernel's cached size, whichever reply it kept, is that version's,
+        and an open switching to it need not drop the cached attributes.
+        """
+        return self.told is not None and self.told <= {(version.content_id, version.size)}
+
+    def attributes_dropped(self) -> None:
+        """The kernel's cached attributes are being dropped: nothing told stands."""
+        self.told = set()
 
     def reported(self, inode: Inode, epoch: int) -> tuple[int, int]:
         """``(st_size bytes, st_mtime ns)`` to tell the kernel about the daemon's ``inode``.
@@ -243,16 +265,21 @@ class InodeState:
           record forgets its page-cache version and the reusable answer.
         """
         size, mtime_ns = inode.size, inode.mtime_ns
+        if inode.kind != REGULAR:
+            return size, mtime_ns
         if self.buffer is not None:
+            self.told = None
             return self.buffer.size, mtime_ns
-        if self.pages is None or inode.kind != REGULAR:
-            return size, mtime_ns
-        if self.pages.same_content(Version.of(inode, epoch)):
-            return size, mtime_ns
-        self.reusable = None
-        if self.page_handles():
-            return self.pages.size, self.pages.mtime_ns
-        self.pages = None
+        told = (inode.content_id, size)
+        if self.pages is not None and not self.pages.same_content(Version.of(inode, epoch)):
+            self.reusable = None
+            if self.page_handles():
+                told = (self.pages.content_id, self.pages.size)
+                size, mtime_ns = self.pages.size, self.pages.mtime_ns
+            else:
+                self.pages = None
+        if self.told is not None:
+            self.told.add(told)
         return size, mtime_ns
 
     def reuse(self, now: float, epoch: int) -> Inode | None:
@@ -298,8 +325,15 @@ class InodeTable:
         return state
 
     def remember(self, ino: int, n: int = 1) -> InodeState:
-        """The kernel took ``n`` more references to ``ino``; returns its record."""
-        state = self.state(ino)
+        """The kernel takes ``n`` more references to ``ino``; returns its record.
+
+        Call it before building the entry reply: a record made here starts to count
+        the sizes told to the kernel (it learns the inode from that reply).
+        """
+        state = self._states.get(ino)
+        if state is None:
+            state = self._states[ino] = InodeState(ino)
+            state.told = set()
         state.lookups += n
         return state
 

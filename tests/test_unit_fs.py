@@ -388,10 +388,37 @@ async def test_opens_of_one_version_keep_the_page_cache(
     ino = await looked_up(ops)
     first = await ops.open(ino, os.O_RDONLY, CTX)
     assert (first.keep_cache, first.direct_io) == (False, False)
-    assert kernel.attributes == [ino]  # the kernel's size is dropped before open returns
+    assert kernel.attributes == []  # the kernel's size came from the lookup of this version
     await ops.release(first.fh)
     second = await ops.open(ino, os.O_RDONLY, CTX)
     assert (second.keep_cache, second.direct_io) == (True, False)
+    assert kernel.attributes == []
+
+
+async def test_an_open_drops_the_cached_size_when_the_kernel_was_told_another(
+    ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
+) -> None:
+    ino = await looked_up(ops)  # the kernel caches 10 bytes
+    daemon.rewrite(b"a much longer new version")
+    info = await ops.open(ino, os.O_RDONLY, CTX)
+    assert (info.keep_cache, info.direct_io) == (False, False)
+    assert kernel.attributes == [ino]  # before open returns: reads are not cut at 10 bytes
+    await ops.release(info.fh)
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+    assert kernel.attributes == [ino]
+
+
+async def test_local_writes_make_the_next_switch_drop_the_cached_size(
+    ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
+) -> None:
+    ino = await looked_up(ops)
+    writer = (await ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)).fh
+    await ops.write(writer, 0, b"local")
+    await ops.flush(writer)
+    await ops.release(writer)
+    assert kernel.attributes == []
+    daemon.rewrite(b"remote")
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
     assert kernel.attributes == [ino]
 
 
@@ -403,7 +430,7 @@ async def test_a_new_version_with_no_old_reader_drops_pages_and_size(
     daemon.rewrite(b"a much longer new version")
     info = await ops.open(ino, os.O_RDONLY, CTX)
     assert (info.keep_cache, info.direct_io) == (False, False)
-    assert kernel.attributes == [ino, ino]
+    assert kernel.attributes == [ino]
     assert (await ops.getattr(ino, CTX)).st_size == 25
     assert await ops.read(info.fh, 0, 100) == b"a much longer new version"
 
@@ -417,7 +444,7 @@ async def test_a_new_version_while_an_old_reader_is_open_bypasses_the_page_cache
     daemon.rewrite(b"short")
     new = await ops.open(ino, os.O_RDONLY, CTX)
     assert (new.keep_cache, new.direct_io) == (True, True)
-    assert kernel.attributes == [ino]
+    assert kernel.attributes == []
     # the kernel keeps the old reader's size, so it does not cut the old reader's reads
     assert (await ops.getattr(ino, CTX)).st_size == 10
     assert (await ops.lookup(DIR_INO, b"page.php", CTX)).st_size == 10
@@ -427,7 +454,7 @@ async def test_a_new_version_while_an_old_reader_is_open_bypasses_the_page_cache
     assert (await ops.getattr(ino, CTX)).st_size == 5
     third = await ops.open(ino, os.O_RDONLY, CTX)
     assert (third.keep_cache, third.direct_io) == (False, False)
-    assert kernel.attributes == [ino, ino]
+    assert kernel.attributes == [ino]
     assert await ops.read(new.fh, 0, 100) == b"short"
 
 
@@ -448,7 +475,7 @@ async def test_a_new_version_waits_for_the_old_readers_to_close(
         assert opened == []
         await ops.release(old.fh)
     assert (opened[0].keep_cache, opened[0].direct_io) == (False, False)
-    assert kernel.attributes == [ino, ino]
+    assert kernel.attributes == [ino]
 
 
 async def test_a_reused_open_answer_is_dropped_once_a_newer_version_is_seen(

@@ -294,3 +294,27 @@ def test_reusable_answer_holds_only_for_the_page_cache_version(tmp_path: Path) -
     state.reusable = Reusable(10.0, inode())
     state.buffer = WriteBuffer(tmp_path)
     assert state.reuse(5.0, 0) is None  # local writes in progress
+
+
+def test_sizes_told_to_the_kernel() -> None:
+    table = InodeTable()
+    state = table.remember(7)  # the kernel learns the inode from this reply
+    v1, v2 = Version(OLD, 100, 1, 0), Version(NEW, 30, 2, 0)
+    assert state.reported(inode(), 0) == (100, 1)
+    assert state.attributes_told_for(v1) and not state.attributes_told_for(v2)
+    state.reported(inode(content_id=NEW, size=30), 0)
+    assert not state.attributes_told_for(v2)  # the kernel may have kept either reply
+    state.attributes_dropped()
+    assert state.attributes_told_for(v2)
+    state.open_handle(handle(1, content_id=NEW, size=30), Placement.SWITCH)
+    state.open_handle(handle(2), Placement.DIRECT)
+    assert not state.attributes_told_for(v2)  # direct reads may move the kernel's size
+    state.attributes_dropped()
+    state.committed(inode(content_id=NEW, size=30), 0)
+    assert not state.attributes_told_for(v2)  # local writes set the kernel's size
+
+
+def test_a_record_made_outside_a_reply_knows_nothing_told() -> None:
+    state = InodeTable().state(7)
+    state.reported(inode(), 0)
+    assert not state.attributes_told_for(Version(OLD, 100, 1, 0))
