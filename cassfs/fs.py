@@ -725,6 +725,18 @@ class Operations(pyfuse3.Operations):
         if removed is None:
             return
         handle, state = removed
+        if state.buffer is not None:
+            await self._release_buffer(state, handle)
+        if state.unlinked and state.lookups == 0 and not state.handles:
+            state.unlinked = False
+            self._start_purge(state.ino)
+        self.inodes.discard_if_idle(state)
+
+    async def _release_buffer(self, state: InodeState, handle: OpenFile) -> None:
+        """Save what ``handle`` wrote after the last flush; drop the buffer with the last handle.
+
+        Shielded: the kernel's release is never taken back.
+        """
         with trio.CancelScope(shield=True):
             async with state.lock:
                 buffer = state.buffer
@@ -744,10 +756,6 @@ class Operations(pyfuse3.Operations):
                         # the kernel's pages hold what was not saved: drop them at next open
                         state.pages = None
                     await buffer.close()
-        if state.unlinked and state.lookups == 0 and not state.handles:
-            state.unlinked = False
-            self._start_purge(state.ino)
-        self.inodes.discard_if_idle(state)
 
     # -- daemon notifications -------------------------------------------------------------
 
