@@ -294,73 +294,65 @@ async def test_a_rename_cut_off_by_a_dropped_connection_completes(
 
 
 async def test_a_rename_whose_daemon_died_is_settled_by_the_next_request(
-    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
 ) -> None:
     """An intent and a claim left by a dead daemon: settled (undone, or completed) later."""
     daemon = start_daemon("a", cache_ttl=60)
-    store = await Store.connect(ContactPoints.parse(cassandra), KEYSPACE)
-    try:
-        ts = store.tenant(*tenant)
-        async with session(daemon, tenant) as a:
-            other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
-            undone = await make_file(a, ROOT_INO, b"undone", b"1")
-            done = await make_file(a, ROOT_INO, b"done", b"2")
-            old_ns = time.time_ns() - 2 * GRACE_NS
-            for f, name, set_target in ((undone, b"undone", False), (done, b"done", True)):
-                intent = Intent(
-                    _old_uuid(old_ns), ROOT_INO, name, other["ino"], name + b"-moved",
-                    f["ino"], f["kind"], 0, old_ns,
-                )  # fmt: skip
-                await ts.put_intent(intent)
-                assert await ts.claim_dentry(ROOT_INO, name, f["ino"], intent.id)
-                if set_target:  # the daemon died after setting the new name
-                    moved = Dentry(other["ino"], name + b"-moved", f["ino"], f["kind"])
-                    assert (await ts.insert_dentry(moved, old_ns)).applied
-            # a claimed name cannot be unlinked until its rename is settled; these settle it
-            await a.call("unlink", parent=ROOT_INO, name=b"undone")
-            with pytest.raises(NotFound):
-                await a.call("unlink", parent=ROOT_INO, name=b"done")
-            assert await names(a, other["ino"]) == {b"done-moved": done["ino"]}
-            assert b"done" not in await names(a, ROOT_INO)
-            # a fresh claim (a rename in progress elsewhere) is waited out, not settled
-            fresh = await make_file(a, ROOT_INO, b"busy", b"3")
-            fresh_intent = uuid.uuid1().bytes
-            assert await ts.claim_dentry(ROOT_INO, b"busy", fresh["ino"], fresh_intent)
-            unlinked: list[int] = []
+    ts = truth
+    async with session(daemon, tenant) as a:
+        other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
+        undone = await make_file(a, ROOT_INO, b"undone", b"1")
+        done = await make_file(a, ROOT_INO, b"done", b"2")
+        old_ns = time.time_ns() - 2 * GRACE_NS
+        for f, name, set_target in ((undone, b"undone", False), (done, b"done", True)):
+            intent = Intent(
+                _old_uuid(old_ns), ROOT_INO, name, other["ino"], name + b"-moved",
+                f["ino"], f["kind"], 0, old_ns,
+            )  # fmt: skip
+            await ts.put_intent(intent)
+            assert await ts.claim_dentry(ROOT_INO, name, f["ino"], intent.id)
+            if set_target:  # the daemon died after setting the new name
+                moved = Dentry(other["ino"], name + b"-moved", f["ino"], f["kind"])
+                assert (await ts.insert_dentry(moved, old_ns)).applied
+        # a claimed name cannot be unlinked until its rename is settled; these settle it
+        await a.call("unlink", parent=ROOT_INO, name=b"undone")
+        with pytest.raises(NotFound):
+            await a.call("unlink", parent=ROOT_INO, name=b"done")
+        assert await names(a, other["ino"]) == {b"done-moved": done["ino"]}
+        assert b"done" not in await names(a, ROOT_INO)
+        # a fresh claim (a rename in progress elsewhere) is waited out, not settled
+        fresh = await make_file(a, ROOT_INO, b"busy", b"3")
+        fresh_intent = uuid.uuid1().bytes
+        assert await ts.claim_dentry(ROOT_INO, b"busy", fresh["ino"], fresh_intent)
+        unlinked: list[int] = []
 
-            async def unlink_busy() -> None:
-                unlinked.append(await a.call("unlink", parent=ROOT_INO, name=b"busy"))
+        async def unlink_busy() -> None:
+            unlinked.append(await a.call("unlink", parent=ROOT_INO, name=b"busy"))
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(unlink_busy)
-                await trio.sleep(0.5)  # the unlink must still be waiting: nothing to wait on
-                assert unlinked == []
-                assert (await ts.get_dentry(ROOT_INO, b"busy")) is not None
-                assert await ts.release_claim(ROOT_INO, b"busy", fresh_intent)  # rename undone
-            assert unlinked == [fresh["ino"]]
-    finally:
-        await store.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(unlink_busy)
+            await trio.sleep(0.5)  # the unlink must still be waiting: nothing to wait on
+            assert unlinked == []
+            assert (await ts.get_dentry(ROOT_INO, b"busy")) is not None
+            assert await ts.release_claim(ROOT_INO, b"busy", fresh_intent)  # rename undone
+        assert unlinked == [fresh["ino"]]
 
 
 async def test_a_directory_sealed_by_a_dead_rmdir_opens_again_after_the_grace(
-    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
 ) -> None:
     daemon = start_daemon("a", cache_ttl=60)
-    store = await Store.connect(ContactPoints.parse(cassandra), KEYSPACE)
-    try:
-        ts = store.tenant(*tenant)
-        async with session(daemon, tenant) as a:
-            d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
-            assert d["kind"] == DIRECTORY
-            assert await ts.seal_dir(d["ino"], _old_uuid(time.time_ns() - 2 * GRACE_NS)) is None
-            await make_file(a, d["ino"], b"f", b"lands")
-            assert b"f" in await names(a, d["ino"])
-            e = await a.call("mkdir", parent=ROOT_INO, name=b"e", mode=0o755, uid=0, gid=0)
-            assert await ts.seal_dir(e["ino"], uuid.uuid1().bytes) is None  # rmdir in progress
-            with pytest.raises(NotFound):
-                await a.call("create", parent=e["ino"], name=b"f", mode=0o644, uid=0, gid=0)
-    finally:
-        await store.close()
+    ts = truth
+    async with session(daemon, tenant) as a:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        assert d["kind"] == DIRECTORY
+        assert await ts.seal_dir(d["ino"], _old_uuid(time.time_ns() - 2 * GRACE_NS)) is None
+        await make_file(a, d["ino"], b"f", b"lands")
+        assert b"f" in await names(a, d["ino"])
+        e = await a.call("mkdir", parent=ROOT_INO, name=b"e", mode=0o755, uid=0, gid=0)
+        assert await ts.seal_dir(e["ino"], uuid.uuid1().bytes) is None  # rmdir in progress
+        with pytest.raises(NotFound):
+            await a.call("create", parent=e["ino"], name=b"f", mode=0o644, uid=0, gid=0)
 
 
 def _old_uuid(at_ns: int) -> bytes:
