@@ -23,6 +23,12 @@ _SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 SOCKET_NAME = "daemon.sock"
 
+#: Seconds a replaced content version or an unlinked inode stays in Cassandra
+#: before this host's daemon deletes it (``--purge-delay``, :mod:`cached.reaper`):
+#: longer than any host's ``--cache-ttl`` + ``--entry-ttl`` (60 + 1 by default),
+#: so another host still holding the name or a handle reads a whole old version.
+DEFAULT_PURGE_DELAY = 120.0
+
 
 def socket_path(cache_dir: Path) -> Path:
     """Where the daemon of ``cache_dir`` listens."""
@@ -52,7 +58,8 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
 
     ``config`` has the keys of the ``status`` reply's config (``contact_points``,
     ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``,
-    ``query_timeout``, ``idle_exit``), so a mount can restart the daemon it had.
+    ``query_timeout``, ``idle_exit``, ``purge_delay``), so a mount can restart
+    the daemon it had.
     """
     command = [
         sys.executable,
@@ -69,7 +76,7 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
         "--cache-size",
         str(config["cache_size"]),
     ]
-    for option in ("consistency", "query_timeout", "idle_exit"):
+    for option in ("consistency", "query_timeout", "idle_exit", "purge_delay"):
         if config.get(option) is not None:
             command += [f"--{option.replace('_', '-')}", str(config[option])]
     return command + (["--debug"] if debug else [])

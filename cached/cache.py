@@ -266,9 +266,18 @@ class LocalCache:
     async def put_inode(
         self, tenant: Tenant, inode: Inode, fetched_at: float | None = None
     ) -> None:
-        """Cache ``inode`` as fetched at ``fetched_at`` (seconds; default now)."""
+        """Cache ``inode`` as fetched at ``fetched_at`` (seconds; default now).
+
+        A read that began before the one cached (a slow prefetch finishing after a
+        lookup's reload) does not replace it: the cache only moves forward.
+        """
         when = self.clock() if fetched_at is None else fetched_at
-        await self._meta_set(("i", *tenant, inode.ino), (when, inode.to_wire()))
+        key = ("i", *tenant, inode.ino)
+        held = self._memo.get(key)
+        if fetched_at is not None and held is not None and held is not _GONE:
+            if held[0] > when:
+                return
+        await self._meta_set(key, (when, inode.to_wire()))
 
     async def drop_inode(self, tenant: Tenant, ino: int) -> None:
         """Forget the cached inode."""

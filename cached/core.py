@@ -31,6 +31,7 @@ from cached.model import (
     ROOT_INO,
     Inode,
 )
+from cached.reaper import Reaper
 from cached.singleflight import SingleFlight
 from cached.stats import Counters
 from cached.store import Store, TenantStore
@@ -74,11 +75,17 @@ class Core:
 
     ``spool_dir`` is where the front leaves content too large to send inline
     (bytes over :data:`INLINE_LIMIT`), and where :meth:`rpc_materialize` leaves
-    content for the front; paths outside it are refused (EINVAL).
+    content for the front; paths outside it are refused (EINVAL).  ``reaper``
+    queues deletions for the purge delay (none: deletions happen at once).
     """
 
     def __init__(
-        self, store: Store, cache: LocalCache, counters: Counters, spool_dir: Path
+        self,
+        store: Store,
+        cache: LocalCache,
+        counters: Counters,
+        spool_dir: Path,
+        reaper: Reaper | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -94,6 +101,8 @@ class Core:
         #: Where work that need not delay a reply runs (old-content deletion); set by
         #: the daemon.  None: such work runs inline.
         self.background: trio.Nursery | None = None
+        #: Deletions deferred by the purge delay (replaced versions, unlinked inodes).
+        self.reaper = reaper if reaper is not None else Reaper(None, 0.0)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -18,9 +18,15 @@ from pathlib import Path
 import click
 import trio
 
-from cached.api import daemon_command, parse_size, socket_path  # noqa: F401 (re-exported)
+from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported)
+    DEFAULT_PURGE_DELAY,
+    daemon_command,
+    parse_size,
+    socket_path,
+)
 from cached.cache import LocalCache
 from cached.errors import CassfsError
+from cached.reaper import Reaper
 from cached.server import Server
 from cached.service import Service
 from cached.stats import Counters
@@ -41,11 +47,13 @@ async def run_daemon(
     consistency: str,
     idle_exit: float | None,
     query_timeout: float = 10.0,
+    purge_delay: float = DEFAULT_PURGE_DELAY,
 ) -> None:
     """Connect, serve on ``cache_dir/daemon.sock`` until SIGTERM/SIGINT or ``shutdown``.
 
-    ``cache_ttl``, ``idle_exit`` and ``query_timeout`` are seconds, ``cache_size``
-    bytes.  Raises ``CassfsError`` subclasses on start-up failures.
+    ``cache_ttl``, ``idle_exit``, ``query_timeout`` and ``purge_delay`` (see
+    :mod:`cached.reaper`) are seconds, ``cache_size`` bytes.  Raises
+    ``CassfsError`` subclasses on start-up failures.
     """
     store = await Store.connect(
         contact_points, keyspace, consistency=consistency, query_timeout=query_timeout
@@ -58,7 +66,9 @@ async def run_daemon(
         return counters, LocalCache(cache_dir, cache_size, cache_ttl, counters)
 
     counters, cache = await trio.to_thread.run_sync(open_local)
-    service = Service(store, cache, counters, spool)
+    reaper = Reaper(cache_dir / "reaper", purge_delay)
+    await reaper.open()
+    service = Service(store, cache, counters, spool, reaper)
     config = {
         "contact_points": str(contact_points),
         "keyspace": keyspace,
@@ -67,6 +77,7 @@ async def run_daemon(
         "consistency": consistency,
         "query_timeout": query_timeout,
         "idle_exit": idle_exit,
+        "purge_delay": purge_delay,
     }
     server = Server(service, store, socket_path(cache_dir), config, idle_exit=idle_exit)
     try:
@@ -75,6 +86,7 @@ async def run_daemon(
             nursery.start_soon(_flush_counters, counters)
             nursery.start_soon(cache.run_writer)
             service.core.background = nursery
+            await nursery.start(reaper.run, service.reap)
             nursery.start_soon(_on_signals, server)
             log.info(
                 "serving %s (keyspace %s at %s, TTL %s s, %d bytes)",
@@ -170,6 +182,14 @@ def _lock(cache_dir: Path) -> int:
     default=None,
     help="Exit once no mount has used the daemon for this many seconds.",
 )
+@click.option(
+    "--purge-delay",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_PURGE_DELAY,
+    show_default=True,
+    help="Seconds replaced versions and unlinked inodes stay for other hosts before deletion"
+    " (longer than every host's --cache-ttl + --entry-ttl).",
+)
 @click.option("--debug", is_flag=True, help="Log every RPC.")
 def main(
     cache_dir: Path,
@@ -180,6 +200,7 @@ def main(
     consistency: str,
     query_timeout: float,
     idle_exit: float | None,
+    purge_delay: float,
     debug: bool,
 ) -> None:
     """Run the cassfs cache daemon for CACHE_DIR in the foreground."""
@@ -216,6 +237,7 @@ def main(
             consistency,
             idle_exit,
             query_timeout,
+            purge_delay,
         )
     except CassfsError as exc:
         click.echo(f"cassfs daemon: {exc}", err=True)

@@ -53,15 +53,16 @@ class ContentOps:
     ) -> bytes:
         """``size`` bytes at ``offset`` of version ``content_id`` of ``ino`` (fewer at EOF).
 
-        ``file_size`` is that version's size.  Refetched if it was evicted; EIO
-        when that version is gone from Cassandra as well.
+        ``file_size`` is that version's size.  Refetched if it was evicted, also
+        after another write replaced it, while the purge delay keeps it; EIO when
+        that version is gone from Cassandra as well.
         """
         if offset < 0 or size < 0:
             raise InvalidArgument("negative offset or size")
         data = await self.core.cache.read_content(s.tenant, content_id, offset, size)
         if data is None:
-            version = (await self.core.get_inode(s, ino)).evolve(
-                content_id=content_id, size=file_size
+            version = await self.contents.version_of(
+                s, await self.core.get_inode(s, ino), content_id, file_size
             )
             try:
                 await self.contents.fetch_once(s, version)

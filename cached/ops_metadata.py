@@ -96,14 +96,16 @@ class MetadataOps:
             return (await self.core.get_inode(s, ino, not_before=bound_at)).to_wire()
         except NotFound:
             # The cached entry names an inode that is gone: the name was rebound (a
-            # file replaced by a rename over it) or removed.  Ask Cassandra.
+            # file replaced by a rename over it) or removed.  Ask Cassandra; the inode
+            # it names now may be cached from an earlier life (a temp file, empty).
+            bound_at = self.core.cache.clock()
             entry = await s.store.get_dentry(parent, name)
             await self.core.dentries_changed(
                 s, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
             )
             if entry is None or entry.ino == ino:
                 raise
-            return (await self.core.get_inode(s, entry.ino)).to_wire()
+            return (await self.core.get_inode(s, entry.ino, not_before=bound_at)).to_wire()
 
     async def _listing_index(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
         """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.

@@ -428,22 +428,42 @@ class NamespaceOps:
     # -- purge ----------------------------------------------------------------------------
 
     async def rpc_purge_inode(self, s: Session, ino: int) -> bool:
-        """Delete an unlinked inode (nlink 0), its versions and chunks; True if deleted.
+        """Delete an unlinked inode (nlink 0), its versions and chunks; True if deleted now.
 
-        The front calls this when the kernel has forgotten the inode.
+        The front calls this when the kernel has forgotten the inode.  With a purge
+        delay (see :mod:`cached.reaper`) the deletion is queued instead, for hosts
+        that still hold a name of it or a handle on it, and this returns False.
         """
         async with self.core.inode_locks((s.tenant, ino)):
             inode = await s.store.get_inode(ino)
             if inode is None or inode.nlink != 0:
                 return False
-            for version in await s.store.list_versions(ino):
-                await self.contents.delete_chunks(
-                    s, ino, version.version, version.size, version.chunk_size
-                )
-            if inode.version:
-                await self.contents.delete_chunks(
-                    s, ino, inode.version, inode.size, inode.chunk_size
-                )
-            await s.store.delete_inode(ino)
-            await self.core.cache.drop_inode(s.tenant, ino)
-            return True
+            if self.core.reaper.delay > 0:
+                with trio.CancelScope(shield=True):
+                    await self.core.reaper.schedule(s.owner, s.environment, ino)
+                return False
+            return await self._purge(s, inode)
+
+    async def purge_now(self, s: Session, ino: int) -> bool:
+        """Delete ``ino`` if it is still unlinked (the reaper's deferred purge); True if so.
+
+        Raises ``StorageError`` (EIO) when Cassandra fails.
+        """
+        async with self.core.inode_locks((s.tenant, ino)):
+            inode = await s.store.get_inode(ino)
+            if inode is None or inode.nlink != 0:
+                return False
+            return await self._purge(s, inode)
+
+    async def _purge(self, s: Session, inode: Inode) -> bool:
+        for version in await s.store.list_versions(inode.ino):
+            await self.contents.delete_chunks(
+                s, inode.ino, version.version, version.size, version.chunk_size
+            )
+        if inode.version:
+            await self.contents.delete_chunks(
+                s, inode.ino, inode.version, inode.size, inode.chunk_size
+            )
+        await s.store.delete_inode(inode.ino)
+        await self.core.cache.drop_inode(s.tenant, inode.ino)
+        return True

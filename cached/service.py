@@ -34,6 +34,7 @@ from cached.model import DIRECTORY, ROOT_INO, Inode, mode_of_kind
 from cached.ops_content import ContentOps
 from cached.ops_metadata import MetadataOps
 from cached.ops_namespace import NamespaceOps
+from cached.reaper import Deletion, Reaper
 from cached.stats import Counters
 from cached.store import Store
 from cached.versions import Contents
@@ -55,16 +56,37 @@ class Service:
     """
 
     def __init__(
-        self, store: Store, cache: LocalCache, counters: Counters, spool_dir: Path
+        self,
+        store: Store,
+        cache: LocalCache,
+        counters: Counters,
+        spool_dir: Path,
+        reaper: Reaper | None = None,
     ) -> None:
-        self.core = Core(store, cache, counters, spool_dir)
-        contents = Contents(self.core)
+        self.core = Core(store, cache, counters, spool_dir, reaper)
+        self.contents = Contents(self.core)
+        self.namespace = NamespaceOps(self.core, self.contents)
         self._groups: tuple[object, ...] = (
             self,
-            MetadataOps(self.core, contents),
-            NamespaceOps(self.core, contents),
-            ContentOps(self.core, contents),
+            MetadataOps(self.core, self.contents),
+            self.namespace,
+            ContentOps(self.core, self.contents),
         )
+
+    async def reap(self, deletion: Deletion) -> None:
+        """Carry out one deferred deletion (see :mod:`cached.reaper`); StorageError (EIO)."""
+        s = Session(
+            deletion.owner,
+            deletion.environment,
+            self.core.store.tenant(deletion.owner, deletion.environment),
+            notify=_nobody,
+        )
+        if deletion.version:
+            await self.contents.delete_version(
+                s, deletion.ino, deletion.version, deletion.size, deletion.chunk_size
+            )
+        else:
+            await self.namespace.purge_now(s, deletion.ino)
 
     @property
     def sessions(self) -> set[Session]:
@@ -112,3 +134,7 @@ class Service:
         for session in list(self.core.sessions):
             session.notify("purged", {"epoch": self.core.epoch})
         return removed
+
+
+def _nobody(method: str, params: dict[str, Any]) -> None:
+    """The notification callback of the reaper's sessions: no front listens."""

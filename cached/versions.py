@@ -204,17 +204,7 @@ class Contents:
             assert spool is not None
             await self.core.cache.put_content_file(s.tenant, content_id, spool)
         if inode.version and inode.version != updated.version:
-            # The replaced version can never be current again; deleting it need not
-            # delay the writer.
-            if self.core.background is not None:
-                self.core.background.start_soon(
-                    self.forget_version, s, inode.ino, inode.version, inode.size, inode.chunk_size
-                )
-            else:
-                with trio.CancelScope(shield=True):
-                    await self.forget_version(
-                        s, inode.ino, inode.version, inode.size, inode.chunk_size
-                    )
+            await self.retire_version(s, inode.ino, inode.version, inode.size, inode.chunk_size)
         await self.core.cache.put_inode(s.tenant, updated)
         self.core.counters.add("flushes")
         self.core.counters.add("bytes_written", size)
@@ -266,20 +256,64 @@ class Contents:
         await gather_indexed(put, count)
         return version
 
+    async def retire_version(
+        self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
+    ) -> None:
+        """A version just replaced: delete it after the purge delay (at once when it is 0).
+
+        Other hosts may still read it for a while (see :mod:`cached.reaper`).  The
+        replaced version can never be current again, so deleting it need not delay
+        the writer: with no delay it goes in the background when the daemon runs one.
+        """
+        reaper = self.core.reaper
+        if reaper.delay > 0:
+            with trio.CancelScope(shield=True):
+                await reaper.schedule(s.owner, s.environment, ino, version, size, chunk_size)
+        elif self.core.background is not None:
+            self.core.background.start_soon(self.forget_version, s, ino, version, size, chunk_size)
+        else:
+            await self.forget_version(s, ino, version, size, chunk_size)
+
     async def forget_version(
+        self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
+    ) -> None:
+        """:meth:`delete_version`, with errors logged rather than raised.
+
+        ``cassfs fsck`` finds what a failure left.
+        """
+        with trio.CancelScope(shield=True):
+            try:
+                await self.delete_version(s, ino, version, size, chunk_size)
+            except CassfsError as exc:
+                log.warning("version of inode %d left behind: %s", ino, exc)
+
+    async def delete_version(
         self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
     ) -> None:
         """Delete version ``(ino, version)``: its chunks, then its ``versions`` row.
 
-        Only for a version that is not current and never will be again.  Errors
-        are logged, not raised: ``cassfs fsck`` finds what is left.
+        Only for a version that is not current and never will be again.  Raises
+        ``StorageError`` (EIO) when Cassandra fails.
         """
-        with trio.CancelScope(shield=True):
-            try:
-                await self.delete_chunks(s, ino, version, size, chunk_size)
-                await s.store.delete_version(ino, version)
-            except CassfsError as exc:
-                log.warning("version of inode %d left behind: %s", ino, exc)
+        await self.delete_chunks(s, ino, version, size, chunk_size)
+        await s.store.delete_version(ino, version)
+
+    async def version_of(self, s: Session, inode: Inode, content_id: bytes, size: int) -> Inode:
+        """``inode`` as it was with content ``content_id`` of ``size`` bytes.
+
+        The current version, or a replaced one still kept by the purge delay (a
+        handle opened before another write reads it whole).  ``StorageError``
+        (EIO) when that version is gone.
+        """
+        if inode.content_id == content_id and inode.size == size:
+            return inode
+        for kept in await s.store.list_versions(inode.ino):
+            if kept.content_id == content_id and kept.size == size:
+                return inode.evolve(
+                    version=kept.version, content_id=content_id, size=size,
+                    chunk_size=kept.chunk_size,
+                )  # fmt: skip
+        raise StorageError(f"inode {inode.ino} was rewritten and this version is gone")
 
     async def delete_chunks(
         self, s: Session, ino: int, version: bytes, size: int, chunk_size: int

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from cached import stats as stats_mod
-from cached.api import ContactPoints, daemon_command, parse_size
+from cached.api import DEFAULT_PURGE_DELAY, ContactPoints, daemon_command, parse_size
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError, DaemonUnavailable
 from cassfs.state import pid_alive, read_record
@@ -144,6 +144,16 @@ environment_option = click.option(
     help="Cache size limit, bytes or with K/M/G/T (env CASSFS_CACHE_SIZE).",
 )
 @click.option(
+    "--purge-delay",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_PURGE_DELAY,
+    envvar="CASSFS_PURGE_DELAY",
+    show_default=True,
+    help="Seconds replaced versions and unlinked inodes stay for other hosts before the"
+    " daemon deletes them; keep it above every host's --cache-ttl + --entry-ttl"
+    " (env CASSFS_PURGE_DELAY).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -163,6 +173,7 @@ def up(
     negative_ttl: float,
     cache_ttl: float,
     cache_size: str,
+    purge_delay: float,
     foreground: bool,
     debug: bool,
 ) -> None:
@@ -186,7 +197,7 @@ def up(
             "run with --device /dev/fuse --cap-add SYS_ADMIN"
         )
     _check_cache_dir(cache_dir)
-    _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, debug)
+    _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, debug)
     if foreground:
         _serve_foreground(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, debug)
         return
@@ -218,6 +229,8 @@ def up(
         str(cache_ttl),
         "--cache-size",
         cache_size,
+        "--purge-delay",
+        str(purge_delay),
     ]
     child = _spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
@@ -296,6 +309,7 @@ def _ensure_daemon(
     keyspace: str,
     cache_ttl: float,
     cache_size: int,
+    purge_delay: float,
     debug: bool,
 ) -> None:
     """Start the cache daemon of ``cache_dir`` unless one already answers there."""
@@ -316,6 +330,7 @@ def _ensure_daemon(
         "cache_ttl": cache_ttl,
         "cache_size": cache_size,
         "idle_exit": DAEMON_IDLE_EXIT,
+        "purge_delay": purge_delay,
     }
     daemon = _spawn_detached(daemon_command(cache_dir, config, debug), log_path)
     deadline = time.monotonic() + 90

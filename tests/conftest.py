@@ -119,7 +119,8 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Factory: start a daemon on a new cache dir (``cache_ttl`` seconds, default 60).
 
-    ``keyspace`` (keyword) serves another keyspace than the test keyspace.
+    ``keyspace`` (keyword) serves another keyspace than the test keyspace;
+    ``purge_delay`` (keyword, seconds) defaults to 0: deletions happen at once.
     """
     started: list[Daemon] = []
 
@@ -129,6 +130,7 @@ def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemo
         cache_size: str = "2G",
         *extra: str,
         keyspace: str = KEYSPACE,
+        purge_delay: float = 0.0,
     ) -> Daemon:
         cache_dir = tmp_path / name
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +144,7 @@ def start_daemon(cassandra: str, tmp_path: Path) -> Iterator[Callable[..., Daemo
                         "keyspace": keyspace,
                         "cache_ttl": cache_ttl,
                         "cache_size": cache_size,
+                        "purge_delay": purge_delay,
                     },
                 )
                 + list(extra),

@@ -20,10 +20,11 @@ from cached import protocol
 from cached.client import DaemonClient, socket_path
 from cached.errors import CassfsError, Exists, NotEmpty, NotFound
 from cached.model import DIRECTORY, ROOT_INO, Dentry
+from cached.ops_metadata import PREFETCH_LIMIT
 from cached.recovery import GRACE_NS
 from cached.store import ContactPoints, Intent, Store, TenantStore
 from tests.conftest import KEYSPACE, Daemon
-from tests.test_daemon import make_file, session
+from tests.test_daemon import chunk_rows, make_file, session
 
 pytestmark = pytest.mark.cassandra
 
@@ -406,3 +407,90 @@ async def test_a_temp_file_renamed_over_a_name_is_not_read_as_its_earlier_self(
         found = await b.call("lookup", parent=ROOT_INO, name=b"live.php")
         assert (found["ino"], found["size"]) == (tmp["ino"], 11)
         assert (await b.call("open", ino=found["ino"]))["data"] == b"new content"
+
+
+async def test_a_name_rebound_to_a_temp_file_cached_empty_reads_the_content(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """B's fresh listing names the replaced inode, already purged: B asks Cassandra again.
+
+    The name now leads to the temp file, which B cached empty a moment before the
+    writer filled it: B must reread it, not serve it from its cache (the race
+    harness's ``empty-read``).  Over :data:`PREFETCH_LIMIT` entries, so listing the
+    directory caches no inode behind the test's back.
+    """
+    host_a, host_b = start_daemon("a", cache_ttl=60), start_daemon("b", cache_ttl=2.0)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"big", mode=0o755, uid=0, gid=0)
+        limiter = trio.CapacityLimiter(16)
+
+        async def filler(index: int) -> None:
+            async with limiter:
+                name = b"fill%04d" % index
+                await a.call("create", parent=d["ino"], name=name, mode=0o644, uid=0, gid=0)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(PREFETCH_LIMIT + 8):
+                nursery.start_soon(filler, index)
+        old = await make_file(a, d["ino"], b"live.php", b"old")
+        tmp = await a.call("create", parent=d["ino"], name=b".tmp", mode=0o644, uid=0, gid=0)
+        assert (await b.call("lookup", parent=d["ino"], name=b".tmp"))["size"] == 0
+        await trio.sleep(2.1)  # past B's TTL: its listing and its copy of .tmp expire
+        assert (await b.call("getattr", ino=tmp["ino"]))["size"] == 0  # .tmp fresh again
+        with pytest.raises(NotFound):
+            await b.call("lookup", parent=d["ino"], name=b"absent")  # the listing fresh again
+        await a.call("write", ino=tmp["ino"], data=b"new content")
+        await a.call(
+            "rename", old_parent=d["ino"], old_name=b".tmp", new_parent=d["ino"],
+            new_name=b"live.php", flags=0,
+        )  # fmt: skip
+        assert await a.call("purge_inode", ino=old["ino"]) is True
+        found = await b.call("lookup", parent=d["ino"], name=b"live.php")
+        assert (found["ino"], found["size"]) == (tmp["ino"], 11)
+
+
+async def test_other_hosts_read_replaced_and_unlinked_files_whole_for_the_purge_delay(
+    start_daemon: Callable[..., Daemon],
+    tenant: tuple[int, str],
+    truth: TenantStore,
+    cassandra: str,
+) -> None:
+    """A deletes what it replaced or unlinked only after its purge delay, also across a restart.
+
+    Meanwhile B, which still holds the name or the old version, reads it whole
+    (deleted at once, B got ESTALE or EIO: the race harness's commonest finding).
+    """
+    delay = 3.0
+    host_a, host_b = start_daemon("a", purge_delay=delay), start_daemon("b", cache_ttl=60)
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        gone = await make_file(a, ROOT_INO, b"gone.php", b"unlinked on A" * 100)
+        kept = await make_file(a, ROOT_INO, b"kept.php", b"first version" * 100)
+        assert (await b.call("lookup", parent=ROOT_INO, name=b"gone.php"))["ino"] == gone["ino"]
+        seen = await b.call("lookup", parent=ROOT_INO, name=b"kept.php")
+        assert await a.call("unlink", parent=ROOT_INO, name=b"gone.php") == gone["ino"]
+        assert await a.call("purge_inode", ino=gone["ino"]) is False  # queued
+        rewritten = await a.call("write", ino=kept["ino"], data=b"second version")
+        assert rewritten["content_id"] != seen["content_id"]
+        # B holds the name of one, the first version of the other, neither's content
+        assert (await b.call("open", ino=gone["ino"]))["data"] == b"unlinked on A" * 100
+        old = await b.call(
+            "read", ino=kept["ino"], content_id=seen["content_id"], file_size=seen["size"],
+            offset=0, size=seen["size"],
+        )  # fmt: skip
+        assert old == b"first version" * 100
+    host_a.process.terminate()  # with both deletions queued
+    assert host_a.process.wait(20) == 0
+    start_daemon("a", purge_delay=delay)  # carries the queue over
+    deadline = time.monotonic() + delay + 30
+    while (
+        await truth.get_inode(gone["ino"]) is not None
+        or len(await truth.list_versions(kept["ino"])) > 1
+    ):
+        assert time.monotonic() < deadline, "the deferred deletions did not happen"
+        await trio.sleep(0.2)
+    assert chunk_rows(cassandra, tenant, gone["ino"]) == []
+    current = await truth.get_inode(kept["ino"])
+    assert current is not None
+    assert {row["version"] for row in chunk_rows(cassandra, tenant, kept["ino"])} == {
+        current.version
+    }
