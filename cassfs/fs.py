@@ -155,7 +155,8 @@ class Operations(pyfuse3.Operations):
         self.kernel: KernelCache = kernel if kernel is not None else FuseKernelCache()
         self.nursery: trio.Nursery | None = None
         self.inodes = InodeTable()
-        self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
+        #: Open directory handles: ``fh -> (directory ino, listing snapshot)``.
+        self._dirs: dict[int, tuple[int, list[tuple[bytes, Inode]]]] = {}
         self._fh = itertools.count(1)
 
     # -- helpers --------------------------------------------------------------------------
@@ -195,6 +196,24 @@ class Operations(pyfuse3.Operations):
         """An entry reply: the kernel now holds one more reference."""
         self.inodes.remember(inode.ino)
         return self._entry(inode)
+
+    def _dentry_told(self, parent: int, name: bytes, inode: Inode) -> None:
+        """The kernel now holds ``name`` in ``parent`` for ``inode`` (call after the reply is made).
+
+        A directory has one dentry in the kernel.  When another host moved it, the
+        kernel still holds the old one, and attaching the new one fails with ESTALE
+        whenever the old parent is busy (``__d_unalias`` in Linux's ``fs/dcache.c``
+        only try-locks it).  So the old dentry is dropped now: the VFS retries such a
+        walk once (``LOOKUP_REVAL``), and by then finds no other alias.
+        """
+        if not inode.is_dir or inode.ino == ROOT_INO:
+            return
+        state = self.inodes.get(inode.ino)
+        if state is None:
+            return
+        if state.dentry is not None and state.dentry != (parent, name):
+            self.kernel.invalidate_entry_soon(*state.dentry)
+        state.dentry = (parent, name)
 
     def _handle(self, fh: int) -> tuple[OpenFile, InodeState]:
         """The open handle ``fh`` and its inode's record; EBADF when unknown."""
@@ -269,6 +288,9 @@ class Operations(pyfuse3.Operations):
                 negative.st_ino = 0
                 negative.entry_timeout = self.config.negative_ttl
                 return negative
+            entry = self._remember(inode)
+            self._dentry_told(parent_inode, name, inode)
+            return entry
         return self._remember(inode)
 
     @_fuse_errors
@@ -369,15 +391,16 @@ class Operations(pyfuse3.Operations):
         log.debug("opendir %d", inode)
         fh = next(self._fh)
         with _stale_if_gone(inode):
-            self._dirs[fh] = await self.daemon.readdir(inode)
+            self._dirs[fh] = (inode, await self.daemon.readdir(inode))
         return fh
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Reply entries from ``start_id`` on; ``next_id`` is the index of the next one."""
-        entries = self._dirs.get(fh)
-        if entries is None:
+        opened = self._dirs.get(fh)
+        if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        directory, entries = opened
         for index in range(start_id, len(entries)):
             name, inode = entries[index]
             state = self.inodes.remember(inode.ino)
@@ -385,6 +408,7 @@ class Operations(pyfuse3.Operations):
                 self.inodes.forget(inode.ino, 1)  # not sent: the kernel takes no reference
                 self.inodes.discard_if_idle(state)
                 return
+            self._dentry_told(directory, name, inode)
 
     async def releasedir(self, fh: int) -> None:
         """Drop the listing snapshot."""
@@ -404,7 +428,9 @@ class Operations(pyfuse3.Operations):
         except Exists:
             self._name_taken(parent_inode, name)
             raise
-        return self._remember(inode)
+        entry = self._remember(inode)
+        self._dentry_told(parent_inode, name, inode)
+        return entry
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -451,6 +477,9 @@ class Operations(pyfuse3.Operations):
         result = await self.daemon.rename(
             parent_inode_old, name_old, parent_inode_new, name_new, flags
         )
+        moved = self.inodes.get(result.ino)
+        if moved is not None and moved.dentry is not None:
+            moved.dentry = (parent_inode_new, name_new)  # the kernel moves its dentry itself
         self._unlinked(result.replaced)
 
     @_fuse_errors

@@ -24,6 +24,9 @@ A :class:`InodeState` gathers everything the front keeps about one inode number:
   cache's must drop the kernel's cached size unless only that version's was told.
 - ``lock``: serialises loading, writing, truncating, committing and dropping the
   buffer, so a ``setattr`` cannot truncate a buffer that ``release`` is closing.
+- ``dentry``: for a directory, the ``(parent, name)`` under which the front last
+  gave it to the kernel.  The kernel holds one dentry per directory; when another
+  host moved it, the old one must go (see ``Operations._dentry_told``).
 
 Invariants between checkpoints (every ``await``):
 
@@ -116,6 +119,7 @@ class InodeState:
         "_switched",
         "_switches",
         "buffer",
+        "dentry",
         "handles",
         "ino",
         "lock",
@@ -135,6 +139,7 @@ class InodeState:
         self.reusable: Reusable | None = None
         self.unlinked = False
         self.told: set[tuple[bytes, int]] | None = None
+        self.dentry: tuple[int, bytes] | None = None
         self.lock = trio.Lock()
         self._page_handles_closed: trio.Event | None = None
         self._switched: trio.Event | None = None

@@ -25,7 +25,7 @@ import trio
 import trio.testing
 
 from cached.errors import CassfsError, Exists, NotFound, StorageError
-from cached.model import REGULAR, Inode
+from cached.model import DIRECTORY, REGULAR, Inode
 from cassfs.fs import FrontConfig, Operations
 from cassfs.kernel import FuseKernelCache
 
@@ -76,6 +76,14 @@ class FakeDaemon:
             target=b"",
         )
         self.versions[sha(data)] = data
+
+    def add_dir(self, name: bytes, ino: int) -> None:
+        self.names[name] = ino
+        self.inodes[ino] = Inode(
+            ino=ino, kind=DIRECTORY, mode=0o40755, uid=0, gid=0, size=0, atime_ns=0,
+            mtime_ns=1, ctime_ns=1, parent=DIR_INO, nlink=1, content_id=b"", chunk_size=0,
+            target=b"",
+        )  # fmt: skip
 
     def content(self, ino: int = FILE_INO) -> bytes:
         return self.versions[self.inodes[ino].content_id]
@@ -377,6 +385,24 @@ async def test_a_name_found_taken_drops_the_kernels_dentry(
             await create()
         assert failed.value.errno == errno.EEXIST
     assert kernel.entries == [(DIR_INO, b"page.php"), (DIR_INO, b"sub")]
+
+
+async def test_a_directory_moved_elsewhere_drops_its_old_dentry(
+    ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
+) -> None:
+    """The kernel holds one dentry per directory: the old one must go, or the walk gets ESTALE."""
+    daemon.add_dir(b"sub", 300)
+    assert (await ops.lookup(DIR_INO, b"sub", CTX)).st_ino == 300
+    assert (await ops.lookup(DIR_INO, b"sub", CTX)).st_ino == 300
+    assert kernel.entries == []  # the same dentry again
+    daemon.names[b"moved"] = daemon.names.pop(b"sub")  # another host renamed it
+    assert (await ops.lookup(DIR_INO, b"moved", CTX)).st_ino == 300
+    assert kernel.entries == [(DIR_INO, b"sub")]
+    daemon.add_file(b"a.php", b"x", 301)
+    daemon.add_file(b"b.php", b"x", 301)  # a file may have several names: none dropped
+    await ops.lookup(DIR_INO, b"a.php", CTX)
+    await ops.lookup(DIR_INO, b"b.php", CTX)
+    assert kernel.entries == [(DIR_INO, b"sub")]
 
 
 # -- the page cache's version ---------------------------------------------------------------
