@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: Seconds a lookup waits for the kernel to drop a moved directory's old dentry.
+MOVED_DENTRY_WAIT = 1.0
+
 
 def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Map cassfs errors to ``FUSEError(errno)`` and anything unexpected to EIO."""
@@ -197,22 +200,30 @@ class Operations(pyfuse3.Operations):
         self.inodes.remember(inode.ino)
         return self._entry(inode)
 
-    def _dentry_told(self, parent: int, name: bytes, inode: Inode) -> None:
-        """The kernel now holds ``name`` in ``parent`` for ``inode`` (call after the reply is made).
+    async def _dentry_told(
+        self, parent: int, name: bytes, inode: Inode, wait: float | None = MOVED_DENTRY_WAIT
+    ) -> None:
+        """Record that the kernel gets ``name`` in ``parent`` for ``inode`` (before the reply).
 
         A directory has one dentry in the kernel.  When another host moved it, the
         kernel still holds the old one, and attaching the new one fails with ESTALE
-        whenever the old parent is busy (``__d_unalias`` in Linux's ``fs/dcache.c``
-        only try-locks it).  So the old dentry is dropped now: the VFS retries such a
-        walk once (``LOOKUP_REVAL``), and by then finds no other alias.
+        whenever the old parent or the superblock's rename lock is busy
+        (``__d_unalias`` in Linux's ``fs/dcache.c`` only try-locks them).  So the old
+        dentry is dropped first, waiting up to ``wait`` seconds (None: queued, no
+        wait).  One not dropped in time stays recorded, so the VFS's retry of the
+        walk (``LOOKUP_REVAL``) tries again.
         """
         if not inode.is_dir or inode.ino == ROOT_INO:
             return
         state = self.inodes.get(inode.ino)
         if state is None:
             return
-        if state.dentry is not None and state.dentry != (parent, name):
-            self.kernel.invalidate_entry_soon(*state.dentry)
+        old = state.dentry
+        if old is not None and old != (parent, name):
+            if wait is None:
+                self.kernel.invalidate_entry_soon(*old)
+            elif not await self.kernel.invalidate_entry(*old, wait=wait):
+                return
         state.dentry = (parent, name)
 
     def _handle(self, fh: int) -> tuple[OpenFile, InodeState]:
@@ -289,7 +300,7 @@ class Operations(pyfuse3.Operations):
                 negative.entry_timeout = self.config.negative_ttl
                 return negative
             entry = self._remember(inode)
-            self._dentry_told(parent_inode, name, inode)
+            await self._dentry_told(parent_inode, name, inode)
             return entry
         return self._remember(inode)
 
@@ -408,7 +419,7 @@ class Operations(pyfuse3.Operations):
                 self.inodes.forget(inode.ino, 1)  # not sent: the kernel takes no reference
                 self.inodes.discard_if_idle(state)
                 return
-            self._dentry_told(directory, name, inode)
+            await self._dentry_told(directory, name, inode, wait=None)
 
     async def releasedir(self, fh: int) -> None:
         """Drop the listing snapshot."""
@@ -429,7 +440,7 @@ class Operations(pyfuse3.Operations):
             self._name_taken(parent_inode, name)
             raise
         entry = self._remember(inode)
-        self._dentry_told(parent_inode, name, inode)
+        await self._dentry_told(parent_inode, name, inode)  # a new directory: no old dentry
         return entry
 
     @_fuse_errors

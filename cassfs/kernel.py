@@ -40,6 +40,10 @@ class KernelCache(Protocol):
     def invalidate_entry_soon(self, parent: int, name: bytes) -> None:
         """Have the kernel drop its dentry for ``name`` in ``parent`` soon (never blocks)."""
 
+    async def invalidate_entry(self, parent: int, name: bytes, wait: float) -> bool:
+        """Drop the dentry ``name`` in ``parent``; True once the kernel has, False after
+        ``wait`` seconds (the kernel may be waiting for a lock on ``parent``)."""
+
 
 class FuseKernelCache:
     """:class:`KernelCache` of the mounted pyfuse3 session (one per process)."""
@@ -73,3 +77,25 @@ class FuseKernelCache:
     def invalidate_entry_soon(self, parent: int, name: bytes) -> None:
         """Queue the invalidation of dentry ``name`` in ``parent`` (pyfuse3's notify thread)."""
         pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+    async def invalidate_entry(self, parent: int, name: bytes, wait: float) -> bool:
+        """Drop the dentry ``name`` in ``parent``, waiting at most ``wait`` seconds; True if done.
+
+        Blocks in a worker thread: the kernel locks ``parent`` first, so a request in
+        flight there (or a rename holding it) delays it.  Past ``wait`` the thread is
+        abandoned and finishes on its own; False.  Other errors are logged, not raised.
+        """
+        with trio.move_on_after(wait):
+            try:
+                await trio.to_thread.run_sync(
+                    pyfuse3.invalidate_entry, parent, name, abandon_on_cancel=True
+                )
+            except FileNotFoundError:
+                pass  # the kernel holds no such dentry
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("could not drop dentry %r in %d: %s", name, parent, exc)
+            return True
+        log.info("dentry %r in %d not dropped within %s s: its directory is busy",
+                 name, parent, wait)  # fmt: skip
+        return False
