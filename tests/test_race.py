@@ -131,6 +131,28 @@ def test_errnos_the_race_cannot_explain() -> None:
     }
 
 
+def test_estale_after_another_host_moved_a_directory_is_a_known_limit_not_hidden() -> None:
+    cfg = race.RaceConfig(cache_ttl=1.0, entry_ttl=1.0, slack=2.0)
+    history = race.History()
+    _op(history, "read", 1, "d0/n0/f", 10.0, 10.1, err="ESTALE", step="open")
+    _op(history, "unlink", 0, "d0/n0/g", 10.0, 10.1, err="ESTALE", step="unlink")
+    _op(history, "rename_top", 0, "d2", 9.0, 9.2, dst="d0/n0")
+    kinds = sorted(v.kind for v in race.analyze(cfg, history, None))
+    assert kinds == [  # a file's move explains nothing
+        "unexplained-errno read/open ESTALE",
+        "unexplained-errno unlink/unlink ESTALE",
+    ]
+    history.ops[-1].detail = race.MOVED_DIRECTORY
+    history.limits.clear()
+    kinds = sorted(v.kind for v in race.analyze(cfg, history, None))
+    assert kinds == ["unexplained-errno unlink/unlink ESTALE"]  # the mover's own host
+    assert [v.kind for v in history.limits] == [race.ESTALE_AFTER_REMOTE_DIR_MOVE]
+    _op(history, "read", 1, "d0/n0/f", 30.0, 30.1, err="ESTALE", step="open")
+    history.limits.clear()
+    kinds = sorted(v.kind for v in race.analyze(cfg, history, None))
+    assert "unexplained-errno read/open ESTALE" in kinds  # long after the move
+
+
 def _lane_walk(content: bytes, ino: int = 7) -> race.Walk:
     walk = race.Walk()
     walk.files["lane0/f0"] = (ino, race.judge(content, SIZE))
