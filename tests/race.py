@@ -891,6 +891,8 @@ class Race:
                 self.history.end(op, exc, "rename")
             else:
                 self.history.end(op)
+                with contextlib.suppress(OSError):  # what this host just put there
+                    moved_dir = moved_dir or stat.S_ISDIR(os.lstat(self.path(h, dst)).st_mode)
                 if moved_dir:
                     op.detail = MOVED_DIRECTORY
 
@@ -1229,9 +1231,12 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
     for op in ops:
         if op.done and op.detail == MOVED_DIRECTORY:
             dir_moves[op.dst].append(op)
+        elif op.kind == "drop_rename" and op.dst:
+            dir_moves[op.dst].append(op)  # an RPC no kernel was told of; maybe a directory
 
     def dir_moved_elsewhere(op: Op) -> bool:
-        """True if another host moved a directory onto a component of ``op``'s paths lately.
+        """True if another host (or a dropped connection's rename, which no kernel saw)
+        moved a directory onto a component of ``op``'s paths lately.
 
         This host's kernel may still hold the directory's old dentry: see
         :data:`ESTALE_AFTER_REMOTE_DIR_MOVE`.
@@ -1240,7 +1245,8 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
             parts = path.split("/")
             for i in range(len(parts)):
                 for move in dir_moves.get("/".join(parts[: i + 1]), []):
-                    if move.host != op.host and move.t0 <= op.t1 and op.t0 - bound <= move.t1:
+                    unseen = move.host != op.host or move.kind == "drop_rename"
+                    if unseen and move.t0 <= op.t1 and op.t0 - bound <= move.t1:
                         return True
         return False
 
