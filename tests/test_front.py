@@ -144,8 +144,12 @@ def test_handles_open_on_two_versions_of_one_file_each_read_their_own_whole(
 def test_a_file_replaced_by_rename_on_another_host_never_goes_missing(
     mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
 ) -> None:
-    """Deploy tools write a temp file and rename it over the old one."""
-    a = mount_cassfs("writer", *tenant, None, *FAST)
+    """Deploy tools write a temp file and rename it over the old one.
+
+    The writer deletes the replaced inode at once (no purge delay), so B's kernel,
+    which names the old inode for a minute, must look the name up again.
+    """
+    a = mount_cassfs("writer", *tenant, None, *FAST, "--purge-delay", "0")
     b = mount_cassfs("reader", *tenant, None, *KERNEL_KEEPS)
     (a.path / "config.php").write_bytes(b"<?php $v = 1;")
     poll_until(lambda: (b.path / "config.php").read_bytes() == b"<?php $v = 1;", 10, "v1")
