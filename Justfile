@@ -69,7 +69,7 @@ down MNT="./mnt":
 
 # Run the test suite against the local node; extra arguments go to pytest.
 test *ARGS: schema
-    python -m pytest "$@"
+    python -m pytest -m "not race" "$@"
 
 # The race harness for about 60 s inside pytest (three hosts, kill -9, dropped connections).
 race: schema
