@@ -434,36 +434,28 @@ class NamespaceOps:
         delay (see :mod:`cached.reaper`) the deletion is queued instead, for hosts
         that still hold a name of it or a handle on it, and this returns False.
         """
-        async with self.core.inode_locks((s.tenant, ino)):
-            inode = await s.store.get_inode(ino)
-            if inode is None or inode.nlink != 0:
-                return False
-            if self.core.reaper.delay > 0:
-                with trio.CancelScope(shield=True):
-                    await self.core.reaper.schedule(s.owner, s.environment, ino)
-                return False
-            return await self._purge(s, inode)
+        if self.core.reaper.delay <= 0:
+            return await self.purge_now(s, ino)
+        inode = await s.store.get_inode(ino)
+        if inode is not None and inode.nlink == 0:  # purge_now checks again when it is due
+            with trio.CancelScope(shield=True):
+                await self.core.reaper.schedule(s.owner, s.environment, ino)
+        return False
 
     async def purge_now(self, s: Session, ino: int) -> bool:
-        """Delete ``ino`` if it is still unlinked (the reaper's deferred purge); True if so.
-
-        Raises ``StorageError`` (EIO) when Cassandra fails.
-        """
+        """Delete ``ino`` if it is still unlinked; True if so.  StorageError (EIO)."""
         async with self.core.inode_locks((s.tenant, ino)):
             inode = await s.store.get_inode(ino)
             if inode is None or inode.nlink != 0:
                 return False
-            return await self._purge(s, inode)
-
-    async def _purge(self, s: Session, inode: Inode) -> bool:
-        for version in await s.store.list_versions(inode.ino):
-            await self.contents.delete_chunks(
-                s, inode.ino, version.version, version.size, version.chunk_size
-            )
-        if inode.version:
-            await self.contents.delete_chunks(
-                s, inode.ino, inode.version, inode.size, inode.chunk_size
-            )
-        await s.store.delete_inode(inode.ino)
-        await self.core.cache.drop_inode(s.tenant, inode.ino)
-        return True
+            for version in await s.store.list_versions(ino):
+                await self.contents.delete_chunks(
+                    s, ino, version.version, version.size, version.chunk_size
+                )
+            if inode.version:
+                await self.contents.delete_chunks(
+                    s, ino, inode.version, inode.size, inode.chunk_size
+                )
+            await s.store.delete_inode(ino)
+            await self.core.cache.drop_inode(s.tenant, ino)
+            return True
