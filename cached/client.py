@@ -84,11 +84,18 @@ class DaemonClient:
                     raise DaemonUnavailable(f"no cache daemon at {self.path}: {exc}") from exc
                 log.warning("the cache daemon is gone (%s): starting it again", exc)
                 stream = await self.restart()
-            self._stream = stream
             self._nursery.start_soon(self._reader, stream)
             if self._hello is not None:
-                await self._call_on(stream, "hello", self._hello)
+                # The stream serves calls only once its session exists: a failed
+                # replay closes it, and the next call tries again from the start.
+                try:
+                    await self._call_on(stream, "hello", self._hello)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()
+                    raise
                 log.info("reconnected to the cache daemon")
+            self._stream = stream
             return stream
 
     async def _reader(self, stream: trio.SocketStream) -> None:

@@ -25,7 +25,7 @@ from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported
     socket_path,
 )
 from cached.cache import LocalCache
-from cached.errors import CassfsError
+from cached.errors import CassfsError, Unreachable
 from cached.reaper import Reaper
 from cached.server import Server
 from cached.service import Service
@@ -55,9 +55,7 @@ async def run_daemon(
     :mod:`cached.reaper`) are seconds, ``cache_size`` bytes.  Raises
     ``CassfsError`` subclasses on start-up failures.
     """
-    store = await Store.connect(
-        contact_points, keyspace, consistency=consistency, query_timeout=query_timeout
-    )
+    store = Store(contact_points, keyspace, consistency=consistency, query_timeout=query_timeout)
     spool = cache_dir / "spool"
 
     def open_local() -> tuple[Counters, LocalCache]:  # blocking: SQLite, mkdir
@@ -66,6 +64,17 @@ async def run_daemon(
         return counters, LocalCache(cache_dir, cache_size, cache_ttl, counters)
 
     counters, cache = await trio.to_thread.run_sync(open_local)
+    try:
+        await store.try_connect()
+    except Unreachable as exc:
+        # With a cache to serve, start anyway (mounts keep reading what it holds) and
+        # connect once Cassandra is back; with nothing cached there is nothing to serve.
+        entries, _ = await cache.usage()
+        if not entries:
+            await trio.to_thread.run_sync(counters.close)
+            await trio.to_thread.run_sync(cache.close)
+            raise
+        log.warning("%s: serving the %d cached entries until it answers", exc, entries)
     reaper = Reaper(cache_dir / "reaper", purge_delay)
     await reaper.open()
     service = Service(store, cache, counters, spool, reaper)
@@ -83,6 +92,8 @@ async def run_daemon(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
+            if not store.connected:
+                nursery.start_soon(store.keep_connecting)
             nursery.start_soon(_flush_counters, counters)
             nursery.start_soon(cache.run_writer)
             service.core.background = nursery

@@ -73,6 +73,11 @@ class StorageError(CassfsError):
     errno = _errno.EIO
 
 
+class Unreachable(StorageError):
+    """No Cassandra node could be asked: none answers, or one did not within the timeout,
+    or an outage is remembered (EIO).  Cached entries serve past their TTL instead."""
+
+
 class DaemonUnavailable(CassfsError):
     """The cache daemon cannot be reached or dropped the connection (EIO)."""
 

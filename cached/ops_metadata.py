@@ -62,8 +62,12 @@ class MetadataOps:
         # over this one, read while it was still empty).
         listing_state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if listing_state is not Freshness.FRESH:
-            index = None
+            stale_index, index = index, None
             state, cached = await self.core.cache.get_dentry(s.tenant, parent, name)
+            if cached is None and stale_index is not None:
+                # Known only through an expired listing: what it says serves if
+                # Cassandra fails (stale-if-error), a negative answer included.
+                state, cached = Freshness.STALE, stale_index.get(name, (0, 0))
             if state is not Freshness.FRESH:
                 index = await self._listing_index(s, parent)
         if index is not None:

@@ -30,6 +30,7 @@ import trio
 
 from cached.cache import LocalCache
 from cached.core import Core, Session
+from cached.errors import StorageError
 from cached.model import DIRECTORY, ROOT_INO, Inode, mode_of_kind
 from cached.ops_content import ContentOps
 from cached.ops_metadata import MetadataOps
@@ -104,8 +105,17 @@ class Service:
     # -- session --------------------------------------------------------------------------
 
     async def rpc_hello(self, s: Session) -> dict[str, Any]:
-        """Start a session: make sure the tenant's root exists; return it and the epoch."""
-        root = await s.store.get_inode(ROOT_INO)
+        """Start a session: make sure the tenant's root exists; return it and the epoch.
+
+        While Cassandra is unreachable, the cached root serves (a daemon restarted
+        during an outage keeps its mounts); with none cached, ``StorageError`` (EIO).
+        """
+        try:
+            root = await s.store.get_inode(ROOT_INO)
+        except StorageError as exc:
+            _, cached = await self.core.cache.get_inode(s.tenant, ROOT_INO)
+            root = self.core.stale_if_error(cached, exc, "root inode")
+            return {"root": root.to_wire(), "epoch": self.core.epoch, "pid": os.getpid()}
         if root is None:
             now = time.time_ns()
             root = Inode(
@@ -124,7 +134,15 @@ class Service:
         """Every counter and gauge (see :mod:`cached.stats`)."""
         totals = await trio.to_thread.run_sync(self.core.counters.totals)
         entries, volume = await self.core.cache.usage()
-        return {**totals, "entries": entries, "bytes_cached": volume}
+        outage = self.core.store.outage
+        return {
+            **totals,
+            "entries": entries,
+            "bytes_cached": volume,
+            "cassandra_unreachable": int(outage.down),
+            "unreachable_queries": outage.failures,
+            "queries_failed_fast": outage.refused,
+        }
 
     async def rpc_purge(self, s: Session | None = None) -> int:
         """Empty the cache and tell every session to drop kernel caches; entries removed."""

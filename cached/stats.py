@@ -27,7 +27,14 @@ NAMES = (
     "purges",  # `cassfs cache purge` runs
     "stale_served",  # expired entries served because Cassandra failed (stale-if-error)
 )
-GAUGES = ("entries", "bytes_cached")
+GAUGES = (
+    "entries",
+    "bytes_cached",
+    # Of the running daemon only (0 when none runs); see cached.outage.
+    "cassandra_unreachable",  # 1 while Cassandra is found unreachable
+    "unreachable_queries",  # queries that found it unreachable (each waited for that)
+    "queries_failed_fast",  # queries failed at once, unsent, while it was
+)
 
 
 class Counters:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +20,7 @@ from cached.client import DaemonClient, open_client, socket_path
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
 from cached.model import ROOT_INO
 from cached.store import ContactPoints, make_cluster
-from tests.conftest import KEYSPACE, Daemon, local_node_pid
+from tests.conftest import KEYSPACE, Daemon
 
 pytestmark = pytest.mark.cassandra
 
@@ -248,30 +247,6 @@ def test_daemon_reports_unreachable_cassandra(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "unreachable at 127.0.0.1:1" in result.stderr
-
-
-async def test_stale_entries_serve_while_cassandra_does_not_answer(
-    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
-) -> None:
-    pid = local_node_pid()
-    daemon = start_daemon("cache", 1.0, "2G", "--query-timeout", "1")
-    async with session(daemon, tenant) as client:
-        await make_file(client, ROOT_INO, b"index.php", b"<?php ok")
-        await client.call("readdir", ino=ROOT_INO)
-        await trio.sleep(1.2)  # every entry is now past its TTL
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            found = await client.call("lookup", parent=ROOT_INO, name=b"index.php")
-            opened = await client.call("open", ino=found["ino"])
-            listing = await client.call("readdir", ino=ROOT_INO)
-            with pytest.raises(CassfsError) as info:  # nothing cached to fall back on
-                await client.call("lookup", parent=ROOT_INO, name=b"never-seen")
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        assert opened["data"] == b"<?php ok"
-        assert [name for name, _ in listing] == [b"index.php"]
-        assert info.value.errno == errno.EIO
-        assert (await client.call("stats"))["stale_served"] >= 3
 
 
 async def test_cache_dir_survives_kill_9_during_writes(
