@@ -158,3 +158,35 @@ async def test_a_daemon_restarted_while_the_node_is_paused_serves_its_cache(
         # Back: the daemon connects by itself and writes go through again.
         await eventually(lambda: make_file(client, ROOT_INO, b"after.php", b"ok"), deadline=60)
         assert (await client.call("stats"))["cassandra_unreachable"] == 0
+
+
+async def test_after_the_node_is_stopped_and_started_again_everything_works_soon(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """A node stopped (not paused): cached reads stay, uncached requests fail at once,
+    and the daemon works again within seconds of the node answering (the driver
+    retries every second, so the wait does not grow with the outage)."""
+    from cassfs.node import launcher
+
+    reader = start_reader(start_daemon)
+    async with session(reader, tenant) as client:
+        made = await make_file(client, ROOT_INO, b"cached.php", b"<?php cached")
+        await past_ttl()
+        await trio.to_thread.run_sync(launcher.stop)
+        try:
+            found = await client.call("lookup", parent=ROOT_INO, name=b"cached.php")
+            opened = await client.call("open", ino=found["ino"])
+            failed = []
+            for name in (b"unseen-1", b"unseen-2", b"unseen-3"):
+                with pytest.raises(CassfsError) as info:
+                    await client.call("mkdir", parent=ROOT_INO, name=name, mode=0o755, uid=0, gid=0)
+                failed.append(info.value.errno)
+        finally:
+            await trio.to_thread.run_sync(lambda: launcher.start(timeout=300))
+        recovered = await eventually(
+            lambda: client.call("mkdir", parent=ROOT_INO, name=b"back", mode=0o755, uid=0, gid=0),
+            deadline=60,
+        )
+        print(f"uncached requests work again {recovered:.1f} s after the node answers CQL")
+    assert (found["ino"], opened["data"]) == (made["ino"], b"<?php cached")
+    assert failed == [errno.EIO] * 3
