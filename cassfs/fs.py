@@ -251,10 +251,14 @@ class Operations(pyfuse3.Operations):
             self.nursery.start_soon(self._purge, ino)
 
     async def _purge(self, ino: int) -> None:
+        """Ask the daemon to delete an unlinked inode; runs in the mount's nursery, so it
+        never raises (an escaping error would end the mount): failures are logged."""
         try:
             await self.daemon.purge_inode(ino)
         except CassfsError as exc:
             log.warning("could not purge unlinked inode %d: %s", ino, exc)
+        except Exception:
+            log.exception("purge of unlinked inode %d failed unexpectedly", ino)
 
     def _name_taken(self, parent: int, name: bytes) -> None:
         """A create found ``name`` taken: have the kernel forget its negative dentry.
@@ -421,6 +425,7 @@ class Operations(pyfuse3.Operations):
                 return
             await self._dentry_told(directory, name, inode, wait=None)
 
+    @_fuse_errors
     async def releasedir(self, fh: int) -> None:
         """Drop the listing snapshot."""
         self._dirs.pop(fh, None)
@@ -819,8 +824,12 @@ class Operations(pyfuse3.Operations):
                 self.nursery.start_soon(self._invalidate_all)
 
     async def _invalidate_all(self) -> None:
-        for ino in self.inodes.known():
-            await self.kernel.invalidate_inode(ino)
+        """Drop the kernel's caches of every known inode (after a purge); never raises."""
+        try:
+            for ino in self.inodes.known():
+                await self.kernel.invalidate_inode(ino)
+        except Exception:
+            log.exception("dropping the kernel's caches after a purge failed")
 
     async def destroy(self) -> None:
         """After unmount: purge the inodes still waiting for their last forget."""

@@ -562,6 +562,26 @@ async def test_an_unlinked_open_file_is_purged_after_its_last_release_and_forget
     assert ops.inodes.get(ino) is None
 
 
+async def test_a_purge_failing_unexpectedly_does_not_end_the_mount(
+    ops: Operations, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Background work of the front never lets an exception reach the mount's nursery."""
+
+    def broken(ino: int) -> bool:
+        raise RuntimeError("a bug in the purge")
+
+    monkeypatch.setattr(daemon, "rpc_purge_inode", broken)
+    ino = await looked_up(ops)
+    async with trio.open_nursery() as nursery:  # stands for the mount's nursery
+        ops.nursery = nursery
+        await ops.unlink(DIR_INO, b"page.php", CTX)
+        await ops.forget([(ino, 1)])
+        await trio.testing.wait_all_tasks_blocked()
+        ops.on_notification("purged", {"epoch": 7})
+        await trio.testing.wait_all_tasks_blocked()
+    assert ops.epoch == 7  # reached: the nursery did not end with the error
+
+
 # -- the kernel edge ----------------------------------------------------------------------------
 
 
