@@ -101,9 +101,12 @@ class ContentOps:
 
         Returns ``{"inode", "data"}`` with the bytes inline when at most
         :data:`INLINE_LIMIT`, else ``{"inode", "path"}``: a new spool file the
-        front now owns (and deletes).  ENOENT, EIO.
+        front now owns (and deletes).  ENOENT, EISDIR, EIO.
         """
-        inode = await self.contents.ensure_content(s, await self.core.get_inode(s, ino))
+        inode = await self.core.get_inode(s, ino)
+        if inode.is_dir:
+            raise IsADirectory(f"inode {ino} is a directory")
+        inode = await self.contents.ensure_content(s, inode)
         if inode.size <= INLINE_LIMIT:
             data = await self.core.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
             if data is None:
