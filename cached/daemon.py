@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 import trio
 
+from cached import cachedir
 from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported)
     DEFAULT_PURGE_DELAY,
     daemon_command,
@@ -201,6 +202,12 @@ def _lock(cache_dir: Path) -> int:
     help="Seconds replaced versions and unlinked inodes stay for other hosts before deletion"
     " (longer than every host's --cache-ttl + --entry-ttl).",
 )
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Log here, rotated at 10 MiB, 3 old files kept (default: stderr).",
+)
 @click.option("--debug", is_flag=True, help="Log every RPC.")
 def main(
     cache_dir: Path,
@@ -212,9 +219,11 @@ def main(
     query_timeout: float,
     idle_exit: float | None,
     purge_delay: float,
+    log_file: Path | None,
     debug: bool,
 ) -> None:
     """Run the cassfs cache daemon for CACHE_DIR in the foreground."""
+    os.umask(cachedir.PRIVATE_UMASK)  # the cache dir is for this user only
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
@@ -229,6 +238,10 @@ def main(
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = _lock(cache_dir)
+        if log_file is not None:
+            cachedir.log_to_file(log_file, debug)
+        cachedir.make_private(cache_dir)
+        cachedir.clean_spool(cache_dir)  # under the lock: no other daemon uses them
     except BlockingIOError:
         click.echo(f"cassfs daemon: a daemon already serves {cache_dir}", err=True)
         sys.exit(EXIT_RUNNING)
@@ -251,6 +264,7 @@ def main(
             purge_delay,
         )
     except CassfsError as exc:
+        log.error("start-up failed: %s", exc)
         click.echo(f"cassfs daemon: {exc}", err=True)
         sys.exit(EXIT_STARTUP)
     finally:

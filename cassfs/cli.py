@@ -7,27 +7,40 @@ with status 1 (2 for bad usage, as click does).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from cached import stats as stats_mod
 from cached.api import DEFAULT_PURGE_DELAY, ContactPoints, daemon_command, parse_size
+from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError, DaemonUnavailable
-from cassfs.state import pid_alive, read_record
+from cassfs.state import pid_alive, read_record, record_path
 
 log = logging.getLogger(__name__)
 
 DAEMON_IDLE_EXIT = 10.0  # seconds a daemon started by `up` lingers after its last mount
+
+#: What ``--environment`` may be: it lands in the mount's ``-o fsname=`` and in every key.
+ENVIRONMENT_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: ``owner`` is a CQL ``int`` (schema/001_tables.cql), and tenants are non-negative.
+OWNER_MAX = 2**31 - 1
+#: The type /proc/mounts gives a cassfs mount (``-o subtype=cassfs``).
+CASSFS_FSTYPE = "fuse.cassfs"
+#: What stat(2) of a FUSE mount whose server died (or was aborted) fails with.
+DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def default_cache_dir() -> Path:
@@ -35,7 +48,7 @@ def default_cache_dir() -> Path:
     return Path("/var/cache/cassfs") if os.geteuid() == 0 else Path.home() / ".cache/cassfs"
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``cassfs: message`` to stderr and exit 1."""
     click.echo(f"cassfs: {message}", err=True)
     sys.exit(1)
@@ -88,20 +101,30 @@ def main() -> None:
 # -- up / down ------------------------------------------------------------------------------
 
 
+def _check_environment(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback: ``value`` if it is 1-64 of ``[A-Za-z0-9_.-]``; else click.BadParameter."""
+    if not ENVIRONMENT_PATTERN.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r}: use 1 to 64 characters among the ASCII letters, digits, '_', '.' and '-'"
+        )
+    return value
+
+
 owner_option = click.option(
     "--owner",
-    type=int,
+    type=click.IntRange(0, OWNER_MAX),
     default=1,
     envvar="CASSFS_OWNER",
     show_default=True,
-    help="Tenant owner id (env CASSFS_OWNER).",
+    help=f"Tenant owner id, 0 to {OWNER_MAX} (env CASSFS_OWNER).",
 )
 environment_option = click.option(
     "--environment",
     default="prod",
     envvar="CASSFS_ENVIRONMENT",
     show_default=True,
-    help="Tenant environment (env CASSFS_ENVIRONMENT).",
+    callback=_check_environment,
+    help="Tenant environment, 1 to 64 of A-Z a-z 0-9 _ . - (env CASSFS_ENVIRONMENT).",
 )
 
 
@@ -186,8 +209,6 @@ def up(
         raise click.BadParameter(str(exc)) from exc
     if min(entry_ttl, negative_ttl, cache_ttl) < 0:
         raise click.BadParameter("TTLs are seconds, 0 or more")
-    if not environment:
-        raise click.BadParameter("--environment must not be empty")
     mountpoint = Path(os.path.abspath(mountpoint))
     cache_dir = Path(os.path.abspath(cache_dir))
     _check_mountpoint(mountpoint)
@@ -202,7 +223,7 @@ def up(
         _serve_foreground(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, debug)
         return
     logs = cache_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     log_path = logs / f"mount-{mountpoint.name or 'root'}-{os.getpid()}.log"
     command = [
         sys.executable,
@@ -232,7 +253,7 @@ def up(
         "--purge-delay",
         str(purge_delay),
     ]
-    child = _spawn_detached(command + (["--debug"] if debug else []), log_path)
+    child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.ismount(mountpoint):
@@ -251,18 +272,6 @@ def up(
     fail(f"the mount did not come up within 60 s; see {log_path}")
 
 
-def _spawn_detached(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``command`` in its own session, its output appended to ``log_path``."""
-    with open(log_path, "ab") as log_file:
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 def _setup_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -273,12 +282,77 @@ def _setup_logging(debug: bool) -> None:
 
 
 def _check_mountpoint(mountpoint: Path) -> None:
-    if not mountpoint.exists():
+    dead = _dead_mount_error(mountpoint)
+    if dead is not None:
+        _clear_dead_mount(mountpoint, dead)
+        click.echo(f"cassfs: cleared a dead cassfs mount at {mountpoint} (its process had died)")
+    try:
+        is_dir = stat.S_ISDIR(os.stat(mountpoint).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
         fail(f"mountpoint {mountpoint} does not exist: create it with `mkdir -p {mountpoint}`")
-    if not mountpoint.is_dir():
+    except OSError as exc:
+        fail(f"cannot use mountpoint {mountpoint}: {exc.strerror}")
+    if not is_dir:
         fail(f"mountpoint {mountpoint} is not a directory: give an empty directory")
     if os.path.ismount(mountpoint):
         fail(f"{mountpoint} is already a mount point: `cassfs down {mountpoint}` first")
+
+
+def _dead_mount_error(mountpoint: Path) -> OSError | None:
+    """The error stat(2) of ``mountpoint`` fails with when it is a dead FUSE mount, else None.
+
+    A FUSE mount whose process died (``kill -9``) stays mounted, and every access
+    to it fails with ENOTCONN (ECONNABORTED once aborted through /sys/fs/fuse).
+    """
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno in DEAD_MOUNT_ERRNOS:
+            return exc
+    return None
+
+
+def _clear_dead_mount(mountpoint: Path, error: OSError) -> None:
+    """Lazily unmount the dead cassfs mount at ``mountpoint``; fail (exit 1) if it is
+    not cassfs's or stays mounted."""
+    fstype = _mount_fstype(mountpoint)
+    if fstype is None:
+        fail(f"cannot use {mountpoint}: {error.strerror} (a dead mount above it?)")
+    if fstype != CASSFS_FSTYPE:
+        fail(
+            f"{mountpoint} is a dead {fstype} mount ({error.strerror}), not a cassfs one: "
+            f"unmount it yourself (`umount -l {mountpoint}`)"
+        )
+    result = subprocess.run(_unmount_command(mountpoint, lazy=True), capture_output=True, text=True)
+    if result.returncode != 0 or _mount_fstype(mountpoint) == CASSFS_FSTYPE:
+        fail(f"could not unmount the dead cassfs mount at {mountpoint}: {result.stderr.strip()}")
+
+
+def _unmount_command(mountpoint: Path, lazy: bool = False) -> list[str]:
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+    if fusermount is None:
+        return ["umount", *(["-l"] if lazy else []), str(mountpoint)]
+    return [fusermount, "-u", *(["-z"] if lazy else []), str(mountpoint)]
+
+
+def _mount_fstype(mountpoint: Path) -> str | None:
+    """The type /proc/self/mounts gives the topmost mount at ``mountpoint`` (e.g.
+    ``fuse.cassfs``), or None when nothing is mounted there (or /proc is unreadable)."""
+    path, fstype = os.path.realpath(mountpoint), None
+    try:
+        with open("/proc/self/mounts", "rb") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 2 and _unescape_mount_field(fields[1]) == path:
+                    fstype = os.fsdecode(fields[2])
+    except OSError:
+        return None
+    return fstype
+
+
+def _unescape_mount_field(field: bytes) -> str:
+    """A path as /proc/mounts writes it (space, tab, newline, backslash as ``\\ooo``)."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
 
 
 def _check_cache_dir(cache_dir: Path) -> None:
@@ -323,7 +397,8 @@ def _ensure_daemon(
                 f"{points}"
             )
         return
-    log_path = cache_dir / "daemon.log"
+    log_path = cache_dir / LOG_NAME
+    output = cache_dir / OUTPUT_NAME  # start-up errors (before logging) and crashes
     config = {
         "contact_points": str(points),
         "keyspace": keyspace,
@@ -332,7 +407,7 @@ def _ensure_daemon(
         "idle_exit": DAEMON_IDLE_EXIT,
         "purge_delay": purge_delay,
     }
-    daemon = _spawn_detached(daemon_command(cache_dir, config, debug), log_path)
+    daemon = spawn_daemon(cache_dir, daemon_command(cache_dir, config, debug))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if _daemon_status(cache_dir, timeout=2) is not None:
@@ -341,7 +416,10 @@ def _ensure_daemon(
         if code is not None:
             if code == 3 and _daemon_status(cache_dir, timeout=10) is not None:
                 return  # another `up` started it a moment ago
-            fail(_last_error_line(log_path) or f"the cache daemon exited ({code}); see {log_path}")
+            fail(
+                _last_error_line(output)
+                or f"the cache daemon exited ({code}); see {output} and {log_path}"
+            )
         time.sleep(0.1)
     daemon.terminate()
     fail(f"the cache daemon did not answer within 90 s; see {log_path}")
@@ -391,19 +469,16 @@ def down(mountpoint: Path, timeout: float) -> None:
     """Unmount MOUNTPOINT; stop its cache daemon once no mount uses it."""
     mountpoint = Path(os.path.abspath(mountpoint))
     record = read_record(mountpoint)
-    if not os.path.ismount(mountpoint):
+    dead = _dead_mount_error(mountpoint)
+    if dead is not None:
+        _clear_dead_mount(mountpoint, dead)
+    elif not os.path.ismount(mountpoint):
         if record is None:
             fail(f"{mountpoint} is not mounted")
     else:
-        if not _is_cassfs_mount(mountpoint):
+        if _mount_fstype(mountpoint) not in (CASSFS_FSTYPE, None):
             fail(f"{mountpoint} is not a cassfs mount: use umount for other filesystems")
-        fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "umount"
-        args = (
-            [fusermount, "-u", str(mountpoint)]
-            if "fuser" in fusermount
-            else [fusermount, str(mountpoint)]
-        )
-        result = subprocess.run(args, capture_output=True, text=True)
+        result = subprocess.run(_unmount_command(mountpoint), capture_output=True, text=True)
         if result.returncode != 0:
             fail(
                 f"unmounting {mountpoint} failed: {result.stderr.strip()} "
@@ -415,6 +490,8 @@ def down(mountpoint: Path, timeout: float) -> None:
             time.sleep(0.05)
         if pid_alive(record.pid):
             fail(f"the mount process {record.pid} did not exit within {timeout} s")
+        if dead is not None and read_record(mountpoint) == record:
+            record_path(mountpoint).unlink(missing_ok=True)  # its dead process could not
         cache_dir = Path(record.cache_dir)
         status = _daemon_status(cache_dir)
         if status is not None and status["sessions"] == 0:
@@ -425,19 +502,14 @@ def down(mountpoint: Path, timeout: float) -> None:
             deadline = time.monotonic() + timeout
             while pid_alive(status["pid"]) and time.monotonic() < deadline:
                 time.sleep(0.05)
-    click.echo(f"cassfs: unmounted {mountpoint}")
-
-
-def _is_cassfs_mount(mountpoint: Path) -> bool:
-    try:
-        with open("/proc/self/mounts") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if len(fields) > 2 and fields[1] == str(mountpoint):
-                    return fields[2] == "fuse.cassfs"
-    except OSError:
-        return True
-    return False
+    if _mount_fstype(mountpoint) == CASSFS_FSTYPE:
+        fail(f"{mountpoint} is still mounted (see /proc/mounts)")
+    if dead is not None:
+        click.echo(
+            f"cassfs: unmounted the dead mount at {mountpoint} lazily (its process had died)"
+        )
+    else:
+        click.echo(f"cassfs: unmounted {mountpoint}")
 
 
 # -- cache ----------------------------------------------------------------------------------

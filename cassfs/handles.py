@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from cached.cachedir import front_spool_prefix
 from cached.protocol import INLINE_LIMIT
 
 #: Content larger than this moves from memory to a spool file, bytes.
@@ -102,7 +103,9 @@ class WriteBuffer:
 
     async def _spill(self) -> None:
         def spill() -> tuple[Path, int]:
-            fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="front-")
+            # 0600; named front-<pid>-... so a daemon starting later can tell whether
+            # its creator still lives (cached.cachedir.clean_spool)
+            fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix=front_spool_prefix())
             try:
                 pwrite_all(fd, self._memory, 0)
             except BaseException:

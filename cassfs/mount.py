@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pyfuse3
 import trio
 
 from cached.api import daemon_command
+from cached.cachedir import LOG_NAME, spawn_daemon
 from cached.client import open_client, socket_path
 from cached.errors import DaemonUnavailable
 from cassfs.fs import FrontConfig, Operations
@@ -122,19 +122,8 @@ async def restart_daemon(cache_dir: Path, config: dict[str, Any]) -> trio.Socket
     For a daemon that died under a live mount (crash, OOM kill): the mount goes on
     with a new daemon on the same cache dir.  Raises ``DaemonUnavailable``.
     """
-    log_path = cache_dir / "daemon.log"
-
-    def spawn() -> None:
-        with open(log_path, "ab") as log_file:
-            subprocess.Popen(
-                daemon_command(cache_dir, config),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    await trio.to_thread.run_sync(spawn)
+    log_path = cache_dir / LOG_NAME
+    await trio.to_thread.run_sync(spawn_daemon, cache_dir, daemon_command(cache_dir, config))
     with trio.move_on_after(60):
         while True:
             try:
