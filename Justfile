@@ -83,6 +83,10 @@ bench: schema
 stress SECONDS="600": schema
     python -m tests.race --seconds "$1"
 
+# Fault scenarios against the node of $CASSFS_NODE_DIR (pauses and stops it): outages, kill -9s, a tiny cache; prints a table.
+faults *ARGS: schema
+    python -m tests.faults "$@"
+
 # Lint, format check and type check, changing nothing (CI runs this).
 lint:
     ruff check cassfs cached tests && ruff format --check cassfs cached tests && mypy cassfs cached
