@@ -177,6 +177,15 @@ environment_option = click.option(
     " (env CASSFS_PURGE_DELAY).",
 )
 @click.option(
+    "--query-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    envvar="CASSFS_QUERY_TIMEOUT",
+    show_default=True,
+    help="Seconds before a Cassandra query counts as failed; then cached entries serve past"
+    " their TTL and uncached requests fail with EIO (env CASSFS_QUERY_TIMEOUT).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -197,6 +206,7 @@ def up(
     cache_ttl: float,
     cache_size: str,
     purge_delay: float,
+    query_timeout: float,
     foreground: bool,
     debug: bool,
 ) -> None:
@@ -218,7 +228,7 @@ def up(
             "run with --device /dev/fuse --cap-add SYS_ADMIN"
         )
     _check_cache_dir(cache_dir)
-    _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, debug)
+    _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
     if foreground:
         _serve_foreground(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, debug)
         return
@@ -252,6 +262,8 @@ def up(
         cache_size,
         "--purge-delay",
         str(purge_delay),
+        "--query-timeout",
+        str(query_timeout),
     ]
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
@@ -384,9 +396,13 @@ def _ensure_daemon(
     cache_ttl: float,
     cache_size: int,
     purge_delay: float,
+    query_timeout: float,
     debug: bool,
 ) -> None:
-    """Start the cache daemon of ``cache_dir`` unless one already answers there."""
+    """Start the cache daemon of ``cache_dir`` unless one already answers there.
+
+    ``cache_ttl``, ``purge_delay`` and ``query_timeout`` are seconds, ``cache_size`` bytes.
+    """
     status = _daemon_status(cache_dir)
     if status is not None:
         config = status["config"]
@@ -406,6 +422,7 @@ def _ensure_daemon(
         "cache_size": cache_size,
         "idle_exit": DAEMON_IDLE_EXIT,
         "purge_delay": purge_delay,
+        "query_timeout": query_timeout,
     }
     daemon = spawn_daemon(cache_dir, daemon_command(cache_dir, config, debug))
     deadline = time.monotonic() + 90

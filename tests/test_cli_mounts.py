@@ -270,3 +270,11 @@ def test_good_tenant_names_pass_the_check() -> None:
         )
         assert result.returncode == 1, result.stderr  # it went on, to an unreachable node
         assert "127.0.0.1:1" in result.stderr
+
+
+def test_up_passes_the_query_timeout_to_the_daemon_it_starts(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    m = mount_cassfs("mnt", *tenant, None, "--query-timeout", "3.5")
+    status = call_once(m.cache_dir, "status")
+    assert status["config"]["query_timeout"] == 3.5
