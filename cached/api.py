@@ -23,6 +23,10 @@ _SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 SOCKET_NAME = "daemon.sock"
 
+#: Largest regular file, bytes (4 GiB): a write or truncate past it fails with EFBIG, in
+#: the front and in the daemon (``FileTooLarge``).  At most 4096 chunks of 1 MiB per file.
+MAX_FILE_SIZE = 4 * 1024**3
+
 #: Seconds a replaced content version or an unlinked inode stays in Cassandra
 #: before this host's daemon deletes it (``--purge-delay``, :mod:`cached.reaper`):
 #: longer than any host's ``--cache-ttl`` + ``--entry-ttl`` (60 + 1 by default),

@@ -11,6 +11,13 @@ Metadata is fresh for ``ttl`` seconds after ``fetched_at`` (wall clock, so it
 survives a daemon restart) and is revalidated after that (see :func:`freshness`).
 Content is keyed by its SHA-256 and never changes, so it needs no TTL; it leaves
 only by LRU eviction once the cache is over ``size_limit`` bytes, or by purge.
+Content in use is never evicted: content *pinned* while a request fetches and
+reads it (:meth:`LocalCache.pinned`), and content *leased* for
+:data:`LEASE_SECONDS` after each read (:meth:`LocalCache.lease`), so that a
+file read by range stays between its ranges.  The cache may so go over
+``size_limit`` by the content in use (at most what was fetched in the last
+:data:`LEASE_SECONDS`), e.g. by a file larger than the whole cache while it is
+read; it comes back under the limit at the next write after that.
 
 Every diskcache call blocks (SQLite and file I/O), so each runs in a worker
 thread, one at a time (a ``CapacityLimiter`` of 1): under the LRU policy reads
@@ -20,6 +27,7 @@ write too, and one writer makes eviction and its count exact for this daemon.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import enum
 import hashlib
 import logging
@@ -28,7 +36,7 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -45,6 +53,12 @@ T = TypeVar("T")
 MEMO_ENTRIES = 200_000
 #: Queued metadata writes applied per worker-thread call.
 WRITE_BATCH = 32
+#: Seconds content stays leased (kept from eviction) after a read.
+LEASE_SECONDS = 10.0
+#: Most leases held; the oldest goes first (memory bound).
+MAX_LEASES = 4096
+#: Rows read per query while looking for an entry that may be evicted.
+EVICT_PAGE = 16
 _GONE = object()  # memo tombstone: deleted, the diskcache delete may still be queued
 Tenant = tuple[int, str]
 
@@ -104,6 +118,11 @@ class LocalCache:
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
         self._ops_queued = trio.Event()
+        # Content kept from eviction: pins (key -> holders) and leases (key -> until,
+        # time.monotonic(), in expiry order).  Changed only on the trio thread; the
+        # diskcache thread only looks keys up (_protected), which the GIL keeps atomic.
+        self._pins: dict[tuple[Any, ...], int] = {}
+        self._leases: OrderedDict[tuple[Any, ...], float] = OrderedDict()
 
     def _freshness(self, fetched_at: float) -> Freshness:
         """:func:`freshness` now; entries fetched before this cache was opened are stale.
@@ -145,16 +164,68 @@ class LocalCache:
             self.counters.add("evictions", evicted)
 
     def _least_recently_used(self, exclude: tuple[Any, ...]) -> Any:
+        """The least recently used key that is neither ``exclude`` nor pinned or leased."""
         # diskcache 5 keeps entries in table Cache(key, raw, access_time, ...), keys
         # encoded by its Disk; this is the query its "least-recently-used" policy runs.
-        rows = self._cache._sql(
-            "SELECT key, raw FROM Cache ORDER BY access_time LIMIT 2"
-        ).fetchall()
-        for db_key, raw in rows:
-            candidate = self._cache._disk.get(db_key, raw)
-            if candidate != exclude:
-                return candidate
-        return None
+        offset = 0
+        while True:
+            rows = self._cache._sql(
+                "SELECT key, raw FROM Cache ORDER BY access_time LIMIT ? OFFSET ?",
+                (EVICT_PAGE, offset),
+            ).fetchall()
+            for db_key, raw in rows:
+                candidate = self._cache._disk.get(db_key, raw)
+                if candidate != exclude and not self._protected(candidate):
+                    return candidate
+            if len(rows) < EVICT_PAGE:
+                return None
+            offset += len(rows)
+
+    # -- content in use ---------------------------------------------------------------------
+
+    def _protected(self, key: tuple[Any, ...]) -> bool:
+        """True while ``key`` is pinned or leased (called from the diskcache thread)."""
+        if key in self._pins:
+            return True
+        return self._leases.get(key, 0.0) > time.monotonic()
+
+    @contextlib.contextmanager
+    def pinned(self, tenant: Tenant, content_id: bytes) -> Iterator[None]:
+        """Keep content ``content_id`` from eviction inside the ``with`` block.
+
+        Pin before looking the content up or fetching it, so that what a request
+        fetched is still there when it reads it, however many other entries are
+        written meanwhile.  Pins nest and may name content not cached (yet).
+        In memory only; costs no thread hop.
+        """
+        key = self._content_key(tenant, content_id)
+        self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._pins[key] - 1
+            if left:
+                self._pins[key] = left
+            else:
+                del self._pins[key]
+
+    def lease(self, tenant: Tenant, content_id: bytes) -> None:
+        """Keep content ``content_id`` from eviction for :data:`LEASE_SECONDS` from now.
+
+        For content read by range (``read`` requests follow an ``open``): a file
+        larger than the cache stays while it is read, instead of being fetched again
+        for each range.  At most :data:`MAX_LEASES` are held (the oldest dropped
+        first).  In memory only; costs no thread hop.
+        """
+        key = self._content_key(tenant, content_id)
+        now = time.monotonic()
+        self._leases.pop(key, None)
+        self._leases[key] = now + LEASE_SECONDS  # every lease as long: oldest first
+        while self._leases:
+            oldest, until = next(iter(self._leases.items()))
+            if until > now and len(self._leases) <= MAX_LEASES:
+                break
+            del self._leases[oldest]
 
     # -- metadata -------------------------------------------------------------------------
     #

@@ -5,6 +5,12 @@ A file's content is stored as ``ceil(size / chunk_size)`` chunks of
 partition of its own in ``chunks``.  1 MiB keeps every cell far below
 Cassandra's mutation limit (half of ``commitlog_segment_size``, 16 MiB by
 default) while a typical PHP file is one chunk.
+
+Holes: a chunk whose bytes are all zero is never stored.  A chunk row that is
+absent reads as that many zero bytes (:func:`expected_length`), and every reader
+checks the SHA-256 of the whole content, which tells a hole (the content has
+zeros there) from a lost chunk (it does not).  A sparse file costs its data
+chunks, not its size.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Iterable
 CHUNK_SIZE = 1024 * 1024
 #: SHA-256 of the empty content: the content identity of every empty file.
 EMPTY_ID = hashlib.sha256(b"").digest()
+#: One chunk of zero bytes: what a hole of :data:`CHUNK_SIZE` bytes reads as.
+ZERO_CHUNK = bytes(CHUNK_SIZE)
 
 
 def content_id(data: bytes) -> bytes:
@@ -31,6 +39,27 @@ def chunk_count(size: int, chunk_size: int = CHUNK_SIZE) -> int:
     if size < 0 or chunk_size <= 0:
         raise ValueError(f"bad size {size} or chunk size {chunk_size}")
     return -(-size // chunk_size)
+
+
+def expected_length(size: int, chunk_size: int, index: int) -> int:
+    """Bytes chunk ``index`` holds in content of ``size`` bytes cut in ``chunk_size`` chunks.
+
+    ``chunk_size`` bytes, the last chunk fewer; 0 past the end.
+    """
+    return max(0, min(chunk_size, size - index * chunk_size))
+
+
+def zeros(length: int) -> bytes:
+    """``length`` zero bytes: what an absent chunk (a hole) of that length reads as."""
+    return ZERO_CHUNK[:length] if length <= CHUNK_SIZE else bytes(length)
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True if every byte of ``data`` is zero (an empty ``data`` too): a hole, not stored."""
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    length = len(data)
+    return data == (ZERO_CHUNK if length == CHUNK_SIZE else bytes(length))
 
 
 def join(chunks: Iterable[bytes], size: int, expected_id: bytes) -> bytes:

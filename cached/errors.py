@@ -67,6 +67,12 @@ class InvalidArgument(CassfsError):
     errno = _errno.EINVAL
 
 
+class FileTooLarge(CassfsError):
+    """A write or truncate would make a file larger than ``MAX_FILE_SIZE`` (EFBIG)."""
+
+    errno = _errno.EFBIG
+
+
 class StorageError(CassfsError):
     """Cassandra failed or timed out, or content failed verification (EIO)."""
 
@@ -100,6 +106,7 @@ _BY_ERRNO: dict[int, type[CassfsError]] = {
         IsADirectory,
         NameTooLong,
         InvalidArgument,
+        FileTooLarge,
     )
 }
 

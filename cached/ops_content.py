@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
-from cached.api import Materialized, Opened
+from cached.api import MAX_FILE_SIZE, Materialized, Opened
 from cached.core import ContentGone, Core, Session, unlink_quietly
-from cached.errors import InvalidArgument, IsADirectory, StorageError
+from cached.errors import FileTooLarge, InvalidArgument, IsADirectory, StorageError
 from cached.model import REGULAR
 from cached.protocol import INLINE_LIMIT
 from cached.versions import Contents
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 #: Content up to this size comes back inline with ``open``, saving a ``read`` round trip.
 OPEN_INLINE_LIMIT = 128 * 1024
+#: Most bytes one ``read`` returns (the kernel asks for at most 1 MiB); larger asks get fewer.
+READ_LIMIT = INLINE_LIMIT
 
 
 class ContentOps:
@@ -41,7 +44,10 @@ class ContentOps:
         data = None
         if fetch and inode.kind == REGULAR:
             small = inline and inode.size <= OPEN_INLINE_LIMIT
-            inode, data = await self.contents.cached_content(s, inode, want_bytes=small)
+            with contextlib.ExitStack() as hold:
+                inode, data = await self.contents.cached_content(s, inode, small, hold)
+                if data is None:  # read by range next: keep it cached meanwhile
+                    self.core.cache.lease(s.tenant, inode.content_id)
             if data is not None:
                 self.core.counters.add("bytes_served", len(data))
         return Opened(
@@ -53,24 +59,35 @@ class ContentOps:
     ) -> bytes:
         """``size`` bytes at ``offset`` of version ``content_id`` of ``ino`` (fewer at EOF).
 
-        ``file_size`` is that version's size.  Refetched if it was evicted, also
-        after another write replaced it, while the purge delay keeps it; EIO when
-        that version is gone from Cassandra as well.
+        ``file_size`` is that version's size.  At most :data:`READ_LIMIT` bytes
+        come back, however many are asked for.  Refetched if it was evicted, also
+        after another write replaced it, while the purge delay keeps it; the
+        content stays pinned from the fetch to the read, and leased for the reads
+        that follow (:meth:`~cached.cache.LocalCache.lease`).  EINVAL for a negative
+        offset or size; EIO when that version is gone from Cassandra as well.
         """
-        if offset < 0 or size < 0:
+        if offset < 0 or size < 0 or file_size < 0:
             raise InvalidArgument("negative offset or size")
-        data = await self.core.cache.read_content(s.tenant, content_id, offset, size)
-        if data is None:
-            version = await self.contents.version_of(
-                s, await self.core.get_inode(s, ino), content_id, file_size
-            )
-            try:
-                await self.contents.fetch_once(s, version)
-            except ContentGone as exc:
-                raise StorageError(f"inode {ino} was rewritten and this version is gone") from exc
-            data = await self.core.cache.read_content(s.tenant, content_id, offset, size)
+        size = min(size, READ_LIMIT, max(0, file_size - offset))
+        if size == 0:
+            return b""
+        cache = self.core.cache
+        with cache.pinned(s.tenant, content_id):
+            data = await cache.read_content(s.tenant, content_id, offset, size)
             if data is None:
-                raise StorageError("content evicted right after it was fetched")
+                version = await self.contents.version_of(
+                    s, await self.core.get_inode(s, ino), content_id, file_size
+                )
+                try:
+                    await self.contents.fetch_once(s, version)
+                except ContentGone as exc:
+                    raise StorageError(
+                        f"inode {ino} was rewritten and this version is gone"
+                    ) from exc
+                data = await cache.read_content(s.tenant, content_id, offset, size)
+                if data is None:
+                    raise StorageError("content evicted right after it was fetched")
+            cache.lease(s.tenant, content_id)
         self.core.counters.add("bytes_served", len(data))
         return data
 
@@ -82,10 +99,14 @@ class ContentOps:
         Content comes inline (``data``, at most :data:`INLINE_LIMIT` bytes) or as a
         file under the spool dir (``path``), which the daemon reads and leaves in
         place.  Returns only once the inode in Cassandra points at the new
-        content.  ENOENT, EISDIR, EINVAL (bad path), EIO (Cassandra failed).
+        content.  ENOENT, EISDIR, EINVAL (bad path), EFBIG (content over
+        :data:`~cached.api.MAX_FILE_SIZE` bytes, nothing changed), EIO (Cassandra
+        failed).
         """
         if (data is None) == (path is None):
             raise InvalidArgument("write needs exactly one of data and path")
+        if data is not None and len(data) > MAX_FILE_SIZE:
+            raise FileTooLarge(f"{len(data)} B is over the {MAX_FILE_SIZE} B file size limit")
         spool = await self.contents.spool_path(path) if path is not None else None
         async with self.core.inode_locks((s.tenant, ino)):
             inode = await self.core.get_inode(s, ino)
@@ -106,19 +127,20 @@ class ContentOps:
         inode = await self.core.get_inode(s, ino)
         if inode.is_dir:
             raise IsADirectory(f"inode {ino} is a directory")
-        inode = await self.contents.ensure_content(s, inode)
-        if inode.size <= INLINE_LIMIT:
-            data = await self.core.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
-            if data is None:
-                raise StorageError("content evicted during materialize")
-            return Materialized(inode, data=data).to_wire()
-        path, handle = await self.core.thread(self.contents.new_spool_file)
-        try:
-            if not await self.core.cache.copy_content(s.tenant, inode.content_id, handle):
-                raise StorageError("content evicted during materialize")
-        except BaseException:
-            await self.core.thread(unlink_quietly, path)
-            raise
-        finally:
-            await self.core.thread(handle.close)
-        return Materialized(inode, path=str(path)).to_wire()
+        with contextlib.ExitStack() as hold:
+            inode = await self.contents.ensure_content(s, inode, hold)
+            if inode.size <= INLINE_LIMIT:
+                data = await self.core.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
+                if data is None:
+                    raise StorageError("content evicted during materialize")
+                return Materialized(inode, data=data).to_wire()
+            path, handle = await self.core.thread(self.contents.new_spool_file)
+            try:
+                if not await self.core.cache.copy_content(s.tenant, inode.content_id, handle):
+                    raise StorageError("content evicted during materialize")
+            except BaseException:
+                await self.core.thread(unlink_quietly, path)
+                raise
+            finally:
+                await self.core.thread(handle.close)
+            return Materialized(inode, path=str(path)).to_wire()

@@ -6,39 +6,52 @@ flip of the inode (an LWT on the version it replaces); the replaced version's
 chunks go after.  A fetch reads every chunk of one version and checks the
 SHA-256 of the whole.  Used by the content, metadata (truncate) and namespace
 (purge) RPC groups.
+
+Files are at most :data:`~cached.api.MAX_FILE_SIZE` bytes (``FileTooLarge``,
+EFBIG, beyond).  Chunks of zeros are holes: never uploaded, read back as zeros
+(:mod:`cached.content`), so a sparse file costs its data, not its size.  Chunk
+reads, writes and deletions of one file run in :data:`CHUNK_CONCURRENCY` tasks,
+whatever the file's size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from cached import content
+from cached.api import MAX_FILE_SIZE
 from cached.cache import sha256_file
 from cached.core import (
     ContentGone,
     Core,
     Session,
-    gather_indexed,
     read_at,
     unlink_quietly,
 )
-from cached.errors import CassfsError, InvalidArgument, NotFound, StorageError
+from cached.errors import CassfsError, FileTooLarge, InvalidArgument, NotFound, StorageError
 from cached.model import Inode
 from cached.store import Version, new_op_id
 
 log = logging.getLogger(__name__)
 
-#: Chunk reads or writes in flight for one file.
+#: Chunk reads, writes or deletions in flight for one file (tasks).
 CHUNK_CONCURRENCY = 4
 #: Tries of a flip that keeps finding another writer's version before it gives up (EIO).
 ATTEMPTS = 8
+#: Written content is cached when at most this share of the cache; larger would push the
+#: rest out (and soon itself): it is fetched when read, its holes not transferred.
+WRITE_CACHE_SHARE = 0.25
 #: Content up to this size is assembled in memory when fetched; larger goes through a file.
 MEMORY_FETCH_LIMIT = 4 * 1024 * 1024
 
@@ -49,23 +62,26 @@ class Contents:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    async def ensure_content(self, s: Session, inode: Inode) -> Inode:
+    async def ensure_content(self, s: Session, inode: Inode, hold: contextlib.ExitStack) -> Inode:
         """Make sure ``inode``'s content is cached; returns the inode it fetched for.
 
+        The content stays pinned in the cache (not evicted) until ``hold`` closes.
         If the content version vanished (rewritten elsewhere), reread the inode and
         try again, up to three times; then EIO.
         """
-        return (await self.cached_content(s, inode, want_bytes=False))[0]
+        return (await self.cached_content(s, inode, False, hold))[0]
 
     async def cached_content(
-        self, s: Session, inode: Inode, want_bytes: bool
+        self, s: Session, inode: Inode, want_bytes: bool, hold: contextlib.ExitStack
     ) -> tuple[Inode, bytes | None]:
         """Cache ``inode``'s content; with ``want_bytes``, also return the whole content.
 
         Returns ``(inode fetched for, bytes or None)``; the bytes come in the same
-        thread hop that checks the cache, or straight from the fetch.
+        thread hop that checks the cache, or straight from the fetch.  Every content
+        looked at stays pinned in the cache until ``hold`` closes.
         """
         for _attempt in range(3):
+            hold.enter_context(self.core.cache.pinned(s.tenant, inode.content_id))
             if want_bytes:
                 data = await self.core.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
                 if data is not None:
@@ -92,23 +108,25 @@ class Contents:
     async def fetch(self, s: Session, inode: Inode) -> bytes | None:
         """Read every chunk of ``inode``'s content, verify its SHA-256, and cache it.
 
+        Absent chunks are holes (zeros); the SHA-256 tells them from lost ones.
         Returns the content when it was assembled in memory (up to
-        :data:`MEMORY_FETCH_LIMIT` bytes), else None.
+        :data:`MEMORY_FETCH_LIMIT` bytes), else None: larger content goes through a
+        sparse file in the cache's tmp dir.  Raises ``ContentGone`` when what was
+        read is not that content (the version was deleted), ``StorageError`` (EIO).
         """
         self.core.counters.add("misses")
-        count = content.chunk_count(inode.size, inode.chunk_size or content.CHUNK_SIZE)
-        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
+        chunk_size = inode.chunk_size or content.CHUNK_SIZE
+        count = content.chunk_count(inode.size, chunk_size)
         if inode.size <= MEMORY_FETCH_LIMIT:
             parts: list[bytes] = [b""] * count
 
             async def get(index: int) -> None:
-                async with limiter:
-                    data = await s.store.get_chunk(inode.ino, inode.version, index)
+                data = await s.store.get_chunk(inode.ino, inode.version, index)
                 if data is None:
-                    raise ContentGone(index)
+                    data = content.zeros(content.expected_length(inode.size, chunk_size, index))
                 parts[index] = data
 
-            await gather_indexed(get, count)
+            await run_workers(get, range(count))
             try:
                 data = content.join(parts, inode.size, inode.content_id)
             except ValueError as exc:
@@ -116,36 +134,54 @@ class Contents:
             await self.core.cache.put_content(s.tenant, inode.content_id, data)
             self.core.counters.add("bytes_fetched", inode.size)
             return data
-        else:
-            path, handle = await self.core.thread(self.core.cache.new_tmp_file)
-            try:
-                chunk_size = inode.chunk_size
+        path, handle = await self.core.thread(self.core.cache.new_tmp_file)
+        try:
+            await self.core.thread(handle.truncate, inode.size)  # a hole until written
+            fetched = 0
 
-                async def get_to_file(index: int) -> None:
-                    async with limiter:
-                        data = await s.store.get_chunk(inode.ino, inode.version, index)
-                        if data is None:
-                            raise ContentGone(index)
-                        await self.core.thread(os.pwrite, handle.fileno(), data, index * chunk_size)
+            async def get_to_file(index: int) -> None:
+                nonlocal fetched
+                data = await s.store.get_chunk(inode.ino, inode.version, index)
+                if data is None or content.is_zero(data):
+                    return  # stays a hole of the file
+                fetched += len(data)
+                if index * chunk_size + len(data) > inode.size:
+                    raise ContentGone(f"chunk {index} runs past the end")
+                await self.core.thread(os.pwrite, handle.fileno(), data, index * chunk_size)
 
-                await gather_indexed(get_to_file, count)
-                await self.core.thread(handle.close)
-                digest, size = await self.core.thread(sha256_file, path)
-                if digest != inode.content_id or size != inode.size:
-                    raise ContentGone("content does not match its identity")
-                await self.core.cache.put_content_file(s.tenant, inode.content_id, path)
-            finally:
-                await self.core.thread(handle.close)
-                await self.core.thread(unlink_quietly, path)
-            self.core.counters.add("bytes_fetched", inode.size)
-            return None
+            await run_workers(get_to_file, range(count))
+            await self.core.thread(handle.close)
+            digest, size = await self.core.thread(sha256_file, path)
+            if digest != inode.content_id or size != inode.size:
+                raise ContentGone("content does not match its identity")
+            await self.core.cache.put_content_file(s.tenant, inode.content_id, path)
+        finally:
+            await self.core.thread(handle.close)
+            await self.core.thread(unlink_quietly, path)
+        self.core.counters.add("bytes_fetched", fetched)
+        return None
 
-    async def identify(self, data: bytes | None, spool: Path | None) -> tuple[bytes, int]:
-        """``(SHA-256, size in bytes)`` of the content given inline or as a spool file."""
+    async def identify(
+        self, data: bytes | None, spool: Path | None
+    ) -> tuple[bytes, int, list[int]]:
+        """``(SHA-256, size in bytes, indexes of the chunks that are not all zeros)`` of
+        the content given inline or as a spool file.
+
+        Holes of a spool file are not read (``SEEK_DATA``).  Raises ``FileTooLarge``
+        (EFBIG) for content over :data:`MAX_FILE_SIZE` bytes, before reading any.
+        """
         if data is not None:
-            return content.content_id(data), len(data)
+            if len(data) > MAX_FILE_SIZE:
+                raise FileTooLarge(f"{len(data)} B is over the {MAX_FILE_SIZE} B file size limit")
+            chunk = content.CHUNK_SIZE
+            stored = [
+                index
+                for index in range(content.chunk_count(len(data), chunk))
+                if not content.is_zero(data[index * chunk : (index + 1) * chunk])
+            ]
+            return content.content_id(data), len(data), stored
         assert spool is not None
-        return await self.core.thread(sha256_file, spool)  # type: ignore[no-any-return]
+        return await self.core.thread(scan_file, spool, content.CHUNK_SIZE)  # type: ignore[no-any-return]
 
     async def write_content(
         self, s: Session, inode: Inode, data: bytes | None, spool: Path | None
@@ -157,10 +193,11 @@ class Contents:
         over it (last writer wins; both versions were whole).  Content equal to the
         current version's only moves the times, under the same condition.  The
         replaced version's chunks are deleted after the flip.  Called with the
-        inode lock held.  Raises ``NotFound`` (ENOENT) when the inode is gone,
+        inode lock held.  Raises ``FileTooLarge`` (EFBIG) over
+        :data:`MAX_FILE_SIZE` bytes, ``NotFound`` (ENOENT) when the inode is gone,
         ``StorageError`` (EIO).
         """
-        content_id, size = await self.identify(data, spool)
+        content_id, size, stored = await self.identify(data, spool)
         now = time.time_ns()
         uploaded = b""
         try:
@@ -177,7 +214,9 @@ class Contents:
                     version = b""  # an empty file has no chunks, so no version
                 else:
                     if not uploaded:
-                        uploaded = await self.upload(s, inode.ino, content_id, size, data, spool)
+                        uploaded = await self.upload(
+                            s, inode.ino, content_id, size, data, spool, stored
+                        )
                     version = uploaded
                 updated = inode.evolve(
                     version=version, content_id=content_id, size=size,
@@ -200,7 +239,7 @@ class Contents:
             raise
         if data is not None:
             await self.core.cache.put_content(s.tenant, content_id, data)
-        else:
+        elif size <= self.core.cache.size_limit * WRITE_CACHE_SHARE:
             assert spool is not None
             await self.core.cache.put_content_file(s.tenant, content_id, spool)
         if inode.version and inode.version != updated.version:
@@ -234,26 +273,30 @@ class Contents:
         size: int,
         data: bytes | None,
         spool: Path | None,
+        stored: Iterable[int],
     ) -> bytes:
-        """Write a new version of ``ino``: its ``versions`` row, then every chunk; its id."""
+        """Write a new version of ``ino``: its ``versions`` row, then its chunks; its id.
+
+        Only the chunks listed in ``stored`` (those not all zeros) are written; the
+        others are holes.  A chunk read from the spool that turns out all zeros is
+        not written either.  ``StorageError`` (EIO).
+        """
         version = new_op_id()
         await s.store.put_version(
             Version(ino, version, content_id, size, content.CHUNK_SIZE, time.time_ns())
         )
         chunk_size = content.CHUNK_SIZE
-        count = content.chunk_count(size, chunk_size)
-        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
 
         async def put(index: int) -> None:
-            async with limiter:
-                if data is not None:
-                    part = data[index * chunk_size : (index + 1) * chunk_size]
-                else:
-                    assert spool is not None
-                    part = await self.core.thread(read_at, spool, index * chunk_size, chunk_size)
+            if data is not None:
+                part = data[index * chunk_size : (index + 1) * chunk_size]
+            else:
+                assert spool is not None
+                part = await self.core.thread(read_at, spool, index * chunk_size, chunk_size)
+            if not content.is_zero(part):
                 await s.store.put_chunk(ino, version, index, part)
 
-        await gather_indexed(put, count)
+        await run_workers(put, stored)
         return version
 
     async def retire_version(
@@ -318,30 +361,37 @@ class Contents:
     async def delete_chunks(
         self, s: Session, ino: int, version: bytes, size: int, chunk_size: int
     ) -> None:
-        """Delete every chunk of version ``(ino, version)`` of ``size`` bytes."""
+        """Delete every chunk of version ``(ino, version)`` of ``size`` bytes (holes too:
+        which chunks were holes is not recorded).  ``StorageError`` (EIO)."""
         count = content.chunk_count(size, chunk_size or content.CHUNK_SIZE)
-        limiter = trio.CapacityLimiter(CHUNK_CONCURRENCY)
 
         async def delete(index: int) -> None:
-            async with limiter:
-                await s.store.delete_chunk(ino, version, index)
+            await s.store.delete_chunk(ino, version, index)
 
-        await gather_indexed(delete, count)
+        await run_workers(delete, range(count))
 
     async def truncate(self, s: Session, inode: Inode, size: int) -> Inode:
-        """Rewrite ``inode`` cut or zero-extended to ``size`` bytes (write-through)."""
+        """Rewrite ``inode`` cut or zero-extended to ``size`` bytes (write-through).
+
+        Raises ``FileTooLarge`` (EFBIG) over :data:`MAX_FILE_SIZE` bytes, nothing
+        changed; otherwise as :meth:`write_content`.
+        """
+        if size > MAX_FILE_SIZE:
+            raise FileTooLarge(f"{size} B is over the {MAX_FILE_SIZE} B file size limit")
         if size == 0:
             return await self.write_content(s, inode, b"", None)
-        inode = await self.ensure_content(s, inode)
-        path, handle = await self.core.thread(self.new_spool_file)
-        try:
-            await self.core.cache.copy_content(s.tenant, inode.content_id, handle)
-            await self.core.thread(handle.truncate, size)
-            await self.core.thread(handle.close)
-            return await self.write_content(s, inode, None, path)
-        finally:
-            await self.core.thread(handle.close)
-            await self.core.thread(unlink_quietly, path)
+        with contextlib.ExitStack() as hold:
+            inode = await self.ensure_content(s, inode, hold)
+            path, handle = await self.core.thread(self.new_spool_file)
+            try:
+                if not await self.core.cache.copy_content(s.tenant, inode.content_id, handle):
+                    raise StorageError(f"content of inode {inode.ino} left the cache")
+                await self.core.thread(handle.truncate, size)
+                await self.core.thread(handle.close)
+                return await self.write_content(s, inode, None, path)
+            finally:
+                await self.core.thread(handle.close)
+                await self.core.thread(unlink_quietly, path)
 
     def new_spool_file(self) -> tuple[Path, Any]:
         fd, name = tempfile.mkstemp(dir=self.core.spool_dir, prefix="daemon-")
@@ -355,3 +405,88 @@ class Contents:
             return resolved
 
         return await self.core.thread(check)  # type: ignore[no-any-return]
+
+
+async def run_workers(
+    fn: Callable[[int], Awaitable[None]], items: Iterable[int], workers: int = CHUNK_CONCURRENCY
+) -> None:
+    """Call ``fn(item)`` for every item of ``items`` in at most ``workers`` tasks.
+
+    A fixed number of tasks take the items in order, so a file of 4096 chunks
+    costs ``workers`` tasks, not 4096.  The first error cancels the rest and is
+    raised alone (not as an ExceptionGroup).
+    """
+    pending = iter(items)
+
+    async def work() -> None:
+        for item in pending:  # shared: each item goes to one task
+            await fn(item)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(work)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        raise next(
+            (exc for exc in leaves if not isinstance(exc, trio.Cancelled)), leaves[0]
+        ) from group
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def scan_file(path: Path, chunk_size: int) -> tuple[bytes, int, list[int]]:
+    """``(SHA-256, size in bytes, indexes of the chunks not all zeros)`` of the file at
+    ``path``, cut in chunks of ``chunk_size`` bytes (blocking: run in a worker thread).
+
+    Holes (``SEEK_DATA``/``SEEK_HOLE``) are hashed as zeros without being read, so
+    a sparse file costs a hash of its size and a read of its data.  Raises
+    ``FileTooLarge`` (EFBIG) over :data:`MAX_FILE_SIZE` bytes before reading
+    anything, ``OSError`` when the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    stored: list[int] = []
+    with open(path, "rb") as reader:
+        fd = reader.fileno()
+        size = os.fstat(fd).st_size
+        if size > MAX_FILE_SIZE:
+            raise FileTooLarge(f"{size} B is over the {MAX_FILE_SIZE} B file size limit")
+        total = 0
+        data_at = 0  # no data before this offset
+        for index in range(content.chunk_count(size, chunk_size)):
+            start = index * chunk_size
+            length = min(chunk_size, size - start)
+            if data_at < start + length:
+                data_at = _next_data(fd, start, size)
+            if data_at >= start + length:
+                digest.update(content.zeros(length))
+                total += length
+                continue
+            reader.seek(start)
+            block = reader.read(length)
+            digest.update(block)
+            total += len(block)
+            if not content.is_zero(block):
+                stored.append(index)
+            if len(block) < length:
+                break  # the file shrank while read
+    return digest.digest(), total, stored
+
+
+def _next_data(fd: int, offset: int, size: int) -> int:
+    """The offset of the first byte at or after ``offset`` that may be data (not a hole).
+
+    ``size`` when only a hole follows; ``offset`` itself when the filesystem cannot
+    tell (no ``SEEK_DATA``).
+    """
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return size
+        return offset

@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from cached.api import DaemonApi
-from cached.errors import CassfsError, Exists, NotFound
+from cached.api import MAX_FILE_SIZE, DaemonApi
+from cached.errors import CassfsError, Exists, FileTooLarge, NotFound
 from cached.model import NAME_MAX, ROOT_INO, Inode
-from cassfs.handles import OpenFile, WriteBuffer
+from cassfs.handles import OpenFile, WriteBuffer, check_size
 from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
 from cassfs.kernel import FuseKernelCache, KernelCache
 
@@ -328,9 +328,12 @@ class Operations(pyfuse3.Operations):
 
         A truncate is saved before this returns: through the write buffer when the
         inode has one (written through at once), else by the daemon.  ESTALE when
-        the inode is gone; EISDIR/EINVAL from the daemon on truncate.
+        the inode is gone; EISDIR/EINVAL from the daemon on truncate; EFBIG, with
+        nothing changed, for a size over :data:`~cached.api.MAX_FILE_SIZE` bytes.
         """
         log.debug("setattr %d", inode)
+        if fields.update_size:
+            check_size(attr.st_size)
         changes: dict[str, int] = {}
         if fields.update_mode:
             changes["mode"] = stat.S_IMODE(attr.st_mode)
@@ -699,10 +702,16 @@ class Operations(pyfuse3.Operations):
         """Buffer ``buf`` at byte ``off``; the file reaches Cassandra on flush/fsync.
 
         The first write to a file without a buffer loads its content first
-        (materialize); the buffer exists only once that succeeded.  ESTALE when the
-        inode is gone, EIO when the daemon or the spool dir fails.
+        (materialize); the buffer exists only once that succeeded.  Bytes past
+        :data:`~cached.api.MAX_FILE_SIZE` are not written: a write that starts
+        there fails with EFBIG, one that crosses it is short (what a local disk
+        does at its limit).  ESTALE when the inode is gone, EIO when the daemon or
+        the spool dir fails.
         """
         handle, state = self._handle(fh)
+        if off >= MAX_FILE_SIZE:
+            raise FileTooLarge(f"write at {off} B: files end at {MAX_FILE_SIZE} B")
+        buf = buf[: MAX_FILE_SIZE - off]
         async with state.lock:
             buffer = state.buffer
             if buffer is None:

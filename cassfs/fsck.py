@@ -13,7 +13,9 @@ What is checked (see the README's consistency model for why each state can arise
   that still holds entries) are found;
 - every regular file's current version (``inodes.version``; empty: an empty file) has
   all its ``chunk_count(size, chunk_size)`` chunks of the right lengths, whose SHA-256,
-  read in chunk order, equals ``content_id`` (skipped with ``content=False``);
+  read in chunk order, equals ``content_id`` (skipped with ``content=False``); an
+  absent chunk is a hole (zeros, never stored: :mod:`cached.content`) when the
+  SHA-256 with zeros in its place matches, else it is reported missing;
 - orphans are listed: unlinked inodes (nlink 0; maybe still open on some host),
   nameless inodes (in ``inode_index`` but named by no directory: read from its
   :data:`~cached.store.INDEX_BUCKETS` partitions, never a table scan), index rows whose
@@ -58,7 +60,7 @@ from typing import IO, ParamSpec, TypeVar
 
 import trio
 
-from cached.content import CHUNK_SIZE, EMPTY_ID, chunk_count
+from cached.content import CHUNK_SIZE, EMPTY_ID, chunk_count, expected_length, zeros
 from cached.errors import CassfsError, StorageError
 from cached.model import DIRECTORY, REGULAR, ROOT_INO, SYMLINK, Dentry, Inode, mode_of_kind
 from cached.recovery import STEP_DEADLINE, settle_intent
@@ -551,7 +553,7 @@ class Checker:
             return Problem("bad-inode", ino, "", f"size {size} B, chunk size {chunk_size} B")
         count = chunk_count(size, chunk_size if chunk_size > 0 else CHUNK_SIZE)
         digest = hashlib.sha256()
-        missing: list[int] = []
+        missing: list[int] = []  # absent: holes if the checksum matches with zeros there
         wrong: list[int] = []
         total = 0
 
@@ -559,12 +561,13 @@ class Checker:
             nonlocal total
             if data is None:
                 missing.append(index)
-                return
+                data = zeros(expected_length(size, chunk_size, index))
+            else:
+                self.stats.bytes_read += len(data)
+                if len(data) != min(chunk_size, size - index * chunk_size):
+                    wrong.append(index)
             total += len(data)
-            self.stats.bytes_read += len(data)
-            if len(data) != min(chunk_size, size - index * chunk_size):
-                wrong.append(index)
-            if missing or wrong:
+            if wrong:
                 return  # no checksum to compute any more
             if len(data) >= HASH_IN_THREAD:
                 await trio.to_thread.run_sync(digest.update, data)
@@ -573,14 +576,6 @@ class Checker:
 
         await self._stream(ino, version, count, consume)
         label = version.hex()[:12]
-        if missing:
-            shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
-            return Problem(
-                "missing-chunks",
-                ino,
-                "",
-                f"{len(missing)} of {count} chunks of version {label} are missing ({shown})",
-            )
         if wrong:
             return Problem(
                 "bad-content",
@@ -589,15 +584,23 @@ class Checker:
                 f"chunk {wrong[0]} of version {label} has the wrong length "
                 f"({len(wrong)} of {count} chunks)",
             )
-        if digest.digest() != inode.content_id:
+        if digest.digest() == inode.content_id:
+            return None  # absent chunks, if any, were holes
+        if missing:
+            shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
             return Problem(
-                "bad-content",
+                "missing-chunks",
                 ino,
                 "",
-                f"SHA-256 of the {total} B of version {label} is {digest.hexdigest()[:16]}..., "
-                f"the inode says {inode.content_id.hex()[:16]}...",
+                f"{len(missing)} of {count} chunks of version {label} are missing ({shown})",
             )
-        return None
+        return Problem(
+            "bad-content",
+            ino,
+            "",
+            f"SHA-256 of the {total} B of version {label} is {digest.hexdigest()[:16]}..., "
+            f"the inode says {inode.content_id.hex()[:16]}...",
+        )
 
     async def _stream(
         self,

@@ -20,7 +20,9 @@ from typing import Any
 
 import trio
 
+from cached.api import MAX_FILE_SIZE
 from cached.cachedir import front_spool_prefix
+from cached.errors import FileTooLarge
 from cached.protocol import INLINE_LIMIT
 
 #: Content larger than this moves from memory to a spool file, bytes.
@@ -118,8 +120,14 @@ class WriteBuffer:
         self._memory = bytearray()
 
     async def write(self, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset`` (zero-filling any gap); marks the buffer dirty."""
+        """Write ``data`` at ``offset`` (zero-filling any gap); marks the buffer dirty.
+
+        Raises ``FileTooLarge`` (EFBIG), changing nothing, when the content would
+        end past :data:`~cached.api.MAX_FILE_SIZE` bytes.  A gap left in a spool
+        file stays a hole (sparse).
+        """
         end = offset + len(data)
+        check_size(end)
         if self._fd is None and end > SPILL_BYTES:
             await self._spill()
         if self._fd is not None:
@@ -138,7 +146,12 @@ class WriteBuffer:
         return bytes(self._memory[offset : offset + size])
 
     async def truncate(self, size: int) -> None:
-        """Cut or zero-extend to ``size`` bytes; marks the buffer dirty."""
+        """Cut or zero-extend to ``size`` bytes; marks the buffer dirty.
+
+        Raises ``FileTooLarge`` (EFBIG), changing nothing, over
+        :data:`~cached.api.MAX_FILE_SIZE` bytes.
+        """
+        check_size(size)
         if self._fd is None and size > SPILL_BYTES:
             await self._spill()
         if self._fd is not None:
@@ -164,6 +177,13 @@ class WriteBuffer:
             await trio.to_thread.run_sync(os.close, fd)
         if path is not None:
             await trio.to_thread.run_sync(_unlink_quietly, path)
+
+
+def check_size(size: int) -> None:
+    """Raise ``FileTooLarge`` (EFBIG) if a file of ``size`` bytes would be over
+    :data:`~cached.api.MAX_FILE_SIZE`."""
+    if size > MAX_FILE_SIZE:
+        raise FileTooLarge(f"{size} B is over the {MAX_FILE_SIZE} B file size limit")
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
