@@ -12,10 +12,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from cached.api import MAX_FILE_SIZE
 from cached.client import DaemonClient, open_client, socket_path
@@ -23,6 +25,7 @@ from cached.content import CHUNK_SIZE
 from cached.errors import FileTooLarge, InvalidArgument
 from cached.model import ROOT_INO
 from cached.store import ContactPoints, make_cluster
+from cached.versions import CHUNK_CONCURRENCY, run_workers, scan_file
 from tests.conftest import KEYSPACE, Daemon, Mount, run_cli
 
 pytestmark = [pytest.mark.cassandra]
@@ -242,3 +245,42 @@ async def test_a_huge_read_is_clamped_not_allocated(
     assert daemon.process.poll() is None
     log = daemon.log.read_text()
     assert "MemoryError" not in log
+
+
+# -- the pieces, without services ------------------------------------------------------------
+
+
+def test_scan_file_hashes_holes_without_storing_them(tmp_path: Path) -> None:
+    path = tmp_path / "sparse"
+    with open(path, "wb") as out:
+        out.truncate(8 * CHUNK_SIZE + 5)
+        out.seek(3 * CHUNK_SIZE + 1)
+        out.write(b"data")
+        out.seek(5 * CHUNK_SIZE)
+        out.write(bytes(CHUNK_SIZE))  # written zeros: allocated, still a hole to store
+    whole = path.read_bytes()
+    assert scan_file(path, CHUNK_SIZE) == (hashlib.sha256(whole).digest(), len(whole), [3])
+
+
+async def test_chunk_work_runs_in_a_fixed_number_of_tasks() -> None:
+    running = peak = 0
+    done: list[int] = []
+
+    async def work(index: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.lowlevel.checkpoint()
+        running -= 1
+        done.append(index)
+
+    await run_workers(work, range(4096))
+    assert sorted(done) == list(range(4096)) and peak == CHUNK_CONCURRENCY
+
+    async def fail(index: int) -> None:
+        if index == 7:
+            raise FileTooLarge("seven")
+        await trio.lowlevel.checkpoint()
+
+    with pytest.raises(FileTooLarge, match="seven"):  # alone, not in an ExceptionGroup
+        await run_workers(fail, range(100))
