@@ -8,12 +8,16 @@ to parse the options both take, and the wire shapes in :mod:`cached.protocol`,
 
 from __future__ import annotations
 
+import stat
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cached.model import Inode
+from cached.errors import InvalidArgument, NameTooLong
+from cached.model import NAME_MAX, Inode
+from cached.protocol import INLINE_LIMIT
 
 if TYPE_CHECKING:
     from cached.client import DaemonClient
@@ -301,3 +305,234 @@ class DaemonApi:
     async def purge_inode(self, ino: int) -> bool:
         """Delete the unlinked inode ``ino`` once nothing holds it; True if deleted."""
         return await self.client.call("purge_inode", ino=ino)  # type: ignore[no-any-return]
+
+
+# -- request validation ---------------------------------------------------------------------
+#
+# What the daemon accepts, per method: parameter name -> check.  The server applies
+# REQUESTS[method] to every request before dispatch (cached.server), so handlers see only
+# values of the right type and range; whatever a handler checks beyond that is about state
+# (ENOENT, EEXIST...), not shape.
+
+
+class Check:
+    """One parameter's rule: :meth:`check` raises ``InvalidArgument`` (EINVAL) or
+    ``NameTooLong`` (ENAMETOOLONG) for a value that breaks it."""
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """Raise if ``value`` is not acceptable for ``param`` of ``method``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def fail(method: str, param: str, value: object, wanted: str) -> InvalidArgument:
+        """The EINVAL for ``param`` of ``method`` holding ``value`` instead of ``wanted``."""
+        shown = f"{type(value).__name__} {value!r:.40}"
+        return InvalidArgument(f"{method}: {param} must be {wanted}, not {shown}")
+
+
+@dataclass(frozen=True, slots=True)
+class Int(Check):
+    """An int (never a bool) from ``low`` to ``high`` inclusive."""
+
+    low: int
+    high: int
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless an int within the range."""
+        if type(value) is not int or not self.low <= value <= self.high:
+            raise self.fail(method, param, value, f"an int from {self.low} to {self.high}")
+
+
+@dataclass(frozen=True, slots=True)
+class Flag(Check):
+    """A bool."""
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless a bool."""
+        if type(value) is not bool:
+            raise self.fail(method, param, value, "a bool")
+
+
+@dataclass(frozen=True, slots=True)
+class Blob(Check):
+    """Bytes, ``low`` to ``high`` of them."""
+
+    low: int
+    high: int
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless bytes of a length within the range."""
+        if type(value) is not bytes or not self.low <= len(value) <= self.high:
+            raise self.fail(method, param, value, f"{self.low} to {self.high} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Text(Check):
+    """A str of ``low`` to ``high`` bytes in UTF-8, without control characters."""
+
+    low: int
+    high: int
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless such a str."""
+        wanted = f"a str of {self.low} to {self.high} bytes without control characters"
+        if type(value) is not str:
+            raise self.fail(method, param, value, wanted)
+        try:
+            size = len(value.encode())
+        except UnicodeEncodeError:  # lone surrogates cannot come from msgpack, but be sure
+            raise self.fail(method, param, value, wanted) from None
+        if not self.low <= size <= self.high or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise self.fail(method, param, value, wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class Name(Check):
+    """A directory entry name: bytes, not empty, no ``/`` or NUL, at most NAME_MAX (255).
+
+    Too long raises ``NameTooLong`` (ENAMETOOLONG), the rest ``InvalidArgument``.
+    ``.`` and ``..`` are left to the methods (:func:`cached.model.check_name`).
+    """
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """ENAMETOOLONG over 255 bytes; EINVAL for anything else that is no name."""
+        if type(value) is not bytes or not value or b"/" in value or b"\0" in value:
+            raise self.fail(method, param, value, "non-empty bytes without '/' or NUL")
+        if len(value) > NAME_MAX:
+            raise NameTooLong(f"{method}: {param} of {len(value)} bytes is over {NAME_MAX}")
+
+
+#: The file type bits of a mode (``stat.S_IFMT`` of every bit).
+_S_IFMT = 0o170000
+
+
+@dataclass(frozen=True, slots=True)
+class Mode(Check):
+    """Permission bits (within 0o7777), optionally with the file type ``file_type``
+    (an ``S_IF*`` constant) the method creates; 0 allows no type bits."""
+
+    file_type: int = 0
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless such a mode."""
+        if (
+            type(value) is not int
+            or not 0 <= value <= _S_IFMT | 0o7777
+            or value & _S_IFMT not in (0, self.file_type)
+        ):
+            kind = f" (type bits: only 0o{self.file_type:o})" if self.file_type else ""
+            raise self.fail(method, param, value, f"permission bits within 0o7777{kind}")
+
+
+@dataclass(frozen=True, slots=True)
+class OrNone(Check):
+    """None, or a value ``inner`` accepts."""
+
+    inner: Check
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """Passes None; otherwise as ``inner``."""
+        if value is not None:
+            self.inner.check(method, param, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The parameters of one method: ``required`` and ``optional`` names -> checks."""
+
+    required: Mapping[str, Check]
+    optional: Mapping[str, Check] = field(default_factory=dict)
+
+    def validate(self, method: str, params: Mapping[str, object]) -> None:
+        """Raise EINVAL (or ENAMETOOLONG) unless ``params`` fit this shape exactly."""
+        for name in params:
+            if name not in self.required and name not in self.optional:
+                raise InvalidArgument(f"{method}: unknown parameter {name!r:.40}")
+        for name, rule in self.required.items():
+            if name not in params:
+                raise InvalidArgument(f"{method}: missing parameter {name!r}")
+            rule.check(method, name, params[name])
+        for name, rule in self.optional.items():
+            if name in params:
+                rule.check(method, name, params[name])
+
+
+#: Inode numbers: random 63-bit integers, the root 1.
+INO = Int(1, 2**63 - 1)
+#: User and group ids: what the schema's ``uid``/``gid`` columns (CQL int, signed 32 bits)
+#: hold.  Linux ids go up to 2**32 - 2; those from 2**31 would need a mapping in the store.
+ID = Int(0, 2**31 - 1)
+#: Times, nanoseconds since the epoch (a CQL bigint; before 1970 is negative).
+TIME_NS = Int(-(2**63), 2**63 - 1)
+#: Sizes and offsets, bytes.
+SIZE = Int(0, 2**63 - 1)
+#: Longest symlink target, bytes (PATH_MAX).
+MAX_TARGET = 4096
+
+_NAMED = {"parent": INO, "name": Name()}
+_CREATED = {**_NAMED, "uid": ID, "gid": ID}
+
+#: Every method the daemon serves -> the shape of its parameters.
+REQUESTS: dict[str, Shape] = {
+    # session and administration (see cached.server for who may call them)
+    "hello": Shape({"owner": Int(-(2**31), 2**31 - 1), "environment": Text(1, 255)}),
+    "status": Shape({}),
+    "stats": Shape({}),
+    "purge": Shape({}),
+    "shutdown": Shape({}, {"force": Flag()}),
+    # metadata
+    "lookup": Shape(_NAMED),
+    "getattr": Shape({"ino": INO}),
+    "setattr": Shape(
+        {"ino": INO},
+        {
+            "mode": OrNone(Mode()),
+            "uid": OrNone(ID),
+            "gid": OrNone(ID),
+            "atime_ns": OrNone(TIME_NS),
+            "mtime_ns": OrNone(TIME_NS),
+            "size": OrNone(SIZE),
+        },
+    ),
+    "readlink": Shape({"ino": INO}),
+    "readdir": Shape({"ino": INO}),
+    # namespace
+    "mkdir": Shape({**_CREATED, "mode": Mode(stat.S_IFDIR)}),
+    "create": Shape({**_CREATED, "mode": Mode(stat.S_IFREG)}),
+    "symlink": Shape({**_CREATED, "target": Blob(1, MAX_TARGET)}),
+    "unlink": Shape(_NAMED),
+    "rmdir": Shape(_NAMED),
+    "rename": Shape(
+        {"old_parent": INO, "old_name": Name(), "new_parent": INO, "new_name": Name()},
+        {"flags": Int(0, 2**32 - 1)},
+    ),
+    "purge_inode": Shape({"ino": INO}),
+    # content
+    "open": Shape({"ino": INO}, {"fetch": Flag(), "inline": Flag()}),
+    "read": Shape(
+        {
+            "ino": INO,
+            "content_id": Blob(0, 64),
+            "file_size": SIZE,
+            "offset": SIZE,
+            "size": SIZE,  # the handler returns at most READ_LIMIT bytes
+        }
+    ),
+    "write": Shape(
+        {"ino": INO}, {"data": OrNone(Blob(0, INLINE_LIMIT)), "path": OrNone(Text(1, 4096))}
+    ),
+    "materialize": Shape({"ino": INO}),
+}
+
+
+def validate_request(method: str, params: Mapping[str, object]) -> None:
+    """Check a request against :data:`REQUESTS` before the daemon acts on it.
+
+    Raises ``InvalidArgument`` (EINVAL) for an unknown method, an unknown or
+    missing parameter, or a value of the wrong type or out of range, and
+    ``NameTooLong`` (ENAMETOOLONG) for a name over 255 bytes.
+    """
+    shape = REQUESTS.get(method)
+    if shape is None:
+        raise InvalidArgument(f"unknown method {method!r:.60}")
+    shape.validate(method, params)

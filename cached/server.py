@@ -5,6 +5,29 @@ trio has no unix-socket listener helper, so the socket is made by hand
 connection carries many concurrent requests: each request runs in its own task
 and every outgoing frame goes through one writer task.  A failure in one
 connection never reaches the others.
+
+Everything a connection can make the daemon hold is bounded: at most
+:data:`MAX_CONNECTIONS` connections (more are closed at once); requests of at
+most ``protocol.MAX_REQUEST`` bytes, flat (:class:`protocol.RequestDecoder`);
+at most :data:`MAX_IN_FLIGHT` requests running per connection (then the socket
+is not read until one finishes: backpressure, not an error) and
+:data:`OUTBOX_FRAMES` frames queued for it.  A connection that holds an
+incomplete request, or has no session and nothing running, for
+:data:`IDLE_TIMEOUT` seconds is closed, as is one whose peer accepts no reply for
+that long; a mount's idle connection stays.  Every request is checked against
+:data:`cached.api.REQUESTS` before it reaches a handler (EINVAL, ENAMETOOLONG).
+
+Who may call what: a connection is a mount's once ``hello`` opened its tenant's
+session, and then calls the filesystem methods, ``stats`` and ``purge``.  A
+connection that did not say ``hello`` is an administrative one: ``status``,
+``stats``, ``purge`` and ``shutdown`` only, and it cannot say ``hello`` after
+them.  ``shutdown`` is refused (EBUSY) while a mount session exists, unless
+``force=True``.  (The socket is 0600: only the daemon's user gets this far.)
+
+Log: one line per connection closed for breaking the protocol, going idle or
+being refused, at most :data:`LOG_BURST` such lines of a kind per
+:data:`LOG_PERIOD` seconds (the rest counted in the next line); a failure that
+is not one of those is logged once with its traceback.
 """
 
 from __future__ import annotations
@@ -12,14 +35,17 @@ from __future__ import annotations
 import errno
 import inspect
 import logging
+import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from cached import protocol
+from cached.api import validate_request
 from cached.errors import CassfsError, InvalidArgument, StorageError
 from cached.recovery import STEP_DEADLINE
 from cached.service import Service, Session
@@ -33,6 +59,82 @@ MUTATING_METHODS = frozenset(
 )
 #: Methods a connection may call before ``hello`` names its tenant.
 ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown"})
+#: Administrative methods a mount's connection may call too.
+MOUNT_ADMIN_METHODS = frozenset({"stats", "purge", "status"})
+
+#: Connections served at once; more are closed as soon as accepted.
+MAX_CONNECTIONS = 256
+#: Requests running at once per connection; the socket is not read while this many run.
+MAX_IN_FLIGHT = 64
+#: Outgoing frames (replies and notifications) queued per connection.
+OUTBOX_FRAMES = 1024
+#: Seconds a connection may hold an incomplete request, stay idle without a session,
+#: or leave a reply unaccepted, before it is closed.
+IDLE_TIMEOUT = 30.0
+#: Lines of one kind of connection event (refused, protocol broken, idle) per period.
+LOG_BURST = 5
+#: Seconds of that period.
+LOG_PERIOD = 60.0
+
+
+class _Quiet:
+    """Logs at most ``burst`` lines per ``period`` seconds; counts the rest and says
+    how many in its next line.  Sync, for the trio thread."""
+
+    def __init__(self, level: int, burst: int = LOG_BURST, period: float = LOG_PERIOD) -> None:
+        self.level = level
+        self.burst = burst
+        self.period = period
+        self._window = -math.inf
+        self._lines = 0
+        self._suppressed = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        """Log ``message % args`` unless this period's lines are spent."""
+        now = time.monotonic()
+        if now - self._window >= self.period:
+            self._window, self._lines = now, 0
+        if self._lines >= self.burst:
+            self._suppressed += 1
+            return
+        self._lines += 1
+        if self._suppressed:
+            message += " (and %d more like it not logged)"
+            args = (*args, self._suppressed)
+            self._suppressed = 0
+        log.log(self.level, message, *args)
+
+
+class _Idle(Exception):
+    """The connection was closed for idleness (see :data:`IDLE_TIMEOUT`)."""
+
+
+@dataclass(eq=False)
+class _Connection:
+    """What the server knows of one connection."""
+
+    outbox: trio.MemorySendChannel[bytes]
+    scope: trio.CancelScope
+    slots: trio.Semaphore
+    session: Session | None = None
+    hello_started: bool = False
+    admin: bool = False
+    #: trio time of the last byte received or reply sent.
+    active: float = field(default_factory=trio.current_time)
+    #: Why the daemon closed it, once it did (one log line).
+    closed_because: str | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests running now."""
+        return MAX_IN_FLIGHT - self.slots.value
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 class Server:
@@ -41,6 +143,8 @@ class Server:
     ``idle_exit`` (seconds or None): once the last mount session has gone and
     none came back for that long, :attr:`stopped` is set, as it is by the
     ``shutdown`` method.  ``config`` is returned by ``status``.
+    ``max_connections``, ``max_in_flight`` and ``idle_timeout`` (seconds) default
+    to this module's constants.
     """
 
     def __init__(
@@ -50,14 +154,30 @@ class Server:
         path: Path,
         config: dict[str, Any],
         idle_exit: float | None = None,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.service = service
         self.store = store
         self.path = path
         self.config = config
         self.idle_exit = idle_exit
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.idle_timeout = idle_timeout
         self.stopped = trio.Event()
         self._sessions_changed = trio.Event()
+        self._connections = 0
+        self._refused = _Quiet(logging.WARNING)
+        self._rejected = _Quiet(logging.WARNING)
+        self._idled = _Quiet(logging.INFO)
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return self._connections
 
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``task_status.started(path)`` once listening."""
@@ -93,108 +213,192 @@ class Server:
         self._sessions_changed.set()
         self._sessions_changed = trio.Event()
 
+    # -- one connection -------------------------------------------------------------------
+
     async def _handle(self, stream: trio.SocketStream) -> None:
-        outbox_send, outbox = trio.open_memory_channel[bytes](float("inf"))
-        box: dict[str, Session] = {}
+        """Serve one accepted connection; never raises (but Cancelled)."""
+        if self._connections >= self.max_connections:
+            self._refused("refused a connection: %d connections open, the limit", self._connections)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        self._connections += 1
+        conn: _Connection | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, stream, outbox)
-                decoder = protocol.Decoder()
-                while True:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        break
-                    for message in decoder.feed(data):
-                        if isinstance(message, protocol.Request):
-                            nursery.start_soon(self._dispatch, message, box, outbox_send)
-                        else:
-                            raise protocol.ProtocolError("clients send only requests")
-                nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.debug("connection dropped")
-        except protocol.ProtocolError as exc:
-            log.warning("closing a connection that broke the protocol: %s", exc)
-        except Exception:
-            log.exception("connection handler failed")
+            outbox_send, outbox = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
+            conn = _Connection(outbox_send, trio.CancelScope(), trio.Semaphore(self.max_in_flight))
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, stream, outbox, conn)
+                    await self._read(stream, conn, nursery)
+                    nursery.cancel_scope.cancel()
+        except Exception as exc:  # groups too: trio's nurseries wrap what they raise
+            self._log_failure(exc)
         finally:
-            session = box.get("session")
-            if session is not None:
-                self.service.sessions.discard(session)
-                self._changed()
-                log.info("session of %s/%s ended", session.owner, session.environment)
+            self._connections -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            if conn is not None:
+                if conn.closed_because is not None:
+                    self._idled("closed a connection: %s", conn.closed_because)
+                if conn.session is not None:
+                    self.service.sessions.discard(conn.session)
+                    self._changed()
+                    s = conn.session
+                    log.info("session of %s/%s ended", s.owner, s.environment)
+
+    def _log_failure(self, exc: Exception) -> None:
+        """One line for a connection that ended badly; a traceback only for a bug."""
+        leaves = _leaves(exc)
+        expected = (trio.BrokenResourceError, trio.ClosedResourceError, protocol.ProtocolError)
+        if not all(isinstance(leaf, expected) for leaf in leaves):
+            log.error("connection handler failed", exc_info=exc)
+            return
+        broken = [leaf for leaf in leaves if isinstance(leaf, protocol.ProtocolError)]
+        if broken:
+            self._rejected("closed a connection that broke the protocol: %.200s", broken[0])
+        else:
+            log.debug("connection dropped: %s", leaves[0])
+
+    async def _read(
+        self, stream: trio.SocketStream, conn: _Connection, nursery: trio.Nursery
+    ) -> None:
+        """Receive, decode and dispatch requests until the peer closes.
+
+        Raises ``ProtocolError`` for bytes that are no request; sets
+        ``conn.closed_because`` and returns when the connection idles too long.
+        """
+        decoder = protocol.RequestDecoder()
+        frame_since = trio.current_time()  # when the bytes held now began to come
+        while True:
+            data = await self._receive(stream, conn, decoder, frame_since)
+            if data is None:
+                return
+            if not data:
+                break
+            now = trio.current_time()
+            conn.active = now
+            if not decoder.buffered:
+                frame_since = now
+            decoder.feed(data)
+            dispatched = False
+            while (request := decoder.pop()) is not None:
+                await conn.slots.acquire()  # backpressure: at most max_in_flight running
+                nursery.start_soon(self._dispatch, request, conn)
+                dispatched = True
+            if dispatched:
+                frame_since = trio.current_time()
+
+    async def _receive(
+        self,
+        stream: trio.SocketStream,
+        conn: _Connection,
+        decoder: protocol.RequestDecoder,
+        frame_since: float,
+    ) -> bytes | None:
+        """The next bytes (``b""`` at EOF), or None once the connection idled too long."""
+        while True:
+            if decoder.buffered:
+                deadline = frame_since + self.idle_timeout
+                why = f"an incomplete request held for over {self.idle_timeout:.0f} s"
+            elif conn.session is None and not conn.hello_started:
+                # Nothing running: idle since the last activity.  Running: look again later.
+                deadline = conn.active + self.idle_timeout
+                why = f"no session and idle for over {self.idle_timeout:.0f} s"
+                if conn.in_flight:
+                    deadline = max(deadline, trio.current_time() + self.idle_timeout)
+            else:
+                deadline = math.inf  # a mount's connection may idle as long as it likes
+                why = ""
+            with trio.move_on_at(deadline):
+                return await stream.receive_some(protocol.RECEIVE_SIZE)
+            if decoder.buffered or (conn.session is None and not conn.in_flight):
+                conn.closed_because = why
+                return None
 
     async def _writer(
-        self, stream: trio.SocketStream, outbox: trio.MemoryReceiveChannel[bytes]
+        self,
+        stream: trio.SocketStream,
+        outbox: trio.MemoryReceiveChannel[bytes],
+        conn: _Connection,
     ) -> None:
         async for frame in outbox:
-            await stream.send_all(frame)
+            with trio.move_on_after(self.idle_timeout) as scope:
+                await stream.send_all(frame)
+            if scope.cancelled_caught:
+                conn.closed_because = f"the peer took no reply for {self.idle_timeout:.0f} s"
+                conn.scope.cancel()
+                return
+            conn.active = trio.current_time()
 
-    async def _dispatch(
-        self,
-        request: protocol.Request,
-        box: dict[str, Session],
-        outbox: trio.MemorySendChannel[bytes],
-    ) -> None:
-        error: Any = None
-        result: Any = None
-        started = time.perf_counter()
+    async def _dispatch(self, request: protocol.Request, conn: _Connection) -> None:
         try:
-            result = await self._call(request, box, outbox)
-        except CassfsError as exc:
-            if exc.errno != errno.ENOENT:
-                log.debug("%s failed: %s", request.method, exc)
-            error = exc.to_wire()
-        except Exception as exc:
-            log.exception("%s failed unexpectedly", request.method)
-            error = [errno.EIO, f"{type(exc).__name__}: {exc}"]
-        log.debug("rpc %s took %.2f ms", request.method, (time.perf_counter() - started) * 1e3)
-        try:
-            outbox.send_nowait(protocol.pack_response(request.msgid, error, result))
-        except trio.ClosedResourceError:
-            log.debug("reply to %s dropped: connection closed", request.method)
+            error: Any = None
+            result: Any = None
+            started = time.perf_counter()
+            try:
+                result = await self._call(request, conn)
+            except CassfsError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.debug("%s failed: %s", request.method, exc)
+                error = exc.to_wire()
+            except Exception as exc:
+                log.exception("%.60s failed unexpectedly", request.method)
+                error = [errno.EIO, f"{type(exc).__name__}: {exc}"]
+            log.debug(
+                "rpc %.60s took %.2f ms", request.method, (time.perf_counter() - started) * 1e3
+            )
+            try:
+                await conn.outbox.send(protocol.pack_response(request.msgid, error, result))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                log.debug("reply to %.60s dropped: connection closed", request.method)
+        finally:
+            conn.slots.release()
 
-    async def _call(
-        self,
-        request: protocol.Request,
-        box: dict[str, Session],
-        outbox: trio.MemorySendChannel[bytes],
-    ) -> Any:
+    def _notifier(self, conn: _Connection) -> Any:
+        """The session's notification callback: queue the frame, or close a connection
+        whose peer let :data:`OUTBOX_FRAMES` frames pile up."""
+
+        def notify(event: str, data: dict[str, Any]) -> None:
+            try:
+                conn.outbox.send_nowait(protocol.pack_notification(event, data))
+            except trio.WouldBlock:
+                conn.closed_because = f"the peer let {OUTBOX_FRAMES} frames pile up"
+                conn.scope.cancel()
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+        return notify
+
+    async def _call(self, request: protocol.Request, conn: _Connection) -> Any:
         method, params = request.method, request.params
-        log.debug("rpc %s %s", method, _brief(params))
+        log.debug("rpc %.60s %s", method, _brief(params))
+        validate_request(method, params)
         if method == "hello":
-            if "session" in box:
+            if conn.hello_started:
                 raise InvalidArgument("hello was already said on this connection")
-            owner, environment = params.get("owner"), params.get("environment")
-            if not isinstance(owner, int) or not isinstance(environment, str) or not environment:
-                raise InvalidArgument("hello needs an int owner and a non-empty environment")
-
-            def notify(event: str, data: dict[str, Any]) -> None:
-                try:
-                    outbox.send_nowait(protocol.pack_notification(event, data))
-                except trio.ClosedResourceError:
-                    pass
-
-            session = Session(owner, environment, self.store.tenant(owner, environment), notify)
-            reply = await self.service.rpc_hello(session)
-            box["session"] = session
+            if conn.admin:
+                raise InvalidArgument(
+                    "this connection made administrative calls: a mount needs its own"
+                )
+            conn.hello_started = True
+            owner, environment = params["owner"], params["environment"]
+            session = Session(
+                owner, environment, self.store.tenant(owner, environment), self._notifier(conn)
+            )
+            try:
+                reply = await self.service.rpc_hello(session)
+            except BaseException:
+                conn.hello_started = False
+                raise
+            conn.session = session
             self.service.sessions.add(session)
             self._changed()
             log.info("session of %s/%s started", owner, environment)
             return {**reply, "config": self.config}
-        if method == "status":
-            return {
-                "pid": os.getpid(),
-                "sessions": len(self.service.sessions),
-                "config": self.config,
-            }
-        if method == "shutdown":
-            self.stopped.set()
-            return True
         if method in ADMIN_METHODS:
-            admin = self.service.handler(method)
-            assert admin is not None
-            return await admin(box.get("session"), **params)
-        current = box.get("session")
+            return await self._admin(method, params, conn)
+        current = conn.session
         if current is None:
             raise InvalidArgument(f"{method} needs a session: call hello first")
         handler = self.service.handler(method)
@@ -217,6 +421,35 @@ class Server:
                 raise StorageError(
                     f"{method} did not finish within {STEP_DEADLINE:.0f} s"
                 ) from None
+
+    async def _admin(self, method: str, params: dict[str, Any], conn: _Connection) -> Any:
+        """``status``, ``stats``, ``purge``, ``shutdown`` (see the module's rules)."""
+        if conn.hello_started:
+            if method not in MOUNT_ADMIN_METHODS:
+                raise InvalidArgument(f"{method} is not a mount's call")
+        else:
+            conn.admin = True
+        if method == "status":
+            return {
+                "pid": os.getpid(),
+                "sessions": len(self.service.sessions),
+                "connections": self._connections,
+                "config": self.config,
+            }
+        if method == "shutdown":
+            sessions = len(self.service.sessions)
+            if sessions and not params.get("force", False):
+                raise CassfsError(
+                    f"{sessions} mount session(s) still use this daemon: unmount them first, "
+                    "or pass force=True",
+                    err=errno.EBUSY,
+                )
+            log.info("shutdown requested (%d mount sessions)", sessions)
+            self.stopped.set()
+            return True
+        admin = self.service.handler(method)
+        assert admin is not None
+        return await admin(conn.session, **params)
 
 
 def _brief(params: dict[str, Any]) -> str:

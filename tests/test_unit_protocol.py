@@ -1,16 +1,31 @@
-"""Unit tests of cached.protocol: msgpack-RPC framing and the sans-IO Decoder."""
+"""Unit tests of cached.protocol (msgpack-RPC framing, the client's Decoder, the daemon's
+bounded RequestDecoder) and of the request validation tables in cached.api."""
 
 from __future__ import annotations
+
+import errno
+import importlib
+import inspect
+from typing import Any
 
 import msgpack
 import pytest
 
+from cached.api import REQUESTS, DaemonApi, validate_request
+from cached.errors import CassfsError, InvalidArgument
 from cached.protocol import (
+    INLINE_LIMIT,
+    MAX_DEPTH,
     MAX_MESSAGE,
+    MAX_OBJECTS,
+    MAX_REQUEST,
+    RECEIVE_SIZE,
     Decoder,
+    FrameScanner,
     Notification,
     ProtocolError,
     Request,
+    RequestDecoder,
     Response,
     pack_notification,
     pack_request,
@@ -204,3 +219,245 @@ def test_max_message_limits_bytes_buffered_at_once() -> None:
     assert [m.msgid for m in got] == [0, 1, 2]
     with pytest.raises(ProtocolError):
         decode_all(b"".join(raws), max_message=100)
+
+
+# -- the daemon's RequestDecoder: whole-message bounds --------------------------------------
+
+
+def requests_stream() -> tuple[bytes, list[Request]]:
+    """Several requests, one with a nested value, with what they decode to."""
+    parts: list[tuple[int, str, dict[str, Any]]] = [
+        (1, "lookup", {"parent": 1, "name": b"a.php"}),
+        (2, "write", {"ino": 7, "data": b"\x00\xff" * 300, "path": None}),
+        (2**32 - 1, "status", {}),
+        (4, "setattr", {"ino": 9, "mode": 0o644, "atime_ns": -(2**63), "x": 1.5, "ok": True}),
+        (5, "hello", {"owner": 3, "environment": "caf\u00e9", "odd": [1, [2, b"v"], {"k": 3}]}),
+    ]
+    stream = b"".join(pack_request(*part) for part in parts)
+    return stream, [Request(*part) for part in parts]
+
+
+def pop_all(decoder: RequestDecoder) -> list[Request]:
+    got = []
+    while (request := decoder.pop()) is not None:
+        got.append(request)
+    return got
+
+
+def test_request_decoder_yields_the_same_requests_at_every_split_point() -> None:
+    stream, expected = requests_stream()
+    for cut in range(len(stream) + 1):
+        decoder = RequestDecoder()
+        decoder.feed(stream[:cut])
+        got = pop_all(decoder)
+        decoder.feed(stream[cut:])
+        got += pop_all(decoder)
+        assert got == expected, f"split at {cut}"
+        assert decoder.buffered == 0
+
+
+def test_request_decoder_fed_byte_by_byte_holds_only_the_incomplete_request() -> None:
+    stream, expected = requests_stream()
+    decoder = RequestDecoder()
+    got = []
+    for i in range(len(stream)):
+        decoder.feed(stream[i : i + 1])
+        got += pop_all(decoder)
+        assert decoder.buffered <= max(
+            len(pack_request(r.msgid, r.method, r.params)) for r in expected
+        )
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"\xc1", id="unused-byte"),
+        pytest.param(msgpack.packb(5), id="int"),
+        pytest.param(pack_response(1, None, None), id="a-response"),
+        pytest.param(pack_notification("purged", {}), id="a-notification"),
+        pytest.param(msgpack.packb([0, True, "m", {}]), id="msgid-bool"),
+        pytest.param(msgpack.packb([0, -1, "m", {}]), id="msgid-negative"),
+        pytest.param(msgpack.packb([0, 2**32, "m", {}]), id="msgid-over-32-bits"),
+        pytest.param(msgpack.packb([0, 1, "m", {1: 2}]), id="int-key"),
+        pytest.param(msgpack.packb([0, 1, "m", {b"k": 2}]), id="bytes-key"),
+        pytest.param(b"\x94\x00\x01\xa1m\x81\xa1k\xd4\x01\x00", id="fixext"),
+        pytest.param(b"\x94\x00\x01\xa1m\x81\xa1k\xc7\x01\x05\x00", id="ext8"),
+        pytest.param(b"\x94\x00\x01\xa1m\x81\xa1k\xd6\xff\x00\x00\x00\x00", id="timestamp"),
+        pytest.param(b"\x94\x00\x01\xa2\xff\xfe\x80", id="invalid-utf8"),
+        pytest.param(msgpack.packb([0, 1, "m", {"a": [[[1]]]}]), id="five-deep"),
+        pytest.param(msgpack.packb([0, 1, "m", {"a": list(range(MAX_OBJECTS))}]), id="objects"),
+    ],
+)
+def test_request_decoder_rejects(raw: bytes) -> None:
+    decoder = RequestDecoder()
+    decoder.feed(raw)
+    with pytest.raises(ProtocolError):
+        decoder.pop()
+
+
+def test_nesting_up_to_max_depth_is_decoded_for_the_daemon_to_refuse_with_einval() -> None:
+    assert MAX_DEPTH == 4
+    raw = msgpack.packb([0, 1, "m", {"a": [[1], {"b": 2}]}])
+    decoder = RequestDecoder()
+    decoder.feed(raw)
+    assert decoder.pop() == Request(1, "m", {"a": [[1], {"b": 2}]})
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(b"\x94\x00\x01\xa5write\x81\xa4data\xc6\x04\x00\x00\x00", id="64-MiB-bin"),
+        pytest.param(b"\x94\x00\x01\xdb\x02\x00\x00\x00", id="32-MiB-method"),
+        pytest.param(b"\x94\x00\x01\xa6lookup\x81\xa4name\xdd\x00\x20\x00\x00", id="2Mi-array"),
+        pytest.param(b"\x94\x00\x01\xa1m\xdf\x00\x10\x00\x00", id="1Mi-map"),
+        pytest.param(b"\xdd\xff\xff\xff\xff", id="4Gi-top-array"),
+    ],
+)
+def test_oversized_requests_are_rejected_on_their_header_alone(header: bytes) -> None:
+    decoder = RequestDecoder()
+    decoder.feed(header)
+    with pytest.raises(ProtocolError):
+        decoder.pop()
+
+
+def test_a_request_of_exactly_max_request_bytes_is_accepted_one_more_is_not() -> None:
+    raw = pack_request(1, "write", {"data": b"x" * 983})
+    decoder = RequestDecoder(max_request=len(raw))
+    decoder.feed(raw)
+    assert decoder.pop() == Request(1, "write", {"data": b"x" * 983})
+    decoder = RequestDecoder(max_request=len(raw) - 1)
+    decoder.feed(raw[:20])  # the headers say it all
+    with pytest.raises(ProtocolError):
+        decoder.pop()
+
+
+def test_whole_inline_content_fits_in_a_request() -> None:
+    raw = pack_request(2**32 - 1, "write", {"ino": 2**63 - 1, "data": b"\0" * INLINE_LIMIT})
+    assert len(raw) <= MAX_REQUEST
+    decoder = RequestDecoder()
+    for start in range(0, len(raw), RECEIVE_SIZE):
+        decoder.feed(raw[start : start + RECEIVE_SIZE])
+    assert decoder.pop() is not None
+
+
+def test_request_decoder_buffer_is_bounded() -> None:
+    decoder = RequestDecoder(max_request=100)
+    decoder.feed(b"\x94\x00")
+    assert decoder.pop() is None
+    assert decoder.buffered == 2
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\0" * (100 + RECEIVE_SIZE))
+
+
+def test_frame_scanner_resumes_where_it_stopped() -> None:
+    raw = pack_request(1, "m", {"a": list(range(1000))})
+    scanner = FrameScanner(len(raw), MAX_OBJECTS, MAX_DEPTH)
+    buf = bytearray()
+    ends = []
+    for byte in raw:
+        buf.append(byte)
+        ends.append(scanner.end(buf))
+    assert ends[:-1] == [None] * (len(raw) - 1) and ends[-1] == len(raw)
+
+
+# -- validation of every request (cached.api.REQUESTS) ---------------------------------------
+
+
+def test_every_daemon_method_has_a_shape_and_every_front_call_fits_it() -> None:
+    from cached.service import Service
+
+    served = {name[4:] for name in dir(Service) if name.startswith("rpc_")}
+    for group in (
+        "ops_metadata.MetadataOps",
+        "ops_namespace.NamespaceOps",
+        "ops_content.ContentOps",
+    ):
+        module, cls = group.split(".")
+        found = getattr(importlib.import_module(f"cached.{module}"), cls)
+        served |= {name[4:] for name in dir(found) if name.startswith("rpc_")}
+    assert set(REQUESTS) == served | {"status", "shutdown"}
+    for name, method in inspect.getmembers(DaemonApi, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        shape = REQUESTS[name]
+        params = [p for p in inspect.signature(method).parameters if p not in ("self", "changes")]
+        assert set(params) <= {*shape.required, *shape.optional}, name
+        assert set(shape.required) <= set(params) | ({"ino"} if name == "setattr" else set())
+
+
+GOOD: dict[str, dict[str, object]] = {
+    "create": {"parent": 1, "name": b"a", "mode": 0o644, "uid": 0, "gid": 2**31 - 1},
+    "mkdir": {"parent": 2**63 - 1, "name": b"n" * 255, "mode": 0o40755, "uid": 1, "gid": 1},
+    "symlink": {"parent": 1, "name": b"\xff", "target": b"t" * 4096, "uid": 0, "gid": 0},
+    "setattr": {"ino": 5, "mode": None, "uid": 7, "mtime_ns": -1, "size": 0},
+    "read": {"ino": 5, "content_id": b"\0" * 32, "file_size": 0, "offset": 0, "size": 1 << 20},
+    "write": {"ino": 5, "data": b"", "path": None},
+    "rename": {"old_parent": 1, "old_name": b"a", "new_parent": 1, "new_name": b"b"},
+    "open": {"ino": 1, "fetch": False},
+    "hello": {"owner": -5, "environment": "prod-\u00e9"},
+    "shutdown": {"force": True},
+    "lookup": {"parent": 1, "name": b".."},
+}
+
+
+@pytest.mark.parametrize("method", sorted(GOOD))
+def test_valid_requests_pass(method: str) -> None:
+    validate_request(method, GOOD[method])
+
+
+@pytest.mark.parametrize(
+    ("method", "change", "err"),
+    [
+        ("create", {"uid": -5}, errno.EINVAL),
+        ("create", {"gid": 2**31}, errno.EINVAL),
+        ("create", {"uid": True}, errno.EINVAL),
+        ("create", {"mode": -1}, errno.EINVAL),
+        ("create", {"mode": 0o10000}, errno.EINVAL),
+        ("create", {"mode": 0o40644}, errno.EINVAL),  # a directory's type bits
+        ("create", {"mode": 2**64 - 1}, errno.EINVAL),
+        ("create", {"mode": 420.0}, errno.EINVAL),
+        ("create", {"name": "a"}, errno.EINVAL),
+        ("create", {"name": b""}, errno.EINVAL),
+        ("create", {"name": b"a/b"}, errno.EINVAL),
+        ("create", {"name": b"a\0"}, errno.EINVAL),
+        ("create", {"name": b"n" * 256}, errno.ENAMETOOLONG),
+        ("create", {"parent": 0}, errno.EINVAL),
+        ("create", {"parent": 2**63}, errno.EINVAL),
+        ("create", {"parent": [1]}, errno.EINVAL),
+        ("create", {"extra": 1}, errno.EINVAL),
+        ("mkdir", {"mode": 0o100755}, errno.EINVAL),
+        ("symlink", {"target": b""}, errno.EINVAL),
+        ("symlink", {"target": b"t" * 4097}, errno.EINVAL),
+        ("setattr", {"size": -1}, errno.EINVAL),
+        ("setattr", {"mtime_ns": 2**63}, errno.EINVAL),
+        ("setattr", {"mode": "0644"}, errno.EINVAL),
+        ("read", {"offset": -1}, errno.EINVAL),
+        ("read", {"size": -1}, errno.EINVAL),
+        ("read", {"file_size": "1"}, errno.EINVAL),
+        ("read", {"content_id": None}, errno.EINVAL),
+        ("write", {"data": "text"}, errno.EINVAL),
+        ("write", {"data": b"x" * (INLINE_LIMIT + 1)}, errno.EINVAL),
+        ("write", {"path": ""}, errno.EINVAL),
+        ("rename", {"flags": -1}, errno.EINVAL),
+        ("rename", {"new_name": b"n" * 256}, errno.ENAMETOOLONG),
+        ("open", {"fetch": 1}, errno.EINVAL),
+        ("hello", {"environment": ""}, errno.EINVAL),
+        ("hello", {"environment": "a\nb"}, errno.EINVAL),
+        ("hello", {"environment": "e" * 256}, errno.EINVAL),
+        ("hello", {"owner": 2**31}, errno.EINVAL),
+        ("shutdown", {"force": "yes"}, errno.EINVAL),
+    ],
+)
+def test_invalid_values_are_refused_with_their_errno(
+    method: str, change: dict[str, object], err: int
+) -> None:
+    with pytest.raises(CassfsError) as info:
+        validate_request(method, {**GOOD[method], **change})
+    assert info.value.errno == err
+
+
+def test_missing_parameters_and_unknown_methods_are_einval() -> None:
+    for method, params in (("getattr", {}), ("create", {"parent": 1}), ("nope", {})):
+        with pytest.raises(InvalidArgument):
+            validate_request(method, params)
