@@ -116,6 +116,8 @@ class _Connection:
     outbox: trio.MemorySendChannel[bytes]
     scope: trio.CancelScope
     slots: trio.Semaphore
+    #: Requests that may run at once (the semaphore's initial value).
+    capacity: int
     session: Session | None = None
     hello_started: bool = False
     admin: bool = False
@@ -127,7 +129,7 @@ class _Connection:
     @property
     def in_flight(self) -> int:
         """Requests running now."""
-        return MAX_IN_FLIGHT - self.slots.value
+        return self.capacity - self.slots.value
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -226,7 +228,12 @@ class Server:
         conn: _Connection | None = None
         try:
             outbox_send, outbox = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
-            conn = _Connection(outbox_send, trio.CancelScope(), trio.Semaphore(self.max_in_flight))
+            conn = _Connection(
+                outbox_send,
+                trio.CancelScope(),
+                trio.Semaphore(self.max_in_flight),
+                self.max_in_flight,
+            )
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, stream, outbox, conn)

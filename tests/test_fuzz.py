@@ -588,6 +588,7 @@ class StubService:
         raise RuntimeError("a bug")
 
     async def rpc_stats(self, s: Any = None) -> dict[str, int]:
+        await self.gate.wait()
         return {"hits": 0}
 
     def handler(self, method: str) -> Any:
@@ -642,6 +643,21 @@ async def test_idle_and_surplus_connections_are_closed_but_an_idle_mount_stays(
     assert sum("incomplete request" in t for t in text) == 1, text
     assert sum("no session and idle" in t for t in text) == 1, text
     assert all(r.exc_info is None for r in lines), "a traceback for an expected case"
+
+
+async def test_a_connection_without_session_is_not_idle_while_its_call_runs(
+    tmp_path: Path,
+) -> None:
+    async with stub_server(tmp_path, idle_timeout=0.3, max_in_flight=3) as (srv, path):
+        service: StubService = srv.service  # type: ignore[assignment]
+        service.gate = trio.Event()
+        admin = await Raw.open(path)
+        await admin.send(protocol.pack_request(1, "stats", {}))
+        assert not await admin.wait_closed(1.0), "closed while its call was running"
+        service.gate.set()
+        assert errno_of(await admin.reply(1)) == 0
+        assert await admin.wait_closed(5), "idle without a session, yet kept"
+        await admin.aclose()
 
 
 async def test_a_pipeline_past_the_in_flight_limit_waits_instead_of_failing(
