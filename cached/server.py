@@ -64,6 +64,10 @@ MOUNT_ADMIN_METHODS = frozenset({"stats", "purge", "status"})
 
 #: Connections served at once; more are closed as soon as accepted.
 MAX_CONNECTIONS = 256
+#: Connections the kernel queues before the daemon accepts them.  Past a full queue,
+#: trio's connect on a unix socket returns a socket that is not connected (its first send
+#: fails with ENOTCONN), so the queue is kept long enough for bursts of clients.
+LISTEN_BACKLOG = 1024
 #: Requests running at once per connection; the socket is not read while this many run.
 MAX_IN_FLIGHT = 64
 #: Outgoing frames (replies and notifications) queued per connection.
@@ -191,7 +195,7 @@ class Server:
         finally:
             os.umask(old_umask)
         await trio.to_thread.run_sync(os.chmod, self.path, 0o600)
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
         listener = trio.SocketListener(sock)
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._handle, [listener])
