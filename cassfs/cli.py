@@ -516,6 +516,8 @@ def down(mountpoint: Path, timeout: float) -> None:
                 call_once(cache_dir, "shutdown", timeout=5)
             except DaemonUnavailable:
                 pass
+            except CassfsError as exc:  # EBUSY: a mount connected since: the daemon stays
+                log.info("the daemon of %s stays: %s", cache_dir, exc)
             deadline = time.monotonic() + timeout
             while pid_alive(status["pid"]) and time.monotonic() < deadline:
                 time.sleep(0.05)
