@@ -962,6 +962,19 @@ class Scenario:
                 f"{in_flight} were in flight at a kill (README: requests in flight when the "
                 "daemon dies fail with EIO)"
             )
+        during = sorted(
+            op.t1 - op.t0
+            for op in ops
+            if op.kind == "read"
+            and op.outcome == "ok"
+            and any(f.start <= op.t1 and op.t0 <= f.back for f in self.faults)
+        )
+        if during:
+            res.notes.append(
+                f"cached reads during the fault: {len(during)}, "
+                f"p50 {_quantile(during, 0.5) * 1e3:.1f} ms, "
+                f"p99 {_quantile(during, 0.99) * 1e3:.1f} ms, max {during[-1] * 1e3:.1f} ms"
+            )
         res.recover = [f.recover for f in self.faults]
         if len(self.faults) > 1:
             res.notes.append(
@@ -1031,6 +1044,11 @@ class Scenario:
             f"fresh mount: {len(files)} files checked"
             + (f", {superseded} hold a later unacknowledged write" if superseded else "")
         )
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of the sorted, non-empty ``ordered`` (nearest rank)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # -- report ---------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -548,6 +548,9 @@ MOVED_DIRECTORY = "directory"
 #: old dentry (``__d_unalias``, try-locks only) fails twice.  Counted and shown, never
 #: hidden; not a violation.
 ESTALE_AFTER_REMOTE_DIR_MOVE = "estale-after-remote-dir-move"
+#: ``Op.kind`` of a rename, seen by the checker, that moved a directory its own host's
+#: kernel did not know was there (another host had just moved it onto the source name).
+CHAINED_DIR_MOVE = "chained-dir-move"
 #: errnos explained when the daemon of the operation's host was killed during it.
 FAULT_ERRNOS = frozenset({"EIO", "ENOTCONN", "ECONNABORTED"})
 #: What a file's vanished inode is reported as (the front says ESTALE, the daemon ENOENT):
@@ -1228,11 +1231,21 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
         return any(r.t0 <= t1 and t0 - stale <= r.t1 for p in prefixes for r in index.get(p, []))
 
     dir_moves: dict[str, list[Op]] = defaultdict(list)  # path -> directories moved onto it
-    for op in ops:
+    for op in sorted(ops, key=lambda o: o.t1):
         if op.done and op.detail == MOVED_DIRECTORY:
             dir_moves[op.dst].append(op)
         elif op.kind == "drop_rename" and op.dst:
             dir_moves[op.dst].append(op)  # an RPC no kernel was told of; maybe a directory
+        elif (
+            op.done
+            and op.dst
+            and op.kind.startswith("rename")
+            and any(op.t0 - bound <= move.t1 <= op.t1 for move in dir_moves.get(op.src, []))
+        ):
+            # Renames act on names: this host renamed what its kernel took for the entry
+            # at src (within its entry TTL), and moved the directory another host had
+            # just put there.  No kernel saw that directory move: count it as unseen.
+            dir_moves[op.dst].append(replace(op, kind=CHAINED_DIR_MOVE))
 
     def dir_moved_elsewhere(op: Op) -> bool:
         """True if another host (or a dropped connection's rename, which no kernel saw)
@@ -1245,7 +1258,7 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
             parts = path.split("/")
             for i in range(len(parts)):
                 for move in dir_moves.get("/".join(parts[: i + 1]), []):
-                    unseen = move.host != op.host or move.kind == "drop_rename"
+                    unseen = move.host != op.host or move.kind in ("drop_rename", CHAINED_DIR_MOVE)
                     if unseen and move.t0 <= op.t1 and op.t0 - bound <= move.t1:
                         return True
         return False

@@ -153,6 +153,28 @@ def test_estale_after_another_host_moved_a_directory_is_a_known_limit_not_hidden
     assert "unexplained-errno read/open ESTALE" in kinds  # long after the move
 
 
+def test_estale_after_renaming_on_a_directory_taken_for_a_file_is_a_known_limit() -> None:
+    """Host 0 moves a directory onto d2/n2; host 1, whose kernel still has d2/n2 as a file,
+    renames that name on (renames act on names): its kernel never saw a directory move."""
+    cfg = race.RaceConfig(cache_ttl=1.0, entry_ttl=1.0, slack=2.0)
+    history = race.History()
+    _op(history, "rename_same", 0, "d2/n3", 10.0, 10.1, dst="d2/n2")
+    history.ops[-1].detail = race.MOVED_DIRECTORY
+    _op(history, "rename_cross", 1, "d2/n2", 10.2, 10.3, dst="d1/n4")
+    _op(history, "rename_same", 1, "d1/n4", 10.4, 10.5, dst="d1/n5")
+    _op(history, "create", 1, "d1/n5", 10.8, 10.9, err="ESTALE", step="open")
+    assert race.analyze(cfg, history, None) == []
+    assert [v.kind for v in history.limits] == [race.ESTALE_AFTER_REMOTE_DIR_MOVE]
+    _op(history, "create", 1, "d1/n4", 10.8, 10.9, err="ESTALE", step="open")
+    history.limits.clear()
+    kinds = [v.kind for v in race.analyze(cfg, history, None)]
+    assert kinds == []  # d1/n4 too was a (chained) unseen directory move target
+    _op(history, "create", 1, "d1/n6", 10.8, 10.9, err="ESTALE", step="open")
+    history.limits.clear()
+    kinds = [v.kind for v in race.analyze(cfg, history, None)]
+    assert kinds == ["unexplained-errno create/open ESTALE"]  # no move onto d1/n6
+
+
 def _lane_walk(content: bytes, ino: int = 7) -> race.Walk:
     walk = race.Walk()
     walk.files["lane0/f0"] = (ino, race.judge(content, SIZE))
