@@ -459,9 +459,9 @@ class Shape:
 
 #: Inode numbers: random 63-bit integers, the root 1.
 INO = Int(1, 2**63 - 1)
-#: User and group ids: what the schema's ``uid``/``gid`` columns (CQL int, signed 32 bits)
-#: hold.  Linux ids go up to 2**32 - 2; those from 2**31 would need a mapping in the store.
-ID = Int(0, 2**31 - 1)
+#: User and group ids: Linux's, 0 to 2**32 - 2 (2**32 - 1 is "no change" in chown(2)).
+#: The store keeps them in CQL ``int`` columns, wrapped (``cached.store.id_to_cql``).
+ID = Int(0, 2**32 - 2)
 #: Times, nanoseconds since the epoch (a CQL bigint; before 1970 is negative).
 TIME_NS = Int(-(2**63), 2**63 - 1)
 #: Sizes and offsets, bytes.

@@ -463,8 +463,8 @@ def _inode(row: dict[str, Any]) -> Inode:
         ino=row["ino"],
         kind=row["kind"],
         mode=row["mode"],
-        uid=row["uid"] or 0,
-        gid=row["gid"] or 0,
+        uid=id_from_cql(row["uid"]),
+        gid=id_from_cql(row["gid"]),
         size=row["size"] or 0,
         atime_ns=row["atime_ns"] or 0,
         mtime_ns=row["mtime_ns"] or 0,
@@ -476,6 +476,17 @@ def _inode(row: dict[str, Any]) -> Inode:
         target=row["target"] or b"",
         version=row["version"] or b"",
     )
+
+
+def id_to_cql(value: int) -> int:
+    """A user or group id (0 to 2**32 - 1) as the schema's ``uid``/``gid`` columns (CQL
+    ``int``, signed 32 bits) hold it: ids from 2**31 wrap to negative numbers, as C does."""
+    return value - 2**32 if value >= 2**31 else value
+
+
+def id_from_cql(value: int | None) -> int:
+    """The user or group id stored as ``value`` by :func:`id_to_cql` (null: 0, root)."""
+    return (value or 0) % 2**32
 
 
 def _blob(value: bytes) -> bytes | None:
@@ -578,7 +589,8 @@ class TenantStore:
 
     def _put_inode_params(self, i: Inode) -> tuple[Any, ...]:
         return (
-            *self._t, i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.atime_ns, i.mtime_ns,
+            *self._t, i.ino, i.kind, i.mode, id_to_cql(i.uid), id_to_cql(i.gid), i.size,
+            i.atime_ns, i.mtime_ns,
             i.ctime_ns, i.parent, i.nlink, i.content_id, i.chunk_size, i.target,
             _blob(i.version),
         )  # fmt: skip
@@ -605,7 +617,15 @@ class TenantStore:
         if changes:
             await self._store.run_batch(
                 [
-                    (f"set_{column}", (value, ctime_ns, *self._t, ino))
+                    (
+                        f"set_{column}",
+                        (
+                            id_to_cql(value) if column in ("uid", "gid") else value,
+                            ctime_ns,
+                            *self._t,
+                            ino,
+                        ),
+                    )
                     for column, value in changes.items()
                 ]
             )

@@ -327,3 +327,21 @@ async def test_typed_api_speaks_every_content_and_name_reply(
         assert [(name, inode.ino) for name, inode in await api.readdir(ROOT_INO)] == [
             (b"typed2", made.ino)
         ]
+
+
+async def test_user_and_group_ids_above_2_31_round_trip(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """Linux ids go up to 2**32 - 2; the schema's columns are signed 32-bit ints."""
+    daemon = start_daemon()
+    async with session(daemon, tenant) as client:
+        made = await client.call(
+            "create", parent=ROOT_INO, name=b"ids", mode=0o644, uid=3_000_000_000, gid=2**31
+        )
+        changed = await client.call("setattr", ino=made["ino"], gid=2**32 - 2)
+    fresh = start_daemon("fresh")  # nothing cached: read back from Cassandra
+    async with session(fresh, tenant) as client:
+        found = await client.call("lookup", parent=ROOT_INO, name=b"ids")
+    assert (made["uid"], made["gid"]) == (3_000_000_000, 2**31)
+    assert (changed["uid"], changed["gid"]) == (3_000_000_000, 2**32 - 2)
+    assert (found["uid"], found["gid"]) == (3_000_000_000, 2**32 - 2)

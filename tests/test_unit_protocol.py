@@ -387,7 +387,7 @@ def test_every_daemon_method_has_a_shape_and_every_front_call_fits_it() -> None:
 
 
 GOOD: dict[str, dict[str, object]] = {
-    "create": {"parent": 1, "name": b"a", "mode": 0o644, "uid": 0, "gid": 2**31 - 1},
+    "create": {"parent": 1, "name": b"a", "mode": 0o644, "uid": 0, "gid": 2**32 - 2},
     "mkdir": {"parent": 2**63 - 1, "name": b"n" * 255, "mode": 0o40755, "uid": 1, "gid": 1},
     "symlink": {"parent": 1, "name": b"\xff", "target": b"t" * 4096, "uid": 0, "gid": 0},
     "setattr": {"ino": 5, "mode": None, "uid": 7, "mtime_ns": -1, "size": 0},
@@ -410,7 +410,7 @@ def test_valid_requests_pass(method: str) -> None:
     ("method", "change", "err"),
     [
         ("create", {"uid": -5}, errno.EINVAL),
-        ("create", {"gid": 2**31}, errno.EINVAL),
+        ("create", {"gid": 2**32 - 1}, errno.EINVAL),
         ("create", {"uid": True}, errno.EINVAL),
         ("create", {"mode": -1}, errno.EINVAL),
         ("create", {"mode": 0o10000}, errno.EINVAL),
