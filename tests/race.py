@@ -1363,6 +1363,18 @@ def _check_names(
                     )
                 )
     moves = [op for op in ops if op.kind == "rename_top" and op.done and "/" in op.dst]
+    # A top-level name made again while the two moves ran names another directory: moving
+    # one into the new one forms no cycle.
+    remakers: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        if op.kind in ("mkdir", "drop_mkdir") and (op.done or op.kind.startswith("drop_")):
+            remakers[op.src].append(op)
+        elif op.dst and op.kind.startswith(("rename", "drop_rename")):
+            remakers[op.dst].append(op)
+
+    def remade(name: str, t0: float, t1: float) -> bool:
+        return any(r.t0 <= t1 and t0 <= r.t1 for r in remakers.get(name, []))
+
     for a in moves:
         for b in moves:
             if (
@@ -1370,6 +1382,8 @@ def _check_names(
                 and a.t0 < b.t0 <= a.t1
                 and b.src == a.dst.split("/")[0]
                 and a.src == b.dst.split("/")[0]
+                and not remade(a.src, a.t0, max(a.t1, b.t1))
+                and not remade(b.src, a.t0, max(a.t1, b.t1))
             ):
                 found.append(
                     Violation(

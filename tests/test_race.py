@@ -110,6 +110,16 @@ def test_two_exclusive_creates_of_one_name_are_a_violation_unless_it_was_removed
     assert race.analyze(cfg, history, None) == []
 
 
+def test_two_top_directories_moved_into_each_other_at_once_unless_one_was_made_again() -> None:
+    cfg = race.RaceConfig()
+    history = race.History()
+    _op(history, "rename_top", 0, "d2", 10.0, 10.5, dst="d1/n0")
+    _op(history, "rename_top", 2, "d1", 10.1, 10.9, dst="d2/n2")
+    assert [v.kind for v in race.analyze(cfg, history, None)] == ["dir-cycle"]
+    _op(history, "mkdir", 1, "d2", 10.6, 10.7)  # the second move went into a new d2
+    assert race.analyze(cfg, history, None) == []
+
+
 def test_errnos_the_race_cannot_explain() -> None:
     cfg = race.RaceConfig()
     history = race.History()
