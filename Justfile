@@ -69,7 +69,7 @@ down MNT="./mnt":
 
 # Run the test suite against the local node; extra arguments go to pytest.
 test *ARGS: schema
-    python -m pytest -m "not race" "$@"
+    python -m pytest "$@"
 
 # The race harness for about 60 s inside pytest (three hosts, kill -9, dropped connections).
 race: schema
