@@ -79,10 +79,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -91,6 +90,7 @@ from rich.table import Table
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError
 from cassfs.node import launcher
+from tests.bench import sigterm_as_interrupt
 
 log = logging.getLogger("faults")
 
@@ -576,7 +576,6 @@ class Scenario:
         self.result = Result(name)
         self.mounts: dict[Path, list[str]] = {}  # mountpoint -> its `cassfs up` arguments
         self.caches: list[Path] = []
-        self.own_daemons: list[subprocess.Popen[bytes]] = []
         self.faults: list[Fault] = []
         self.front_dead: list[tuple[float, float]] = []  # [kill, up returned] windows
         self.began = time.monotonic()
@@ -589,9 +588,7 @@ class Scenario:
         """``cassfs up DIR/label --cache-dir DIR/cache`` on the scenario's tenant.
 
         ``tuned``: with the scenario's cache TTL and query timeout (the fresh checker mount
-        takes the defaults).  ``cassfs up`` has no query-timeout option yet, so a tuned
-        mount's daemon is started first by hand with ``--query-timeout``, when none runs;
-        the mount restarts a killed daemon with the same options (its ``hello`` config).
+        takes the defaults); the mount restarts a killed daemon with the same options.
         """
         mnt, cache_dir = self.dir / label, self.dir / cache
         mnt.mkdir(parents=True, exist_ok=True)
@@ -614,10 +611,7 @@ class Scenario:
             args += ["--cache-size", cache_size]
         if tuned:
             args += ["--cache-ttl", str(self.cfg.cache_ttl)]
-            if UP_HAS_QUERY_TIMEOUT:
-                args += ["--query-timeout", str(self.cfg.query_timeout)]
-            else:
-                self.start_daemon(cache_dir, cache_size or "1G")
+            args += ["--query-timeout", str(self.cfg.query_timeout)]
         if self.cfg.debug:
             args.append("--debug")
         if cache_dir not in self.caches:
@@ -634,50 +628,6 @@ class Scenario:
                 f"cassfs up {mnt} exited {result.returncode}: "
                 f"{(result.stderr or result.stdout).strip()[-1500:]}"
             )
-
-    def start_daemon(self, cache_dir: Path, cache_size: str) -> None:
-        """Start ``python -m cached`` for ``cache_dir`` with the query timeout, unless one runs."""
-        if daemon_status(cache_dir) is not None:
-            return
-        command = [
-            sys.executable,
-            "-m",
-            "cached",
-            "--cache-dir",
-            str(cache_dir),
-            "--contact-points",
-            self.cfg.contact_points,
-            "--keyspace",
-            self.cfg.keyspace,
-            "--cache-ttl",
-            str(self.cfg.cache_ttl),
-            "--cache-size",
-            cache_size,
-            "--query-timeout",
-            str(self.cfg.query_timeout),
-            "--idle-exit",
-            "120",
-            "--log-file",
-            str(cache_dir / "daemon.log"),
-            *(["--debug"] if self.cfg.debug else []),
-        ]
-        with open(cache_dir / "daemon.out", "ab") as out:
-            proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.own_daemons.append(proc)
-        threading.Thread(target=proc.wait, daemon=True).start()  # reap it whenever it ends
-        wait_until(
-            f"the daemon of {cache_dir} answering (see {cache_dir}/daemon.out)",
-            lambda: proc.poll() is not None or daemon_status(cache_dir) is not None,
-            90,
-        )
-        if proc.poll() is not None:
-            raise HarnessError(f"the daemon of {cache_dir} exited {proc.returncode}")
 
     def front_pid(self, mnt: Path) -> int:
         """The pid of the front serving ``mnt``: its mount record, else a /proc search."""
@@ -731,9 +681,6 @@ class Scenario:
                     log.warning("daemon %d of %s still runs: SIGTERM", pid, cache_dir)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGTERM)
-        for proc in self.own_daemons:
-            if proc.poll() is None:
-                proc.terminate()
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -1093,24 +1040,6 @@ def render(results: list[Result], console: Console, cfg: Config) -> None:
 # -- main -----------------------------------------------------------------------------------
 
 
-UP_HAS_QUERY_TIMEOUT = False  # set by main from `cassfs up --help`
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt, so the clean-up runs for them too."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     parser = argparse.ArgumentParser(
         prog="python -m tests.faults",
@@ -1171,7 +1100,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: exit 0, 1 (an acknowledged write lost) or 2 (a scenario could not run)."""
-    global UP_HAS_QUERY_TIMEOUT
     args, cfg = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -1194,7 +1122,6 @@ def main(argv: list[str] | None = None) -> int:
     if applied.returncode != 0:
         log.error("schema apply failed: %s", applied.stderr.strip())
         return 2
-    UP_HAS_QUERY_TIMEOUT = "--query-timeout" in cassfs("up", "--help").stdout
     workdir = Path(tempfile.mkdtemp(prefix="cassfs-faults-", dir="/tmp"))
     os.environ["CASSFS_RUN_DIR"] = str(workdir / "run")  # mount records of our mounts only
     results: list[Result] = []

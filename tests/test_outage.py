@@ -14,17 +14,17 @@ import errno
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import trio
 
-from cached.client import DaemonClient, open_client, socket_path
 from cached.errors import CassfsError
 from cached.model import ROOT_INO
 from tests.conftest import Daemon, local_node_pid
+from tests.test_daemon import make_file, session
 
 pytestmark = pytest.mark.cassandra
 
@@ -32,18 +32,6 @@ pytestmark = pytest.mark.cassandra
 QUERY_TIMEOUT = 1.0
 #: --cache-ttl of the daemons under test, seconds.
 TTL = 1.0
-
-
-@asynccontextmanager
-async def session(daemon: Daemon, tenant: tuple[int, str]) -> AsyncIterator[DaemonClient]:
-    async with open_client(socket_path(daemon.cache_dir)) as client:
-        await client.hello(*tenant)
-        yield client
-
-
-async def make_file(client: DaemonClient, parent: int, name: bytes, data: bytes) -> dict[str, Any]:
-    inode = await client.call("create", parent=parent, name=name, mode=0o644, uid=0, gid=0)
-    return await client.call("write", ino=inode["ino"], data=data)  # type: ignore[no-any-return]
 
 
 @contextmanager
