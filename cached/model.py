@@ -20,13 +20,38 @@ NAME_MAX = 255
 DIRECTORY = 1
 REGULAR = 2
 SYMLINK = 3
+FIFO = 4
+CHARDEV = 5
+BLOCKDEV = 6
+SOCKET = 7
 
-_KIND_BITS = {DIRECTORY: stat.S_IFDIR, REGULAR: stat.S_IFREG, SYMLINK: stat.S_IFLNK}
+_KIND_BITS = {
+    DIRECTORY: stat.S_IFDIR,
+    REGULAR: stat.S_IFREG,
+    SYMLINK: stat.S_IFLNK,
+    FIFO: stat.S_IFIFO,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+    SOCKET: stat.S_IFSOCK,
+}
+#: Kinds made by mknod(2): no content, no target; devices keep ``rdev``.
+SPECIAL_KINDS = frozenset({FIFO, CHARDEV, BLOCKDEV, SOCKET})
 
 
 def mode_of_kind(kind: int, permissions: int) -> int:
     """Return the ``st_mode`` for ``kind`` with ``permissions`` (the low 12 bits)."""
     return _KIND_BITS[kind] | (permissions & 0o7777)
+
+
+def kind_of_mode(mode: int) -> int:
+    """The kind whose file type bits ``mode`` has (``stat.S_IFMT``).
+
+    Raises ``InvalidArgument`` (EINVAL) for a type cassfs does not store.
+    """
+    for kind, bits in _KIND_BITS.items():
+        if stat.S_IFMT(mode) == bits:
+            return kind
+    raise InvalidArgument(f"unknown file type in mode {mode:#o}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +60,10 @@ class Inode:
 
     Times are nanoseconds since the epoch, ``size`` is bytes; ``content_id`` is
     the SHA-256 of the whole content (regular files; ``b""`` otherwise);
-    ``nlink`` 0 means unlinked but still open somewhere.  ``version`` is the chunk
-    key of the current content version (``b""``: no chunks, an empty file).
+    ``nlink`` counts the names of a non-directory (hard links); 0 means unlinked
+    but still open somewhere.  ``version`` is the chunk key of the current content
+    version (``b""``: no chunks, an empty file).  ``rdev`` is the device number of
+    a character or block device (0 otherwise).
     """
 
     ino: int
@@ -54,6 +81,7 @@ class Inode:
     chunk_size: int
     target: bytes
     version: bytes = b""
+    rdev: int = 0
 
     @property
     def is_dir(self) -> bool:

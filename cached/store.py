@@ -45,7 +45,7 @@ from cached.outage import Outage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Buckets of ``inode_index`` per tenant (a row's bucket is ``ino % INDEX_BUCKETS``).
 INDEX_BUCKETS = 256
 #: Seconds per ``intents`` bucket (a row's bucket is its start time // this).
@@ -53,7 +53,7 @@ INTENT_BUCKET_SECONDS = 3600
 
 _INODE_COLUMNS = (
     "ino, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, parent, nlink, "
-    "content_id, chunk_size, target, version"
+    "content_id, chunk_size, target, version, rdev"
 )
 _TENANT = "owner = ? AND environment = ?"
 _DIR = f"{_TENANT} AND parent = ?"
@@ -65,7 +65,7 @@ STATEMENTS: dict[str, str] = {
     "get_inode": f"SELECT {_INODE_COLUMNS} FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ?",
     "put_inode": (
         f"INSERT INTO {{ks}}.inodes (owner, environment, {_INODE_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
     # One statement per attribute: a setattr writes only the cells it changes, so a
     # chmod on one host and a chown on another both stay (no read-modify-write).
@@ -205,6 +205,8 @@ TABLES = (
     "inode_index",
     "intents",
     "locks",
+    "xattrs",
+    "usage",
     "schema_version",
 )
 
@@ -475,6 +477,7 @@ def _inode(row: dict[str, Any]) -> Inode:
         chunk_size=row["chunk_size"] or 0,
         target=row["target"] or b"",
         version=row["version"] or b"",
+        rdev=row["rdev"] or 0,
     )
 
 
@@ -592,7 +595,7 @@ class TenantStore:
             *self._t, i.ino, i.kind, i.mode, id_to_cql(i.uid), id_to_cql(i.gid), i.size,
             i.atime_ns, i.mtime_ns,
             i.ctime_ns, i.parent, i.nlink, i.content_id, i.chunk_size, i.target,
-            _blob(i.version),
+            _blob(i.version), i.rdev or None,
         )  # fmt: skip
 
     async def put_inode(self, inode: Inode) -> None:
