@@ -20,7 +20,7 @@ install:
     set -euo pipefail
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     missing=()
-    for pkg in fuse3 libfuse3-dev pkg-config psmisc; do
+    for pkg in fuse3 libfuse3-dev pkg-config psmisc autoconf automake libtool make openssl; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -74,6 +74,11 @@ test *ARGS: schema
 # The race harness for about 60 s inside pytest (three hosts, kill -9, dropped connections).
 race: schema
     python -m pytest -m race tests/test_race.py
+
+# Built from ../shared/third_party into build/pjdfstest; `python -m tests.pjdfstest_run --help` runs part of it on a mount.
+# pjdfstest, the POSIX suite (part of `just test`), on two hosts of one tenant; prints its counts.
+pjdfstest *ARGS: schema
+    python -m pytest tests/test_pjdfstest.py "$@"
 
 # Run the benchmark against the local node.
 bench: schema

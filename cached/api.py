@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cached.errors import InvalidArgument, NameTooLong
+from cached.errors import InvalidArgument, NameTooLong, NotSupported, OutOfRange, TooBig
 from cached.model import NAME_MAX, Inode
 from cached.protocol import INLINE_LIMIT
 
@@ -36,6 +36,39 @@ MAX_FILE_SIZE = 4 * 1024**3
 #: longer than any host's ``--cache-ttl`` + ``--entry-ttl`` (60 + 1 by default),
 #: so another host still holding the name or a handle reads a whole old version.
 DEFAULT_PURGE_DELAY = 120.0
+
+#: Extended attributes (see the README): the namespaces stored, and the limits, in bytes, of
+#: a name (Linux's XATTR_NAME_MAX; ERANGE past it), of a value (XATTR_SIZE_MAX; E2BIG), of
+#: an inode's list of names with their NULs (XATTR_LIST_MAX, what listxattr(2) returns at
+#: most) and of the total of an inode's names and values (ENOSPC past either).
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+XATTR_LIST_MAX = 65536
+XATTR_TOTAL_MAX = 131072
+#: setxattr(2) flags: the name must be new (EEXIST if not) / must exist (ENODATA if not).
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+
+def check_xattr_name(name: bytes) -> bytes:
+    """The namespace (one of :data:`XATTR_NAMESPACES`) of the extended attribute ``name``.
+
+    Raises ``OutOfRange`` (ERANGE) for an empty name or one over :data:`XATTR_NAME_MAX`
+    bytes (as setxattr(2) does), ``NotSupported`` (EOPNOTSUPP) for a name in no stored
+    namespace (``system.posix_acl_access``, ``os2.x``, ``foo``: what ext4 answers), and
+    ``InvalidArgument`` (EINVAL) for a bare namespace (``user.``, as ext4) or a NUL byte.
+    """
+    if not name or len(name) > XATTR_NAME_MAX:
+        raise OutOfRange(f"extended attribute name of {len(name)} bytes (1 to {XATTR_NAME_MAX})")
+    if b"\0" in name:
+        raise InvalidArgument("extended attribute name with a NUL byte")
+    for namespace in XATTR_NAMESPACES:
+        if name.startswith(namespace):
+            if len(name) == len(namespace):
+                raise InvalidArgument(f"extended attribute name {name!r} is only a namespace")
+            return namespace
+    raise NotSupported(f"extended attribute {name[:64]!r} is in no namespace cassfs stores")
 
 
 def socket_path(cache_dir: Path) -> Path:
@@ -210,6 +243,26 @@ class Materialized:
         return cls(Inode.from_wire(reply["inode"]), reply.get("data"), reply.get("path"))
 
 
+@dataclass(frozen=True, slots=True)
+class Xattr:
+    """Reply of ``getxattr``: the attribute's value (None: the inode has no attribute of
+    that name, ENODATA) and how many seconds the front may reuse this answer
+    (``fresh_for``: the daemon answers from its cache that long; 0 for an answer served
+    past its TTL)."""
+
+    value: bytes | None
+    fresh_for: float
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-friendly map."""
+        return {"value": self.value, "fresh_for": self.fresh_for}
+
+    @classmethod
+    def from_wire(cls, reply: dict[str, Any]) -> Xattr:
+        """Read :meth:`to_wire` output."""
+        return cls(reply["value"], reply["fresh_for"])
+
+
 class DaemonApi:
     """Every RPC a mount makes, typed: one method per daemon method, same parameter names.
 
@@ -237,6 +290,10 @@ class DaemonApi:
         mtime_ns (nanoseconds) and size (bytes); the new inode.  ENOENT, EISDIR, EINVAL."""
         return await self._inode("setattr", ino=ino, **changes)
 
+    async def touch_atime(self, ino: int, atime_ns: int) -> bool:
+        """Record a read access (relatime rules, see the daemon); True if written.  ENOENT."""
+        return await self.client.call("touch_atime", ino=ino, atime_ns=atime_ns)  # type: ignore[no-any-return]
+
     async def readlink(self, ino: int) -> bytes:
         """The target of symlink ``ino``; EINVAL when it is not one."""
         return await self.client.call("readlink", ino=ino)  # type: ignore[no-any-return]
@@ -262,8 +319,25 @@ class DaemonApi:
             "symlink", parent=parent, name=name, target=target, uid=uid, gid=gid
         )
 
+    async def mknod(
+        self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+    ) -> Inode:
+        """Create a FIFO, socket, device or empty file (``mode`` with its type bits, ``rdev``
+        the device number); EEXIST, ENOENT (parent removed), ENOTDIR, EINVAL."""
+        return await self._inode(
+            "mknod", parent=parent, name=name, mode=mode, rdev=rdev, uid=uid, gid=gid
+        )
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
+        """Add the name ``new_name`` in ``new_parent`` to the non-directory ``ino``; the inode
+        with its new nlink.  EEXIST, ENOENT, ENOTDIR, EPERM (a directory), EMLINK."""
+        return await self._inode("link", ino=ino, new_parent=new_parent, new_name=new_name)
+
     async def unlink(self, parent: int, name: bytes) -> int:
-        """Remove a non-directory name; the inode it named.  ENOENT, EISDIR."""
+        """Remove a non-directory name.  ENOENT, EISDIR.
+
+        Returns the inode it named when that was its last name, else 0 (hard links remain).
+        """
         return await self.client.call("unlink", parent=parent, name=name)  # type: ignore[no-any-return]
 
     async def rmdir(self, parent: int, name: bytes) -> int:
@@ -305,6 +379,31 @@ class DaemonApi:
     async def purge_inode(self, ino: int) -> bool:
         """Delete the unlinked inode ``ino`` once nothing holds it; True if deleted."""
         return await self.client.call("purge_inode", ino=ino)  # type: ignore[no-any-return]
+
+    async def statfs(self) -> tuple[int, int]:
+        """``(bytes, inodes)`` the tenant uses (its usage counters, at most 1 s old); EIO
+        when Cassandra fails and the daemon knows no figures yet."""
+        reply = await self.client.call("statfs")
+        return int(reply["bytes"]), int(reply["inodes"])
+
+    async def getxattr(self, ino: int, name: bytes) -> Xattr:
+        """Extended attribute ``name`` of ``ino`` (its value None when absent); EOPNOTSUPP,
+        ERANGE, EIO."""
+        return Xattr.from_wire(await self.client.call("getxattr", ino=ino, name=name))
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        """The names of the extended attributes of ``ino``, sorted (every namespace)."""
+        return await self.client.call("listxattr", ino=ino)  # type: ignore[no-any-return]
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        """Set extended attribute ``name`` of ``ino`` (``flags``: 0, :data:`XATTR_CREATE` or
+        :data:`XATTR_REPLACE`).  ENOENT, EEXIST, ENODATA, EPERM (``user.*`` on a symlink or
+        special file), EOPNOTSUPP, ERANGE, E2BIG, ENOSPC (the inode's limits)."""
+        await self.client.call("setxattr", ino=ino, name=name, value=value, flags=flags)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        """Remove extended attribute ``name`` of ``ino``; ENOENT, ENODATA, EPERM, EOPNOTSUPP."""
+        await self.client.call("removexattr", ino=ino, name=name)
 
 
 # -- request validation ---------------------------------------------------------------------
@@ -402,6 +501,30 @@ class Name(Check):
             raise NameTooLong(f"{method}: {param} of {len(value)} bytes is over {NAME_MAX}")
 
 
+@dataclass(frozen=True, slots=True)
+class XattrName(Check):
+    """An extended attribute name: bytes, as :func:`check_xattr_name` accepts (ERANGE,
+    EOPNOTSUPP, EINVAL)."""
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless bytes; then as :func:`check_xattr_name`."""
+        if type(value) is not bytes:
+            raise self.fail(method, param, value, "bytes")
+        check_xattr_name(value)
+
+
+@dataclass(frozen=True, slots=True)
+class XattrValue(Check):
+    """An extended attribute value: bytes, at most :data:`XATTR_SIZE_MAX` (E2BIG past it)."""
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless bytes; E2BIG when too long."""
+        if type(value) is not bytes:
+            raise self.fail(method, param, value, "bytes")
+        if len(value) > XATTR_SIZE_MAX:
+            raise TooBig(f"{method}: {param} of {len(value)} bytes is over {XATTR_SIZE_MAX}")
+
+
 #: The file type bits of a mode (``stat.S_IFMT`` of every bit).
 _S_IFMT = 0o170000
 
@@ -495,11 +618,15 @@ REQUESTS: dict[str, Shape] = {
         },
     ),
     "readlink": Shape({"ino": INO}),
+    "touch_atime": Shape({"ino": INO, "atime_ns": TIME_NS}),
     "readdir": Shape({"ino": INO}),
+    "statfs": Shape({}),
     # namespace
     "mkdir": Shape({**_CREATED, "mode": Mode(stat.S_IFDIR)}),
     "create": Shape({**_CREATED, "mode": Mode(stat.S_IFREG)}),
     "symlink": Shape({**_CREATED, "target": Blob(1, MAX_TARGET)}),
+    "mknod": Shape({**_CREATED, "mode": Int(0, _S_IFMT | 0o7777), "rdev": Int(0, 2**63 - 1)}),
+    "link": Shape({"ino": INO, "new_parent": INO, "new_name": Name()}),
     "unlink": Shape(_NAMED),
     "rmdir": Shape(_NAMED),
     "rename": Shape(
@@ -522,6 +649,14 @@ REQUESTS: dict[str, Shape] = {
         {"ino": INO}, {"data": OrNone(Blob(0, INLINE_LIMIT)), "path": OrNone(Text(1, 4096))}
     ),
     "materialize": Shape({"ino": INO}),
+    # extended attributes
+    "getxattr": Shape({"ino": INO, "name": XattrName()}),
+    "listxattr": Shape({"ino": INO}),
+    "setxattr": Shape(
+        {"ino": INO, "name": XattrName(), "value": XattrValue()},
+        {"flags": Int(0, XATTR_CREATE | XATTR_REPLACE)},
+    ),
+    "removexattr": Shape({"ino": INO, "name": XattrName()}),
 }
 
 

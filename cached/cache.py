@@ -5,6 +5,8 @@ Keys (tuples, so one tenant never sees another's entries):
 - ``("i", owner, env, ino)``          -> ``(fetched_at, inode map)``     inode metadata
 - ``("d", owner, env, parent, name)`` -> ``(fetched_at, ino, kind)``     dentry; ino 0 = negative
 - ``("l", owner, env, parent)``       -> ``(fetched_at, [(name, ino, kind), ...])`` listing
+- ``("x", owner, env, ino)``          -> ``(fetched_at, {name: value})`` extended attributes
+  (every one of the inode; ``{}`` answers ENODATA for any name)
 - ``("c", owner, env, content_id)``   -> content bytes (diskcache keeps large values as files)
 
 Metadata is fresh for ``ttl`` seconds after ``fetched_at`` (wall clock, so it
@@ -354,6 +356,44 @@ class LocalCache:
         """Forget the cached inode."""
         await self._meta_delete(("i", *tenant, ino))
 
+    async def get_xattrs(
+        self, tenant: Tenant, ino: int
+    ) -> tuple[Freshness, dict[bytes, bytes] | None]:
+        """The cached extended attributes of ``ino`` (``{name: value}``, all of them: a name
+        not in a fresh map has no attribute) and their freshness.  Treat the map as
+        read-only: it is the memo's own."""
+        entry = await self._meta_get(("x", *tenant, ino))
+        if entry is None:
+            return Freshness.ABSENT, None
+        fetched_at, xattrs = entry
+        return self._freshness(fetched_at), xattrs
+
+    async def put_xattrs(
+        self, tenant: Tenant, ino: int, xattrs: dict[bytes, bytes], fetched_at: float | None = None
+    ) -> None:
+        """Cache every extended attribute of ``ino`` as fetched at ``fetched_at`` (seconds;
+        default now: a change this daemon made).  A read that began before the entry held
+        was cached does not replace it, as in :meth:`put_inode`."""
+        when = self.clock() if fetched_at is None else fetched_at
+        key = ("x", *tenant, ino)
+        held = self._memo.get(key)
+        if fetched_at is not None and held is not None and held is not _GONE:
+            if held[0] > when:
+                return
+        await self._meta_set(key, (when, xattrs))
+
+    async def drop_xattrs(self, tenant: Tenant, ino: int) -> None:
+        """Forget the cached extended attributes of ``ino``."""
+        await self._meta_delete(("x", *tenant, ino))
+
+    def xattrs_fresh_for(self, tenant: Tenant, ino: int) -> float:
+        """Seconds the cached extended attributes of ``ino`` stay fresh (0 when not in memory
+        or not fresh): the front may reuse an answer about them this long."""
+        entry = self._memo.get(("x", *tenant, ino))
+        if entry is None or entry is _GONE or self._freshness(entry[0]) is not Freshness.FRESH:
+            return 0.0
+        return max(0.0, self.ttl - (self.clock() - entry[0]))
+
     async def get_dentry(
         self, tenant: Tenant, parent: int, name: bytes
     ) -> tuple[Freshness, tuple[int, int] | None]:
@@ -416,13 +456,36 @@ class LocalCache:
         """Remember (in memory, for the TTL) that ``parent`` is too large to list whole."""
         self._memo_put(("B", *tenant, parent), self.clock())
 
+    def subdirectories(self, tenant: Tenant, parent: int) -> int | None:
+        """How many subdirectories ``parent`` has, as counted (:meth:`put_subdirectories`)
+        within the TTL and since this daemon last changed its entries; None: not known."""
+        entry = self._memo.get(("N", *tenant, parent))
+        if entry is None or entry[1] is None or self._freshness(entry[0]) is not Freshness.FRESH:
+            return None
+        return int(entry[1])
+
+    def put_subdirectories(
+        self, tenant: Tenant, parent: int, count: int, fetched_at: float
+    ) -> None:
+        """Remember (in memory, for the TTL from ``fetched_at``, seconds) that ``parent``
+        has ``count`` subdirectories, for a directory's nlink without caching its listing
+        (which would answer lookups).  Ignored when this daemon changed the entries of
+        ``parent`` after ``fetched_at`` (:meth:`update_listing`)."""
+        key = ("N", *tenant, parent)
+        held = self._memo.get(key)
+        if held is not None and held[0] > fetched_at:
+            return
+        self._memo_put(key, (fetched_at, count))
+
     async def update_listing(
         self, tenant: Tenant, parent: int, name: bytes, ino: int, kind: int
     ) -> None:
         """Apply a local change to a cached listing: ``name`` now names ``ino`` (0: gone).
 
         The listing keeps its fetch time: a local change says nothing of other hosts'.
+        A subdirectory count of ``parent`` (:meth:`subdirectories`) is forgotten.
         """
+        self._memo_put(("N", *tenant, parent), (self.clock(), None))
         entry = await self._meta_get(("l", *tenant, parent))
         if entry is None:
             return

@@ -35,6 +35,7 @@ from cached.reaper import Reaper
 from cached.singleflight import SingleFlight
 from cached.stats import Counters
 from cached.store import Store, TenantStore
+from cached.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class Core:
         self.background: trio.Nursery | None = None
         #: Deletions deferred by the purge delay (replaced versions, unlinked inodes).
         self.reaper = reaper if reaper is not None else Reaper(None, 0.0)
+        #: The tenants' usage counters (statfs), counted as inodes and content change.
+        self.usage = Usage()
 
     # -- helpers --------------------------------------------------------------------------
 

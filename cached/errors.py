@@ -73,6 +73,50 @@ class FileTooLarge(CassfsError):
     errno = _errno.EFBIG
 
 
+class TooManyLinks(CassfsError):
+    """An inode has as many names as it may have, ``LINK_MAX`` (EMLINK)."""
+
+    errno = _errno.EMLINK
+
+
+class NotPermitted(CassfsError):
+    """The operation is not allowed on this kind of inode, e.g. a hard link to a
+    directory (EPERM)."""
+
+    errno = _errno.EPERM
+
+
+class NoAttribute(CassfsError):
+    """No extended attribute of that name (ENODATA, which Linux also calls ENOATTR)."""
+
+    errno = _errno.ENODATA
+
+
+class NotSupported(CassfsError):
+    """An extended attribute name outside the namespaces cassfs stores, e.g. ``system.*``
+    or a name without a namespace (EOPNOTSUPP, which Linux also calls ENOTSUP)."""
+
+    errno = _errno.EOPNOTSUPP
+
+
+class OutOfRange(CassfsError):
+    """An extended attribute name that is empty or longer than 255 bytes (ERANGE)."""
+
+    errno = _errno.ERANGE
+
+
+class TooBig(CassfsError):
+    """An extended attribute value over 65536 bytes (E2BIG)."""
+
+    errno = _errno.E2BIG
+
+
+class NoSpace(CassfsError):
+    """No room left, e.g. an inode's extended attributes at their total limit (ENOSPC)."""
+
+    errno = _errno.ENOSPC
+
+
 class StorageError(CassfsError):
     """Cassandra failed or timed out, or content failed verification (EIO)."""
 
@@ -107,6 +151,13 @@ _BY_ERRNO: dict[int, type[CassfsError]] = {
         NameTooLong,
         InvalidArgument,
         FileTooLarge,
+        TooManyLinks,
+        NotPermitted,
+        NoAttribute,
+        NotSupported,
+        OutOfRange,
+        TooBig,
+        NoSpace,
     )
 }
 

@@ -102,6 +102,18 @@ class Inode:
         return replace(self, **changes)
 
 
+#: Nanoseconds after which ``relatime`` records an access even without a change since.
+RELATIME_AGE_NS = 24 * 3600 * 1_000_000_000
+
+
+def needs_atime(inode: Inode, now_ns: int) -> bool:
+    """Whether ``relatime`` records an access to ``inode`` at ``now_ns``: the access
+    time is not after the last modification or change, or it is a day old (Linux's
+    ``relatime_need_update`` in fs/inode.c)."""
+    atime = inode.atime_ns
+    return atime <= inode.mtime_ns or atime <= inode.ctime_ns or now_ns - atime >= RELATIME_AGE_NS
+
+
 @dataclass(frozen=True, slots=True)
 class Dentry:
     """A directory entry: ``name`` (bytes) in directory ``parent`` names inode ``ino``.

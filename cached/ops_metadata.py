@@ -24,10 +24,13 @@ from cached.errors import (
     StorageError,
 )
 from cached.model import (
+    DIRECTORY,
     REGULAR,
     SYMLINK,
     Dentry,
+    Inode,
     check_name,
+    needs_atime,
 )
 from cached.versions import Contents
 
@@ -97,7 +100,7 @@ class MetadataOps:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
         try:
-            return (await self.core.get_inode(s, ino, not_before=bound_at)).to_wire()
+            return await self._answer(s, await self.core.get_inode(s, ino, not_before=bound_at))
         except NotFound:
             # The cached entry names an inode that is gone: the name was rebound (a
             # file replaced by a rename over it) or removed.  Ask Cassandra; the inode
@@ -109,7 +112,8 @@ class MetadataOps:
             )
             if entry is None or entry.ino == ino:
                 raise
-            return (await self.core.get_inode(s, entry.ino, not_before=bound_at)).to_wire()
+            inode = await self.core.get_inode(s, entry.ino, not_before=bound_at)
+            return await self._answer(s, inode)
 
     async def _listing_index(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
         """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.
@@ -160,8 +164,67 @@ class MetadataOps:
                 nursery.start_soon(one, ino)
 
     async def rpc_getattr(self, s: Session, ino: int) -> dict[str, Any]:
-        """The inode ``ino``; ENOENT."""
-        return (await self.core.get_inode(s, ino)).to_wire()
+        """The inode ``ino``; ENOENT.
+
+        A directory's nlink is 2 + its subdirectories (see :meth:`_answer`).
+        """
+        return await self._answer(s, await self.core.get_inode(s, ino))
+
+    async def _answer(self, s: Session, inode: Inode) -> dict[str, Any]:
+        """``inode`` as the front gets it (:meth:`Inode.to_wire`).
+
+        A directory's stored nlink is 1 (0 once removed); the answer follows the
+        Unix convention that ``find`` and ``fts`` rely on instead: 2 (its own entry
+        and its ``.``) plus one per subdirectory (their ``..``), counted in its
+        listing (:meth:`_dir_nlink`).  A removed directory answers 0.
+        """
+        if inode.is_dir and inode.nlink > 0:
+            inode = inode.evolve(nlink=await self._dir_nlink(s, inode.ino))
+        return inode.to_wire()
+
+    async def _dir_nlink(self, s: Session, ino: int) -> int:
+        """2 + the subdirectories of directory ``ino``, or 1 when that is not known.
+
+        Counted in the listing this daemon caches, when fresh: kept up to date by its
+        own mkdir, rmdir and rename, so right at once on this host, and other hosts'
+        changes show within the TTL.  Otherwise the entries are read (one partition,
+        at most :data:`LISTING_LIMIT` + 1 rows) and only their count is kept, in
+        memory for the TTL or until this daemon changes the directory: caching the
+        listing would have it answer lookups (negative ones too) from a mere stat on.
+        1, which ``find`` and ``fts`` take as "unknown" (btrfs answers 1 for every
+        directory), for a directory over :data:`LISTING_LIMIT` entries without a
+        fresh whole listing (``readdir`` caches one), and when Cassandra fails with
+        no listing cached (an expired one serves, stale-if-error).
+        """
+        cache = self.core.cache
+        state, items = await cache.get_listing(s.tenant, ino)
+        if state is Freshness.FRESH and items is not None:
+            return 2 + _subdirectories(items)
+        count = cache.subdirectories(s.tenant, ino)
+        if count is None and not cache.is_large_dir(s.tenant, ino):
+            try:
+                count = await self.core.flights.run(
+                    ("N", s.tenant, ino), self._count_subdirectories, s, ino
+                )
+            except StorageError:
+                if items is None:
+                    return 1
+                self.core.counters.add("stale_served")
+                return 2 + _subdirectories(items)
+        return 1 if count is None else 2 + count
+
+    async def _count_subdirectories(self, s: Session, ino: int) -> int | None:
+        """Read the entries of directory ``ino`` and count its subdirectories (kept for
+        the TTL); None over :data:`LISTING_LIMIT` entries (marked large).  EIO."""
+        started = self.core.cache.clock()
+        self.core.counters.add("misses")
+        entries = await s.store.list_dentries(ino, limit=LISTING_LIMIT + 1)
+        if len(entries) > LISTING_LIMIT:
+            self.core.cache.mark_large_dir(s.tenant, ino)
+            return None
+        count = sum(entry.kind == DIRECTORY for entry in entries)
+        self.core.cache.put_subdirectories(s.tenant, ino, count, started)
+        return count
 
     async def rpc_readdir(self, s: Session, ino: int) -> list[list[Any]]:
         """Every entry of directory ``ino`` as ``[name, inode]``, ordered by name.
@@ -187,7 +250,8 @@ class MetadataOps:
         async def one(index: int, name: bytes, child: int) -> None:
             async with limiter:
                 try:
-                    results[index] = [name, (await self.core.get_inode(s, child)).to_wire()]
+                    inode = await self.core.get_inode(s, child)
+                    results[index] = [name, await self._answer(s, inode)]
                 except NotFound:
                     log.debug("dangling entry %r in %d", name, ino)
 
@@ -237,4 +301,25 @@ class MetadataOps:
             changed = inode.evolve(**changes, ctime_ns=now if changes else inode.ctime_ns)
             await self.core.cache.put_inode(s.tenant, changed)
             self.core.announce(s, ino)
-            return changed.to_wire()
+            return await self._answer(s, changed)
+
+    async def rpc_touch_atime(self, s: Session, ino: int, atime_ns: int) -> bool:
+        """Record a read access at ``atime_ns`` (nanoseconds) under relatime rules.
+
+        The access time is written only when it is not after the last change
+        (mtime or ctime) or is a day old (:data:`~cached.model.RELATIME_AGE_NS`), as Linux's
+        ``relatime`` does, so reads do not each cost a Cassandra write.  Returns
+        True if written.  ENOENT; StorageError (EIO).
+        """
+        async with self.core.inode_locks((s.tenant, ino)):
+            inode = await self.core.get_inode(s, ino)
+            if not needs_atime(inode, atime_ns):
+                return False
+            await s.store.set_atime_only(ino, atime_ns)
+            await self.core.cache.put_inode(s.tenant, inode.evolve(atime_ns=atime_ns))
+            return True
+
+
+def _subdirectories(items: list[tuple[bytes, int, int]]) -> int:
+    """How many of a listing's ``(name, ino, kind)`` entries are directories."""
+    return sum(kind == DIRECTORY for _name, _ino, kind in items)

@@ -1,4 +1,5 @@
-"""RPC methods that change names: mkdir, create, symlink, unlink, rmdir, rename, purge_inode.
+"""RPC methods that change names: mkdir, create, symlink, mknod, link, unlink, rmdir, rename,
+purge_inode.
 
 Every name change is a lightweight transaction (LWT) or a conditional batch on
 one directory's ``dentries`` partition, read from Cassandra (never from the
@@ -10,6 +11,7 @@ errno the race does not explain.
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from typing import Any
 
@@ -29,19 +31,25 @@ from cached.errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
+    NotPermitted,
     StorageError,
 )
+from cached.links import count_link, uncount_link
 from cached.model import (
+    BLOCKDEV,
+    CHARDEV,
     DIRECTORY,
     REGULAR,
     ROOT_INO,
+    SPECIAL_KINDS,
     SYMLINK,
     Dentry,
     Inode,
     check_name,
+    kind_of_mode,
     mode_of_kind,
 )
-from cached.recovery import finish_move, is_stale, lift_stale_seal, orphan, settle_claim
+from cached.recovery import finish_move, is_stale, lift_stale_seal, settle_claim
 from cached.store import Intent, LwtOutcome, new_op_id
 from cached.versions import Contents
 
@@ -120,11 +128,18 @@ class NamespaceOps:
 
     async def _make(self, s: Session, parent: int, name: bytes, inode: Inode) -> Inode:
         check_name(name)
-        await self.core.directory(s, parent)
+        directory = await self.core.directory(s, parent)
+        if directory.mode & stat.S_ISGID:
+            # A setgid directory passes on its group, and to subdirectories the bit
+            # itself (what ext4 does; the kernel already cleared S_ISGID from the mode
+            # of a file whose creator is not in that group).
+            mode = inode.mode | (stat.S_ISGID if inode.is_dir else 0)
+            inode = inode.evolve(gid=directory.gid, mode=mode)
         # The inode (and its index row) before its name: a name never points at nothing.
         # If the name LWT fails without an answer, the inode stays: the name may have
         # been set; if not, fsck finds a nameless inode.
         await s.store.create_inode(inode)
+        await self.core.usage.count(s, 0, 1)
         for _attempt in range(2):
             outcome = await s.store.insert_dentry(
                 Dentry(parent, name, inode.ino, inode.kind), inode.ctime_ns
@@ -140,13 +155,18 @@ class NamespaceOps:
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await s.store.delete_inode(inode.ino)
+                    await self.core.usage.count(s, 0, -1)
                 raise
         else:
             with trio.CancelScope(shield=True):
                 await s.store.delete_inode(inode.ino)
+                await self.core.usage.count(s, 0, -1)
             raise NotFound(f"directory {parent} was removed")
         await self.core.touch_dir(s, parent, inode.ctime_ns)
         await self.core.cache.put_inode(s.tenant, inode)
+        # A new inode has no extended attributes: the kernel's security.capability probe
+        # at its first write is answered without a query.
+        await self.core.cache.put_xattrs(s.tenant, inode.ino, {})
         await self.core.dentries_changed(s, parent, name, inode.ino, inode.kind)
         self.core.announce(s, parent)
         return inode
@@ -177,9 +197,13 @@ class NamespaceOps:
     async def rpc_mkdir(
         self, s: Session, parent: int, name: bytes, mode: int, uid: int, gid: int
     ) -> dict[str, Any]:
-        """Create directory ``name`` in ``parent``; EEXIST, ENOENT (parent removed), ENOTDIR."""
+        """Create directory ``name`` in ``parent``; EEXIST, ENOENT (parent removed), ENOTDIR.
+
+        The answer's nlink is 2 (no subdirectory yet; see ``rpc_getattr``); the
+        stored one is 1.
+        """
         inode = self._new_inode(DIRECTORY, mode, uid, gid, parent)
-        return (await self._make(s, parent, name, inode)).to_wire()
+        return (await self._make(s, parent, name, inode)).evolve(nlink=2).to_wire()
 
     async def rpc_create(
         self, s: Session, parent: int, name: bytes, mode: int, uid: int, gid: int
@@ -204,6 +228,69 @@ class NamespaceOps:
             raise InvalidArgument("symlink target must be 1 to 4096 bytes")
         inode = self._new_inode(SYMLINK, 0o777, uid, gid, parent, target=target, size=len(target))
         return (await self._make(s, parent, name, inode)).to_wire()
+
+    async def rpc_mknod(
+        self, s: Session, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+    ) -> dict[str, Any]:
+        """Create a FIFO, socket, device or empty regular file ``name`` (mknod(2)).
+
+        ``mode`` carries the file type bits; ``rdev`` (the kernel's encoding) is kept
+        for character and block devices.  EEXIST, ENOENT, ENOTDIR; EINVAL for a
+        directory, symlink or unknown type (the kernel refuses those first).
+        """
+        kind = kind_of_mode(mode)
+        if kind == REGULAR:
+            return await self.rpc_create(s, parent, name, mode & 0o7777, uid, gid)
+        if kind not in SPECIAL_KINDS:
+            raise InvalidArgument(f"mknod cannot make a {stat.filemode(mode)[0]!r} inode")
+        device = rdev if kind in (CHARDEV, BLOCKDEV) else 0
+        inode = self._new_inode(kind, mode, uid, gid, parent, rdev=device)
+        return (await self._make(s, parent, name, inode)).to_wire()
+
+    async def rpc_link(
+        self, s: Session, ino: int, new_parent: int, new_name: bytes
+    ) -> dict[str, Any]:
+        """Give the non-directory ``ino`` the name ``new_name`` in ``new_parent`` (link(2)).
+
+        Returns the inode with its new nlink.  EEXIST, ENOENT (the inode has no name
+        left or the directory is removed), ENOTDIR, EPERM for a directory, EMLINK
+        past :data:`~cached.links.LINK_MAX` names.  The name is counted before it
+        is written (see :mod:`cached.links`).
+        """
+        check_name(new_name)
+        await self.core.directory(s, new_parent)
+        existing = await s.store.get_inode(ino)
+        if existing is not None and existing.kind == DIRECTORY:
+            raise NotPermitted("hard links to directories are not allowed")
+        target = await self._entry(s, new_parent, new_name)
+        if target is not None:
+            await self._refresh_name(s, new_parent, new_name, target)
+            raise Exists(_text(new_name))
+        now = time.time_ns()
+        inode = await count_link(s.store, ino, now)
+        try:
+            for _attempt in range(2):
+                outcome = await s.store.insert_dentry(
+                    Dentry(new_parent, new_name, ino, inode.kind), now
+                )
+                if outcome.applied:
+                    break
+                if outcome.sealed:
+                    await self._check_open_dir(s, new_parent, outcome)
+                    continue  # a dead rmdir's seal was lifted
+                await self._refresh_name(s, new_parent, new_name, outcome.holder)
+                raise Exists(_text(new_name))
+            else:
+                raise NotFound(f"directory {new_parent} was removed")
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await uncount_link(s.store, ino, time.time_ns())
+            raise
+        await self.core.touch_dir(s, new_parent, now)
+        await self.core.cache.put_inode(s.tenant, inode)
+        await self.core.dentries_changed(s, new_parent, new_name, ino, inode.kind)
+        self.core.announce(s, new_parent, ino)
+        return inode.to_wire()
 
     # -- remove ---------------------------------------------------------------------------
 
@@ -253,15 +340,19 @@ class NamespaceOps:
         else:
             raise StorageError(f"{_text(name)!r} kept changing while being removed")
         await self.core.dentries_changed(s, parent, name, 0, 0)
-        inode = await orphan(s.store, entry.ino, now)
+        inode = await uncount_link(s.store, entry.ino, now)
         if inode is not None:
             await self.core.cache.put_inode(s.tenant, inode)
         await self.core.touch_dir(s, parent, now)
         self.core.announce(s, parent, entry.ino)
-        return entry.ino
+        return entry.ino if inode is None or inode.nlink == 0 else 0
 
     async def rpc_unlink(self, s: Session, parent: int, name: bytes) -> int:
-        """Remove the non-directory ``name``; its inode number.  ENOENT, EISDIR."""
+        """Remove the non-directory ``name``.  ENOENT, EISDIR.
+
+        Returns its inode number when that was its last name (purge it once nothing
+        holds it), else 0 (other hard links remain).
+        """
         return await self._unlink_entry(s, parent, name, want_dir=False)
 
     async def rpc_rmdir(self, s: Session, parent: int, name: bytes) -> int:
@@ -336,6 +427,7 @@ class NamespaceOps:
         replaced = target.ino if target is not None else 0
         now = time.time_ns()
         moved = False
+        counted: Inode | None = None  # the replaced inode, one name fewer
         try:
             if source.parent == new_parent:
                 outcome = await s.store.rename_in_dir(new_parent, source, new_name, replaced, now)
@@ -347,7 +439,7 @@ class NamespaceOps:
                     op, source.parent, source.name, new_parent, new_name, source.ino,
                     source.kind, replaced, now,
                 )  # fmt: skip
-                moved = await self._move_across(s, intent, target)
+                moved, counted = await self._move_across(s, intent, target)
         finally:
             if not moved and target is not None and target.kind == DIRECTORY:
                 with trio.CancelScope(shield=True):
@@ -355,7 +447,8 @@ class NamespaceOps:
         if not moved:
             return None
         if source.parent == new_parent and replaced:
-            await orphan(s.store, replaced, now)
+            counted = await uncount_link(s.store, replaced, now)
+        await s.store.set_ctime(source.ino, now)
         await self.core.cache.drop_inode(s.tenant, source.ino)
         if replaced:
             await self.core.cache.drop_inode(s.tenant, replaced)
@@ -365,16 +458,23 @@ class NamespaceOps:
         if new_parent != source.parent:
             await self.core.touch_dir(s, new_parent, now)
         self.core.announce(s, source.parent, new_parent, source.ino, replaced)
-        return Renamed(source.ino, replaced).to_wire()
+        last_name = replaced if counted is not None and counted.nlink == 0 else 0
+        return Renamed(source.ino, last_name).to_wire()
 
-    async def _move_across(self, s: Session, intent: Intent, target: Dentry | None) -> bool:
-        """Intent, claim the source, set the new name, finish; False when a race was lost."""
+    async def _move_across(
+        self, s: Session, intent: Intent, target: Dentry | None
+    ) -> tuple[bool, Inode | None]:
+        """Intent, claim the source, set the new name, finish.
+
+        Returns ``(moved, replaced)``: moved False when a race was lost; replaced is
+        the replaced inode after one name fewer was counted (see ``finish_move``).
+        """
         store = s.store
         await store.put_intent(intent)
         if not await store.claim_dentry(intent.old_parent, intent.old_name, intent.ino, intent.id):
             with trio.CancelScope(shield=True):
                 await store.delete_intent(intent)
-            return False
+            return False, None
         # Should this LWT fail without an answer, whether the new name was set is
         # unknown: the claim and the intent stay for a later request or fsck to settle.
         moved = Dentry(intent.new_parent, intent.new_name, intent.ino, intent.kind)
@@ -388,9 +488,8 @@ class NamespaceOps:
                 await store.delete_intent(intent)
             if outcome.sealed:
                 await self._check_open_dir(s, intent.new_parent, outcome)
-            return False
-        await finish_move(store, intent, intent.started_ns)
-        return True
+            return False, None
+        return True, await finish_move(store, intent, intent.started_ns)
 
     async def _take_rename_lease(self, s: Session) -> bytes:
         """Take the tenant's lease for moving directories between parents; its holder id.
@@ -443,7 +542,8 @@ class NamespaceOps:
         return False
 
     async def purge_now(self, s: Session, ino: int) -> bool:
-        """Delete ``ino`` if it is still unlinked; True if so.  StorageError (EIO)."""
+        """Delete ``ino`` if it is still unlinked, and count it off the tenant's usage
+        (:mod:`cached.usage`); True if this call deleted it.  StorageError (EIO)."""
         async with self.core.inode_locks((s.tenant, ino)):
             inode = await s.store.get_inode(ino)
             if inode is None or inode.nlink != 0:
@@ -456,6 +556,13 @@ class NamespaceOps:
                 await self.contents.delete_chunks(
                     s, ino, inode.version, inode.size, inode.chunk_size
                 )
-            await s.store.delete_inode(ino)
+            # Conditional: of several purges of this inode at once (two daemons' queues)
+            # exactly one takes it off the usage counters.
+            if not await s.store.delete_unlinked(ino):
+                await self.core.cache.drop_inode(s.tenant, ino)
+                return False
+            await self.core.usage.count(s, -inode.size if inode.kind == REGULAR else 0, -1)
+            await s.store.delete_inode(ino)  # its xattrs partition too
             await self.core.cache.drop_inode(s.tenant, ino)
+            await self.core.cache.drop_xattrs(s.tenant, ino)
             return True

@@ -18,6 +18,7 @@ import logging
 import time
 
 from cached.errors import CassfsError
+from cached.links import uncount_link
 from cached.model import DIRECTORY, Inode
 from cached.store import Intent, TenantStore, uuid_time_ns
 
@@ -38,29 +39,25 @@ def is_stale(op_id: bytes, now_ns: int | None = None) -> bool:
     return now - uuid_time_ns(op_id) > GRACE_NS
 
 
-async def finish_move(store: TenantStore, intent: Intent, now_ns: int) -> None:
+async def finish_move(store: TenantStore, intent: Intent, now_ns: int) -> Inode | None:
     """The steps of a cross-directory rename after its new name is set.
 
     Deletes the claimed source name, points a moved directory's ``parent`` at its
-    new parent, marks the replaced inode unlinked (nlink 0), and deletes the
-    intent.  Idempotent.  Raises ``StorageError`` (EIO).
+    new parent, counts one name fewer for the replaced inode, and deletes the
+    intent.  Idempotent: the count is taken once, by whoever clears the intent's
+    ``replaced`` (:meth:`~cached.store.TenantStore.take_replaced`).  Returns the
+    replaced inode after the count when this call took it (nlink 0: its last
+    name), else None.  Raises ``StorageError`` (EIO).
     """
     await store.delete_claimed(intent.old_parent, intent.old_name, intent.id, now_ns)
     if intent.kind == DIRECTORY:
         await store.set_parent(intent.ino, intent.new_parent, now_ns)
     # (a file's ctime is not moved here: ctime_ns belongs to whichever change wrote it)
-    if intent.replaced:
-        await orphan(store, intent.replaced, now_ns)
+    replaced = None
+    if intent.replaced and await store.take_replaced(intent):
+        replaced = await uncount_link(store, intent.replaced, now_ns)
     await store.delete_intent(intent)
-
-
-async def orphan(store: TenantStore, ino: int, now_ns: int) -> Inode | None:
-    """Mark ``ino``, which lost its last name, unlinked (nlink 0); the new inode or None."""
-    inode = await store.get_inode(ino)
-    if inode is None:
-        return None
-    await store.set_nlink(ino, 0, now_ns)
-    return inode.evolve(nlink=0, ctime_ns=now_ns)
+    return replaced
 
 
 async def settle_intent(store: TenantStore, intent: Intent) -> str:

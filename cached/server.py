@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 #: Methods that change Cassandra: shielded from cancellation, bounded by a deadline.
 MUTATING_METHODS = frozenset(
     {"mkdir", "create", "symlink", "unlink", "rmdir", "rename", "write", "setattr", "purge_inode"}
+    | {"setxattr", "removexattr"}
 )
 #: Methods a connection may call before ``hello`` names its tenant.
 ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown"})

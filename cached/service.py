@@ -35,6 +35,7 @@ from cached.model import DIRECTORY, ROOT_INO, Inode, mode_of_kind
 from cached.ops_content import ContentOps
 from cached.ops_metadata import MetadataOps
 from cached.ops_namespace import NamespaceOps
+from cached.ops_xattr import XattrOps
 from cached.reaper import Deletion, Reaper
 from cached.stats import Counters
 from cached.store import Store
@@ -53,7 +54,8 @@ class Service:
     Operation -> method: lookup/getattr/readdir/readlink/setattr in
     :mod:`cached.ops_metadata`; mkdir/create/symlink/unlink/rmdir/rename/purge_inode in
     :mod:`cached.ops_namespace`; open/read/write/materialize in :mod:`cached.ops_content`;
-    hello/stats/purge here.
+    getxattr/listxattr/setxattr/removexattr in :mod:`cached.ops_xattr`;
+    hello/statfs/stats/purge here.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Service:
             MetadataOps(self.core, self.contents),
             self.namespace,
             ContentOps(self.core, self.contents),
+            XattrOps(self.core),
         )
 
     async def reap(self, deletion: Deletion) -> None:
@@ -123,10 +126,23 @@ class Service:
                 size=0, atime_ns=now, mtime_ns=now, ctime_ns=now, parent=ROOT_INO, nlink=1,
                 content_id=b"", chunk_size=0, target=b"",
             )  # fmt: skip
-            await s.store.create_inode(root)
-            log.info("created the root inode of tenant %s/%s", s.owner, s.environment)
+            if await s.store.create_root(root):
+                await self.core.usage.count(s, 0, 1)
+                log.info("created the root inode of tenant %s/%s", s.owner, s.environment)
+            else:  # another host made it first: serve that one
+                root = await self.core.load_inode(s, ROOT_INO)
         await self.core.cache.put_inode(s.tenant, root)
         return {"root": root.to_wire(), "epoch": self.core.epoch, "pid": os.getpid()}
+
+    async def rpc_statfs(self, s: Session) -> dict[str, int]:
+        """What the tenant uses: ``{"bytes": content bytes, "inodes": inodes}``.
+
+        From the usage counters (see :mod:`cached.usage`), read at most once a
+        second per tenant; while Cassandra fails the last figures read serve, and
+        with none, ``StorageError`` (EIO).
+        """
+        used_bytes, inodes = await self.core.usage.figures(s)
+        return {"bytes": used_bytes, "inodes": inodes}
 
     # -- cache administration -------------------------------------------------------------
 

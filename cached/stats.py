@@ -26,6 +26,8 @@ NAMES = (
     "evictions",  # cache entries removed by the size limit (LRU)
     "purges",  # `cassfs cache purge` runs
     "stale_served",  # expired entries served because Cassandra failed (stale-if-error)
+    "xattr_hits",  # getxattr/listxattr answered from the cache (negative answers too)
+    "xattr_reads",  # an inode's extended attributes read from Cassandra
 )
 GAUGES = (
     "entries",

@@ -67,6 +67,11 @@ STATEMENTS: dict[str, str] = {
         f"INSERT INTO {{ks}}.inodes (owner, environment, {_INODE_COLUMNS}) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
+    # A tenant's root, made by whichever host says hello first (counted once).
+    "put_root": (
+        f"INSERT INTO {{ks}}.inodes (owner, environment, {_INODE_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+    ),
     # One statement per attribute: a setattr writes only the cells it changes, so a
     # chmod on one host and a chown on another both stay (no read-modify-write).
     **{
@@ -88,8 +93,19 @@ STATEMENTS: dict[str, str] = {
     "set_parent": (
         f"UPDATE {{ks}}.inodes SET parent = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?"
     ),
+    # relatime: a read access moves only atime (no ctime, as Linux does).
+    "set_atime_only": f"UPDATE {{ks}}.inodes SET atime_ns = ? WHERE {_TENANT} AND ino = ?",
+    "set_ctime": f"UPDATE {{ks}}.inodes SET ctime_ns = ? WHERE {_TENANT} AND ino = ?",
     "set_nlink": f"UPDATE {{ks}}.inodes SET nlink = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?",
+    # Hard links: the count of a non-directory's names changes only by compare-and-set,
+    # so two hosts changing it at once both count.
+    "swap_nlink": (
+        f"UPDATE {{ks}}.inodes SET nlink = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ? IF nlink = ?"
+    ),
     "delete_inode": f"DELETE FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ?",
+    # The purge of an unlinked inode: applied once, however many purge it at once, so the
+    # usage counters lose it once.
+    "delete_unlinked": f"DELETE FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ? IF nlink = 0",
     # -- inode_index ----------------------------------------------------------------------
     "put_index": (
         "INSERT INTO {ks}.inode_index (owner, environment, bucket, ino, kind, created_ns) "
@@ -99,6 +115,13 @@ STATEMENTS: dict[str, str] = {
     "list_index": (
         f"SELECT ino, kind, created_ns FROM {{ks}}.inode_index WHERE {_TENANT} AND bucket = ?"
     ),
+    # -- usage (statfs) -------------------------------------------------------------------
+    # Counters: never in a batch with other statements, not idempotent (a retried update
+    # may count twice), so the figures are approximate.
+    "add_usage": (
+        f"UPDATE {{ks}}.usage SET bytes = bytes + ?, inodes = inodes + ? WHERE {_TENANT}"
+    ),
+    "get_usage": f"SELECT bytes, inodes FROM {{ks}}.usage WHERE {_TENANT}",
     # -- versions and chunks --------------------------------------------------------------
     "put_version": (
         "INSERT INTO {ks}.versions (owner, environment, ino, version, content_id, size, "
@@ -161,12 +184,35 @@ STATEMENTS: dict[str, str] = {
         "SELECT id, old_parent, old_name, new_parent, new_name, ino, kind, replaced, "
         f"started_ns FROM {{ks}}.intents WHERE {_TENANT} AND bucket = ?"
     ),
-    "delete_intent": f"DELETE FROM {{ks}}.intents WHERE {_TENANT} AND bucket = ? AND id = ?",
+    # The one step of a cross-directory rename that is not idempotent (one name fewer for
+    # the replaced inode) runs only for whoever takes the intent's ``replaced`` away; an
+    # intent touched by this LWT is deleted by an LWT too (no plain write after an LWT).
+    "take_replaced": (
+        f"UPDATE {{ks}}.intents SET replaced = 0 WHERE {_TENANT} AND bucket = ? AND id = ? "
+        "IF replaced = ?"
+    ),
+    "delete_intent_lwt": (
+        f"DELETE FROM {{ks}}.intents WHERE {_TENANT} AND bucket = ? AND id = ? IF EXISTS"
+    ),
     "acquire_lock": (
         "INSERT INTO {ks}.locks (owner, environment, name, holder, acquired_ns) "
         "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
     ),
     "release_lock": f"DELETE FROM {{ks}}.locks WHERE {_TENANT} AND name = ? IF holder = ?",
+    # -- xattrs (cached/ops_xattr.py) ----------------------------------------------------
+    # Every write of an attribute row is an LWT (create, replace, remove), so XATTR_CREATE
+    # and XATTR_REPLACE racing on two hosts get one winner and no plain write with a client
+    # timestamp mixes with them on a cell.  Only the inode's purge deletes plainly.
+    "list_xattrs": f"SELECT name, value FROM {{ks}}.xattrs WHERE {_TENANT} AND ino = ?",
+    "create_xattr": (
+        "INSERT INTO {ks}.xattrs (owner, environment, ino, name, value) VALUES (?, ?, ?, ?, ?) "
+        "IF NOT EXISTS"
+    ),
+    "replace_xattr": (
+        f"UPDATE {{ks}}.xattrs SET value = ? WHERE {_TENANT} AND ino = ? AND name = ? IF EXISTS"
+    ),
+    "remove_xattr": f"DELETE FROM {{ks}}.xattrs WHERE {_TENANT} AND ino = ? AND name = ? IF EXISTS",
+    "delete_xattrs": f"DELETE FROM {{ks}}.xattrs WHERE {_TENANT} AND ino = ?",
     "schema_version": "SELECT version FROM {ks}.schema_version WHERE component = 'cassfs'",
     # -- fsck (cassfs/fsck.py) ------------------------------------------------------------
     # A directory's entries with its static cells (sealed, changed_ns) in one read.
@@ -184,6 +230,14 @@ STATEMENTS: dict[str, str] = {
 #: Statements that are lightweight transactions (serial consistency LOCAL_SERIAL).
 _LWT = {
     "flip_content",
+    "create_xattr",
+    "replace_xattr",
+    "remove_xattr",
+    "put_root",
+    "delete_unlinked",
+    "swap_nlink",
+    "take_replaced",
+    "delete_intent_lwt",
     "insert_dentry",
     "replace_dentry",
     "delete_dentry",
@@ -613,6 +667,15 @@ class TenantStore:
             logged=True,
         )  # fmt: skip
 
+    async def create_root(self, root: Inode) -> bool:
+        """Write the tenant's root inode (its index row, then the inode ``IF NOT EXISTS``);
+        True when this call made it, False when another host did first."""
+        await self._store.run(
+            "put_index", (*self._t, index_bucket(root.ino), root.ino, root.kind, root.ctime_ns)
+        )
+        rows = await self._store.run("put_root", self._put_inode_params(root))
+        return bool(rows[0]["[applied]"])
+
     async def set_attrs(self, ino: int, changes: dict[str, int], ctime_ns: int) -> None:
         """Write the attributes in ``changes`` (keys among mode, uid, gid, atime_ns,
         mtime_ns) and ``ctime_ns`` of ``ino``, and nothing else (one batch, one partition).
@@ -663,23 +726,68 @@ class TenantStore:
         """Write only ``parent`` and ``ctime_ns`` of ``ino`` (a move)."""
         await self._store.run("set_parent", (parent, ctime_ns, *self._t, ino))
 
+    async def set_atime_only(self, ino: int, atime_ns: int) -> None:
+        """Write only ``atime_ns`` of ``ino`` (a read access under relatime)."""
+        await self._store.run("set_atime_only", (atime_ns, *self._t, ino))
+
+    async def set_ctime(self, ino: int, ctime_ns: int) -> None:
+        """Write only ``ctime_ns`` of ``ino`` (a rename changes the moved inode's ctime)."""
+        await self._store.run("set_ctime", (ctime_ns, *self._t, ino))
+
     async def set_nlink(self, ino: int, nlink: int, ctime_ns: int) -> None:
         """Write only ``nlink`` and ``ctime_ns`` of ``ino`` (a name removed)."""
         await self._store.run("set_nlink", (nlink, ctime_ns, *self._t, ino))
 
+    async def swap_nlink(self, ino: int, nlink: int, expected: int, ctime_ns: int) -> int | None:
+        """LWT: set ``ino``'s nlink (and ctime) to ``nlink`` if it is still ``expected``.
+
+        Returns None when applied, else the nlink the inode has now (-1: no such inode).
+        """
+        rows = await self._store.run("swap_nlink", (nlink, ctime_ns, *self._t, ino, expected))
+        if rows[0]["[applied]"]:
+            return None
+        current = rows[0].get("nlink")
+        return -1 if current is None and "nlink" not in rows[0] else (current or 0)
+
     async def delete_inode(self, ino: int) -> None:
-        """Delete the inode row, its versions rows and its index row (one logged batch).
+        """Delete the inode row, its versions rows, its extended attributes and its index row
+        (one logged batch).
 
         The chunks are deleted separately, before.
         """
         await self._store.run_batch(
             [
                 ("delete_versions", (*self._t, ino)),
+                ("delete_xattrs", (*self._t, ino)),
                 ("delete_inode", (*self._t, ino)),
                 ("delete_index", (*self._t, index_bucket(ino), ino)),
             ],
             logged=True,
         )
+
+    async def delete_unlinked(self, ino: int) -> bool:
+        """LWT: delete the inode row of ``ino`` if its nlink is 0; True when this call did.
+
+        Of several purges of one inode at once, exactly one gets True (the one that
+        takes it off the usage counters).  The versions and index rows are left to
+        :meth:`delete_inode`.
+        """
+        rows = await self._store.run("delete_unlinked", (*self._t, ino))
+        return bool(rows[0]["[applied]"])
+
+    # -- usage (statfs) -------------------------------------------------------------------
+
+    async def add_usage(self, bytes_delta: int, inodes_delta: int) -> None:
+        """Add ``bytes_delta`` bytes of content and ``inodes_delta`` inodes to the tenant's
+        usage counters (a counter update: not idempotent, never batched)."""
+        await self._store.run("add_usage", (bytes_delta, inodes_delta, *self._t))
+
+    async def get_usage(self) -> tuple[int, int]:
+        """``(bytes, inodes)`` the tenant's usage counters hold (0, 0 when none)."""
+        rows = await self._store.run("get_usage", self._t)
+        if not rows:
+            return 0, 0
+        return rows[0]["bytes"] or 0, rows[0]["inodes"] or 0
 
     async def list_index(self, bucket: int) -> list[tuple[int, int, int]]:
         """``[(ino, kind, created_ns), ...]`` of ``inode_index`` bucket ``bucket``."""
@@ -873,8 +981,19 @@ class TenantStore:
         return [_intent(r) for r in await self._store.run("list_intents", (*self._t, bucket))]
 
     async def delete_intent(self, intent: Intent) -> None:
-        """Delete a completed or undone intent."""
-        await self._store.run("delete_intent", (*self._t, intent.bucket, intent.id))
+        """Delete a completed or undone intent: an LWT, as :meth:`take_replaced` may have
+        changed it by one (a plain delete could lose to the LWT's timestamp)."""
+        await self._store.run("delete_intent_lwt", (*self._t, intent.bucket, intent.id))
+
+    async def take_replaced(self, intent: Intent) -> bool:
+        """LWT: clear the intent's ``replaced``; True for the one caller that did.
+
+        That caller, alone, takes one name from the replaced inode.
+        """
+        rows = await self._store.run(
+            "take_replaced", (*self._t, intent.bucket, intent.id, intent.replaced)
+        )
+        return bool(rows[0]["[applied]"])
 
     async def acquire_lock(self, name: str, holder: bytes, ttl: int) -> bool:
         """LWT: take the tenant's lease ``name`` for ``ttl`` seconds; False when held."""
@@ -884,6 +1003,33 @@ class TenantStore:
     async def release_lock(self, name: str, holder: bytes) -> bool:
         """LWT: give the lease ``name`` back if ``holder`` still has it."""
         rows = await self._store.run("release_lock", (*self._t, name, holder))
+        return bool(rows[0]["[applied]"])
+
+    # -- extended attributes (cached/ops_xattr.py) ------------------------------------------
+
+    async def list_xattrs(self, ino: int) -> dict[bytes, bytes]:
+        """Every extended attribute of ``ino`` as ``{name: value}`` (one partition read)."""
+        rows = await self._store.run("list_xattrs", (*self._t, ino))
+        return {r["name"]: r["value"] or b"" for r in rows}
+
+    async def create_xattr(self, ino: int, name: bytes, value: bytes) -> bytes | None:
+        """LWT: add attribute ``name`` = ``value`` to ``ino`` if it has none of that name.
+
+        None when applied, else the value the attribute has now.
+        """
+        rows = await self._store.run("create_xattr", (*self._t, ino, name, value))
+        if rows[0]["[applied]"]:
+            return None
+        return rows[0].get("value") or b""
+
+    async def replace_xattr(self, ino: int, name: bytes, value: bytes) -> bool:
+        """LWT: set the value of ``ino``'s attribute ``name`` if it exists; False if not."""
+        rows = await self._store.run("replace_xattr", (value, *self._t, ino, name))
+        return bool(rows[0]["[applied]"])
+
+    async def remove_xattr(self, ino: int, name: bytes) -> bool:
+        """LWT: delete ``ino``'s attribute ``name`` if it exists; False if not."""
+        rows = await self._store.run("remove_xattr", (*self._t, ino, name))
         return bool(rows[0]["[applied]"])
 
     # -- fsck (cassfs/fsck.py) ------------------------------------------------------------

@@ -237,6 +237,8 @@ class Contents:
                 with trio.CancelScope(shield=True):
                     await self._drop_unflipped(s, inode.ino, uploaded, size)
             raise
+        # The flip applied over ``inode``'s version, whose size was ``inode.size``.
+        await self.core.usage.count(s, size - inode.size, 0)
         if data is not None:
             await self.core.cache.put_content(s.tenant, content_id, data)
         elif size <= self.core.cache.size_limit * WRITE_CACHE_SHARE:

@@ -186,6 +186,16 @@ environment_option = click.option(
     " their TTL and uncached requests fail with EIO (env CASSFS_QUERY_TIMEOUT).",
 )
 @click.option(
+    "--atime",
+    type=click.Choice(["relatime", "noatime"]),
+    default="relatime",
+    envvar="CASSFS_ATIME",
+    show_default=True,
+    help="Access times: relatime records a read when the file changed since the last"
+    " recorded one or a day passed (one Cassandra write, not one per read); noatime never"
+    " (env CASSFS_ATIME).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -207,6 +217,7 @@ def up(
     cache_size: str,
     purge_delay: float,
     query_timeout: float,
+    atime: str,
     foreground: bool,
     debug: bool,
 ) -> None:
@@ -230,7 +241,9 @@ def up(
     _check_cache_dir(cache_dir)
     _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
     if foreground:
-        _serve_foreground(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, debug)
+        _serve_foreground(
+            mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, debug
+        )
         return
     logs = cache_dir / "logs"
     logs.mkdir(mode=0o700, exist_ok=True)
@@ -264,6 +277,8 @@ def up(
         str(purge_delay),
         "--query-timeout",
         str(query_timeout),
+        "--atime",
+        atime,
     ]
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
@@ -449,13 +464,16 @@ def _serve_foreground(
     environment: str,
     entry_ttl: float,
     negative_ttl: float,
+    atime: str,
     debug: bool,
 ) -> None:
     import trio
 
     from cassfs.mount import MountOptions, serve
 
-    opts = MountOptions(mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl)
+    opts = MountOptions(
+        mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime=atime
+    )
     try:
         trio.run(serve, opts)
     except BaseException as exc:  # trio wraps failures in exception groups

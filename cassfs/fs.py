@@ -21,7 +21,9 @@ open -> open (or nothing while its last answer holds); read -> read (unless the
 content came inline, or a write buffer exists); write -> nothing (buffered), or
 materialize for a partial rewrite; flush/fsync -> write when the handle changed
 the buffer; release -> write for changes after the last flush (mmap);
-forget -> purge_inode for unlinked inodes.
+forget -> purge_inode for unlinked inodes; statfs -> statfs;
+getxattr/listxattr/setxattr/removexattr -> the same name (a getxattr of a name known
+to be absent -> nothing: :mod:`cassfs.xattrs`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +44,28 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from cached.api import MAX_FILE_SIZE, DaemonApi
-from cached.errors import CassfsError, Exists, FileTooLarge, NotFound
-from cached.model import NAME_MAX, ROOT_INO, Inode
+from cached.api import (
+    MAX_FILE_SIZE,
+    XATTR_CREATE,
+    XATTR_REPLACE,
+    XATTR_SIZE_MAX,
+    DaemonApi,
+    check_xattr_name,
+)
+from cached.errors import (
+    CassfsError,
+    Exists,
+    FileTooLarge,
+    NoAttribute,
+    NotFound,
+    NotPermitted,
+    TooBig,
+)
+from cached.model import NAME_MAX, ROOT_INO, Inode, needs_atime
 from cassfs.handles import OpenFile, WriteBuffer, check_size
 from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
 from cassfs.kernel import FuseKernelCache, KernelCache
+from cassfs.xattrs import AbsentXattrs
 
 if TYPE_CHECKING:
     from cached.client import DaemonClient
@@ -107,12 +126,60 @@ class FrontConfig:
     ``entry_ttl`` and ``negative_ttl`` are seconds.  ``switch_wait`` is how many
     seconds an open that found a new version of a file waits for the handles reading
     the kernel's page cache (an older version) to close, before it reads with
-    ``direct_io`` instead.
+    ``direct_io`` instead.  ``atime`` is ``relatime`` (an open for reading records
+    the access when the access time is not after the last change, or is a day old)
+    or ``noatime`` (never).
     """
 
     entry_ttl: float = 1.0
     negative_ttl: float = 1.0
     switch_wait: float = 1.0
+    atime: str = "relatime"
+
+
+@dataclass(frozen=True)
+class _XattrProbe:
+    """The last ``getxattr`` answered: for which request (``ctx``, by identity), inode and
+    name, and whether the attribute was found.
+
+    pyfuse3 3.5 does not pass setxattr(2)'s flags to ``setxattr``: for XATTR_CREATE it
+    first calls ``getxattr`` and answers EEXIST itself if that finds the name, for
+    XATTR_REPLACE it lets that call's ENODATA through, and then calls ``setxattr`` with the
+    same ``RequestContext`` object, with no checkpoint in between (``handlers.pxi
+    fuse_setxattr_async``).  So a ``setxattr`` whose ``ctx`` is the one of the last
+    ``getxattr`` had a flag: XATTR_CREATE when that found nothing, XATTR_REPLACE when it
+    found the name; and the daemon applies it as an LWT, which settles a race with another
+    host between the two calls.  Holding ``ctx`` keeps its identity from being reused.
+    """
+
+    ctx: pyfuse3.RequestContext
+    ino: int
+    name: bytes
+    found: bool
+
+
+#: statfs: bytes per block (``f_bsize``, ``f_frsize``).
+STATFS_BLOCK = 4096
+#: statfs: the nominal capacity of a mount, bytes (256 TiB): ``f_blocks``.
+STATFS_CAPACITY = 2**48
+#: statfs: the nominal number of inodes of a mount: ``f_files``.
+STATFS_INODES = 2**32
+
+
+def statvfs_data(used_bytes: int, used_inodes: int) -> pyfuse3.StatvfsData:
+    """The statfs reply for a tenant using ``used_bytes`` bytes and ``used_inodes`` inodes.
+
+    Used blocks are ``ceil(used_bytes / STATFS_BLOCK)``; free figures never go
+    below 0 (a tenant past the nominal capacity shows a full mount).
+    """
+    data = pyfuse3.StatvfsData()
+    data.f_bsize = data.f_frsize = STATFS_BLOCK
+    data.f_blocks = STATFS_CAPACITY // STATFS_BLOCK
+    data.f_bfree = data.f_bavail = max(data.f_blocks - -(-used_bytes // STATFS_BLOCK), 0)
+    data.f_files = STATFS_INODES
+    data.f_ffree = data.f_favail = max(STATFS_INODES - used_inodes, 0)
+    data.f_namemax = NAME_MAX
+    return data
 
 
 @contextlib.contextmanager
@@ -161,6 +228,9 @@ class Operations(pyfuse3.Operations):
         #: Open directory handles: ``fh -> (directory ino, listing snapshot)``.
         self._dirs: dict[int, tuple[int, list[tuple[bytes, Inode]]]] = {}
         self._fh = itertools.count(1)
+        self._xattr_probe: _XattrProbe | None = None
+        #: Extended attribute names known absent, while the daemon's answer holds.
+        self.xattrs_absent = AbsentXattrs()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -186,7 +256,7 @@ class Operations(pyfuse3.Operations):
         attrs.st_nlink = inode.nlink
         attrs.st_uid = inode.uid
         attrs.st_gid = inode.gid
-        attrs.st_rdev = 0
+        attrs.st_rdev = inode.rdev
         attrs.st_size = size
         attrs.st_blksize = 4096
         attrs.st_blocks = -(-size // 512)
@@ -245,6 +315,26 @@ class Operations(pyfuse3.Operations):
         else:
             state.unlinked = True
             state.reusable = None
+
+    def _accessed(self, inode: Inode) -> None:
+        """A read access to ``inode``: record it in the background if relatime asks to."""
+        now = time.time_ns()
+        if self.config.atime == "relatime" and needs_atime(inode, now):
+            self._start(self._touch_atime, inode.ino, now)
+
+    def _start(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the mount's nursery (which must not see it raise)."""
+        if self.nursery is not None:
+            self.nursery.start_soon(fn, *args)
+
+    async def _touch_atime(self, ino: int, now_ns: int) -> None:
+        """Have the daemon record a read access; never raises (failures are logged)."""
+        try:
+            await self.daemon.touch_atime(ino, now_ns)
+        except CassfsError as exc:
+            log.debug("access time of inode %d not recorded: %s", ino, exc)
+        except Exception:
+            log.exception("recording the access time of inode %d failed unexpectedly", ino)
 
     def _start_purge(self, ino: int) -> None:
         if self.nursery is not None:
@@ -349,6 +439,8 @@ class Operations(pyfuse3.Operations):
         result: Inode | None = None
         try:
             with _stale_if_gone(inode):
+                if (fields.update_atime or fields.update_mtime) and not fields.update_size:
+                    await self._commit_before_times(state)
                 if fields.update_size:
                     result = await self._truncate(state, attr.st_size, changes)
                     if "size" in changes:  # the daemon made the other changes too
@@ -361,6 +453,17 @@ class Operations(pyfuse3.Operations):
             return self._entry(result)
         finally:
             self.inodes.discard_if_idle(state)
+
+    async def _commit_before_times(self, state: InodeState) -> None:
+        """Write unsaved writes through before times are set on the file.
+
+        ``cp -a`` and ``rsync -t`` set the times on the still-open copy: the writes
+        before it must not land later, at close, and stamp the close's time over them.
+        """
+        async with state.lock:
+            buffer = state.buffer
+            if buffer is not None and buffer.dirty:
+                await self._write_buffer(state, buffer)
 
     async def _truncate(self, state: InodeState, size: int, changes: dict[str, int]) -> Inode:
         """Cut or zero-extend ``state``'s file to ``size`` bytes and save it; the new inode.
@@ -389,13 +492,18 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        """A large nominal capacity (Cassandra's free space is not known here)."""
-        data = pyfuse3.StatvfsData()
-        data.f_bsize = data.f_frsize = 4096
-        data.f_blocks = data.f_bfree = data.f_bavail = 2**48 // 4096
-        data.f_files = data.f_ffree = data.f_favail = 2**32
-        data.f_namemax = NAME_MAX
-        return data
+        """What the tenant uses, out of a nominal capacity (``df``, ``df -i``).
+
+        Blocks of :data:`STATFS_BLOCK` bytes: ``f_blocks`` is :data:`STATFS_CAPACITY`
+        bytes (Cassandra's free space is not known here), ``f_bfree`` and
+        ``f_bavail`` that less the blocks the tenant's content takes (its bytes
+        rounded up); ``f_files`` is :data:`STATFS_INODES`, ``f_ffree``/``f_favail``
+        that less the tenant's inodes.  The figures come from the daemon's usage
+        counters (at most 1 s old, approximate: see :mod:`cached.usage`).  EIO when
+        the daemon knows no figures and Cassandra fails.
+        """
+        used_bytes, used_inodes = await self.daemon.statfs()
+        return statvfs_data(used_bytes, used_inodes)
 
     # -- directories ----------------------------------------------------------------------
 
@@ -409,7 +517,10 @@ class Operations(pyfuse3.Operations):
         log.debug("opendir %d", inode)
         fh = next(self._fh)
         with _stale_if_gone(inode):
-            self._dirs[fh] = (inode, await self.daemon.readdir(inode))
+            listing = await self.daemon.readdir(inode)
+            self._dirs[fh] = (inode, listing)
+        if self.config.atime == "relatime":
+            self._start(self._touch_atime, inode, time.time_ns())
         return fh
 
     @_fuse_errors
@@ -505,8 +616,35 @@ class Operations(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        """Hard links are not supported (EPERM, as on filesystems without them)."""
-        raise pyfuse3.FUSEError(errno.EPERM)
+        """Another name for a non-directory (a hard link).  EEXIST (the kernel's dentry of
+        the name is dropped), ENOENT, EPERM for a directory, EMLINK, ENAMETOOLONG."""
+        log.debug("link %d -> %d %r", inode, new_parent_inode, new_name)
+        self._check_name(new_name)
+        try:
+            linked = await self.daemon.link(inode, new_parent_inode, new_name)
+        except Exists:
+            self._name_taken(new_parent_inode, new_name)
+            raise
+        state = self.inodes.get(inode)
+        if state is not None:
+            state.reusable = None  # its nlink and ctime changed
+        return self._remember(linked)
+
+    @_fuse_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Create a FIFO, unix socket, device node or empty file (mknod(2), mkfifo(3), and
+        bind(2) of a unix socket).  The kernel serves FIFOs, sockets and devices itself;
+        cassfs stores their type, permissions and ``rdev``.  EEXIST, ENAMETOOLONG."""
+        log.debug("mknod %d %r mode %#o", parent_inode, name, mode)
+        self._check_name(name)
+        try:
+            inode = await self.daemon.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        except Exists:
+            self._name_taken(parent_inode, name)
+            raise
+        return self._remember(inode)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         """Drop kernel references; purge unlinked inodes nobody holds any more.
@@ -607,6 +745,8 @@ class Operations(pyfuse3.Operations):
                 data = reply.data
                 if reply.fresh_for > 0 and not writable:
                     reusable = Reusable(trio.current_time() + reply.fresh_for, info)
+            if not writable and not flags & os.O_NOATIME:
+                self._accessed(info)
             version = Version.of(info, self.epoch)
             handle = OpenFile(
                 next(self._fh),
@@ -811,6 +951,104 @@ class Operations(pyfuse3.Operations):
                         state.pages = None
                     await buffer.close()
 
+    # -- extended attributes --------------------------------------------------------------
+    #
+    # The kernel checks before calling these (``xattr_permission`` in Linux's fs/xattr.c,
+    # with ``default_permissions``): the caller's read or write permission on the inode for
+    # ``user.*``, CAP_SYS_ADMIN for ``trusted.*``, ``user.*`` only on files and directories,
+    # names of 1 to 255 bytes and values of at most 64 KiB.  The checks here and in the
+    # daemon repeat what can be repeated without the caller's credentials, with root (uid 0)
+    # standing for CAP_SYS_ADMIN; only the listing's filter of ``trusted.*`` is theirs alone.
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        """The value of attribute ``name`` (pyfuse3 answers the size probe and ERANGE for a
+        small buffer itself).  ENODATA when absent, and for ``trusted.*`` asked by anyone
+        but root (as Linux); EOPNOTSUPP outside ``user.``/``trusted.``/``security.``.
+
+        Records its answer for :meth:`setxattr` (see :class:`_XattrProbe`) after its last
+        checkpoint, so nothing runs between the record and pyfuse3's ``setxattr`` call.
+        """
+        try:
+            value = await self._getxattr(inode, name, ctx)
+        except pyfuse3.FUSEError as exc:
+            found = exc.errno == errno.ENODATA
+            self._xattr_probe = _XattrProbe(ctx, inode, name, False) if found else None
+            raise
+        self._xattr_probe = _XattrProbe(ctx, inode, name, True)
+        return value
+
+    @_fuse_errors
+    async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        log.debug("getxattr %d %r", inode, name)
+        if check_xattr_name(name) == b"trusted." and ctx.uid != 0:
+            raise NoAttribute(f"{name!r} is for root only")
+        now = trio.current_time()
+        if self.xattrs_absent.known(inode, name, now):  # see cassfs.xattrs
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        generation = self.xattrs_absent.generation
+        reply = await self.daemon.getxattr(inode, name)
+        if reply.value is None:
+            self.xattrs_absent.remember(inode, name, now + reply.fresh_for, generation)
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return reply.value
+
+    @_fuse_errors
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        """Set attribute ``name`` to ``value``, in Cassandra when this returns.
+
+        XATTR_CREATE / XATTR_REPLACE are recognised from pyfuse3's getxattr just before
+        (:class:`_XattrProbe`) and applied by the daemon as LWTs: EEXIST / ENODATA.
+        EPERM for ``trusted.*`` by anyone but root and for ``user.*`` on a symlink or
+        special file; E2BIG over 64 KiB; ENOSPC past the inode's limits; ESTALE when gone.
+        """
+        probe, self._xattr_probe = self._xattr_probe, None  # before any checkpoint
+        flags = 0
+        if probe is not None and probe.ctx is ctx and (probe.ino, probe.name) == (inode, name):
+            flags = XATTR_REPLACE if probe.found else XATTR_CREATE
+        log.debug("setxattr %d %r (%d bytes, flags %d)", inode, name, len(value), flags)
+        if check_xattr_name(name) == b"trusted." and ctx.uid != 0:
+            raise NotPermitted(f"{name!r} is for root only")
+        if len(value) > XATTR_SIZE_MAX:
+            raise TooBig(f"a value of {len(value)} bytes")
+        try:
+            with _stale_if_gone(inode):
+                await self.daemon.setxattr(inode, name, value, flags)
+        finally:  # also after EEXIST/ENODATA: another host changed them
+            self._xattrs_changed(inode)
+
+    @_fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        """The attribute names of ``inode``; ``trusted.*`` only for root (as Linux lists)."""
+        log.debug("listxattr %d", inode)
+        names = await self.daemon.listxattr(inode)
+        if ctx.uid != 0:
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return names
+
+    @_fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """Remove attribute ``name``.  ENODATA when absent; EPERM for ``trusted.*`` by
+        anyone but root and ``user.*`` on a symlink or special file; ESTALE when gone."""
+        log.debug("removexattr %d %r", inode, name)
+        if check_xattr_name(name) == b"trusted." and ctx.uid != 0:
+            raise NotPermitted(f"{name!r} is for root only")
+        try:
+            with _stale_if_gone(inode):
+                await self.daemon.removexattr(inode, name)
+        finally:  # also after ENODATA: another host may have removed it
+            self._xattrs_changed(inode)
+
+    def _xattrs_changed(self, ino: int) -> None:
+        """This mount changed, or tried to change, an attribute of ``ino``: forget what is
+        kept of them (also answers in flight), and the reusable answer (its ctime changed;
+        the kernel drops its cached ctime itself)."""
+        self.xattrs_absent.forget(ino)
+        state = self.inodes.get(ino)
+        if state is not None:
+            state.reusable = None
+
     # -- daemon notifications -------------------------------------------------------------
 
     def on_notification(self, event: str, params: dict[str, Any]) -> None:
@@ -822,10 +1060,12 @@ class Operations(pyfuse3.Operations):
         """
         if event == "changed":
             for ino in params.get("inos", ()):
+                self.xattrs_absent.forget(ino)
                 state = self.inodes.get(ino)
                 if state is not None:
                     state.reusable = None
         elif event == "purged":
+            self.xattrs_absent.clear()
             self.epoch = params.get("epoch", self.epoch)
             for ino in self.inodes.known():
                 self.inodes.state(ino).reusable = None

@@ -4,9 +4,9 @@ What is checked (see the README's consistency model for why each state can arise
 
 - every name (``dentries`` row) names an inode that exists, with the right file type,
   and no name names the root;
-- every inode's ``nlink`` equals the names pointing to it (cassfs has no hard links:
-  a directory counts 1 per name), and a directory's ``parent`` is the directory that
-  holds its name;
+- every inode's ``nlink`` equals the names pointing to it (a file, symlink or special
+  file may have several: hard links; a directory has one), and a directory's ``parent``
+  is the directory that holds its name;
 - every directory is reachable from the root (ino 1) and none is its own ancestor: a
   directory named twice (two parents, or a cycle through the root's tree) and trees cut
   off from the root (a cycle of directories naming each other, or a nameless directory
@@ -39,7 +39,8 @@ seconds (from ``created_ns``/``ctime_ns``/``changed_ns``, or the time inside a
 time-based id) is left alone, since a running host may be about to name it or still be
 using it; each repair rereads what it changes just before, and changes names only with
 the name LWTs (``IF ino = ?``, ``IF pending = ?``).  Content that is missing or does not
-match its checksum cannot be repaired; it is reported.
+match its checksum cannot be repaired; it is reported.  A repair that deletes or makes an
+inode moves the tenant's usage counters (statfs, :mod:`cached.usage`) as a daemon would.
 
 Limits: the crawl keeps every inode and name of the tenant in memory (the whole process
 peaked at 109 MB for 22,000 inodes); an unlinked file held open on some host for longer
@@ -62,7 +63,19 @@ import trio
 
 from cached.content import CHUNK_SIZE, EMPTY_ID, chunk_count, expected_length, zeros
 from cached.errors import CassfsError, StorageError
-from cached.model import DIRECTORY, REGULAR, ROOT_INO, SYMLINK, Dentry, Inode, mode_of_kind
+from cached.model import (
+    BLOCKDEV,
+    CHARDEV,
+    DIRECTORY,
+    FIFO,
+    REGULAR,
+    ROOT_INO,
+    SOCKET,
+    SYMLINK,
+    Dentry,
+    Inode,
+    mode_of_kind,
+)
 from cached.recovery import STEP_DEADLINE, settle_intent
 from cached.store import (
     INDEX_BUCKETS,
@@ -100,7 +113,15 @@ LOST_FOUND = b"lost+found"
 _RECHECKED = {"links", "unlinked", "nameless", "stale-version", "orphan-index", "several-names"}
 
 _NS = 1_000_000_000
-_KIND_NAMES = {DIRECTORY: "directory", REGULAR: "file", SYMLINK: "symlink"}
+_KIND_NAMES = {
+    DIRECTORY: "directory",
+    REGULAR: "file",
+    SYMLINK: "symlink",
+    FIFO: "fifo",
+    CHARDEV: "character device",
+    BLOCKDEV: "block device",
+    SOCKET: "socket",
+}
 
 #: Problem code -> what the line says.
 LABELS = {
@@ -353,6 +374,15 @@ class Checker:
         """``await fn(*args)`` within the query limiter, not retried (repairs)."""
         async with self._limit:
             return await fn(*args, **kw)
+
+    async def _count_usage(self, bytes_delta: int, inodes_delta: int) -> None:
+        """Move the tenant's usage counters (statfs) by a repair that deleted or made an
+        inode: ``bytes_delta`` bytes, ``inodes_delta`` inodes.  A failure is reported on
+        stderr, not raised (the repair is done; the figures are approximate)."""
+        try:
+            await self._write(self.store.add_usage, bytes_delta, inodes_delta)
+        except CassfsError as exc:
+            print(f"fsck: usage counters not updated: {exc}", file=sys.stderr)
 
     @staticmethod
     async def _each(fn: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:
@@ -1173,6 +1203,7 @@ class Checker:
                 self.store.create_inode,
                 _directory_inode(entry.ino, entry.parent, 0o755, now),
             )
+            await self._count_usage(0, 1)
             return "directory inode recreated (mode 755, owner root)"
 
         return fix
@@ -1261,6 +1292,7 @@ class Checker:
                 now = time.time_ns()
                 inode = _directory_inode(_new_ino(), ROOT_INO, 0o700, now)
                 await self._write(self.store.create_inode, inode)
+                await self._count_usage(0, 1)
                 outcome = await self._write(
                     self.store.insert_dentry,
                     Dentry(ROOT_INO, LOST_FOUND, inode.ino, DIRECTORY),
@@ -1270,6 +1302,7 @@ class Checker:
                     self._lost_found = inode.ino
                     return inode.ino
                 await self._write(self.store.delete_inode, inode.ino)
+                await self._count_usage(0, -1)
                 entry = outcome.holder
             if entry is None or entry.kind != DIRECTORY:
                 raise NotRepaired("/lost+found is not a directory")
@@ -1306,7 +1339,12 @@ class Checker:
                 if entries:
                     raise NotRepaired(f"it holds {len(entries)} entries now")
             chunks = await self._delete_content(fresh)
+            # An unlinked inode may be purged by its daemon meanwhile: whichever
+            # conditional delete applies takes it off the usage counters.
+            counted = fresh.nlink > 0 or await self._write(self.store.delete_unlinked, fresh.ino)
             await self._write(self.store.delete_inode, fresh.ino)
+            if counted:
+                await self._count_usage(-(fresh.size if fresh.kind == REGULAR else 0), -1)
             return f"deleted with {chunks} chunks"
 
         return fix

@@ -40,6 +40,7 @@ class MountOptions:
     environment: str
     entry_ttl: float
     negative_ttl: float
+    atime: str = "relatime"
     allow_other: bool = True
     debug_fuse: bool = False
 
@@ -54,6 +55,8 @@ def fuse_options(opts: MountOptions) -> set[str]:
     options.add("subtype=cassfs")
     if opts.allow_other:
         options.add("allow_other")
+    if opts.atime == "noatime":
+        options.add("noatime")
     if opts.debug_fuse:
         options.add("debug")
     return options
@@ -76,7 +79,7 @@ async def serve(opts: MountOptions) -> None:
         client.restart = functools.partial(restart_daemon, opts.cache_dir, hello["config"])
         ops = Operations(
             client,
-            FrontConfig(opts.entry_ttl, opts.negative_ttl),
+            FrontConfig(opts.entry_ttl, opts.negative_ttl, atime=opts.atime),
             opts.cache_dir / "spool",
             hello["epoch"],
         )

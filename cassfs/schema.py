@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ _FILE_RE = re.compile(r"(\d{3})_[A-Za-z0-9_]+\.cql")
 
 #: Seconds a schema statement (DDL) or one page of a data step may take.
 DDL_TIMEOUT = 60.0
-#: Inodes per page of the version-2 backfill scan.
+#: Inodes per page of the data steps' scans of ``inodes``.
 SCAN_PAGE = 1000
 #: Writes in flight during a data step.
 WRITE_CONCURRENCY = 32
@@ -420,8 +420,86 @@ def _rename_chunk_key(session: Session, keyspace: str) -> None:
         )
 
 
+def upgrade_to_3(session: Session, keyspace: str, progress: Callable[[int], None]) -> str:
+    """Version 3's data step: every tenant's ``usage`` counters (statfs) set from its inodes.
+
+    One paged scan of ``inodes`` (every tenant; no ALLOW FILTERING) counts, per
+    (owner, environment), the inode rows and the sizes of the regular files among
+    them, in bytes.  Unlinked inodes (nlink 0) count too, as the daemons' counters
+    count an inode until it is purged; rows holding only cells left by an update
+    of a deleted inode (no kind) are no inode.  Then each tenant's counters (and
+    those of a tenant with a ``usage`` row but no inode, set to 0) are read and
+    the difference is added, so the step is idempotent: run again (an upgrade
+    resumed) it adds nothing.  That holds while nothing else counts: the mounts of
+    the previous cassfs are stopped during an upgrade, and they do not count.
+
+    ``progress`` gets the inodes scanned so far after each page.  Returns the
+    summary ``"usage of T tenants counted: N inodes, B bytes"``.  Raises
+    StorageError.
+    """
+    scan = SimpleStatement(
+        f"SELECT owner, environment, kind, size FROM {keyspace}.inodes",
+        fetch_size=SCAN_PAGE,
+        consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+    )
+    totals: dict[tuple[int, str], list[int]] = {}  # tenant -> [bytes, inodes]
+    scanned = 0
+    for rows in _pages(session, scan, f"scanning {keyspace}.inodes"):
+        for row in rows:
+            scanned += 1
+            if row["kind"] is None:  # cells left by an update of a deleted inode
+                continue
+            figures = totals.setdefault((row["owner"], row["environment"]), [0, 0])
+            figures[0] += (row["size"] or 0) if row["kind"] == REGULAR else 0
+            figures[1] += 1
+        progress(scanned)
+    counted = {
+        (row["owner"], row["environment"]): (row["bytes"] or 0, row["inodes"] or 0)
+        for rows in _pages(
+            session,
+            SimpleStatement(
+                f"SELECT owner, environment, bytes, inodes FROM {keyspace}.usage",
+                fetch_size=SCAN_PAGE,
+                consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            ),
+            f"reading {keyspace}.usage",
+        )
+        for row in rows
+    }
+    add = _prepare(session, STATEMENTS["add_usage"].format(ks=keyspace))
+    updates: list[tuple[PreparedStatement, Sequence[Any]]] = []
+    for tenant in sorted(totals.keys() | counted.keys()):
+        used_bytes, inodes = totals.get(tenant, (0, 0))
+        old_bytes, old_inodes = counted.get(tenant, (0, 0))
+        if (used_bytes, inodes) != (old_bytes, old_inodes):
+            updates.append((add, (used_bytes - old_bytes, inodes - old_inodes, *tenant)))
+    _run_concurrently(session, updates)
+    all_bytes = sum(figures[0] for figures in totals.values())
+    all_inodes = sum(figures[1] for figures in totals.values())
+    tenants = f"{len(totals)} tenant{'' if len(totals) == 1 else 's'}"
+    return f"usage of {tenants} counted: {all_inodes} inodes, {all_bytes} bytes"
+
+
+def _pages(
+    session: Session, statement: SimpleStatement, what: str
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of ``statement``, one driver page at a time (blocking); StorageError
+    naming ``what`` when a page cannot be read."""
+    try:
+        page = session.execute(statement, timeout=DDL_TIMEOUT)
+        while True:
+            yield list(page.current_rows)
+            if not page.has_more_pages:
+                return
+            page.fetch_next_page()
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"{what} failed: {exc}") from exc
+
+
 #: Schema version -> its data step, run after that step's statements.
-DATA_STEPS: dict[int, DataStep] = {2: upgrade_to_2}
+DATA_STEPS: dict[int, DataStep] = {2: upgrade_to_2, 3: upgrade_to_3}
 
 
 # -- terminal output -----------------------------------------------------------------------

@@ -196,7 +196,7 @@ def test_errnos(
     assert _errno_of(lambda: (root / ("n" * 256)).write_text("")) == errno.ENAMETOOLONG
     assert _errno_of(lambda: (root / ("n" * 256)).stat()) == errno.ENAMETOOLONG
     assert _errno_of(lambda: os.rename(root / "file", tmp_path / "elsewhere")) == errno.EXDEV
-    assert _errno_of(lambda: os.link(root / "file", root / "hard")) == errno.EPERM
+    assert _errno_of(lambda: os.link(root / "dir", root / "hard")) == errno.EPERM  # a directory
     # nothing was lost by the failures
     assert (root / "file").read_text() == "y"
     assert (root / "dir" / "sub" / "f").read_text() == "x"

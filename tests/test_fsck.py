@@ -20,7 +20,16 @@ import pytest
 import trio
 
 from cached.content import CHUNK_SIZE, EMPTY_ID
-from cached.model import DIRECTORY, REGULAR, ROOT_INO, SYMLINK, Dentry, Inode, mode_of_kind
+from cached.model import (
+    DIRECTORY,
+    FIFO,
+    REGULAR,
+    ROOT_INO,
+    SYMLINK,
+    Dentry,
+    Inode,
+    mode_of_kind,
+)
 from cached.store import (
     ContactPoints,
     Intent,
@@ -288,6 +297,26 @@ async def test_wrong_nlink(clean: Clean, ts: TenantStore) -> None:
     problem = await found_then_repaired(ts, "links", clean.small.ino)
     assert problem.detail == "nlink 3, 1 name"
     assert (await ts.get_inode(clean.small.ino)).nlink == 1  # type: ignore[union-attr]
+
+
+async def test_hard_links_and_special_files_are_clean_and_counted(
+    clean: Clean, ts: TenantStore
+) -> None:
+    """A file with three names (nlink 3) and a FIFO are a clean tree; a count one too high,
+    the state a link that died before writing its name leaves, is found and mended."""
+    now = time.time_ns()
+    for parent, name in ((ROOT_INO, b"small-again"), (clean.sub.ino, b"small-3")):
+        await ts.insert_dentry(Dentry(parent, name, clean.small.ino, REGULAR), now)
+    await ts.set_link(clean.small.evolve(nlink=3))
+    fifo = clean.tree.inode(FIFO, ROOT_INO)
+    await ts.create_inode(fifo)
+    await clean.tree.name(ROOT_INO, b"fifo", fifo)
+    report = await check(ts)
+    assert report.problems == [], [p.line() for p in report.problems]
+    await ts.set_link(clean.small.evolve(nlink=4))
+    problem = await found_then_repaired(ts, "links", clean.small.ino)
+    assert problem.detail == "nlink 4, 3 names"
+    assert (await ts.get_inode(clean.small.ino)).nlink == 3  # type: ignore[union-attr]
 
 
 async def test_wrong_parent_of_a_directory(clean: Clean, ts: TenantStore) -> None:

@@ -494,3 +494,64 @@ async def test_other_hosts_read_replaced_and_unlinked_files_whole_for_the_purge_
     assert {row["version"] for row in chunk_rows(cassandra, tenant, kept["ino"])} == {
         current.version
     }
+
+
+async def test_a_settled_rename_over_a_hard_link_takes_exactly_one_name(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """A cross-directory rename that replaced one name of a file with two, whose daemon
+    died after finishing but before deleting its intent: settling it again (a later
+    request, or fsck) must not take a second name from the replaced file."""
+    daemon = start_daemon("a", cache_ttl=60)
+    ts = truth
+    async with session(daemon, tenant) as a:
+        other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
+        kept = await make_file(a, ROOT_INO, b"kept", b"old")
+        await a.call("link", ino=kept["ino"], new_parent=other["ino"], new_name=b"target")
+        mover = await make_file(a, ROOT_INO, b"mover", b"new")
+        old_ns = time.time_ns() - 2 * GRACE_NS
+        intent = Intent(
+            _old_uuid(old_ns), ROOT_INO, b"mover", other["ino"], b"target",
+            mover["ino"], mover["kind"], kept["ino"], old_ns,
+        )  # fmt: skip
+        await ts.put_intent(intent)
+        assert await ts.claim_dentry(ROOT_INO, b"mover", mover["ino"], intent.id)
+        assert (await ts.replace_dentry(
+            Dentry(other["ino"], b"target", mover["ino"], mover["kind"]), kept["ino"], old_ns
+        )).applied  # fmt: skip
+        from cached.links import uncount_link
+        from cached.recovery import finish_move, settle_intent
+
+        # the dead daemon's finish: the claimed name gone, the name counted, then it died
+        assert await ts.delete_claimed(ROOT_INO, b"mover", intent.id, old_ns)
+        assert await ts.take_replaced(intent)
+        counted = await uncount_link(ts, kept["ino"], old_ns)
+        assert counted is not None and counted.nlink == 1
+        # the settler finds the intent, with nothing left to count
+        found = await ts.list_intents(intent.bucket)
+        assert [i.replaced for i in found] == [0]
+        assert await settle_intent(ts, found[0]) == "completed"
+        assert await ts.list_intents(intent.bucket) == []
+        assert await finish_move(ts, intent, old_ns) is None  # stale memory: counts nothing
+        assert (await ts.get_inode(kept["ino"])).nlink == 1  # type: ignore[union-attr]
+        assert await names(a, ROOT_INO) == {b"kept": kept["ino"], b"o": other["ino"]}
+
+
+async def test_link_and_unlink_of_one_file_on_two_hosts_keep_a_true_count(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """Host A adds names to a file while host B removes others, all at once: the count
+    in Cassandra always equals the names left, and the file survives while one is left."""
+    a_daemon, b_daemon = start_daemon("a", cache_ttl=60), start_daemon("b", cache_ttl=60)
+    async with session(a_daemon, tenant) as a, session(b_daemon, tenant) as b:
+        f = await make_file(a, ROOT_INO, b"f0", b"content")
+        for n in range(1, ROUNDS):
+            await a.call("link", ino=f["ino"], new_parent=ROOT_INO, new_name=b"f%d" % n)
+        for n in range(ROUNDS - 1):
+            await both(
+                lambda n=n: a.call("link", ino=f["ino"], new_parent=ROOT_INO, new_name=b"g%d" % n),
+                lambda n=n: b.call("unlink", parent=ROOT_INO, name=b"f%d" % n),
+            )
+        left = await listed(ts := truth, ROOT_INO)
+        assert len(left) == ROUNDS  # f11 and g0..g10
+        assert (await ts.get_inode(f["ino"])).nlink == ROUNDS  # type: ignore[union-attr]

@@ -3,7 +3,9 @@
 Each test builds its own throwaway keyspace (``cassfs_up_<hex>``) the way schema version 1
 did (``000`` and ``001`` applied, version 1 recorded), writes version-1 shaped rows with
 plain CQL (chunks keyed by the content's SHA-256 in ``chunks.content_id``), upgrades it, and
-drops it at the end.  The last proof is a cache daemon serving the upgraded keyspace.
+drops it at the end.  The last proof is a cache daemon serving the upgraded keyspace.  A
+version-2 keyspace is that one upgraded by a cassfs of schema version 2 (``SCHEMA_VERSION``
+patched), then upgraded to 3, whose data step sets the usage counters.
 """
 
 from __future__ import annotations
@@ -61,6 +63,25 @@ class V1Tree:
     @property
     def non_empty(self) -> list[V1File]:
         return [f for f in self.files.values() if f.data]
+
+    def usage(self) -> dict[tuple[int, str], tuple[int, int]]:
+        """What the usage counters must hold: tenant -> (bytes of its files, inodes)."""
+        figures: dict[tuple[int, str], tuple[int, int]] = {}
+        for owner, environment, _ino in self.inodes:
+            used, count = figures.get((owner, environment), (0, 0))
+            figures[(owner, environment)] = (used, count + 1)
+        for f in self.files.values():
+            used, count = figures[(f.owner, f.environment)]
+            figures[(f.owner, f.environment)] = (used + len(f.data), count)
+        return figures
+
+    def usage_detail(self) -> str:
+        """The summary line of version 3's data step for this tree."""
+        figures = self.usage().values()
+        return (
+            f"usage of {len(figures)} tenants counted: {sum(n for _b, n in figures)} inodes, "
+            f"{sum(b for b, _n in figures)} bytes"
+        )
 
 
 TENANT = (secrets.randbelow(2**31 - 2) + 2, "prod")
@@ -191,6 +212,14 @@ def recorded(cql: Session, keyspace: str) -> int:
     return int(row["version"])
 
 
+def usage(cql: Session, keyspace: str) -> dict[tuple[int, str], tuple[int, int]]:
+    """Every tenant's usage counters: tenant -> (bytes, inodes)."""
+    return {
+        (r["owner"], r["environment"]): (r["bytes"], r["inodes"])
+        for r in cql.execute(f"SELECT owner, environment, bytes, inodes FROM {keyspace}.usage")
+    }
+
+
 def chunk_key_columns(cql: Session, keyspace: str) -> set[str]:
     rows = cql.execute(
         "SELECT column_name FROM system_schema.columns "
@@ -228,9 +257,11 @@ def snapshot(cql: Session, keyspace: str) -> dict[str, set[tuple[Any, ...]]]:
 
 
 def check_upgraded(cql: Session, tree: V1Tree) -> None:
-    """Version 2 recorded; every inode indexed; versions and chunks under the new key."""
+    """Version 3 recorded; every inode indexed; versions and chunks under the new key; the
+    usage counters equal to the data."""
     ks = tree.keyspace
-    assert recorded(cql, ks) == SCHEMA_VERSION == 2
+    assert recorded(cql, ks) == SCHEMA_VERSION == 3
+    assert usage(cql, ks) == tree.usage()
     assert {"version", "chunk"} <= chunk_key_columns(cql, ks)
     assert "content_id" not in chunk_key_columns(cql, ks)
     index = {
@@ -288,11 +319,12 @@ def test_version_1_keyspace_is_upgraded_in_place(
         on_step=reports.append,
         on_progress=lambda v, done: progress.append((v, done)),
     )
-    assert version == 2
+    assert version == 3
     check_upgraded(cql, v1)
     assert [str(r) for r in reports] == [
         f"upgraded keyspace {v1.keyspace} from version 1 to 2: "
-        "8 inodes indexed, 3 versions recorded"
+        "8 inodes indexed, 3 versions recorded",
+        f"upgraded keyspace {v1.keyspace} from version 2 to 3: {v1.usage_detail()}",
     ]
     scanned = [done for v, done in progress if v == 2]
     assert len(scanned) >= 3 and scanned == sorted(scanned) and scanned[-1] == 9
@@ -304,8 +336,9 @@ def test_version_1_keyspace_is_upgraded_in_place(
         raise AssertionError("the data step ran on a current keyspace")
 
     monkeypatch.setitem(schema.DATA_STEPS, 2, must_not_run)
+    monkeypatch.setitem(schema.DATA_STEPS, 3, must_not_run)
     reports.clear()
-    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 2
+    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 3
     assert reports == []
     assert snapshot(cql, v1.keyspace) == before
     check_upgraded(cql, v1)
@@ -339,9 +372,61 @@ def test_interrupted_upgrade_resumes_where_it_stopped(
     assert done.stdout.splitlines() == [
         f"cassfs: upgraded keyspace {v1.keyspace} from version 1 to 2: "
         "8 inodes indexed, 3 versions recorded",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 2",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 2 to 3: {v1.usage_detail()}",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 3",
     ]
     check_upgraded(cql, v1)
+
+
+def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
+    cassandra: str, cql: Session, v1: V1Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A keyspace at version 2 with data: version 1's tree upgraded by a cassfs of version 2,
+    # then an unlinked file not purged yet (it counts until purged) and, like a second
+    # tenant's, its own rows.
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "SCHEMA_VERSION", 2)
+        assert schema.apply(ContactPoints.parse(cassandra), v1.keyspace) == 2
+    assert recorded(cql, v1.keyspace) == 2
+    unlinked = secrets.randbits(63) | 2
+    cql.execute(
+        f"INSERT INTO {v1.keyspace}.inodes (owner, environment, ino, kind, mode, size, nlink, "
+        "ctime_ns) VALUES (%s, %s, %s, %s, %s, %s, 0, %s)",
+        (*TENANT, unlinked, REGULAR, stat.S_IFREG | 0o644, 5000, NOW),
+    )
+    expected = v1.usage()
+    expected[TENANT] = (expected[TENANT][0] + 5000, expected[TENANT][1] + 1)
+    before = snapshot(cql, v1.keyspace)
+
+    monkeypatch.setattr(schema, "SCAN_PAGE", 3)  # several pages of the inodes scan
+    done = run_cli("schema", "apply", "--contact-points", cassandra, "--keyspace", v1.keyspace)
+    detail = f"usage of 2 tenants counted: {sum(n for _b, n in expected.values())} inodes, "
+    detail += f"{sum(b for b, _n in expected.values())} bytes"
+    assert done.stdout.splitlines() == [
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 2 to 3: {detail}",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 3",
+    ]
+    assert recorded(cql, v1.keyspace) == 3
+    assert usage(cql, v1.keyspace) == expected
+    assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
+
+    # The step again (an upgrade resumed after it ran): the counters stay true.
+    step = schema.DATA_STEPS[3]
+    assert step(cql, v1.keyspace, lambda _done: None) == detail
+    assert usage(cql, v1.keyspace) == expected
+    # Counters off (a step stopped after some of its updates): set true again.
+    cql.execute(
+        f"UPDATE {v1.keyspace}.usage SET bytes = bytes + 7, inodes = inodes - 1 "
+        "WHERE owner = %s AND environment = %s",
+        OTHER,
+    )
+    cql.execute(
+        f"UPDATE {v1.keyspace}.usage SET bytes = bytes + 1, inodes = inodes + 1 "
+        "WHERE owner = %s AND environment = %s",
+        (OTHER[0], "no-inodes"),
+    )
+    step(cql, v1.keyspace, lambda _done: None)
+    assert usage(cql, v1.keyspace) == {**expected, (OTHER[0], "no-inodes"): (0, 0)}
 
 
 def test_tables_without_a_version_row_count_as_version_1(
@@ -351,7 +436,7 @@ def test_tables_without_a_version_row_count_as_version_1(
     cql.execute(f"DELETE FROM {v1.keyspace}.schema_version WHERE component = 'cassfs'")
     reports: list[StepReport] = []
     schema.apply(ContactPoints.parse(cassandra), v1.keyspace, on_step=reports.append)
-    assert [(r.previous, r.version) for r in reports] == [(0, 1), (1, 2)]
+    assert [(r.previous, r.version) for r in reports] == [(0, 1), (1, 2), (2, 3)]
     check_upgraded(cql, v1)
 
 
@@ -363,24 +448,26 @@ def test_fresh_keyspace_goes_through_every_step(
     assert [str(r) for r in reports] == [
         f"created schema version 1 in keyspace {keyspace}",
         f"upgraded keyspace {keyspace} from version 1 to 2: 0 inodes indexed, 0 versions recorded",
+        f"upgraded keyspace {keyspace} from version 2 to 3: "
+        "usage of 0 tenants counted: 0 inodes, 0 bytes",
     ]
-    assert recorded(cql, keyspace) == 2
+    assert recorded(cql, keyspace) == 3
     assert "content_id" not in chunk_key_columns(cql, keyspace)
 
 
 def test_keyspace_of_a_newer_cassfs_is_refused(cassandra: str, cql: Session, keyspace: str) -> None:
     schema.apply(ContactPoints.parse(cassandra), keyspace)
-    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 3)")
+    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 4)")
     with pytest.raises(SchemaTooNew) as info:
         schema.apply(ContactPoints.parse(cassandra), keyspace)
-    message = f"keyspace {keyspace} has schema version 3, newer than this cassfs (2)"
+    message = f"keyspace {keyspace} has schema version 4, newer than this cassfs (3)"
     assert message in str(info.value) and "nothing was changed" in str(info.value)
     result = run_cli(
         "schema", "apply", "--contact-points", cassandra, "--keyspace", keyspace, check=False
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"cassfs: {info.value}"
-    assert recorded(cql, keyspace) == 3
+    assert recorded(cql, keyspace) == 4
 
 
 async def _read_whole(client: DaemonClient, ino: int) -> bytes:
@@ -410,6 +497,8 @@ async def test_daemon_serves_the_upgraded_keyspace(
     daemon = start_daemon(keyspace=v1.keyspace)
     async with open_client(socket_path(daemon.cache_dir)) as client:
         await client.hello(*TENANT)
+        used, inodes = v1.usage()[TENANT]
+        assert await client.call("statfs") == {"bytes": used, "inodes": inodes}
         listing = await client.call("readdir", ino=ROOT_INO)
         assert {bytes(entry[0]) for entry in listing} >= {b"docs", b"big.bin", b"empty", b"link"}
         for parent, path in ((ROOT_INO, b"big.bin"), (ROOT_INO, b"empty")):
@@ -425,6 +514,8 @@ async def test_daemon_serves_the_upgraded_keyspace(
         # "IF version = <the SHA-256 the upgrade recorded>"), read back.
         await client.call("write", ino=index["ino"], data=b"<?php echo 'upgraded';\n")
         assert await _read_whole(client, index["ino"]) == b"<?php echo 'upgraded';\n"
+        used += len(b"<?php echo 'upgraded';\n") - len(v1.files["index.php"].data)
+        assert await client.call("statfs") == {"bytes": used, "inodes": inodes}
     async with open_client(socket_path(daemon.cache_dir)) as client:
         await client.hello(*OTHER)
         other = await client.call("lookup", parent=ROOT_INO, name=b"other.txt")

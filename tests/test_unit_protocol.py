@@ -372,6 +372,7 @@ def test_every_daemon_method_has_a_shape_and_every_front_call_fits_it() -> None:
         "ops_metadata.MetadataOps",
         "ops_namespace.NamespaceOps",
         "ops_content.ContentOps",
+        "ops_xattr.XattrOps",
     ):
         module, cls = group.split(".")
         found = getattr(importlib.import_module(f"cached.{module}"), cls)

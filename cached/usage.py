@@ -1,0 +1,116 @@
+"""What a tenant uses, for statfs (``df``): bytes of file content and inodes.
+
+The figures are counters in Cassandra (the ``usage`` table, one row per
+tenant), moved by the daemons as they work, so a ``df`` reads one row instead
+of scanning the tenant:
+
+- +1 inode for every inode row written (a create, mkdir, symlink, mknod; a
+  tenant's root), -1 when a failed create deletes its row again;
+- +(new size - old size) bytes when a regular file's content flips (only when
+  the flip's LWT applied);
+- -1 inode and -size bytes (regular files) when an unlinked inode is purged
+  (only by the purge whose conditional delete applied).
+
+So an unlinked inode counts until it is purged (after ``--purge-delay``), and
+replaced content versions kept for the purge delay do not count.  Bytes are
+file sizes: holes count, chunk overhead and replication do not.
+
+The figures are approximate: a counter update is neither atomic with the change
+it counts nor idempotent, so a daemon killed between the two, an update that
+failed (logged; it never fails the user's operation) or one the driver resent
+after a timeout leaves them off.  Schema version 3's data step
+(:func:`cassfs.schema.upgrade_to_3`) sets them from the inodes a keyspace holds.
+
+Blocking: none (trio).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from cached.errors import CassfsError, StorageError
+from cached.singleflight import SingleFlight
+
+if TYPE_CHECKING:
+    from cached.core import Session
+
+log = logging.getLogger(__name__)
+
+#: Seconds a daemon answers statfs from the figures it read last, without asking
+#: Cassandra (``df`` in a loop reads the counters at most this often per tenant).
+STATFS_TTL = 1.0
+
+
+@dataclass
+class _Figures:
+    """The figures of one tenant as last read (``read_at``: trio clock, seconds),
+    plus this daemon's own counted changes since."""
+
+    read_at: float
+    bytes: int
+    inodes: int
+
+
+class Usage:
+    """The usage counters of every tenant one daemon serves: counting and reading.
+
+    ``ttl`` is how many seconds figures read from Cassandra are answered again
+    without reading them (:data:`STATFS_TTL` by default).
+    """
+
+    def __init__(self, ttl: float = STATFS_TTL) -> None:
+        self.ttl = ttl
+        self._known: dict[tuple[int, str], _Figures] = {}
+        self._flights = SingleFlight()
+
+    async def count(self, s: Session, bytes_delta: int, inodes_delta: int) -> None:
+        """Add ``bytes_delta`` bytes and ``inodes_delta`` inodes to ``s``'s tenant.
+
+        Never raises for Cassandra: a failed update is logged and lost (the figures
+        are approximate).  Shielded from cancellation (the change it counts is
+        done).  This daemon's statfs answers include the change at once.
+        """
+        if not bytes_delta and not inodes_delta:
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                await s.store.add_usage(bytes_delta, inodes_delta)
+            except CassfsError as exc:
+                log.warning(
+                    "usage of %s/%s not counted (%+d bytes, %+d inodes): %s",
+                    s.owner, s.environment, bytes_delta, inodes_delta, exc,
+                )  # fmt: skip
+                return
+        known = self._known.get(s.tenant)
+        if known is not None:
+            known.bytes += bytes_delta
+            known.inodes += inodes_delta
+
+    async def figures(self, s: Session) -> tuple[int, int]:
+        """``(bytes, inodes)`` used by ``s``'s tenant, each at least 0.
+
+        Read from Cassandra at most once per :attr:`ttl` seconds per tenant (one
+        read for concurrent callers).  While Cassandra fails, the last figures read
+        serve (with this daemon's changes since); with none, ``StorageError`` (EIO).
+        """
+        known = self._known.get(s.tenant)
+        if known is None or trio.current_time() - known.read_at >= self.ttl:
+            try:
+                known = await self._flights.run(s.tenant, self._read, s)
+            except StorageError as exc:
+                if known is None:
+                    raise
+                log.debug("usage of %s/%s: serving the last figures: %s",
+                          s.owner, s.environment, exc)  # fmt: skip
+        return max(known.bytes, 0), max(known.inodes, 0)
+
+    async def _read(self, s: Session) -> _Figures:
+        read_at = trio.current_time()
+        used_bytes, inodes = await s.store.get_usage()
+        figures = _Figures(read_at, used_bytes, inodes)
+        self._known[s.tenant] = figures
+        return figures
