@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, TypeVar
 import diskcache
 import trio
 
-from cached.model import Inode
+from cached.model import DIRECTORY, Inode
 from cached.stats import Counters
 
 log = logging.getLogger(__name__)
@@ -458,7 +458,7 @@ class LocalCache:
 
     def subdirectories(self, tenant: Tenant, parent: int) -> int | None:
         """How many subdirectories ``parent`` has, as counted (:meth:`put_subdirectories`)
-        within the TTL and since this daemon last changed its entries; None: not known."""
+        within the TTL and kept up to date by this daemon's changes; None: not known."""
         entry = self._memo.get(("N", *tenant, parent))
         if entry is None or entry[1] is None or self._freshness(entry[0]) is not Freshness.FRESH:
             return None
@@ -473,20 +473,46 @@ class LocalCache:
         ``parent`` after ``fetched_at`` (:meth:`update_listing`)."""
         key = ("N", *tenant, parent)
         held = self._memo.get(key)
-        if held is not None and held[0] > fetched_at:
+        if held is not None and held[2] > fetched_at:
             return
-        self._memo_put(key, (fetched_at, count))
+        self._memo_put(key, (fetched_at, count, fetched_at))
+
+    def _recount(self, tenant: Tenant, parent: int, delta: int | None) -> None:
+        """A local change moved ``parent``'s subdirectory count by ``delta`` (None:
+        unknown, so the count is forgotten); counts read before now are refused."""
+        key = ("N", *tenant, parent)
+        now = self.clock()
+        held = self._memo.get(key)
+        if delta is None or held is None or held[1] is None:
+            self._memo_put(key, (now, None, now))
+        else:
+            self._memo_put(key, (held[0], held[1] + delta, now))
 
     async def update_listing(
-        self, tenant: Tenant, parent: int, name: bytes, ino: int, kind: int
+        self,
+        tenant: Tenant,
+        parent: int,
+        name: bytes,
+        ino: int,
+        kind: int,
+        old_kind: int | None = None,
     ) -> None:
-        """Apply a local change to a cached listing: ``name`` now names ``ino`` (0: gone).
+        """Apply a local change to a cached listing: ``name`` now names ``ino`` of ``kind``
+        (ino 0: gone); ``old_kind`` is the kind it named before (0: nothing; None: not
+        known to the caller).
 
         The listing keeps its fetch time: a local change says nothing of other hosts'.
-        A subdirectory count of ``parent`` (:meth:`subdirectories`) is forgotten.
+        A subdirectory count of ``parent`` (:meth:`subdirectories`) follows the change
+        when the old kind is known (from the caller or the cached listing), else it is
+        forgotten.
         """
-        self._memo_put(("N", *tenant, parent), (self.clock(), None))
         entry = await self._meta_get(("l", *tenant, parent))
+        if entry is not None:
+            old_kind = next((item[2] for item in entry[1] if item[0] == name), 0)
+        delta = None
+        if old_kind is not None:
+            delta = int(bool(ino) and kind == DIRECTORY) - int(old_kind == DIRECTORY)
+        self._recount(tenant, parent, delta)
         if entry is None:
             return
         fetched_at, items = entry

@@ -170,10 +170,19 @@ class Core:
             await self.cache.put_inode(s.tenant, cached.evolve(mtime_ns=now, ctime_ns=now))
 
     async def dentries_changed(
-        self, s: Session, parent: int, name: bytes, ino: int, kind: int
+        self,
+        s: Session,
+        parent: int,
+        name: bytes,
+        ino: int,
+        kind: int,
+        old_kind: int | None = None,
     ) -> None:
+        """``name`` in ``parent`` now names ``ino`` of ``kind`` (0: nothing); it named an
+        inode of ``old_kind`` before (0: nothing, None: not known).  Updates the cached
+        dentry, listing and subdirectory count."""
         await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
-        await self.cache.update_listing(s.tenant, parent, name, ino, kind)
+        await self.cache.update_listing(s.tenant, parent, name, ino, kind, old_kind)
 
     def announce(self, s: Session, *inos: int) -> None:
         """Tell the tenant's other sessions on this daemon that ``inos`` changed.

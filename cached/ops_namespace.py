@@ -167,7 +167,7 @@ class NamespaceOps:
         # A new inode has no extended attributes: the kernel's security.capability probe
         # at its first write is answered without a query.
         await self.core.cache.put_xattrs(s.tenant, inode.ino, {})
-        await self.core.dentries_changed(s, parent, name, inode.ino, inode.kind)
+        await self.core.dentries_changed(s, parent, name, inode.ino, inode.kind, 0)
         self.core.announce(s, parent)
         return inode
 
@@ -288,7 +288,7 @@ class NamespaceOps:
             raise
         await self.core.touch_dir(s, new_parent, now)
         await self.core.cache.put_inode(s.tenant, inode)
-        await self.core.dentries_changed(s, new_parent, new_name, ino, inode.kind)
+        await self.core.dentries_changed(s, new_parent, new_name, ino, inode.kind, 0)
         self.core.announce(s, new_parent, ino)
         return inode.to_wire()
 
@@ -339,7 +339,7 @@ class NamespaceOps:
                     await s.store.unseal_dir(entry.ino, op)
         else:
             raise StorageError(f"{_text(name)!r} kept changing while being removed")
-        await self.core.dentries_changed(s, parent, name, 0, 0)
+        await self.core.dentries_changed(s, parent, name, 0, 0, entry.kind)
         inode = await uncount_link(s.store, entry.ino, now)
         if inode is not None:
             await self.core.cache.put_inode(s.tenant, inode)
@@ -452,8 +452,10 @@ class NamespaceOps:
         await self.core.cache.drop_inode(s.tenant, source.ino)
         if replaced:
             await self.core.cache.drop_inode(s.tenant, replaced)
-        await self.core.dentries_changed(s, source.parent, source.name, 0, 0)
-        await self.core.dentries_changed(s, new_parent, new_name, source.ino, source.kind)
+        await self.core.dentries_changed(s, source.parent, source.name, 0, 0, source.kind)
+        await self.core.dentries_changed(
+            s, new_parent, new_name, source.ino, source.kind, target.kind if target else 0
+        )
         await self.core.touch_dir(s, source.parent, now)
         if new_parent != source.parent:
             await self.core.touch_dir(s, new_parent, now)

@@ -16,9 +16,10 @@ replaced content versions kept for the purge delay do not count.  Bytes are
 file sizes: holes count, chunk overhead and replication do not.
 
 The figures are approximate: a counter update is neither atomic with the change
-it counts nor idempotent, so a daemon killed between the two, an update that
-failed (logged; it never fails the user's operation) or one the driver resent
-after a timeout leaves them off.  Schema version 3's data step
+it counts nor idempotent, so a daemon killed before writing what it counted (it
+writes each tenant's changes every :data:`FLUSH_EVERY` seconds, in one update),
+an update that failed (logged; it never fails the user's operation) or one the
+driver resent after a timeout leaves them off.  Schema version 3's data step
 (:func:`cassfs.schema.upgrade_to_3`) sets them from the inodes a keyspace holds.
 
 Blocking: none (trio).
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 #: Seconds a daemon answers statfs from the figures it read last, without asking
 #: Cassandra (``df`` in a loop reads the counters at most this often per tenant).
 STATFS_TTL = 1.0
+#: Seconds between two writes of a tenant's counted changes (a daemon killed loses at
+#: most this long's worth of counts).
+FLUSH_EVERY = 0.5
 
 
 @dataclass
@@ -62,33 +66,57 @@ class Usage:
     without reading them (:data:`STATFS_TTL` by default).
     """
 
-    def __init__(self, ttl: float = STATFS_TTL) -> None:
+    def __init__(self, ttl: float = STATFS_TTL, flush_every: float = FLUSH_EVERY) -> None:
         self.ttl = ttl
+        self.flush_every = flush_every
         self._known: dict[tuple[int, str], _Figures] = {}
         self._flights = SingleFlight()
+        #: Changes counted and not yet written: tenant -> [its store, bytes, inodes].
+        self._pending: dict[tuple[int, str], list[Any]] = {}
 
     async def count(self, s: Session, bytes_delta: int, inodes_delta: int) -> None:
         """Add ``bytes_delta`` bytes and ``inodes_delta`` inodes to ``s``'s tenant.
 
-        Never raises for Cassandra: a failed update is logged and lost (the figures
-        are approximate).  Shielded from cancellation (the change it counts is
-        done).  This daemon's statfs answers include the change at once.
+        The change joins the tenant's pending one, written by :meth:`run` within
+        :attr:`flush_every` seconds (one counter update per tenant then, not one per
+        create or write: none of them waits for it).  This daemon's statfs answers
+        include it at once.  Never raises.
         """
         if not bytes_delta and not inodes_delta:
             return
-        with trio.CancelScope(shield=True):
-            try:
-                await s.store.add_usage(bytes_delta, inodes_delta)
-            except CassfsError as exc:
-                log.warning(
-                    "usage of %s/%s not counted (%+d bytes, %+d inodes): %s",
-                    s.owner, s.environment, bytes_delta, inodes_delta, exc,
-                )  # fmt: skip
-                return
+        pending = self._pending.setdefault(s.tenant, [s.store, 0, 0])
+        pending[1] += bytes_delta
+        pending[2] += inodes_delta
         known = self._known.get(s.tenant)
         if known is not None:
             known.bytes += bytes_delta
             known.inodes += inodes_delta
+
+    async def run(self) -> None:
+        """Write the pending changes every :attr:`flush_every` seconds, until cancelled;
+        then once more (shielded, at most 5 s)."""
+        try:
+            while True:
+                await trio.sleep(self.flush_every)
+                await self.flush()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.flush()
+
+    async def flush(self) -> None:
+        """Write every tenant's pending change (one counter update each).  Never raises
+        for Cassandra: a failed update is logged and lost (the figures are approximate)."""
+        pending, self._pending = self._pending, {}
+        for (owner, environment), (store, bytes_delta, inodes_delta) in pending.items():
+            if not bytes_delta and not inodes_delta:
+                continue
+            try:
+                await store.add_usage(bytes_delta, inodes_delta)
+            except CassfsError as exc:
+                log.warning(
+                    "usage of %s/%s not counted (%+d bytes, %+d inodes): %s",
+                    owner, environment, bytes_delta, inodes_delta, exc,
+                )  # fmt: skip
 
     async def figures(self, s: Session) -> tuple[int, int]:
         """``(bytes, inodes)`` used by ``s``'s tenant, each at least 0.
@@ -111,6 +139,9 @@ class Usage:
     async def _read(self, s: Session) -> _Figures:
         read_at = trio.current_time()
         used_bytes, inodes = await s.store.get_usage()
+        pending = self._pending.get(s.tenant)  # counted here, not written yet
+        if pending is not None:
+            used_bytes, inodes = used_bytes + pending[1], inodes + pending[2]
         figures = _Figures(read_at, used_bytes, inodes)
         self._known[s.tenant] = figures
         return figures
