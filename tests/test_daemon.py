@@ -38,13 +38,15 @@ async def make_file(client: DaemonClient, parent: int, name: bytes, data: bytes)
 
 
 def chunk_rows(cassandra: str, tenant: tuple[int, str], ino: int) -> list[Any]:
-    """Every chunk row of ``ino``, read straight from Cassandra (ALLOW FILTERING: tests only)."""
+    """Every chunk row of ``ino``, read straight from Cassandra (ALLOW FILTERING: tests only;
+    it scans the test keyspace's chunks, hence the long timeout)."""
     cluster = make_cluster(ContactPoints.parse(cassandra))
     try:
         rows = cluster.connect().execute(
             f"SELECT version, chunk FROM {KEYSPACE}.chunks WHERE owner = %s AND "
             "environment = %s AND ino = %s ALLOW FILTERING",
             (*tenant, ino),
+            timeout=120,  # a scan of the whole table, which grows over a run
         )
         return list(rows)
     finally:

@@ -24,9 +24,9 @@ from cached.client import DaemonClient, open_client, socket_path
 from cached.content import CHUNK_SIZE
 from cached.errors import FileTooLarge, InvalidArgument
 from cached.model import ROOT_INO
-from cached.store import ContactPoints, make_cluster
 from cached.versions import CHUNK_CONCURRENCY, run_workers, scan_file
 from tests.conftest import KEYSPACE, Daemon, Mount, run_cli
+from tests.test_daemon import chunk_rows as daemon_chunk_rows
 
 pytestmark = [pytest.mark.cassandra]
 
@@ -41,17 +41,10 @@ async def session(daemon: Daemon, tenant: tuple[int, str]) -> AsyncIterator[Daem
 
 
 def chunk_rows(cassandra: str, tenant: tuple[int, str], ino: int) -> list[tuple[bytes, int]]:
-    """``(version, chunk)`` of every chunk row of ``ino`` (ALLOW FILTERING: tests only)."""
-    cluster = make_cluster(ContactPoints.parse(cassandra))
-    try:
-        rows = cluster.connect().execute(
-            f"SELECT version, chunk FROM {KEYSPACE}.chunks WHERE owner = %s AND "
-            "environment = %s AND ino = %s ALLOW FILTERING",
-            (*tenant, ino),
-        )
-        return sorted((row["version"], row["chunk"]) for row in rows)
-    finally:
-        cluster.shutdown()
+    """``(version, chunk)`` of every chunk row of ``ino``, sorted (a scan: tests only)."""
+    return sorted(
+        (row["version"], row["chunk"]) for row in daemon_chunk_rows(cassandra, tenant, ino)
+    )
 
 
 def fsck(cassandra: str, tenant: tuple[int, str]) -> tuple[int, str]:
