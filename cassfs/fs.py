@@ -859,6 +859,7 @@ class Operations(pyfuse3.Operations):
                 state.buffer = buffer
             await buffer.write(off, buf)
             handle.dirtied = True
+            handle.failed = False
         return len(buf)
 
     async def _materialize(self, ino: int) -> WriteBuffer:
@@ -893,7 +894,12 @@ class Operations(pyfuse3.Operations):
             if buffer is None or not buffer.dirty:
                 handle.dirtied = False  # another handle's commit took its changes along
                 return
-            await self._write_buffer(state, buffer)
+            try:
+                await self._write_buffer(state, buffer)
+            except CassfsError:
+                handle.failed = True  # reported to close(2)/fsync(2): release leaves it
+                raise
+            handle.failed = False
 
     @_fuse_errors
     async def flush(self, fh: int) -> None:
@@ -934,7 +940,7 @@ class Operations(pyfuse3.Operations):
         with trio.CancelScope(shield=True):
             async with state.lock:
                 buffer = state.buffer
-                if buffer is not None and buffer.dirty and handle.dirtied:
+                if buffer is not None and buffer.dirty and handle.dirtied and not handle.failed:
                     try:
                         await self._write_buffer(state, buffer)
                     except CassfsError as exc:

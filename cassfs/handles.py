@@ -39,6 +39,10 @@ class OpenFile:
     ``page_cache`` is False for a handle opened with ``direct_io``.  ``dirtied`` is
     True while the handle has changed the inode's buffer since the last commit (a
     truncating open counts), so its ``flush`` must write the buffer through.
+    ``failed`` is True from a failed flush or fsync of this handle until its next
+    write or successful commit: the caller was told (EIO), so ``release`` must not
+    write that buffer through behind its back (it could land after a newer write
+    another host had acknowledged meanwhile).
     """
 
     fh: int
@@ -51,6 +55,7 @@ class OpenFile:
     writable: bool = False
     page_cache: bool = True
     dirtied: bool = False
+    failed: bool = False
 
     def move_to(self, content_id: bytes, size: int, mtime_ns: int, epoch: int) -> None:
         """Read version ``content_id`` (``size`` bytes) from now on; drops inline data."""

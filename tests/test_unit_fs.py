@@ -353,6 +353,25 @@ async def test_writes_after_the_last_flush_are_saved_at_release(
     assert daemon.content() == b"MM23456789"
 
 
+async def test_a_write_whose_close_failed_is_not_written_again_at_release(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    """close(2) reported EIO: the release right after must not write that content through
+    behind the caller's back (it could land after a newer write another host acknowledged;
+    the race harness saw exactly that once: a "lost-ack")."""
+    ino = await looked_up(ops)
+    fh = (await ops.open(ino, os.O_RDWR, CTX)).fh
+    await ops.write(fh, 0, b"XX")
+    daemon.fail["write"] = StorageError("the daemon was killed")
+    with pytest.raises(pyfuse3.FUSEError) as failed:
+        await ops.flush(fh)
+    assert failed.value.errno == errno.EIO
+    writes = len(daemon.writes())
+    await ops.release(fh)
+    assert len(daemon.writes()) == writes
+    assert daemon.content() == b"0123456789"
+
+
 async def test_inodes_gone_by_number_are_stale_names_gone_are_absent(
     ops: Operations, daemon: FakeDaemon
 ) -> None:
