@@ -1231,11 +1231,14 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
         return any(r.t0 <= t1 and t0 - stale <= r.t1 for p in prefixes for r in index.get(p, []))
 
     dir_moves: dict[str, list[Op]] = defaultdict(list)  # path -> directories moved onto it
+    moved_away: dict[str, list[Op]] = defaultdict(list)  # path -> directories moved from it
     for op in sorted(ops, key=lambda o: o.t1):
         if op.done and op.detail == MOVED_DIRECTORY:
             dir_moves[op.dst].append(op)
+            moved_away[op.src].append(op)
         elif op.kind == "drop_rename" and op.dst:
             dir_moves[op.dst].append(op)  # an RPC no kernel was told of; maybe a directory
+            moved_away[op.src].append(op)
         elif (
             op.done
             and op.dst
@@ -1249,15 +1252,16 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
 
     def dir_moved_elsewhere(op: Op) -> bool:
         """True if another host (or a dropped connection's rename, which no kernel saw)
-        moved a directory onto a component of ``op``'s paths lately.
+        moved a directory onto or away from a component of ``op``'s paths lately.
 
-        This host's kernel may still hold the directory's old dentry: see
-        :data:`ESTALE_AFTER_REMOTE_DIR_MOVE`.
+        This host's kernel may still hold the directory's old dentry (at its old name,
+        or the dentry of what its new name held): see :data:`ESTALE_AFTER_REMOTE_DIR_MOVE`.
         """
         for path in filter(None, (op.src, op.dst)):
             parts = path.split("/")
             for i in range(len(parts)):
-                for move in dir_moves.get("/".join(parts[: i + 1]), []):
+                prefix = "/".join(parts[: i + 1])
+                for move in (*dir_moves.get(prefix, []), *moved_away.get(prefix, [])):
                     unseen = move.host != op.host or move.kind in ("drop_rename", CHAINED_DIR_MOVE)
                     if unseen and move.t0 <= op.t1 and op.t0 - bound <= move.t1:
                         return True

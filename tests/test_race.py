@@ -163,6 +163,26 @@ def test_estale_after_another_host_moved_a_directory_is_a_known_limit_not_hidden
     assert "unexplained-errno read/open ESTALE" in kinds  # long after the move
 
 
+def test_estale_through_a_directory_another_host_moved_away_is_a_known_limit() -> None:
+    """Host 1 moves d1 (and host 2 d1/n3) away; host 0's kernel still holds their old
+    dentries, and its open of d1/n3 fails with ESTALE (seen in a 60 s run)."""
+    cfg = race.RaceConfig(cache_ttl=1.0, entry_ttl=1.0, slack=2.0)
+    history = race.History()
+    _op(history, "rename_top", 1, "d1", 9.55, 9.62, dst="d2/n4")
+    history.ops[-1].detail = race.MOVED_DIRECTORY
+    _op(history, "read", 0, "d1/n3", 9.73, 9.77, err="ESTALE", step="open")
+    assert race.analyze(cfg, history, None) == []
+    assert [v.kind for v in history.limits] == [race.ESTALE_AFTER_REMOTE_DIR_MOVE]
+    _op(history, "read", 1, "d1/n3", 9.73, 9.77, err="ESTALE", step="open")
+    history.limits.clear()
+    kinds = [v.kind for v in race.analyze(cfg, history, None)]
+    assert kinds == ["unexplained-errno read/open ESTALE"]  # the mover's own kernel knew
+    _op(history, "read", 0, "d0/n3", 9.73, 9.77, err="ESTALE", step="open")
+    history.limits.clear()
+    kinds = sorted(v.kind for v in race.analyze(cfg, history, None))
+    assert kinds == ["unexplained-errno read/open ESTALE"] * 2  # nothing moved from d0
+
+
 def test_estale_after_renaming_on_a_directory_taken_for_a_file_is_a_known_limit() -> None:
     """Host 0 moves a directory onto d2/n2; host 1, whose kernel still has d2/n2 as a file,
     renames that name on (renames act on names): its kernel never saw a directory move."""
