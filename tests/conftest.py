@@ -67,6 +67,15 @@ def local_node_pid() -> int:
         )
 
 
+def errno_of(fn: Callable[[], object]) -> int:
+    """The errno ``fn()`` fails with, 0 when it succeeds."""
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
 @pytest.fixture
 def tenant() -> tuple[int, str]:
     """A tenant no other test uses: (random owner, unique environment)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cached.client import call_once
-from tests.conftest import Mount, run_cli, unmount
+from tests.conftest import Mount, errno_of, run_cli, unmount
 from tests.stdlib_tree import STDLIB, stdlib_files
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
@@ -161,14 +161,6 @@ def test_two_tenants_do_not_see_each_other(
     assert not (b.path / "secret.txt").exists()
 
 
-def _errno_of(fn: Callable[[], object]) -> int:
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno or 0
-    return 0
-
-
 def test_errnos(
     mount_cassfs: Callable[..., Mount], tenant: tuple[int, str], tmp_path: Path
 ) -> None:
@@ -178,25 +170,25 @@ def test_errnos(
     (root / "dir" / "sub" / "f").write_text("x")
     (root / "file").write_text("y")
     (root / "emptydir").mkdir()
-    assert _errno_of(lambda: (root / "missing").stat()) == errno.ENOENT
-    assert _errno_of(lambda: open(root / "missing" / "x")) == errno.ENOENT
-    assert _errno_of(lambda: (root / "dir").mkdir()) == errno.EEXIST
+    assert errno_of(lambda: (root / "missing").stat()) == errno.ENOENT
+    assert errno_of(lambda: open(root / "missing" / "x")) == errno.ENOENT
+    assert errno_of(lambda: (root / "dir").mkdir()) == errno.EEXIST
     assert (
-        _errno_of(lambda: os.open(root / "file", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        errno_of(lambda: os.open(root / "file", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         == errno.EEXIST
     )
-    assert _errno_of(lambda: os.rmdir(root / "dir")) == errno.ENOTEMPTY
-    assert _errno_of(lambda: os.rmdir(root / "file")) == errno.ENOTDIR
-    assert _errno_of(lambda: (root / "file" / "x").stat()) == errno.ENOTDIR
-    assert _errno_of(lambda: os.unlink(root / "dir")) == errno.EISDIR
-    assert _errno_of(lambda: open(root / "dir", "w")) == errno.EISDIR
-    assert _errno_of(lambda: os.rename(root / "file", root / "emptydir")) == errno.EISDIR
-    assert _errno_of(lambda: os.rename(root / "emptydir", root / "file")) == errno.ENOTDIR
-    assert _errno_of(lambda: os.rename(root / "dir", root / "dir" / "sub" / "in")) == errno.EINVAL
-    assert _errno_of(lambda: (root / ("n" * 256)).write_text("")) == errno.ENAMETOOLONG
-    assert _errno_of(lambda: (root / ("n" * 256)).stat()) == errno.ENAMETOOLONG
-    assert _errno_of(lambda: os.rename(root / "file", tmp_path / "elsewhere")) == errno.EXDEV
-    assert _errno_of(lambda: os.link(root / "dir", root / "hard")) == errno.EPERM  # a directory
+    assert errno_of(lambda: os.rmdir(root / "dir")) == errno.ENOTEMPTY
+    assert errno_of(lambda: os.rmdir(root / "file")) == errno.ENOTDIR
+    assert errno_of(lambda: (root / "file" / "x").stat()) == errno.ENOTDIR
+    assert errno_of(lambda: os.unlink(root / "dir")) == errno.EISDIR
+    assert errno_of(lambda: open(root / "dir", "w")) == errno.EISDIR
+    assert errno_of(lambda: os.rename(root / "file", root / "emptydir")) == errno.EISDIR
+    assert errno_of(lambda: os.rename(root / "emptydir", root / "file")) == errno.ENOTDIR
+    assert errno_of(lambda: os.rename(root / "dir", root / "dir" / "sub" / "in")) == errno.EINVAL
+    assert errno_of(lambda: (root / ("n" * 256)).write_text("")) == errno.ENAMETOOLONG
+    assert errno_of(lambda: (root / ("n" * 256)).stat()) == errno.ENAMETOOLONG
+    assert errno_of(lambda: os.rename(root / "file", tmp_path / "elsewhere")) == errno.EXDEV
+    assert errno_of(lambda: os.link(root / "dir", root / "hard")) == errno.EPERM  # a directory
     # nothing was lost by the failures
     assert (root / "file").read_text() == "y"
     assert (root / "dir" / "sub" / "f").read_text() == "x"

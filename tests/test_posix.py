@@ -60,13 +60,17 @@ def as_user(fn: Callable[[], object], cwd: Path, uid: int = OTHER, gid: int = OT
     return os.waitstatus_to_exitcode(status)
 
 
-def cql_rows(cassandra: str, query: str, *params: object) -> list[dict[str, object]]:
-    """Rows of ``query`` against the test keyspace (for checks of what Cassandra holds)."""
+def stored_nlink(cassandra: str, tenant: tuple[int, str], ino: int) -> list[int]:
+    """The nlink Cassandra holds for ``ino`` (``[]``: the inode row is gone)."""
     from cached.store import ContactPoints, make_cluster
 
     cluster = make_cluster(ContactPoints.parse(cassandra))
     try:
-        return list(cluster.connect(KEYSPACE).execute(query, params))  # rows are dicts
+        rows = cluster.connect(KEYSPACE).execute(
+            "SELECT nlink FROM inodes WHERE owner = %s AND environment = %s AND ino = %s",
+            (*tenant, ino),
+        )
+        return [row["nlink"] for row in rows]
     finally:
         cluster.shutdown()
 
@@ -110,14 +114,7 @@ def test_hard_links_share_one_inode_and_keep_true_counts_across_hosts(
     # the last names go: the count in Cassandra reaches 0 (or the inode is purged already)
     os.unlink(a.path / "third.php")
     os.unlink(a.path / "d" / "copy.php")
-    rows = cql_rows(
-        cassandra,
-        "SELECT nlink FROM inodes WHERE owner = %s AND environment = %s AND ino = %s",
-        tenant[0],
-        tenant[1],
-        ino,
-    )
-    assert [r["nlink"] for r in rows] in ([0], [])
+    assert stored_nlink(cassandra, tenant, ino) in ([0], [])
 
 
 def test_link_errnos_and_rename_over_a_hard_link(
@@ -179,14 +176,7 @@ def test_two_hosts_unlinking_two_names_of_one_inode_both_count(
         t.join(60)
     assert not errors
     for ino in inos:
-        rows = cql_rows(
-            cassandra,
-            "SELECT nlink FROM inodes WHERE owner = %s AND environment = %s AND ino = %s",
-            tenant[0],
-            tenant[1],
-            ino,
-        )
-        assert [r["nlink"] for r in rows] in ([0], []), ino
+        assert stored_nlink(cassandra, tenant, ino) in ([0], []), ino
 
 
 # -- special files --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from cached.client import DaemonClient, open_client, socket_path
 from cached.model import DIRECTORY, ROOT_INO
 from cached.stats import Counters
 from cassfs.fs import STATFS_BLOCK, STATFS_CAPACITY, STATFS_INODES, statvfs_data
-from tests.conftest import KEYSPACE, Daemon, Mount, run_cli
+from tests.conftest import KEYSPACE, Daemon, Mount, errno_of, run_cli
 
 #: Kernel and daemon caches short, deletions at once: figures settle within a second or two.
 FAST = ["--cache-ttl", "0.3", "--entry-ttl", "0.1", "--negative-ttl", "0.1", "--purge-delay", "0"]
@@ -318,14 +318,6 @@ def test_directory_nlink_is_two_plus_its_subdirectories(
 
 
 # -- limits ---------------------------------------------------------------------------------
-
-
-def errno_of(fn: Callable[[], object]) -> int:
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno or 0
-    return 0
 
 
 def name_errnos(root: Path, path: Path) -> dict[str, int]:

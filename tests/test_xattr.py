@@ -49,7 +49,7 @@ from cached.model import ROOT_INO
 from cached.store import ContactPoints, make_cluster
 from cassfs.fs import FrontConfig, Operations
 from cassfs.xattrs import AbsentXattrs
-from tests.conftest import KEYSPACE, Daemon, Mount
+from tests.conftest import KEYSPACE, Daemon, Mount, errno_of
 from tests.test_daemon import session
 
 NOBODY = 65534
@@ -76,15 +76,6 @@ def c_listxattr(path: Path, size: int) -> tuple[int, int]:
     ctypes.set_errno(0)
     got = _libc.listxattr(os.fsencode(path), buf if size else None, size)
     return got, ctypes.get_errno() if got < 0 else 0
-
-
-def errno_of(fn: Callable[[], object]) -> int:
-    """The errno ``fn()`` fails with, 0 when it succeeds."""
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno or 0
-    return 0
 
 
 def eventually(check: Callable[[], bool], seconds: float = 10.0) -> bool:
