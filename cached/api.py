@@ -603,6 +603,7 @@ REQUESTS: dict[str, Shape] = {
     "stats": Shape({}),
     "purge": Shape({}),
     "shutdown": Shape({}, {"force": Flag()}),
+    "seen": Shape({"seq": SIZE}),
     # metadata
     "lookup": Shape(_NAMED),
     "getattr": Shape({"ino": INO}),

@@ -98,6 +98,14 @@ class DaemonClient:
             self._stream = stream
             return stream
 
+    async def _acknowledge(self, stream: trio.SocketStream, seq: int) -> None:
+        """Tell the daemon the notification numbered ``seq`` was acted on (the daemon
+        waits for it before it answers the change); never raises."""
+        try:
+            await self._call_on(stream, "seen", {"seq": seq})
+        except CassfsError as exc:
+            log.debug("notification %d not acknowledged: %s", seq, exc)
+
     async def _reader(self, stream: trio.SocketStream) -> None:
         decoder = protocol.Decoder()
         try:
@@ -120,6 +128,9 @@ class DaemonClient:
                                 self.on_notification(message.event, message.params)
                             except Exception:
                                 log.exception("notification handler failed")
+                        seq = message.params.get("seq")
+                        if isinstance(seq, int):
+                            self._nursery.start_soon(self._acknowledge, stream, seq)
         except trio.ClosedResourceError:
             log.debug("connection to the cache daemon closed")
         except (trio.BrokenResourceError, protocol.ProtocolError) as exc:

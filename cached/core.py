@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 Tenant = tuple[int, str]
 T = TypeVar("T")
 
+#: Longest wait, seconds, for another session's front to acknowledge a change.
+ANNOUNCE_WAIT = 2.0
+
 
 class ContentGone(Exception):
     """A chunk of the content version being fetched is missing: the file was rewritten."""
@@ -56,11 +59,34 @@ class Session:
     environment: str
     store: TenantStore
     notify: Callable[[str, dict[str, Any]], None] = field(repr=False)
+    #: Sequence number of the last ``changed`` notification sent to this session's peer,
+    #: and of the last one the peer said it acted on (``seen``).
+    changes_sent: int = field(default=0, repr=False)
+    changes_seen: int = field(default=0, repr=False)
+    _seen_moved: trio.Event = field(default_factory=trio.Event, repr=False)
 
     @property
     def tenant(self) -> Tenant:
         """``(owner, environment)``."""
         return (self.owner, self.environment)
+
+    def tell_changed(self, inos: list[int]) -> int:
+        """Send the peer a ``changed`` notification for ``inos``; returns its sequence number."""
+        self.changes_sent += 1
+        self.notify("changed", {"inos": inos, "seq": self.changes_sent})
+        return self.changes_sent
+
+    def saw(self, seq: int) -> None:
+        """The peer acted on every ``changed`` notification up to number ``seq``."""
+        if seq > self.changes_seen:
+            self.changes_seen = seq
+            self._seen_moved.set()
+            self._seen_moved = trio.Event()
+
+    async def wait_seen(self, seq: int) -> None:
+        """Return once the peer acted on notification ``seq`` (callers bound the wait)."""
+        while self.changes_seen < seq:
+            await self._seen_moved.wait()
 
 
 def new_inode_number() -> int:
@@ -184,15 +210,32 @@ class Core:
         await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
         await self.cache.update_listing(s.tenant, parent, name, ino, kind, old_kind)
 
-    def announce(self, s: Session, *inos: int) -> None:
-        """Tell the tenant's other sessions on this daemon that ``inos`` changed.
+    async def announce(self, s: Session, *inos: int) -> None:
+        """Tell the tenant's other sessions on this daemon that ``inos`` changed, and wait
+        (up to :data:`ANNOUNCE_WAIT` seconds) until their fronts acted on it.
 
-        Their fronts drop answers they reuse within the TTL (see ``rpc_open``).
+        Their fronts drop answers they reuse within the TTL (see ``rpc_open``) and the
+        extended attributes they know to be absent; once this returns, a mount of the
+        same daemon no longer answers from them (a peer that does not acknowledge in
+        time is logged and not waited for again).
         """
         changed = [ino for ino in inos if ino]
-        for other in self.sessions:
-            if other is not s and other.tenant == s.tenant and changed:
-                other.notify("changed", {"inos": changed})
+        if not changed:
+            return
+        told = [
+            (other, other.tell_changed(changed))
+            for other in self.sessions
+            if other is not s and other.tenant == s.tenant
+        ]
+        for other, seq in told:
+            with trio.move_on_after(ANNOUNCE_WAIT) as scope:
+                await other.wait_seen(seq)
+            if scope.cancelled_caught:
+                log.warning(
+                    "a mount session of %s/%s did not acknowledge a change within %.0f s",
+                    *other.tenant,
+                    ANNOUNCE_WAIT,
+                )
 
 
 async def gather_indexed(fn: Callable[[int], Any], count: int) -> None:

@@ -300,7 +300,7 @@ class MetadataOps:
             await s.store.set_attrs(ino, changes, now)
             changed = inode.evolve(**changes, ctime_ns=now if changes else inode.ctime_ns)
             await self.core.cache.put_inode(s.tenant, changed)
-            self.core.announce(s, ino)
+            await self.core.announce(s, ino)
             return await self._answer(s, changed)
 
     async def rpc_touch_atime(self, s: Session, ino: int, atime_ns: int) -> bool:

@@ -168,7 +168,7 @@ class NamespaceOps:
         # at its first write is answered without a query.
         await self.core.cache.put_xattrs(s.tenant, inode.ino, {})
         await self.core.dentries_changed(s, parent, name, inode.ino, inode.kind, 0)
-        self.core.announce(s, parent)
+        await self.core.announce(s, parent)
         return inode
 
     def _new_inode(
@@ -289,7 +289,7 @@ class NamespaceOps:
         await self.core.touch_dir(s, new_parent, now)
         await self.core.cache.put_inode(s.tenant, inode)
         await self.core.dentries_changed(s, new_parent, new_name, ino, inode.kind, 0)
-        self.core.announce(s, new_parent, ino)
+        await self.core.announce(s, new_parent, ino)
         return inode.to_wire()
 
     # -- remove ---------------------------------------------------------------------------
@@ -344,7 +344,7 @@ class NamespaceOps:
         if inode is not None:
             await self.core.cache.put_inode(s.tenant, inode)
         await self.core.touch_dir(s, parent, now)
-        self.core.announce(s, parent, entry.ino)
+        await self.core.announce(s, parent, entry.ino)
         return entry.ino if inode is None or inode.nlink == 0 else 0
 
     async def rpc_unlink(self, s: Session, parent: int, name: bytes) -> int:
@@ -459,7 +459,7 @@ class NamespaceOps:
         await self.core.touch_dir(s, source.parent, now)
         if new_parent != source.parent:
             await self.core.touch_dir(s, new_parent, now)
-        self.core.announce(s, source.parent, new_parent, source.ino, replaced)
+        await self.core.announce(s, source.parent, new_parent, source.ino, replaced)
         last_name = replaced if counted is not None and counted.nlink == 0 else 0
         return Renamed(source.ino, last_name).to_wire()
 

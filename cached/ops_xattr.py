@@ -201,7 +201,7 @@ class XattrOps:
         now = time.time_ns()
         await s.store.set_ctime(inode.ino, now)
         await self.core.cache.put_inode(s.tenant, inode.evolve(ctime_ns=now))
-        self.core.announce(s, inode.ino)
+        await self.core.announce(s, inode.ino)
 
     async def _cache_with(
         self,

@@ -55,7 +55,7 @@ class Service:
     :mod:`cached.ops_metadata`; mkdir/create/symlink/unlink/rmdir/rename/purge_inode in
     :mod:`cached.ops_namespace`; open/read/write/materialize in :mod:`cached.ops_content`;
     getxattr/listxattr/setxattr/removexattr in :mod:`cached.ops_xattr`;
-    hello/statfs/stats/purge here.
+    hello/seen/statfs/stats/purge here.
     """
 
     def __init__(
@@ -133,6 +133,11 @@ class Service:
                 root = await self.core.load_inode(s, ROOT_INO)
         await self.core.cache.put_inode(s.tenant, root)
         return {"root": root.to_wire(), "epoch": self.core.epoch, "pid": os.getpid()}
+
+    async def rpc_seen(self, s: Session, seq: int) -> None:
+        """The front acted on every ``changed`` notification up to number ``seq`` (see
+        :meth:`~cached.core.Core.announce`)."""
+        s.saw(seq)
 
     async def rpc_statfs(self, s: Session) -> dict[str, int]:
         """What the tenant uses: ``{"bytes": content bytes, "inodes": inodes}``.

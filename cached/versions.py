@@ -249,7 +249,7 @@ class Contents:
         await self.core.cache.put_inode(s.tenant, updated)
         self.core.counters.add("flushes")
         self.core.counters.add("bytes_written", size)
-        self.core.announce(s, inode.ino)
+        await self.core.announce(s, inode.ino)
         return updated
 
     async def _drop_unflipped(self, s: Session, ino: int, version: bytes, size: int) -> None:

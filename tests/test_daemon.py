@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+from cached import protocol
 from cached.api import DaemonApi, Renamed
 from cached.client import DaemonClient, open_client, socket_path
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
@@ -347,3 +348,69 @@ async def test_user_and_group_ids_above_2_31_round_trip(
     assert (made["uid"], made["gid"]) == (3_000_000_000, 2**31)
     assert (changed["uid"], changed["gid"]) == (3_000_000_000, 2**32 - 2)
     assert (found["uid"], found["gid"]) == (3_000_000_000, 2**32 - 2)
+
+
+async def test_a_change_returns_after_the_other_sessions_acted_on_it(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """Two mounts of one tenant on one daemon: when a change made through one returns, the
+    other's notification handler has already run (a mount of the same host never answers
+    from what it was told is stale), and a session of another tenant is told nothing."""
+    daemon = start_daemon()
+    seen: list[tuple[str, list[int]]] = []
+    other_tenant: list[str] = []
+    path = socket_path(daemon.cache_dir)
+    async with (
+        session(daemon, tenant) as a,
+        open_client(path, lambda event, params: seen.append((event, params["inos"]))) as b,
+        open_client(path, lambda event, params: other_tenant.append(event)) as c,
+    ):
+        await b.hello(*tenant)
+        await c.hello(tenant[0], tenant[1] + "-other")
+        written = await make_file(a, ROOT_INO, b"f", b"data")
+        ino = written["ino"]
+        assert ("changed", [ino]) in seen  # the write's flip, acted on before it returned
+        seen.clear()
+        await a.call("setattr", ino=ino, mode=0o600)
+        assert seen == [("changed", [ino])]
+        seen.clear()
+        await a.call("setxattr", ino=ino, name=b"user.k", value=b"v", flags=0)
+        assert seen == [("changed", [ino])]
+        assert other_tenant == []
+
+
+async def test_a_change_waits_for_the_other_sessions_acknowledgement(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """The daemon answers a change only once the tenant's other sessions said ``seen``."""
+    daemon = start_daemon()
+    decoder = protocol.Decoder()
+
+    async def next_message(stream: trio.SocketStream) -> protocol.Message:
+        while True:
+            for message in decoder.feed(await stream.receive_some(65536)):
+                return message  # one message at a time suffices here
+
+    async with session(daemon, tenant) as a:
+        written = await make_file(a, ROOT_INO, b"f", b"data")
+        stream = await trio.open_unix_socket(str(socket_path(daemon.cache_dir)))
+        async with stream, trio.open_nursery() as nursery:
+            await stream.send_all(
+                protocol.pack_request(1, "hello", {"owner": tenant[0], "environment": tenant[1]})
+            )
+            assert isinstance(await next_message(stream), protocol.Response)
+            done = trio.Event()
+
+            async def change() -> None:
+                await a.call("setattr", ino=written["ino"], mode=0o600)
+                done.set()
+
+            nursery.start_soon(change)
+            told = await next_message(stream)
+            assert isinstance(told, protocol.Notification) and told.event == "changed"
+            assert told.params["inos"] == [written["ino"]]
+            with trio.move_on_after(0.5):  # no answer comes without the acknowledgement
+                await done.wait()
+            assert not done.is_set()
+            await stream.send_all(protocol.pack_request(2, "seen", {"seq": told.params["seq"]}))
+            await done.wait()
