@@ -59,6 +59,9 @@ WRITE_BATCH = 32
 LEASE_SECONDS = 10.0
 #: Most leases held; the oldest goes first (memory bound).
 MAX_LEASES = 4096
+#: Most bytes of content held in memory until the writer has put them in diskcache
+#: (:meth:`LocalCache.put_content`); past it, content is written before the call returns.
+LANDING_BYTES = 32 * 1024 * 1024
 #: Rows read per query while looking for an entry that may be evicted.
 EVICT_PAGE = 16
 _GONE = object()  # memo tombstone: deleted, the diskcache delete may still be queued
@@ -125,6 +128,9 @@ class LocalCache:
         # diskcache thread only looks keys up (_protected), which the GIL keeps atomic.
         self._pins: dict[tuple[Any, ...], int] = {}
         self._leases: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        # Content queued for the writer (key -> bytes), served from here until written.
+        self._landing: dict[tuple[Any, ...], bytes] = {}
+        self._landing_bytes = 0
 
     def _freshness(self, fetched_at: float) -> Freshness:
         """:func:`freshness` now; entries fetched before this cache was opened are stale.
@@ -270,7 +276,7 @@ class LocalCache:
 
     def _apply(self, ops: list[tuple[str, tuple[Any, ...], Any]]) -> None:
         for kind, key, value in ops:
-            if kind == "set":
+            if kind in ("set", "land"):
                 self._set_counting(key, value)
             else:
                 self._cache.delete(key)
@@ -281,6 +287,10 @@ class LocalCache:
             ops = self._pending_ops[:WRITE_BATCH]
             del self._pending_ops[:WRITE_BATCH]
             await self._run(self._apply, ops)
+            for kind, key, value in ops:
+                if kind == "land" and self._landing.get(key) is value:
+                    del self._landing[key]
+                    self._landing_bytes -= len(value)
         if not self._pending_ops:
             self._ops_queued = trio.Event()
 
@@ -530,11 +540,33 @@ class LocalCache:
     async def has_content(self, tenant: Tenant, content_id: bytes) -> bool:
         """True if the content is cached (no LRU touch)."""
         key = self._content_key(tenant, content_id)
+        if key in self._landing:
+            return True
         return await self._run(self._cache.__contains__, key)
 
     async def put_content(self, tenant: Tenant, content_id: bytes, data: bytes) -> None:
-        """Cache ``data`` (whose SHA-256 is ``content_id``)."""
+        """Cache ``data`` (whose SHA-256 is ``content_id``) now."""
         await self._run(self._set_counting, self._content_key(tenant, content_id), data)
+
+    async def put_content_behind(self, tenant: Tenant, content_id: bytes, data: bytes) -> None:
+        """Cache ``data`` (whose SHA-256 is ``content_id``), written behind the caller.
+
+        ``data`` is held in memory, and read from there, until the writer
+        (:meth:`run_writer`, or :meth:`flush`) has put it in diskcache, so a cold open
+        or a write replies without waiting for SQLite and the disk (about 1 ms each,
+        measured on a cold read of 300 small files).  Past :data:`LANDING_BYTES` held,
+        it is written before this returns.  A crash loses only what a later read
+        fetches again: content is keyed by its SHA-256 and verified when fetched.
+        """
+        key = self._content_key(tenant, content_id)
+        if key in self._landing:
+            return
+        if self._landing_bytes + len(data) > LANDING_BYTES:
+            await self._run(self._set_counting, key, data)
+            return
+        self._landing[key] = data
+        self._landing_bytes += len(data)
+        self._queue(("land", key, data))
 
     async def put_content_file(self, tenant: Tenant, content_id: bytes, path: Path) -> None:
         """Cache the content of the file at ``path`` (streamed, not loaded in memory)."""
@@ -552,6 +584,9 @@ class LocalCache:
 
         Touches the entry for LRU.  Holds no descriptor after it returns.
         """
+        landing = self._landing.get(self._content_key(tenant, content_id))
+        if landing is not None:
+            return landing[offset : offset + size]
 
         def read() -> bytes | None:
             value = self._cache.get(self._content_key(tenant, content_id), read=True)
@@ -569,7 +604,10 @@ class LocalCache:
         """Write the whole cached content into ``dest``; False when not cached."""
 
         def copy() -> bool:
-            value = self._cache.get(self._content_key(tenant, content_id), read=True)
+            key = self._content_key(tenant, content_id)
+            value = self._landing.get(key)  # bytes never change: safe from this thread
+            if value is None:
+                value = self._cache.get(key, read=True)
             if value is None:
                 return False
             if isinstance(value, bytes):
@@ -595,6 +633,8 @@ class LocalCache:
         """Remove every entry; returns how many were removed."""
         self._memo.clear()
         self._pending_ops = []
+        self._landing.clear()
+        self._landing_bytes = 0
         return await self._run(self._cache.clear)
 
     async def usage(self) -> tuple[int, int]:

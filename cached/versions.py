@@ -131,7 +131,7 @@ class Contents:
                 data = content.join(parts, inode.size, inode.content_id)
             except ValueError as exc:
                 raise ContentGone(str(exc)) from exc
-            await self.core.cache.put_content(s.tenant, inode.content_id, data)
+            await self.core.cache.put_content_behind(s.tenant, inode.content_id, data)
             self.core.counters.add("bytes_fetched", inode.size)
             return data
         path, handle = await self.core.thread(self.core.cache.new_tmp_file)
@@ -240,7 +240,7 @@ class Contents:
         # The flip applied over ``inode``'s version, whose size was ``inode.size``.
         await self.core.usage.count(s, size - inode.size, 0)
         if data is not None:
-            await self.core.cache.put_content(s.tenant, content_id, data)
+            await self.core.cache.put_content_behind(s.tenant, content_id, data)
         elif size <= self.core.cache.size_limit * WRITE_CACHE_SHARE:
             assert spool is not None
             await self.core.cache.put_content_file(s.tenant, content_id, spool)

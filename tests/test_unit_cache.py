@@ -7,8 +7,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import diskcache
 import pytest
 
+from cached import cache as cache_module
 from cached.cache import Freshness, LocalCache, freshness, sha256_file
 from cached.content import content_id
 from cached.model import DIRECTORY, REGULAR, Inode
@@ -404,3 +406,40 @@ async def test_metadata_from_before_a_restart_is_revalidated_content_is_not(
         assert (await second.get_inode(T1, 7))[0] is Freshness.FRESH
     finally:
         second.close()
+
+
+async def test_content_put_behind_is_served_before_and_after_it_reaches_disk(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    """``put_content_behind`` answers reads from memory until the writer stored it, and
+    a close stores what is still queued; past LANDING_BYTES it is written at once."""
+    path = tmp_path / "behind"
+    cache = LocalCache(path, 64 * MiB, TTL, counters, clock=clock)
+    data = os.urandom(10_000)
+    cid = content_id(data)
+    try:
+        await cache.put_content_behind(T1, cid, data)
+        assert await cache.has_content(T1, cid) is True
+        assert await cache.read_content(T1, cid, 100, 50) == data[100:150]
+        out = io.BytesIO()
+        assert await cache.copy_content(T1, cid, out) is True
+        assert out.getvalue() == data
+        # Nothing on disk yet: a second cache on the same store does not see it.
+        assert cid not in _disk_keys(path)
+        await cache.flush()
+        assert cid in _disk_keys(path)
+        assert await cache.read_content(T1, cid, 0, 10) == data[:10]  # now from disk
+        big = b"x" * (cache_module.LANDING_BYTES + 1)
+        await cache.put_content_behind(T1, content_id(big), big)
+        assert content_id(big) in _disk_keys(path)  # over the bound: written at once
+        queued = os.urandom(100)
+        await cache.put_content_behind(T1, content_id(queued), queued)
+    finally:
+        cache.close()
+    assert content_id(queued) in _disk_keys(path)  # close stored what was queued
+
+
+def _disk_keys(path: Path) -> set[bytes]:
+    """Content ids diskcache holds at ``path`` (read by a separate diskcache handle)."""
+    with diskcache.Cache(str(path / "store")) as disk:
+        return {key[-1] for key in disk.iterkeys() if key[0] == "c"}
