@@ -288,9 +288,10 @@ class LocalCache:
             del self._pending_ops[:WRITE_BATCH]
             await self._run(self._apply, ops)
             for kind, key, value in ops:
-                if kind == "land" and self._landing.get(key) is value:
+                landed = self._landing.get(key) if kind == "land" else None
+                if landed is not None and landed is value:
                     del self._landing[key]
-                    self._landing_bytes -= len(value)
+                    self._landing_bytes -= len(landed)
         if not self._pending_ops:
             self._ops_queued = trio.Event()
 

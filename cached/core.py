@@ -120,7 +120,7 @@ class Core:
         self.spool_dir = spool_dir
         self.epoch = secrets.randbits(31)  # changes at every start and purge
         self.sessions: set[Session] = set()
-        self.flights = SingleFlight()
+        self.flights = SingleFlight(cache.clock)
         #: Serialise this daemon's mutations of one inode.
         self.inode_locks = KeyedLocks()
 
@@ -151,9 +151,10 @@ class Core:
             return cached
         self.counters.add("revalidations" if state is Freshness.STALE else "misses")
         try:
-            if not_before:  # a fetch already in flight may have started too early
-                return await self.load_inode(s, ino)
-            return await self.flights.run(("i", s.tenant, ino), self.load_inode, s, ino)
+            # A fetch in flight that began before not_before is not joined.
+            return await self.flights.run(
+                ("i", s.tenant, ino), self.load_inode, s, ino, not_before=not_before
+            )
         except StorageError as exc:
             return self.stale_if_error(cached, exc, f"inode {ino}")
 

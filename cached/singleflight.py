@@ -8,6 +8,7 @@ from S3QL ``block_cache.py`` (``in_flight``), written anew here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -17,7 +18,8 @@ T = TypeVar("T")
 
 
 class _Flight(Generic[T]):
-    def __init__(self) -> None:
+    def __init__(self, started: float) -> None:
+        self.started = started
         self.done = trio.Event()
         self.ok = False
         self.result: Any = None
@@ -25,28 +27,44 @@ class _Flight(Generic[T]):
 
 
 class SingleFlight:
-    """Deduplicates concurrent ``await run(key, fn, *args)`` calls per ``key``."""
+    """Deduplicates concurrent ``await run(key, fn, *args)`` calls per ``key``.
 
-    def __init__(self) -> None:
+    ``clock`` (seconds) stamps when each flight started, for ``not_before``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._flights: dict[Hashable, _Flight[Any]] = {}
+        self.clock = clock
         self.calls = 0  # how many times work actually ran (for tests and stats)
 
-    async def run(self, key: Hashable, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def run(
+        self,
+        key: Hashable,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        not_before: float = 0.0,
+    ) -> T:
         """Return ``await fn(*args)``, sharing one run with concurrent callers of ``key``.
 
-        An exception from the work is raised in every caller that shared it.
+        An exception from the work is raised in every caller that shared it.  A
+        flight that started before ``not_before`` (on :attr:`clock`) is not joined:
+        the caller runs the work itself, unshared (what it returns may predate
+        something the caller must see).
         """
         while True:
             flight = self._flights.get(key)
             if flight is None:
                 break
+            if flight.started < not_before:
+                self.calls += 1
+                return await fn(*args)
             await flight.done.wait()
             if flight.ok:
                 return flight.result  # type: ignore[no-any-return]
             if flight.error is not None:
                 raise flight.error
             # The leader was cancelled: try again, perhaps as the new leader.
-        flight = _Flight[T]()
+        flight = _Flight[T](self.clock())
         self._flights[key] = flight
         self.calls += 1
         try:

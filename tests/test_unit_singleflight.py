@@ -175,3 +175,33 @@ async def test_cancelled_waiter_does_not_disturb_the_leader() -> None:
     assert results == ["result-l"]
     assert flights.calls == 1
     assert work.started == ["l"]
+
+
+async def test_a_flight_started_before_not_before_is_not_joined() -> None:
+    """A caller that must see what happened after ``not_before`` runs its own work
+    rather than share a flight that began earlier; a later flight it joins."""
+    now = [10.0]
+    flights = SingleFlight(clock=lambda: now[0])
+    release = trio.Event()
+    runs: list[str] = []
+
+    async def work(tag: str) -> str:
+        runs.append(tag)
+        await release.wait()
+        return tag
+
+    results: dict[str, str] = {}
+
+    async def call(name: str, tag: str, not_before: float) -> None:
+        results[name] = await flights.run("k", work, tag, not_before=not_before)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "early", "first", 0.0)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(call, "joiner", "unused", 9.0)  # the flight began at 10: joined
+        nursery.start_soon(call, "later", "own", 11.0)  # began before 11: runs its own
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert runs == ["first", "own"]
+    assert results == {"early": "first", "joiner": "first", "later": "own"}
+    assert flights.calls == 2
