@@ -598,7 +598,9 @@ _CREATED = {**_NAMED, "uid": ID, "gid": ID}
 #: Every method the daemon serves -> the shape of its parameters.
 REQUESTS: dict[str, Shape] = {
     # session and administration (see cached.server for who may call them)
-    "hello": Shape({"owner": Int(-(2**31), 2**31 - 1), "environment": Text(1, 255)}),
+    "hello": Shape(
+        {"owner": Int(-(2**31), 2**31 - 1), "environment": Text(1, 255)}, {"acks": Flag()}
+    ),
     "status": Shape({}),
     "stats": Shape({}),
     "purge": Shape({}),

@@ -173,8 +173,9 @@ class DaemonClient:
 
     async def hello(self, owner: int, environment: str) -> dict[str, Any]:
         """Open the tenant's session; remembered for reconnects."""
-        result = await self.call("hello", owner=owner, environment=environment)
-        self._hello = {"owner": owner, "environment": environment}
+        # This client acknowledges every numbered notification (see _reader).
+        result = await self.call("hello", owner=owner, environment=environment, acks=True)
+        self._hello = {"owner": owner, "environment": environment, "acks": True}
         return result  # type: ignore[no-any-return]
 
 

@@ -59,6 +59,11 @@ class Session:
     environment: str
     store: TenantStore
     notify: Callable[[str, dict[str, Any]], None] = field(repr=False)
+    #: The peer said at ``hello`` that it acknowledges ``changed`` notifications (``seen``);
+    #: changes wait for it (:meth:`Core.announce`) unless it is ``lagging``: it let one
+    #: wait run out, and is not waited for again until it acknowledges.
+    acknowledges: bool = False
+    lagging: bool = field(default=False, repr=False)
     #: Sequence number of the last ``changed`` notification sent to this session's peer,
     #: and of the last one the peer said it acted on (``seen``).
     changes_sent: int = field(default=0, repr=False)
@@ -78,6 +83,7 @@ class Session:
 
     def saw(self, seq: int) -> None:
         """The peer acted on every ``changed`` notification up to number ``seq``."""
+        self.lagging = False
         if seq > self.changes_seen:
             self.changes_seen = seq
             self._seen_moved.set()
@@ -213,12 +219,13 @@ class Core:
 
     async def announce(self, s: Session, *inos: int) -> None:
         """Tell the tenant's other sessions on this daemon that ``inos`` changed, and wait
-        (up to :data:`ANNOUNCE_WAIT` seconds) until their fronts acted on it.
+        until the fronts that acknowledge (see :class:`Session`) acted on it: at most
+        :data:`ANNOUNCE_WAIT` seconds in all.
 
         Their fronts drop answers they reuse within the TTL (see ``rpc_open``) and the
         extended attributes they know to be absent; once this returns, a mount of the
-        same daemon no longer answers from them (a peer that does not acknowledge in
-        time is logged and not waited for again).
+        same daemon no longer answers from them.  A front that does not acknowledge in
+        time is logged and marked lagging (not waited for until it acknowledges again).
         """
         changed = [ino for ino in inos if ino]
         if not changed:
@@ -228,12 +235,19 @@ class Core:
             for other in self.sessions
             if other is not s and other.tenant == s.tenant
         ]
-        for other, seq in told:
-            with trio.move_on_after(ANNOUNCE_WAIT) as scope:
+        waited = [(other, seq) for other, seq in told if other.acknowledges and not other.lagging]
+        if not waited:
+            return
+        with trio.move_on_after(ANNOUNCE_WAIT):
+            for other, seq in waited:
                 await other.wait_seen(seq)
-            if scope.cancelled_caught:
+            return
+        for other, seq in waited:
+            if other.changes_seen < seq:
+                other.lagging = True
                 log.warning(
-                    "a mount session of %s/%s did not acknowledge a change within %.0f s",
+                    "a mount session of %s/%s did not acknowledge a change within %.0f s; "
+                    "not waiting for it until it does",
                     *other.tenant,
                     ANNOUNCE_WAIT,
                 )

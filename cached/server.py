@@ -396,7 +396,11 @@ class Server:
             conn.hello_started = True
             owner, environment = params["owner"], params["environment"]
             session = Session(
-                owner, environment, self.store.tenant(owner, environment), self._notifier(conn)
+                owner,
+                environment,
+                self.store.tenant(owner, environment),
+                self._notifier(conn),
+                acknowledges=bool(params.get("acks", False)),
             )
             try:
                 reply = await self.service.rpc_hello(session)
