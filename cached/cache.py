@@ -60,7 +60,7 @@ LEASE_SECONDS = 10.0
 #: Most leases held; the oldest goes first (memory bound).
 MAX_LEASES = 4096
 #: Most bytes of content held in memory until the writer has put them in diskcache
-#: (:meth:`LocalCache.put_content`); past it, content is written before the call returns.
+#: (:meth:`LocalCache.put_content_behind`); past it, content is written before it returns.
 LANDING_BYTES = 32 * 1024 * 1024
 #: Rows read per query while looking for an entry that may be evicted.
 EVICT_PAGE = 16
