@@ -189,6 +189,7 @@ def judge(summary: ProveSummary, expected_files: list[str], known: dict[str, str
 @pytest.mark.pjdfstest
 @pytest.mark.cassandra
 @pytest.mark.fuse
+@pytest.mark.timeout(TIMEOUT_S + 300)  # prove's own limit, then the second host's check
 def test_pjdfstest_two_hosts(
     mount_cassfs: Callable[..., Mount], capsys: pytest.CaptureFixture[str]
 ) -> None:
