@@ -64,10 +64,16 @@ ATTEMPTS = 8
 CLAIM_WAIT = 10.0
 #: Seconds between looks at a name claimed by another host's rename in progress.
 CLAIM_POLL = 0.02
-#: Seconds a cross-directory directory rename waits for the tenant's rename lease.
-LEASE_WAIT = 10.0
-#: Seconds the rename lease lives without being released (a holder that died).
-LEASE_TTL = 60
+#: Seconds the rename lease lives without being released (a holder that died): other
+#: hosts' directory moves wait at most this long for a lease a killed daemon left.
+LEASE_TTL = 20
+#: Seconds a holder may use the lease: its moves stop (EIO) past this, so the lease never
+#: expires under a live holder (the row outlives it by ``LEASE_TTL - LEASE_HOLD``).
+LEASE_HOLD = 15.0
+#: Seconds a cross-directory directory rename waits for the tenant's rename lease: longer
+#: than a dead holder's row lives, shorter than the request's own deadline
+#: (``cached.recovery.STEP_DEADLINE``, 30 s).
+LEASE_WAIT = 25.0
 #: The lease serialising directory moves between parents (see the README).
 RENAME_LEASE = "rename-dir"
 
@@ -385,24 +391,32 @@ class NamespaceOps:
         await self.core.directory(s, new_parent)
         lease = b""
         try:
-            for _attempt in range(ATTEMPTS):
-                source = await self._entry(s, old_parent, old_name)
-                if source is None:
-                    raise NotFound(_text(old_name))
-                if (old_parent, old_name) == (new_parent, new_name):
-                    return Renamed(source.ino, 0).to_wire()
-                if source.kind == DIRECTORY and old_parent != new_parent:
-                    lease = lease or await self._take_rename_lease(s)
-                    await self._check_not_below(s, source.ino, new_parent)
-                target = await self._entry(s, new_parent, new_name)
-                if target is not None:
-                    if target.ino == source.ino:
+            # Cancelled LEASE_HOLD seconds after the lease is taken (a cancel at any step
+            # leaves what a killed daemon leaves: an intent later requests settle).
+            with trio.CancelScope() as hold:
+                for _attempt in range(ATTEMPTS):
+                    source = await self._entry(s, old_parent, old_name)
+                    if source is None:
+                        raise NotFound(_text(old_name))
+                    if (old_parent, old_name) == (new_parent, new_name):
                         return Renamed(source.ino, 0).to_wire()
-                    self._check_replace(source, target, new_name, flags)
-                done = await self._move(s, source, new_parent, new_name, target)
-                if done is not None:
-                    return done
-            raise StorageError(f"rename of {_text(old_name)!r} kept losing races")
+                    if source.kind == DIRECTORY and old_parent != new_parent:
+                        if not lease:
+                            lease = await self._take_rename_lease(s)
+                            hold.deadline = trio.current_time() + LEASE_HOLD
+                        await self._check_not_below(s, source.ino, new_parent)
+                    target = await self._entry(s, new_parent, new_name)
+                    if target is not None:
+                        if target.ino == source.ino:
+                            return Renamed(source.ino, 0).to_wire()
+                        self._check_replace(source, target, new_name, flags)
+                    done = await self._move(s, source, new_parent, new_name, target)
+                    if done is not None:
+                        return done
+                raise StorageError(f"rename of {_text(old_name)!r} kept losing races")
+            raise StorageError(
+                f"moving {_text(old_name)!r} took over {LEASE_HOLD:.0f} s under the rename lease"
+            )
         finally:
             if lease:
                 with trio.CancelScope(shield=True):

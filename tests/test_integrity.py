@@ -21,8 +21,9 @@ from cached.client import DaemonClient, socket_path
 from cached.errors import CassfsError, Exists, NotEmpty, NotFound
 from cached.model import DIRECTORY, ROOT_INO, Dentry
 from cached.ops_metadata import PREFETCH_LIMIT
+from cached.ops_namespace import LEASE_TTL, RENAME_LEASE
 from cached.recovery import GRACE_NS
-from cached.store import ContactPoints, Intent, Store, TenantStore
+from cached.store import ContactPoints, Intent, Store, TenantStore, new_op_id
 from tests.conftest import KEYSPACE, Daemon
 from tests.test_daemon import chunk_rows, make_file, session
 
@@ -249,6 +250,27 @@ async def test_directories_moved_into_each_other_on_two_hosts_make_no_cycle(
             (inner,) = top.values()
             below = await listed(truth, inner)
             assert set(below.values()) == {da["ino"], db["ino"]} - {inner}
+
+
+async def test_a_directory_move_outlasts_the_rename_lease_a_dead_holder_left(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """A daemon killed while it held the tenant's rename lease delays other hosts'
+    directory moves until the lease's row expires (``LEASE_TTL``): the move then succeeds.
+    (With the lease outliving the wait, every such move failed with EIO for a minute.)"""
+    host = start_daemon("a")
+    async with session(host, tenant) as a:
+        p = await a.call("mkdir", parent=ROOT_INO, name=b"p", mode=0o755, uid=0, gid=0)
+        q = await a.call("mkdir", parent=ROOT_INO, name=b"q", mode=0o755, uid=0, gid=0)
+        await a.call("mkdir", parent=p["ino"], name=b"d", mode=0o755, uid=0, gid=0)
+        # the lease as a holder left it when its daemon died, just now
+        assert await truth.acquire_lock(RENAME_LEASE, new_op_id(), LEASE_TTL)
+        await a.call(
+            "rename", old_parent=p["ino"], old_name=b"d", new_parent=q["ino"], new_name=b"d",
+            flags=0,
+        )  # fmt: skip
+    assert set(await listed(truth, q["ino"])) == {b"d"}
+    assert await listed(truth, p["ino"]) == {}
 
 
 async def test_a_rename_cut_off_by_a_dropped_connection_completes(
