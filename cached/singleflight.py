@@ -9,12 +9,16 @@ from S3QL ``block_cache.py`` (``in_flight``), written anew here.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import trio
 
 T = TypeVar("T")
+
+#: How many keys' last flight end times are kept for :meth:`SingleFlight.finished_since`.
+FINISHED_KEPT = 4096
 
 
 class _Flight(Generic[T]):
@@ -34,8 +38,21 @@ class SingleFlight:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._flights: dict[Hashable, _Flight[Any]] = {}
+        #: When the last flight of each recent key ended (on ``clock``), oldest first.
+        self._finished: OrderedDict[Hashable, float] = OrderedDict()
         self.clock = clock
         self.calls = 0  # how many times work actually ran (for tests and stats)
+
+    def finished_since(self, key: Hashable, since: float) -> bool:
+        """True if a flight of ``key`` ended at or after ``since`` (seconds on :attr:`clock`).
+
+        A caller that looked for a result (e.g. in a cache) from ``since`` on, did not
+        find it, and is about to :meth:`run` the work, looks again when this is True:
+        a flight that ended meanwhile may have stored it (only the last
+        :data:`FINISHED_KEPT` keys are remembered; an older one answers False).
+        """
+        ended = self._finished.get(key)
+        return ended is not None and ended >= since
 
     async def run(
         self,
@@ -77,4 +94,8 @@ class SingleFlight:
             return result
         finally:
             del self._flights[key]
+            self._finished[key] = self.clock()
+            self._finished.move_to_end(key)
+            if len(self._finished) > FINISHED_KEPT:
+                self._finished.popitem(last=False)
             flight.done.set()

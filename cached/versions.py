@@ -81,6 +81,7 @@ class Contents:
         looked at stays pinned in the cache until ``hold`` closes.
         """
         for _attempt in range(3):
+            looked = self.core.flights.clock()
             hold.enter_context(self.core.cache.pinned(s.tenant, inode.content_id))
             if want_bytes:
                 data = await self.core.cache.read_content(s.tenant, inode.content_id, 0, inode.size)
@@ -91,7 +92,7 @@ class Contents:
                 self.core.counters.add("hits")
                 return inode, None
             try:
-                data = await self.fetch_once(s, inode)
+                data = await self.fetch_once(s, inode, looked)
             except ContentGone:
                 log.info("inode %d changed during fetch; rereading it", inode.ino)
                 inode = await self.core.load_inode(s, inode.ino)
@@ -101,8 +102,22 @@ class Contents:
             return inode, data
         raise StorageError(f"inode {inode.ino} keeps changing; gave up fetching it")
 
-    async def fetch_once(self, s: Session, inode: Inode) -> bytes | None:
+    async def fetch_once(
+        self, s: Session, inode: Inode, looked: float | None = None
+    ) -> bytes | None:
+        """:meth:`fetch` ``inode``'s content, one fetch for all concurrent callers.
+
+        ``looked`` is when the caller found the content missing from the cache (on
+        ``core.flights.clock``): if a fetch of it ended since, the cache is asked once
+        more instead of fetching it again (returns None when it is there now).
+        """
         key = ("c", s.tenant, inode.content_id)
+        if (
+            looked is not None
+            and self.core.flights.finished_since(key, looked)
+            and await self.core.cache.has_content(s.tenant, inode.content_id)
+        ):
+            return None
         return await self.core.flights.run(key, self.fetch, s, inode)
 
     async def fetch(self, s: Session, inode: Inode) -> bytes | None:

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from cached.singleflight import SingleFlight
+from cached.singleflight import FINISHED_KEPT, SingleFlight
 
 
 class Work:
@@ -205,3 +205,26 @@ async def test_a_flight_started_before_not_before_is_not_joined() -> None:
     assert runs == ["first", "own"]
     assert results == {"early": "first", "joiner": "first", "later": "own"}
     assert flights.calls == 2
+
+
+async def test_finished_since_tells_a_caller_whose_miss_a_flight_ended_after() -> None:
+    """A caller that missed the cache at 10 while a flight of its key was ending looks
+    again instead of running the work a second time; older ends and other keys do not
+    count, and only the last FINISHED_KEPT keys are remembered."""
+    now = [10.0]
+    flights = SingleFlight(clock=lambda: now[0])
+
+    async def work() -> str:
+        now[0] = 11.0  # the flight ends after the caller looked, at 10
+        return "stored"
+
+    assert not flights.finished_since("k", 10.0)
+    await flights.run("k", work)
+    assert flights.finished_since("k", 10.0)
+    assert flights.finished_since("k", 11.0)
+    assert not flights.finished_since("k", 11.5)  # looked after it ended: a real miss
+    assert not flights.finished_since("other", 0.0)
+    for index in range(FINISHED_KEPT):
+        await flights.run(index, work)
+    assert not flights.finished_since("k", 0.0)  # forgotten: the oldest of FINISHED_KEPT + 1
+    assert flights.finished_since(FINISHED_KEPT - 1, 10.0)
