@@ -316,11 +316,17 @@ class Operations(pyfuse3.Operations):
             state.unlinked = True
             state.reusable = None
 
-    def _accessed(self, inode: Inode) -> None:
-        """A read access to ``inode``: record it in the background if relatime asks to."""
+    def _accessed(self, inode: Inode) -> Inode:
+        """A read access to ``inode``: record it in the background if relatime asks to.
+
+        Returns ``inode`` with the access time being recorded (``inode`` itself when
+        none is), so that answers reused later do not record the same access again.
+        """
         now = time.time_ns()
         if self.config.atime == "relatime" and needs_atime(inode, now):
             self._start(self._touch_atime, inode.ino, now)
+            return inode.evolve(atime_ns=now)
+        return inode
 
     def _start(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         """Run ``fn(*args)`` in the mount's nursery (which must not see it raise)."""
@@ -731,6 +737,7 @@ class Operations(pyfuse3.Operations):
         state = self.inodes.state(inode)
         try:
             info = None if writable else state.reuse(trio.current_time(), self.epoch)
+            reused = info is not None
             data: bytes | None = None
             reusable: Reusable | None = None
             if info is None:
@@ -746,7 +753,12 @@ class Operations(pyfuse3.Operations):
                 if reply.fresh_for > 0 and not writable:
                     reusable = Reusable(trio.current_time() + reply.fresh_for, info)
             if not writable and not flags & os.O_NOATIME:
-                self._accessed(info)
+                accessed = self._accessed(info)
+                if accessed is not info:  # an answer reused again must not record it again
+                    kept = reusable or (state.reusable if reused else None)
+                    if kept is not None:
+                        reusable = Reusable(kept.deadline, accessed)
+                    info = accessed
             version = Version.of(info, self.epoch)
             handle = OpenFile(
                 next(self._fh),

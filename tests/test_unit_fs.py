@@ -190,6 +190,10 @@ class FakeDaemon:
     def rpc_purge_inode(self, ino: int) -> bool:
         return self.inodes.pop(ino, None) is not None
 
+    def rpc_touch_atime(self, ino: int, atime_ns: int) -> bool:
+        self.inodes[ino] = self._inode(ino).evolve(atime_ns=atime_ns)
+        return True
+
 
 class FakeKernel:
     """Records what the operations ask the kernel to drop."""
@@ -547,6 +551,25 @@ async def test_a_reused_open_answer_is_dropped_once_a_newer_version_is_seen(
     assert (await ops.getattr(ino, CTX)).st_size == 3
     fh = (await ops.open(ino, os.O_RDONLY, CTX)).fh
     assert await ops.read(fh, 0, 10) == b"new"
+
+
+async def test_opens_of_a_reused_answer_record_one_access_not_one_each(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    """relatime: the first open for reading records an access (the file changed since
+    its access time); the opens that reuse that answer know it was recorded."""
+    daemon.fresh_for = 3600.0
+    ino = await looked_up(ops)
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        for _ in range(5):
+            await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+        await trio.testing.wait_all_tasks_blocked()
+        ops.nursery = None
+    methods = [method for method, _ in daemon.calls]
+    assert methods.count("open") == 1  # the others reused its answer
+    assert methods.count("touch_atime") == 1
+    assert daemon.inodes[ino].atime_ns > daemon.inodes[ino].mtime_ns
 
 
 async def test_writes_on_this_host_move_every_handle_to_the_new_version(
