@@ -33,7 +33,6 @@ is not one of those is logged once with its traceback.
 from __future__ import annotations
 
 import errno
-import inspect
 import logging
 import math
 import os
@@ -417,11 +416,12 @@ class Server:
         current = conn.session
         if current is None:
             raise InvalidArgument(f"{method} needs a session: call hello first")
-        handler = self.service.handler(method)
-        if handler is None:
+        found = self.service.method(method)
+        if found is None:
             raise InvalidArgument(f"unknown method {method!r}")
+        handler, signature = found
         try:
-            inspect.signature(handler).bind(current, **params)
+            signature.bind(current, **params)
         except TypeError as exc:
             raise InvalidArgument(f"{method}: {exc}") from exc
         if method not in MUTATING_METHODS:

@@ -19,6 +19,7 @@ was read from or written to Cassandra by this daemon.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -76,6 +77,9 @@ class Service:
             ContentOps(self.core, self.contents),
             XattrOps(self.core),
         )
+        self._methods: dict[
+            str, tuple[Callable[..., Awaitable[Any]], inspect.Signature] | None
+        ] = {}
 
     async def reap(self, deletion: Deletion) -> None:
         """Carry out one deferred deletion (see :mod:`cached.reaper`); StorageError (EIO)."""
@@ -99,11 +103,25 @@ class Service:
 
     def handler(self, method: str) -> Callable[..., Awaitable[Any]] | None:
         """The ``rpc_<method>`` of whichever group has it, or None."""
+        found = self.method(method)
+        return found[0] if found is not None else None
+
+    def method(self, method: str) -> tuple[Callable[..., Awaitable[Any]], inspect.Signature] | None:
+        """The ``rpc_<method>`` of whichever group has it with its signature, or None.
+
+        Found once per name (a signature costs about as much as a small request).
+        """
+        if method in self._methods:
+            return self._methods[method]
+        found = None
         for group in self._groups:
-            found = getattr(group, f"rpc_{method}", None)
-            if found is not None:
-                return found  # type: ignore[no-any-return]
-        return None
+            handler = getattr(group, f"rpc_{method}", None)
+            if handler is not None:
+                found = (handler, inspect.signature(handler))
+                break
+        if len(self._methods) < 256:  # names come from clients: keep the table bounded
+            self._methods[method] = found
+        return found
 
     # -- session --------------------------------------------------------------------------
 
