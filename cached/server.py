@@ -45,7 +45,7 @@ import trio
 
 from cached import protocol
 from cached.api import validate_request
-from cached.errors import CassfsError, InvalidArgument, StorageError
+from cached.errors import CassfsError, InvalidArgument, StorageError, Unreachable
 from cached.recovery import STEP_DEADLINE
 from cached.service import Service, Session
 from cached.store import Store
@@ -350,7 +350,11 @@ class Server:
             try:
                 result = await self._call(request, conn)
             except CassfsError as exc:
-                if exc.errno != errno.ENOENT:
+                if isinstance(exc, StorageError) and not isinstance(exc, Unreachable):
+                    # EIO reaches an application: always worth a line (an outage, by
+                    # contrast, is logged once by the store).
+                    log.warning("%.60s failed: %s", request.method, exc)
+                elif exc.errno != errno.ENOENT:
                     log.debug("%s failed: %s", request.method, exc)
                 error = exc.to_wire()
             except Exception as exc:

@@ -281,3 +281,49 @@ def unmount(m: Mount) -> None:
                 call_once(m.cache_dir, "shutdown", timeout=2)
         except DaemonUnavailable:
             pass
+
+
+# -- reports --------------------------------------------------------------------------------
+
+#: Of each log a failed test's daemons and mounts wrote under its tmp_path: the last lines.
+FAILURE_LOG_LINES = 40
+#: At most this many logs are added to one report (the most recently written first).
+FAILURE_LOGS = 8
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Add the tails of the daemon and mount logs under a failed test's ``tmp_path`` to its
+    report, so a failure seen only in CI (where nothing else is kept) says what the
+    daemons and mounts saw."""
+    outcome = yield
+    report = outcome.get_result()
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if not report.failed or not isinstance(tmp_path, Path):
+        return
+    logs = sorted(_logs_under(tmp_path), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in logs[:FAILURE_LOGS]:
+        try:
+            lines = path.read_text(errors="replace").splitlines()[-FAILURE_LOG_LINES:]
+        except OSError:
+            continue
+        report.sections.append(
+            (f"{report.when}: last lines of {path.relative_to(tmp_path)}", "\n".join(lines))
+        )
+
+
+def _logs_under(tmp_path: Path) -> list[Path]:
+    """Daemon and mount logs in ``tmp_path`` and its cache dirs, never looking inside a
+    mountpoint (a stuck mount would hang the report)."""
+    with open("/proc/self/mounts") as mounts:
+        mounted = {line.split()[1].replace("\\040", " ") for line in mounts if " " in line}
+    found: list[Path] = []
+    for child in tmp_path.iterdir():
+        if str(child) in mounted:
+            continue
+        if child.is_file() and ".log" in child.name:
+            found.append(child)
+        elif child.is_dir():
+            for pattern in ("daemon.log*", "daemon.out*", "logs/*.log"):
+                found.extend(p for p in child.glob(pattern) if p.is_file())
+    return found
