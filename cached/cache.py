@@ -421,6 +421,17 @@ class LocalCache:
         """Cache that ``name`` in ``parent`` is ``ino`` (0 for a negative entry)."""
         await self._meta_set(("d", *tenant, parent, name), (self.clock(), ino, kind))
 
+    async def drop_dentry(self, tenant: Tenant, parent: int, name: bytes) -> None:
+        """Forget what is cached of ``name`` in ``parent`` (also that it is absent)."""
+        await self._meta_delete(("d", *tenant, parent, name))
+
+    async def drop_listing(self, tenant: Tenant, parent: int) -> None:
+        """Forget the cached listing of ``parent`` and what was counted of it (its
+        subdirectories, whether it is too large to list)."""
+        for kind in ("L", "N", "B"):
+            self._memo.pop((kind, *tenant, parent), None)
+        await self._meta_delete(("l", *tenant, parent))
+
     async def get_listing(
         self, tenant: Tenant, parent: int
     ) -> tuple[Freshness, list[tuple[bytes, int, int]] | None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ from cached.errors import (
     NotFound,
     StorageError,
 )
+from cached.feed import Feed
 from cached.locks import KeyedLocks
 from cached.model import (
     ROOT_INO,
@@ -75,10 +76,19 @@ class Session:
         """``(owner, environment)``."""
         return (self.owner, self.environment)
 
-    def tell_changed(self, inos: list[int]) -> int:
-        """Send the peer a ``changed`` notification for ``inos``; returns its sequence number."""
+    def tell_changed(
+        self, inos: list[int], names: Sequence[tuple[int, bytes]] = (), remote: bool = False
+    ) -> int:
+        """Send the peer a ``changed`` notification for ``inos`` and the ``(parent, name)``
+        pairs ``names`` (``remote``: another host's change, from the feed); returns its
+        sequence number."""
         self.changes_sent += 1
-        self.notify("changed", {"inos": inos, "seq": self.changes_sent})
+        params: dict[str, Any] = {"inos": inos, "seq": self.changes_sent}
+        if names:
+            params["names"] = [[parent, name] for parent, name in names]
+        if remote:
+            params["remote"] = True
+        self.notify("changed", params)
         return self.changes_sent
 
     def saw(self, seq: int) -> None:
@@ -138,6 +148,8 @@ class Core:
         self.reaper = reaper if reaper is not None else Reaper(None, 0.0)
         #: The tenants' usage counters (statfs), counted as inodes and content change.
         self.usage = Usage()
+        #: The change feed: this daemon's changes for other hosts, and theirs for it.
+        self.feed = Feed(self)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -217,21 +229,32 @@ class Core:
         await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
         await self.cache.update_listing(s.tenant, parent, name, ino, kind, old_kind)
 
-    async def announce(self, s: Session, *inos: int) -> None:
-        """Tell the tenant's other sessions on this daemon that ``inos`` changed, and wait
-        until the fronts that acknowledge (see :class:`Session`) acted on it: at most
-        :data:`ANNOUNCE_WAIT` seconds in all.
+    async def announce(
+        self, s: Session, *inos: int, names: Sequence[tuple[int, bytes]] = ()
+    ) -> None:
+        """A change of ``inos`` (and of the ``(parent, name)`` pairs ``names``) is applied:
+        add it to the change feed for other hosts (:mod:`cached.feed`), tell the tenant's
+        other sessions on this daemon, and wait until the fronts that acknowledge (see
+        :class:`Session`) acted on it: at most :data:`ANNOUNCE_WAIT` seconds in all.
 
-        Their fronts drop answers they reuse within the TTL (see ``rpc_open``) and the
-        extended attributes they know to be absent; once this returns, a mount of the
-        same daemon no longer answers from them.  A front that does not acknowledge in
-        time is logged and marked lagging (not waited for until it acknowledges again).
+        Their fronts drop answers they reuse within the TTL (see ``rpc_open``), the
+        extended attributes they know to be absent and the kernel's attributes and
+        dentries; once this returns, a mount of the same daemon no longer answers from
+        them.  A front that does not acknowledge in time is logged and marked lagging
+        (not waited for until it acknowledges again).
         """
         changed = [ino for ino in inos if ino]
-        if not changed:
+        if not changed and not names:
             return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.feed.append, s.store, changed, list(names))
+            await self._tell_sessions(s, changed, names)
+
+    async def _tell_sessions(
+        self, s: Session, changed: list[int], names: Sequence[tuple[int, bytes]]
+    ) -> None:
         told = [
-            (other, other.tell_changed(changed))
+            (other, other.tell_changed(changed, names))
             for other in self.sessions
             if other is not s and other.tenant == s.tenant
         ]
@@ -251,6 +274,33 @@ class Core:
                     *other.tenant,
                     ANNOUNCE_WAIT,
                 )
+
+    async def forget(
+        self, tenant: Tenant, inos: Sequence[int], names: Sequence[tuple[int, bytes]]
+    ) -> None:
+        """Another host changed ``inos`` and the ``(parent, name)`` pairs ``names`` (its
+        row in the change feed): drop them from the cache, and tell the tenant's
+        sessions (their fronts drop what they reuse and the kernel's caches; not waited
+        for)."""
+        for ino in inos:
+            await self.cache.drop_inode(tenant, ino)
+            await self.cache.drop_xattrs(tenant, ino)
+            await self.cache.drop_listing(tenant, ino)
+        for parent, name in names:
+            await self.cache.drop_dentry(tenant, parent, name)
+            await self.cache.drop_listing(tenant, parent)
+        for session in self.sessions:
+            if session.tenant == tenant:
+                session.tell_changed(list(inos), names, remote=True)
+
+    async def forget_all(self) -> int:
+        """Empty the cache and tell every session to drop the kernel's caches (``cassfs
+        cache purge``; a feed that may have missed changes); the entries removed."""
+        removed = await self.cache.clear()
+        self.epoch = (self.epoch + 1) % 2**31
+        for session in list(self.sessions):
+            session.notify("purged", {"epoch": self.epoch})
+        return removed
 
 
 async def gather_indexed(fn: Callable[[int], Any], count: int) -> None:

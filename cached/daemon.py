@@ -98,6 +98,7 @@ async def run_daemon(
             nursery.start_soon(_flush_counters, counters)
             nursery.start_soon(cache.run_writer)
             nursery.start_soon(service.core.usage.run)
+            await nursery.start(service.core.feed.run)
             service.core.background = nursery
             await nursery.start(reaper.run, service.reap)
             nursery.start_soon(_on_signals, server)

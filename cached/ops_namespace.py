@@ -174,7 +174,7 @@ class NamespaceOps:
         # at its first write is answered without a query.
         await self.core.cache.put_xattrs(s.tenant, inode.ino, {})
         await self.core.dentries_changed(s, parent, name, inode.ino, inode.kind, 0)
-        await self.core.announce(s, parent)
+        await self.core.announce(s, parent, names=[(parent, name)])
         return inode
 
     def _new_inode(
@@ -295,7 +295,7 @@ class NamespaceOps:
         await self.core.touch_dir(s, new_parent, now)
         await self.core.cache.put_inode(s.tenant, inode)
         await self.core.dentries_changed(s, new_parent, new_name, ino, inode.kind, 0)
-        await self.core.announce(s, new_parent, ino)
+        await self.core.announce(s, new_parent, ino, names=[(new_parent, new_name)])
         return inode.to_wire()
 
     # -- remove ---------------------------------------------------------------------------
@@ -350,7 +350,7 @@ class NamespaceOps:
         if inode is not None:
             await self.core.cache.put_inode(s.tenant, inode)
         await self.core.touch_dir(s, parent, now)
-        await self.core.announce(s, parent, entry.ino)
+        await self.core.announce(s, parent, entry.ino, names=[(parent, name)])
         return entry.ino if inode is None or inode.nlink == 0 else 0
 
     async def rpc_unlink(self, s: Session, parent: int, name: bytes) -> int:
@@ -473,7 +473,10 @@ class NamespaceOps:
         await self.core.touch_dir(s, source.parent, now)
         if new_parent != source.parent:
             await self.core.touch_dir(s, new_parent, now)
-        await self.core.announce(s, source.parent, new_parent, source.ino, replaced)
+        await self.core.announce(
+            s, source.parent, new_parent, source.ino, replaced,
+            names=[(source.parent, source.name), (new_parent, new_name)],
+        )  # fmt: skip
         last_name = replaced if counted is not None and counted.nlink == 0 else 0
         return Renamed(source.ino, last_name).to_wire()
 

@@ -131,6 +131,7 @@ class Service:
         While Cassandra is unreachable, the cached root serves (a daemon restarted
         during an outage keeps its mounts); with none cached, ``StorageError`` (EIO).
         """
+        self.core.feed.follow(s.tenant, s.store)
         try:
             root = await s.store.get_inode(ROOT_INO)
         except StorageError as exc:
@@ -185,11 +186,8 @@ class Service:
 
     async def rpc_purge(self, s: Session | None = None) -> int:
         """Empty the cache and tell every session to drop kernel caches; entries removed."""
-        removed = await self.core.cache.clear()
-        self.core.epoch = (self.core.epoch + 1) % 2**31
+        removed = await self.core.forget_all()
         self.core.counters.add("purges")
-        for session in list(self.core.sessions):
-            session.notify("purged", {"epoch": self.core.epoch})
         return removed
 
 

@@ -45,11 +45,13 @@ from cached.outage import Outage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Buckets of ``inode_index`` per tenant (a row's bucket is ``ino % INDEX_BUCKETS``).
 INDEX_BUCKETS = 256
 #: Seconds per ``intents`` bucket (a row's bucket is its start time // this).
 INTENT_BUCKET_SECONDS = 3600
+#: Seconds per ``changes`` bucket (a row's bucket is its id's time // this).
+CHANGE_BUCKET_SECONDS = 60
 
 _INODE_COLUMNS = (
     "ino, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, parent, nlink, "
@@ -214,6 +216,15 @@ STATEMENTS: dict[str, str] = {
     "remove_xattr": f"DELETE FROM {{ks}}.xattrs WHERE {_TENANT} AND ino = ? AND name = ? IF EXISTS",
     "delete_xattrs": f"DELETE FROM {{ks}}.xattrs WHERE {_TENANT} AND ino = ?",
     "schema_version": "SELECT version FROM {ks}.schema_version WHERE component = 'cassfs'",
+    # -- the change feed (cached/feed.py) -------------------------------------------------
+    "append_change": (
+        "INSERT INTO {ks}.changes (owner, environment, bucket, id, origin, inos, names) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    ),
+    "read_changes": (
+        f"SELECT id, origin, inos, names FROM {{ks}}.changes WHERE {_TENANT} AND bucket = ? "
+        "AND id > ?"
+    ),
     # -- fsck (cassfs/fsck.py) ------------------------------------------------------------
     # A directory's entries with its static cells (sealed, changed_ns) in one read.
     "list_directory": (
@@ -261,6 +272,7 @@ TABLES = (
     "locks",
     "xattrs",
     "usage",
+    "changes",
     "schema_version",
 )
 
@@ -1005,6 +1017,36 @@ class TenantStore:
         rows = await self._store.run("release_lock", (*self._t, name, holder))
         return bool(rows[0]["[applied]"])
 
+    # -- the change feed (cached/feed.py) -------------------------------------------------
+
+    async def append_change(self, change: Change) -> None:
+        """Append ``change`` to the tenant's feed (one plain insert, the table's TTL)."""
+        seconds = uuid_time_ns(change.id.bytes) // 1_000_000_000
+        await self._store.run(
+            "append_change",
+            (
+                *self._t,
+                seconds // CHANGE_BUCKET_SECONDS,
+                change.id,
+                change.origin,
+                list(change.inos),
+                [(parent, name) for parent, name in change.names],
+            ),
+        )
+
+    async def read_changes(self, bucket: int, after: uuid.UUID) -> list[Change]:
+        """The feed's rows of minute ``bucket`` whose id is after ``after``, oldest first."""
+        rows = await self._store.run("read_changes", (*self._t, bucket, after))
+        return [
+            Change(
+                r["id"],
+                r["origin"] or b"",
+                tuple(r["inos"] or ()),
+                tuple((parent, name) for parent, name in r["names"] or ()),
+            )
+            for r in rows
+        ]
+
     # -- extended attributes (cached/ops_xattr.py) ------------------------------------------
 
     async def list_xattrs(self, ino: int) -> dict[bytes, bytes]:
@@ -1087,6 +1129,21 @@ def _intent(r: dict[str, Any]) -> Intent:
 def index_bucket(ino: int) -> int:
     """The ``inode_index`` bucket of ``ino``."""
     return ino % INDEX_BUCKETS
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of a tenant's change feed (table ``changes``).
+
+    ``id``: a version-1 UUID from the writer's clock; ``origin``: the writing daemon's
+    id; ``inos``: inodes whose attributes, content, extended attributes or (directories)
+    entries changed; ``names``: ``(parent, name)`` made, removed or moved.
+    """
+
+    id: uuid.UUID
+    origin: bytes
+    inos: tuple[int, ...]
+    names: tuple[tuple[int, bytes], ...]
 
 
 def new_op_id() -> bytes:

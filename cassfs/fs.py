@@ -77,6 +77,8 @@ R = TypeVar("R")
 
 #: Seconds a lookup waits for the kernel to drop a moved directory's old dentry.
 MOVED_DENTRY_WAIT = 1.0
+#: Seconds the front waits for the kernel to drop one dentry another host changed.
+REMOTE_ENTRY_WAIT = 0.5
 
 
 def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -1073,15 +1075,27 @@ class Operations(pyfuse3.Operations):
         """React to the daemon.
 
         ``changed``: another session of this tenant changed these inodes; stop reusing
-        answers about them.  ``purged``: the cache was emptied; drop every reused
-        answer and the kernel's caches of every inode.
+        answers about them.  With ``remote`` (another host's change, from the change
+        feed), also drop the kernel's attributes of those inodes and its dentries of the
+        ``names`` (``[parent, name]``) it may hold.  ``purged``: the cache was emptied;
+        drop every reused answer and the kernel's caches of every inode.
         """
         if event == "changed":
-            for ino in params.get("inos", ()):
+            inos = params.get("inos", ())
+            for ino in inos:
                 self.xattrs_absent.forget(ino)
                 state = self.inodes.get(ino)
                 if state is not None:
                     state.reusable = None
+            if params.get("remote") and self.nursery is not None:
+                known = [ino for ino in inos if self.inodes.get(ino) is not None]
+                names = [
+                    (parent, name)
+                    for parent, name in params.get("names", ())
+                    if self.inodes.get(parent) is not None
+                ]
+                if known or names:
+                    self.nursery.start_soon(self._invalidate_remote, known, names)
         elif event == "purged":
             self.xattrs_absent.clear()
             self.epoch = params.get("epoch", self.epoch)
@@ -1089,6 +1103,20 @@ class Operations(pyfuse3.Operations):
                 self.inodes.state(ino).reusable = None
             if self.nursery is not None:
                 self.nursery.start_soon(self._invalidate_all)
+
+    async def _invalidate_remote(self, inos: list[int], names: list[tuple[int, bytes]]) -> None:
+        """Drop the kernel's attributes of ``inos`` and its dentries of ``names`` (another
+        host changed them); never raises.  Dentries are dropped from worker threads, one
+        at a time and at most :data:`REMOTE_ENTRY_WAIT` seconds each (a busy directory
+        keeps its dentry until its entry timeout), never through pyfuse3's one
+        notification queue, which this mount's own creates and renames use."""
+        try:
+            for ino in inos:
+                await self.kernel.invalidate_attributes(ino)
+            for parent, name in names:
+                await self.kernel.invalidate_entry(parent, name, REMOTE_ENTRY_WAIT)
+        except Exception:
+            log.exception("dropping the kernel's caches of another host's change failed")
 
     async def _invalidate_all(self) -> None:
         """Drop the kernel's caches of every known inode (after a purge); never raises."""

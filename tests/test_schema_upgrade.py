@@ -257,10 +257,19 @@ def snapshot(cql: Session, keyspace: str) -> dict[str, set[tuple[Any, ...]]]:
 
 
 def check_upgraded(cql: Session, tree: V1Tree) -> None:
-    """Version 3 recorded; every inode indexed; versions and chunks under the new key; the
-    usage counters equal to the data."""
+    """Version 4 recorded; every inode indexed; versions and chunks under the new key; the
+    usage counters equal to the data; the change feed's table there."""
     ks = tree.keyspace
-    assert recorded(cql, ks) == SCHEMA_VERSION == 3
+    assert recorded(cql, ks) == SCHEMA_VERSION == 4
+    assert feed_columns(cql, ks) == {
+        "owner",
+        "environment",
+        "bucket",
+        "id",
+        "origin",
+        "inos",
+        "names",
+    }
     assert usage(cql, ks) == tree.usage()
     assert {"version", "chunk"} <= chunk_key_columns(cql, ks)
     assert "content_id" not in chunk_key_columns(cql, ks)
@@ -319,12 +328,13 @@ def test_version_1_keyspace_is_upgraded_in_place(
         on_step=reports.append,
         on_progress=lambda v, done: progress.append((v, done)),
     )
-    assert version == 3
+    assert version == 4
     check_upgraded(cql, v1)
     assert [str(r) for r in reports] == [
         f"upgraded keyspace {v1.keyspace} from version 1 to 2: "
         "8 inodes indexed, 3 versions recorded",
         f"upgraded keyspace {v1.keyspace} from version 2 to 3: {v1.usage_detail()}",
+        f"upgraded keyspace {v1.keyspace} from version 3 to 4",
     ]
     scanned = [done for v, done in progress if v == 2]
     assert len(scanned) >= 3 and scanned == sorted(scanned) and scanned[-1] == 9
@@ -338,7 +348,7 @@ def test_version_1_keyspace_is_upgraded_in_place(
     monkeypatch.setitem(schema.DATA_STEPS, 2, must_not_run)
     monkeypatch.setitem(schema.DATA_STEPS, 3, must_not_run)
     reports.clear()
-    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 3
+    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 4
     assert reports == []
     assert snapshot(cql, v1.keyspace) == before
     check_upgraded(cql, v1)
@@ -373,7 +383,8 @@ def test_interrupted_upgrade_resumes_where_it_stopped(
         f"cassfs: upgraded keyspace {v1.keyspace} from version 1 to 2: "
         "8 inodes indexed, 3 versions recorded",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 2 to 3: {v1.usage_detail()}",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 3",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 4",
     ]
     check_upgraded(cql, v1)
 
@@ -404,9 +415,10 @@ def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
     detail += f"{sum(b for b, _n in expected.values())} bytes"
     assert done.stdout.splitlines() == [
         f"cassfs: upgraded keyspace {v1.keyspace} from version 2 to 3: {detail}",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 3",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 4",
     ]
-    assert recorded(cql, v1.keyspace) == 3
+    assert recorded(cql, v1.keyspace) == 4
     assert usage(cql, v1.keyspace) == expected
     assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
 
@@ -429,6 +441,39 @@ def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
     assert usage(cql, v1.keyspace) == {**expected, (OTHER[0], "no-inodes"): (0, 0)}
 
 
+def test_version_3_keyspace_gets_the_change_feed_and_keeps_its_data(
+    cassandra: str, cql: Session, v1: V1Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous version's keyspace, with its data, upgraded in place by the CLI."""
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "SCHEMA_VERSION", 3)
+        assert schema.apply(ContactPoints.parse(cassandra), v1.keyspace) == 3
+    assert recorded(cql, v1.keyspace) == 3
+    assert feed_columns(cql, v1.keyspace) == set()
+    before = snapshot(cql, v1.keyspace)
+    counted = usage(cql, v1.keyspace)
+    done = run_cli("schema", "apply", "--contact-points", cassandra, "--keyspace", v1.keyspace)
+    assert done.stdout.splitlines() == [
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 4",
+    ]
+    assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
+    assert usage(cql, v1.keyspace) == counted
+    check_upgraded(cql, v1)
+
+
+def feed_columns(cql: Session, keyspace: str) -> set[str]:
+    """The columns of ``keyspace.changes`` (none: no such table)."""
+    return {
+        r["column_name"]
+        for r in cql.execute(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s "
+            "AND table_name = 'changes'",
+            (keyspace,),
+        )
+    }
+
+
 def test_tables_without_a_version_row_count_as_version_1(
     cassandra: str, cql: Session, v1: V1Tree
 ) -> None:
@@ -436,7 +481,7 @@ def test_tables_without_a_version_row_count_as_version_1(
     cql.execute(f"DELETE FROM {v1.keyspace}.schema_version WHERE component = 'cassfs'")
     reports: list[StepReport] = []
     schema.apply(ContactPoints.parse(cassandra), v1.keyspace, on_step=reports.append)
-    assert [(r.previous, r.version) for r in reports] == [(0, 1), (1, 2), (2, 3)]
+    assert [(r.previous, r.version) for r in reports] == [(0, 1), (1, 2), (2, 3), (3, 4)]
     check_upgraded(cql, v1)
 
 
@@ -450,24 +495,25 @@ def test_fresh_keyspace_goes_through_every_step(
         f"upgraded keyspace {keyspace} from version 1 to 2: 0 inodes indexed, 0 versions recorded",
         f"upgraded keyspace {keyspace} from version 2 to 3: "
         "usage of 0 tenants counted: 0 inodes, 0 bytes",
+        f"upgraded keyspace {keyspace} from version 3 to 4",
     ]
-    assert recorded(cql, keyspace) == 3
+    assert recorded(cql, keyspace) == 4
     assert "content_id" not in chunk_key_columns(cql, keyspace)
 
 
 def test_keyspace_of_a_newer_cassfs_is_refused(cassandra: str, cql: Session, keyspace: str) -> None:
     schema.apply(ContactPoints.parse(cassandra), keyspace)
-    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 4)")
+    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 5)")
     with pytest.raises(SchemaTooNew) as info:
         schema.apply(ContactPoints.parse(cassandra), keyspace)
-    message = f"keyspace {keyspace} has schema version 4, newer than this cassfs (3)"
+    message = f"keyspace {keyspace} has schema version 5, newer than this cassfs (4)"
     assert message in str(info.value) and "nothing was changed" in str(info.value)
     result = run_cli(
         "schema", "apply", "--contact-points", cassandra, "--keyspace", keyspace, check=False
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"cassfs: {info.value}"
-    assert recorded(cql, keyspace) == 4
+    assert recorded(cql, keyspace) == 5
 
 
 async def _read_whole(client: DaemonClient, ino: int) -> bytes:

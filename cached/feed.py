@@ -1,0 +1,176 @@
+"""The change feed: each daemon appends the changes it makes and follows other hosts' (issue 9).
+
+A daemon used to see another host's change only once its cached entry passed
+``--cache-ttl`` (60 s by default).  Instead, as AFS's callbacks tell a client that a file
+it caches changed (Howard et al., "Scale and Performance in a Distributed File System",
+ACM TOCS 6(1), 1988), here a log in Cassandra tells every daemon:
+
+- **Writing.** After a change is applied, :meth:`Feed.append` adds a row to the tenant's
+  partition of table ``changes`` (``schema/004_feed.cql``): the inodes changed and the
+  names made, removed or moved, with this daemon's id as ``origin``.  The row comes after
+  the change, so whoever reads it reads the change too.  A failed append is logged: the
+  change stands, and other hosts see it at their TTL.
+- **Following.** :meth:`Feed.run` reads, every :data:`POLL_INTERVAL` seconds, each
+  followed tenant's rows made since its last read (one query per tenant, two across a
+  minute boundary), back over :data:`OVERLAP` seconds because the ids come from the
+  writers' clocks; rows already seen (by id) and this daemon's own are skipped.  For each
+  row :meth:`cached.core.Core.forget` drops the named entries from the daemon's cache and
+  tells the tenant's mounts on this daemon (a ``changed`` notification with the inodes and
+  names), which drop what they reuse and the kernel's cached attributes and dentries.
+  :data:`RECHECK_DELAY` seconds later it does so once more: a read that was in flight
+  when the row came may have cached the old state again.
+- **Gaps.** A tenant whose feed could not be read for :data:`GAP_LIMIT` seconds (the rows
+  live an hour) may have missed rows: everything cached of it is forgotten, and following
+  resumes from now.  Until a read succeeds again, the TTLs bound staleness as before.
+
+Cost: one query per followed tenant per poll on every host, whatever the number of files
+or hosts; one plain insert per change.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+from cassandra.util import min_uuid_from_time
+
+from cached.errors import StorageError
+from cached.store import CHANGE_BUCKET_SECONDS, Change, TenantStore, uuid_time_ns
+
+if TYPE_CHECKING:
+    from cached.core import Core, Tenant
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two reads of a tenant's feed.
+POLL_INTERVAL = 0.2
+#: Seconds each read goes back before the previous one's start: a writer whose clock is
+#: behind this host's by less than this is not missed.
+OVERLAP = 2.0
+#: Seconds after a row was applied that what it names is forgotten once more.
+RECHECK_DELAY = 1.0
+#: Seconds without a successful read after which a tenant's cache is forgotten whole
+#: (the table keeps rows 3600 s; this leaves room for clocks and a slow read).
+GAP_LIMIT = 3000.0
+
+
+@dataclass
+class _Follow:
+    """One followed tenant: its store, when its last successful read began (seconds since
+    the epoch) and the rows already applied (id -> id's time, seconds)."""
+
+    store: TenantStore
+    since: float
+    seen: dict[uuid.UUID, float] = field(default_factory=dict)
+    failing: bool = False
+
+
+class Feed:
+    """Appends this daemon's changes and follows the feeds of the tenants it serves."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        #: This daemon's id in the rows it writes (a new one each start).
+        self.origin = secrets.token_bytes(8)
+        self._follows: dict[Tenant, _Follow] = {}
+        self._rechecks: deque[tuple[float, Tenant, Change]] = deque()
+
+    def follow(self, tenant: Tenant, store: TenantStore) -> None:
+        """Follow ``tenant``'s feed from now on (a mount of it said hello); idempotent.
+
+        Nothing cached of it predates this (the cache counts what an earlier daemon
+        left as stale), so reading from :data:`OVERLAP` seconds back is enough.
+        """
+        if tenant not in self._follows:
+            self._follows[tenant] = _Follow(store, time.time())
+
+    @property
+    def tenants(self) -> list[Tenant]:
+        """The tenants followed."""
+        return list(self._follows)
+
+    async def append(
+        self, store: TenantStore, inos: list[int], names: list[tuple[int, bytes]]
+    ) -> None:
+        """Add a row for a change just applied (``inos`` changed; ``names`` as ``(parent,
+        name)`` made, removed or moved).  Never raises: a failure is logged and counted
+        (``feed_append_failures``), and other hosts see that change at their TTL."""
+        change = Change(uuid.uuid1(), self.origin, tuple(inos), tuple(names))
+        try:
+            await store.append_change(change)
+        except StorageError as exc:
+            self.core.counters.add("feed_append_failures")
+            log.warning("change not added to the feed (other hosts see it at their TTL): %s", exc)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read the followed tenants' feeds every :data:`POLL_INTERVAL` seconds, forever."""
+        task_status.started()
+        while True:
+            for tenant in list(self._follows):
+                await self.poll(tenant)
+            await self._recheck_due()
+            await trio.sleep(POLL_INTERVAL)
+
+    async def poll(self, tenant: Tenant) -> int:
+        """Read and apply ``tenant``'s new rows once; how many were applied.
+
+        A read that fails leaves the position where it was (the next poll reads the
+        same rows again); never raises ``StorageError``.
+        """
+        follow = self._follows[tenant]
+        started = time.time()
+        if started - follow.since > GAP_LIMIT:
+            log.warning(
+                "the feed of %s/%s was not read for %.0f s: forgetting its cached entries",
+                *tenant,
+                started - follow.since,
+            )
+            await self.core.forget_all()  # the cache is not kept per tenant
+            self.core.counters.add("feed_gaps")
+            follow.since, follow.seen = started, {}
+            return 0
+        low = follow.since - OVERLAP
+        after = min_uuid_from_time(low)
+        changes: list[Change] = []
+        try:
+            for bucket in range(
+                int(low) // CHANGE_BUCKET_SECONDS, int(started) // CHANGE_BUCKET_SECONDS + 1
+            ):
+                changes += await follow.store.read_changes(bucket, after)
+        except StorageError as exc:
+            if not follow.failing:
+                log.warning("the feed of %s/%s could not be read: %s", *tenant, exc)
+            follow.failing = True
+            self.core.counters.add("feed_read_failures")
+            return 0
+        if follow.failing:
+            log.info("the feed of %s/%s is read again", *tenant)
+            follow.failing = False
+        follow.since = started
+        applied = 0
+        for change in changes:
+            if change.id in follow.seen:
+                continue
+            follow.seen[change.id] = uuid_time_ns(change.id.bytes) / 1e9
+            if change.origin == self.origin:
+                continue
+            await self.core.forget(tenant, change.inos, change.names)
+            self._rechecks.append((trio.current_time() + RECHECK_DELAY, tenant, change))
+            applied += 1
+        self.core.counters.add("feed_changes", applied)
+        horizon = low - OVERLAP
+        follow.seen = {key: when for key, when in follow.seen.items() if when >= horizon}
+        return applied
+
+    async def _recheck_due(self) -> None:
+        """Forget once more what rows applied :data:`RECHECK_DELAY` seconds ago named."""
+        now = trio.current_time()
+        while self._rechecks and self._rechecks[0][0] <= now:
+            _due, tenant, change = self._rechecks.popleft()
+            await self.core.forget(tenant, change.inos, change.names)
