@@ -84,6 +84,10 @@ pjdfstest *ARGS: schema
 bench: schema
     python -m tests.bench
 
+# How soon another host sees a change (two mounts, 100 changes of each kind), and the feed's idle cost.
+bench-feed *ARGS: schema
+    python -m tests.feed_bench "$@"
+
 # Race hosts against each other for SECONDS (kill -9, dropped connections), then check invariants.
 stress SECONDS="600": schema
     python -m tests.race --seconds "$1"

@@ -142,6 +142,7 @@ class Feed:
             for bucket in range(
                 int(low) // CHANGE_BUCKET_SECONDS, int(started) // CHANGE_BUCKET_SECONDS + 1
             ):
+                self.core.counters.add("feed_reads")
                 changes += await follow.store.read_changes(bucket, after)
         except StorageError as exc:
             if not follow.failing:

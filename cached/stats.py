@@ -28,6 +28,7 @@ NAMES = (
     "stale_served",  # expired entries served because Cassandra failed (stale-if-error)
     "xattr_hits",  # getxattr/listxattr answered from the cache (negative answers too)
     "xattr_reads",  # an inode's extended attributes read from Cassandra
+    "feed_reads",  # queries of the change feed (one per followed tenant per poll)
     "feed_changes",  # other hosts' changes read from the change feed and applied
     "feed_read_failures",  # reads of a tenant's change feed that failed (retried)
     "feed_append_failures",  # this daemon's changes it could not add to the feed

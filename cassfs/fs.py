@@ -1092,7 +1092,7 @@ class Operations(pyfuse3.Operations):
                 names = [
                     (parent, name)
                     for parent, name in params.get("names", ())
-                    if self.inodes.get(parent) is not None
+                    if parent == ROOT_INO or self.inodes.get(parent) is not None
                 ]
                 if known or names:
                     self.nursery.start_soon(self._invalidate_remote, known, names)

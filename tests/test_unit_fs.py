@@ -572,6 +572,37 @@ async def test_opens_of_a_reused_answer_record_one_access_not_one_each(
     assert daemon.inodes[ino].atime_ns > daemon.inodes[ino].mtime_ns
 
 
+async def test_another_hosts_change_drops_the_kernels_attributes_and_dentries(
+    ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
+) -> None:
+    """A ``changed`` notification from the change feed (``remote``) drops the kernel's
+    attributes of the inodes it knows and the dentries under directories it knows; one
+    from another mount of this daemon drops only what the front reuses."""
+    daemon.fresh_for = 3600.0
+    ino = await looked_up(ops)
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        ops.on_notification("changed", {"inos": [ino], "seq": 1})
+        await trio.testing.wait_all_tasks_blocked()
+        assert (kernel.attributes, kernel.dropped) == ([], [])
+        assert ops.inodes.state(ino).reusable is None
+        unknown = 999_999  # an inode and a directory this mount never told the kernel of
+        ops.on_notification(
+            "changed",
+            {
+                "inos": [ino, unknown],
+                "names": [[DIR_INO, b"page.php"], [unknown, b"x"]],
+                "seq": 2,
+                "remote": True,
+            },
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        ops.nursery = None
+    assert kernel.attributes == [ino]
+    assert kernel.dropped == [(DIR_INO, b"page.php")]
+
+
 async def test_writes_on_this_host_move_every_handle_to_the_new_version(
     ops: Operations, daemon: FakeDaemon
 ) -> None:
