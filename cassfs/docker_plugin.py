@@ -274,7 +274,9 @@ class Plugin:
             ) from None
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
-            raise PluginError(f"{action} volume {name} failed: {lines[-1]}")
+            raise PluginError(
+                f"{action} volume {name} failed: {lines[-1].removeprefix('cassfs: ')}"
+            )
 
     def _mountpoint_reply(self, name: str) -> dict[str, str]:
         return {"Mountpoint": str(self.mountpoint(name))} if self._serving(name) else {}

@@ -121,7 +121,7 @@ class PluginProcess:
 @pytest.fixture
 def plugin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[], PluginProcess]]:
+) -> Iterator[Callable[..., PluginProcess]]:
     """Factory: start the plugin (again) on one socket, mount root and cache dir; at the
     end stop it, take down every mount under its mount root and stop their daemons."""
     monkeypatch.setenv("CASSFS_RUN_DIR", str(tmp_path / "run"))
@@ -129,7 +129,7 @@ def plugin(
     mount_root, cache_dir = tmp_path / "volumes", tmp_path / "cache"
     started: list[PluginProcess] = []
 
-    def start() -> PluginProcess:
+    def start(keyspace: str = KEYSPACE) -> PluginProcess:
         log = tmp_path / f"plugin-{len(started)}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
@@ -137,7 +137,7 @@ def plugin(
                     *(sys.executable, "-m", "cassfs", "docker-plugin"),
                     *("--socket", str(socket_dir / "cassfs.sock")),
                     *("--mount-root", str(mount_root), "--cache-dir", str(cache_dir)),
-                    *("--contact-points", CONTACT_POINTS, "--keyspace", KEYSPACE),
+                    *("--contact-points", CONTACT_POINTS, "--keyspace", keyspace),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -168,7 +168,7 @@ def plugin(
 
 
 def test_activate_capabilities_and_unknown_endpoints(
-    plugin: Callable[[], PluginProcess],
+    plugin: Callable[..., PluginProcess],
 ) -> None:
     p = plugin()
     status, reply, content_type = p.post("Plugin.Activate")
@@ -204,7 +204,7 @@ def test_activate_capabilities_and_unknown_endpoints(
     ],
 )
 def test_create_refuses_bad_options(
-    plugin: Callable[[], PluginProcess], options: dict[str, Any], message: str
+    plugin: Callable[..., PluginProcess], options: dict[str, Any], message: str
 ) -> None:
     p = plugin()
     assert message in p.err("VolumeDriver.Create", {"Name": "site", "Opts": options})
@@ -212,7 +212,7 @@ def test_create_refuses_bad_options(
 
 
 def test_create_keeps_good_options_and_refuses_other_ones_for_the_same_name(
-    plugin: Callable[[], PluginProcess],
+    plugin: Callable[..., PluginProcess],
 ) -> None:
     p = plugin()
     options = {
@@ -240,7 +240,7 @@ def test_create_keeps_good_options_and_refuses_other_ones_for_the_same_name(
 
 
 def test_ro_maps_to_up_ro(
-    plugin: Callable[[], PluginProcess], monkeypatch: pytest.MonkeyPatch
+    plugin: Callable[..., PluginProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`-o ro` mounts with `cassfs up --ro`; a cassfs whose `up` lacks --ro refuses it."""
     p = plugin()
@@ -260,7 +260,7 @@ def test_ro_maps_to_up_ro(
 
 
 def test_mount_writes_through_one_volume_and_reads_through_another_of_the_tenant(
-    plugin: Callable[[], PluginProcess],
+    plugin: Callable[..., PluginProcess],
     cassandra: str,
     fuse_available: None,
     tenant: tuple[int, str],
@@ -309,7 +309,7 @@ def test_mount_writes_through_one_volume_and_reads_through_another_of_the_tenant
 
 
 def test_a_volume_mounted_by_two_containers_is_mounted_once_until_both_unmount(
-    plugin: Callable[[], PluginProcess],
+    plugin: Callable[..., PluginProcess],
     cassandra: str,
     fuse_available: None,
     tenant: tuple[int, str],
@@ -337,7 +337,7 @@ def test_a_volume_mounted_by_two_containers_is_mounted_once_until_both_unmount(
 
 
 def test_a_restarted_plugin_keeps_its_volumes_and_their_mounts(
-    plugin: Callable[[], PluginProcess],
+    plugin: Callable[..., PluginProcess],
     cassandra: str,
     fuse_available: None,
     tenant: tuple[int, str],
@@ -373,8 +373,48 @@ def test_a_restarted_plugin_keeps_its_volumes_and_their_mounts(
     assert point not in cassfs_mounts()
 
 
+def test_a_failed_mount_is_reported_and_not_counted(
+    plugin: Callable[..., PluginProcess], cassandra: str, fuse_available: None
+) -> None:
+    p = plugin(keyspace="cassfs_not_there")
+    p.ok("VolumeDriver.Create", {"Name": "site", "Opts": {"owner": "9"}})
+    message = p.err("VolumeDriver.Mount", {"Name": "site", "ID": "c1"})
+    assert message.startswith("mounting volume site failed: ")
+    assert "cassfs schema apply" in message
+    assert str(p.mount_root / "site") not in cassfs_mounts()
+    assert p.ok("VolumeDriver.Get", {"Name": "site"})["Volume"]["Status"]["Mounts"] == 0
+    p.ok("VolumeDriver.Remove", {"Name": "site"})
+
+
+def test_the_volume_file_at_start(plugin: Callable[..., PluginProcess], tmp_path: Path) -> None:
+    """IDs of a volume no longer mounted (a host reboot) are dropped; an unreadable file
+    stops the plugin with one line."""
+    root = tmp_path / "volumes"
+    root.mkdir()
+    state = root / docker_plugin.STATE_NAME
+    state.write_text(
+        json.dumps({"version": 1, "volumes": {"gone": {"options": {"owner": "4"}, "ids": ["x"]}}})
+    )
+    p = plugin()
+    volume = p.ok("VolumeDriver.Get", {"Name": "gone"})["Volume"]
+    assert volume == {"Name": "gone", "Status": {"Options": {"owner": "4"}, "Mounts": 0}}
+    assert json.loads(state.read_text())["volumes"]["gone"]["ids"] == []
+    assert p.stop() == 0
+
+    state.write_text('{"volumes": [')
+    result = run_cli(
+        *("docker-plugin", "--socket", str(p.socket), "--mount-root", str(root)),
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"cassfs: the volume file {state} is unreadable (")
+    assert result.stderr.strip().endswith("repair or remove it")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_second_plugin_on_a_served_socket_is_refused(
-    plugin: Callable[[], PluginProcess], tmp_path: Path
+    plugin: Callable[..., PluginProcess], tmp_path: Path
 ) -> None:
     p = plugin()
     result = run_cli(
