@@ -53,6 +53,8 @@ VOLUME_OPTIONS = {
     "cache_ttl": "--cache-ttl",
     "cache_size": "--cache-size",
 }
+#: The volume options that are the mount's own (the others are the daemon's).
+MOUNT_OPTIONS = ("owner", "environment", "entry_ttl", "negative_ttl")
 #: The read-only flag (``-o ro``, ``-o ro=true``): `cassfs up --ro`.
 READ_ONLY = "ro"
 READ_ONLY_FLAG = "--ro"
@@ -112,10 +114,8 @@ def plan_mount(options: Mapping[str, Any]) -> MountPlan:
             f"unknown volume option(s) {', '.join(unknown)}: use "
             f"{', '.join([*VOLUME_OPTIONS, READ_ONLY])}"
         )
-    args: list[str] = []
-    for key, flag in VOLUME_OPTIONS.items():
-        if key in options:
-            args += [flag, options[key]]
+    args_of = {key: [flag, options[key]] for key, flag in VOLUME_OPTIONS.items() if key in options}
+    args = [arg for pair in args_of.values() for arg in pair]
     if READ_ONLY in options and _read_only(options[READ_ONLY]):
         if not up_has_read_only():
             raise PluginError(
@@ -138,9 +138,13 @@ def plan_mount(options: Mapping[str, Any]) -> MountPlan:
         raise PluginError(f"volume options: {exc.message}") from None
     except click.ClickException as exc:
         raise PluginError(f"volume options: {exc.format_message()}") from None
+    # the daemon settings, given whether or not the volume set them: they name its cache dir
+    mount_args = [arg for key in MOUNT_OPTIONS if key in options for arg in args_of[key]]
+    if READ_ONLY_FLAG in args:
+        mount_args.append(READ_ONLY_FLAG)
     cache_ttl = float(params["cache_ttl"])
     daemon = ["--cache-ttl", repr(cache_ttl), "--cache-size", str(size)]
-    return MountPlan(args + daemon, f"ttl{cache_ttl:g}-size{size}")
+    return MountPlan(mount_args + daemon, f"ttl{cache_ttl:g}-size{size}")
 
 
 @dataclass
@@ -169,7 +173,13 @@ class Plugin:
         self.keyspace = keyspace
         self._lock = threading.Lock()  # self.volumes, self._name_locks and the volume file
         self._name_locks: dict[str, threading.Lock] = {}
-        self.mount_root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            self.mount_root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PluginError(
+                f"cannot make the mount root {self.mount_root}: {exc.strerror}: choose another "
+                "with --mount-root"
+            ) from None
         self.volumes = self._load()
 
     # -- the volume file ------------------------------------------------------------------

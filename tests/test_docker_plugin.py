@@ -259,6 +259,20 @@ def test_ro_maps_to_up_ro(
         assert "--ro" not in docker_plugin.plan_mount({"ro": value}).args
 
 
+def test_volume_options_become_up_options() -> None:
+    """The mount's own options as given; the daemon's always, naming the cache dir."""
+    options = {"owner": "3", "environment": "e", "entry_ttl": "0.5", "cache_ttl": "5"}
+    plan = docker_plugin.plan_mount({**options, "cache_size": "64M"})
+    assert plan.args == [
+        *("--owner", "3", "--environment", "e", "--entry-ttl", "0.5"),
+        *("--cache-ttl", "5.0", "--cache-size", str(64 << 20)),
+    ]
+    assert plan.cache_key == f"ttl5-size{64 << 20}"
+    defaults = docker_plugin.plan_mount({})  # `cassfs up`'s defaults
+    assert defaults.args == ["--cache-ttl", "60.0", "--cache-size", str(1 << 30)]
+    assert defaults.cache_key == f"ttl60-size{1 << 30}"
+
+
 def test_mount_writes_through_one_volume_and_reads_through_another_of_the_tenant(
     plugin: Callable[..., PluginProcess],
     cassandra: str,
