@@ -845,7 +845,15 @@ def fsck_command(
     help="Volumes mount at MOUNT_ROOT/NAME; the volume list is kept in"
     " MOUNT_ROOT/.volumes.json (env CASSFS_MOUNT_ROOT).",
 )
-@cache_dir_option
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default="/var/cache/cassfs-docker",
+    envvar="CASSFS_DOCKER_CACHE_DIR",
+    show_default=True,
+    help="The volumes' cache dirs are made under it, one per cache_ttl and cache_size"
+    " (env CASSFS_DOCKER_CACHE_DIR).",
+)
 @contact_points_option
 @keyspace_option
 @click.option("--debug", is_flag=True, envvar="CASSFS_DEBUG", help="Log more (env CASSFS_DEBUG).")

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,19 @@ def test_activate_capabilities_and_unknown_endpoints(
     assert "no cassfs volume 'site'" in p.err("VolumeDriver.Path", {"Name": "site"})
     assert "bad volume name" in p.err("VolumeDriver.Create", {"Name": "../etc", "Opts": {}})
     assert "bad volume name" in p.err("VolumeDriver.Get", {})
+    # Docker keeps its connection: requests one after another on one connection
+    connection, sockets = UnixHTTPConnection(p.socket), []
+    try:
+        for endpoint in ("Plugin.Activate", "VolumeDriver.Capabilities", "VolumeDriver.List"):
+            connection.request("POST", f"/{endpoint}", b"{}", {"Accept": DOCKER_MEDIA_TYPE})
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read())
+            sockets.append(connection.sock)
+        assert all(
+            s is sockets[0] for s in sockets
+        )  # http.client reconnects silently when the server closes
+    finally:
+        connection.close()
     log = p.log.read_text()
     assert "/VolumeDriver.Capabilities -> 200" in log
     assert "/VolumeDriver.Mount name=site id=a -> 500 Err: no cassfs volume" in log
@@ -331,8 +345,15 @@ def test_a_volume_mounted_by_two_containers_is_mounted_once_until_both_unmount(
     p = plugin()
     opts = {"owner": str(tenant[0]), "environment": tenant[1]}
     p.ok("VolumeDriver.Create", {"Name": "shared", "Opts": opts})
-    first = p.ok("VolumeDriver.Mount", {"Name": "shared", "ID": "one"})["Mountpoint"]
-    second = p.ok("VolumeDriver.Mount", {"Name": "shared", "ID": "two"})["Mountpoint"]
+    # two containers starting at once: both Mounts in flight together
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(
+            pool.map(
+                lambda mount_id: p.ok("VolumeDriver.Mount", {"Name": "shared", "ID": mount_id}),
+                ["one", "two"],
+            )
+        )
+    first, second = (reply["Mountpoint"] for reply in replies)
     assert first == second and cassfs_mounts().count(first) == 1
     Path(first, "a.txt").write_text("a")
     assert p.ok("VolumeDriver.Get", {"Name": "shared"})["Volume"]["Status"]["Mounts"] == 2
