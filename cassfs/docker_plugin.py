@@ -28,7 +28,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -67,6 +68,10 @@ COMMAND_TIMEOUT = 180.0
 
 class PluginError(Exception):
     """A request refused; its message goes back to Docker as ``Err``."""
+
+
+class _UnknownEndpoint(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,8 @@ class Plugin:
         self.keyspace = keyspace
         self._lock = threading.Lock()  # self.volumes, self._name_locks and the volume file
         self._name_locks: dict[str, threading.Lock] = {}
+        self._idle = threading.Condition()  # self._busy: requests in progress
+        self._busy = 0
         try:
             self.mount_root.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
@@ -411,7 +418,7 @@ class Plugin:
             return 200, self._dispatch(path, request)
         except PluginError as exc:
             return 500, {"Err": str(exc)}
-        except LookupError:
+        except _UnknownEndpoint:
             return 404, {
                 "Err": f"unknown endpoint {path}: this plugin serves Plugin.Activate and "
                 "VolumeDriver.*"
@@ -419,6 +426,24 @@ class Plugin:
         except Exception as exc:
             log.exception("%s failed", path)
             return 500, {"Err": f"internal error ({type(exc).__name__}: {exc}): see the log"}
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Count a request in progress (read, answered and replied) for :meth:`wait_idle`."""
+        with self._idle:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the requests in progress; False if some still
+        run."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def _dispatch(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
         if path == "/Plugin.Activate":
@@ -428,7 +453,7 @@ class Plugin:
         if path == "/VolumeDriver.List":
             return {"Volumes": self.list(), "Err": ""}
         if path not in VOLUME_ENDPOINTS:
-            raise LookupError(path)
+            raise _UnknownEndpoint(path)
         name = request.get("Name")
         if not isinstance(name, str) or not VOLUME_NAME.fullmatch(name):
             raise PluginError(
@@ -476,6 +501,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_POST(self) -> None:
+        with self.server.plugin.request():
+            self._answer()
+
+    def _answer(self) -> None:
         started = time.monotonic()
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             status, reply = 411, {"Err": "send a Content-Length, not a chunked body"}
@@ -550,8 +579,10 @@ def _claim_socket(path: Path) -> None:
 def serve(socket_path: Path, plugin: Plugin, ready: Any = None) -> None:
     """Serve the plugin protocol on ``socket_path`` (mode 0660) until SIGTERM or SIGINT.
 
-    Mounts stay up when it stops.  ``ready``, if given, is called once the socket
-    listens.  Raises :class:`PluginError` when the socket cannot be claimed.
+    Then it stops listening and lets the requests in progress finish (a Mount records
+    its ID) for up to :data:`COMMAND_TIMEOUT` seconds.  Mounts stay up when it stops.
+    ``ready``, if given, is called once the socket listens.  Raises :class:`PluginError`
+    when the socket cannot be claimed.
     """
     _claim_socket(socket_path)
     try:
@@ -574,3 +605,5 @@ def serve(socket_path: Path, plugin: Plugin, ready: Any = None) -> None:
     finally:
         server.server_close()
         socket_path.unlink(missing_ok=True)
+        if not plugin.wait_idle(COMMAND_TIMEOUT):
+            log.warning("stopped with requests still in progress")

@@ -53,6 +53,22 @@ def cassfs_mounts() -> list[str]:
         return [line.split()[1] for line in mounts if line.split()[2] == "fuse.cassfs"]
 
 
+def pending_ups(mount_root: Path) -> list[int]:
+    """Pids of `cassfs up` runs (not the mount processes) on a mountpoint under
+    ``mount_root``: a plugin killed mid-Mount leaves its run going."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "up" in args and "--foreground" not in args:
+            after = args[args.index("up") + 1 : args.index("up") + 2]
+            if after and Path(after[0]).parent == mount_root:
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client over a unix socket, as Docker's plugin client connects."""
 
@@ -153,6 +169,7 @@ def plugin(
     yield start
     for p in started:
         p.stop()
+    wait_for(lambda: not pending_ups(mount_root), timeout=200)
     for point in cassfs_mounts():
         if Path(point).parent == mount_root:
             result = run_cli("down", point, check=False)
@@ -406,6 +423,33 @@ def test_a_restarted_plugin_keeps_its_volumes_and_their_mounts(
     assert point in cassfs_mounts()
     again.ok("VolumeDriver.Unmount", {"Name": "kept", "ID": "c2"})
     assert point not in cassfs_mounts()
+
+
+def test_a_plugin_stopped_during_a_mount_finishes_it_first(
+    plugin: Callable[..., PluginProcess],
+    cassandra: str,
+    fuse_available: None,
+    tenant: tuple[int, str],
+) -> None:
+    p = plugin()
+    opts = {"owner": str(tenant[0]), "environment": tenant[1]}
+    p.ok("VolumeDriver.Create", {"Name": "busy", "Opts": opts})
+    point = p.mount_root / "busy"
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(p.post, "VolumeDriver.Mount", {"Name": "busy", "ID": "c1"})
+        assert wait_for(point.exists)  # made just before `cassfs up` runs
+        p.process.send_signal(signal.SIGTERM)
+        status, answer, _ = reply.result()
+    assert (status, answer) == (200, {"Mountpoint": str(point), "Err": ""})
+    assert p.process.wait(60) == 0
+    log = p.log.read_text()
+    assert log.index("stopping (signal 15)") < log.index("volume busy mounted")
+    saved = json.loads((p.mount_root / docker_plugin.STATE_NAME).read_text())
+    assert saved["volumes"]["busy"]["ids"] == ["c1"]
+    assert str(point) in cassfs_mounts()
+    again = plugin()
+    again.ok("VolumeDriver.Unmount", {"Name": "busy", "ID": "c1"})
+    assert str(point) not in cassfs_mounts()
 
 
 def test_a_failed_mount_is_reported_and_not_counted(
