@@ -226,11 +226,9 @@ def up(
     _setup_logging(debug)
     try:
         points = ContactPoints.parse(contact_points)
-        size = parse_size(cache_size)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    if min(entry_ttl, negative_ttl, cache_ttl) < 0:
-        raise click.BadParameter("TTLs are seconds, 0 or more")
+    size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, cache_size)
     mountpoint = Path(os.path.abspath(mountpoint))
     cache_dir = Path(os.path.abspath(cache_dir))
     _check_mountpoint(mountpoint)
@@ -298,6 +296,23 @@ def up(
         time.sleep(0.05)
     child.terminate()
     fail(f"the mount did not come up within 60 s; see {log_path}")
+
+
+def check_mount_values(
+    entry_ttl: float, negative_ttl: float, cache_ttl: float, cache_size: str
+) -> int:
+    """The checks of `up` its click types do not make: TTLs (seconds) 0 or more, and
+    ``cache_size`` a size of 1 MiB or more; returns the size in bytes.
+
+    Raises click.BadParameter saying what is wrong.
+    """
+    try:
+        size = parse_size(cache_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if min(entry_ttl, negative_ttl, cache_ttl) < 0:
+        raise click.BadParameter("TTLs are seconds, 0 or more")
+    return size
 
 
 def _setup_logging(debug: bool) -> None:
@@ -805,3 +820,69 @@ def fsck_command(
     except CassfsError as exc:
         fail(f"{exc} (is the node up? `just node-start` starts a local one)")
     sys.exit(status)
+
+
+# -- docker-plugin --------------------------------------------------------------------------
+
+
+@main.command("docker-plugin")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    default="/run/docker/plugins/cassfs.sock",
+    envvar="CASSFS_DOCKER_SOCKET",
+    show_default=True,
+    help="Unix socket Docker finds the plugin by; its name names the volume driver"
+    " (env CASSFS_DOCKER_SOCKET).",
+)
+@click.option(
+    "--mount-root",
+    type=click.Path(path_type=Path),
+    default="/var/lib/cassfs/volumes",
+    envvar="CASSFS_MOUNT_ROOT",
+    show_default=True,
+    help="Volumes mount at MOUNT_ROOT/NAME; the volume list is kept in"
+    " MOUNT_ROOT/.volumes.json (env CASSFS_MOUNT_ROOT).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default="/var/cache/cassfs-docker",
+    envvar="CASSFS_DOCKER_CACHE_DIR",
+    show_default=True,
+    help="The volumes' cache dirs are made under it, one per cache_ttl and cache_size"
+    " (env CASSFS_DOCKER_CACHE_DIR).",
+)
+@contact_points_option
+@keyspace_option
+@click.option("--debug", is_flag=True, envvar="CASSFS_DEBUG", help="Log more (env CASSFS_DEBUG).")
+def docker_plugin_command(
+    socket_path: Path,
+    mount_root: Path,
+    cache_dir: Path,
+    contact_points: str,
+    keyspace: str,
+    debug: bool,
+) -> None:
+    """Serve cassfs volumes to Docker: the volume plugin protocol on a unix socket.
+
+    `docker volume create -d cassfs -o owner=N -o environment=NAME VOLUME` makes a
+    volume of that tenant; a container using it gets a `cassfs up` mount.
+    """
+    from cassfs import docker_plugin
+
+    _setup_logging(debug)
+    try:
+        points = ContactPoints.parse(contact_points)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        plugin = docker_plugin.Plugin(mount_root, cache_dir, str(points), keyspace)
+        docker_plugin.serve(
+            Path(os.path.abspath(socket_path)),
+            plugin,
+            ready=lambda: click.echo(f"cassfs: docker plugin serving {socket_path}"),
+        )
+    except docker_plugin.PluginError as exc:
+        fail(str(exc))
