@@ -27,7 +27,7 @@ from cached.api import DEFAULT_PURGE_DELAY, ContactPoints, daemon_command, parse
 from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError, DaemonUnavailable
-from cassfs import warmup
+from cassfs import mountform, warmup
 from cassfs.state import pid_alive, read_record, record_path
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,43 @@ keyspace_option = click.option(
 )
 
 
-@click.group()
+#: ``ctx.meta`` key set when the command line is the mount(8) form.
+MOUNT_FORM = "cassfs.mount_form"
+
+
+class CassfsGroup(click.Group):
+    """The ``cassfs`` group, which also takes mount.fuse3's form of a mount:
+    ``cassfs OWNER/ENVIRONMENT MOUNTPOINT [-o KEY[=VALUE],...]`` runs ``up`` (see
+    :mod:`cassfs.mountform`), and any error then is one line and exit status 1."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Rewrite the mount form into ``up ...`` before click parses it."""
+        if mountform.is_mount_form(args, list(self.commands)):
+            try:
+                args = ["up", *mountform.to_up_args(self.commands["up"], args)]
+            except mountform.MountFormError as exc:
+                fail(str(exc))
+            ctx.meta[MOUNT_FORM] = True
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; in the mount form, a usage error is one line, exit 1."""
+        if not ctx.meta.get(MOUNT_FORM):
+            return super().invoke(ctx)
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            fail(exc.format_message())
+
+
+@click.group(cls=CassfsGroup)
 @click.version_option(package_name="cassfs")
 def main() -> None:
-    """cassfs: a shared filesystem whose files live in Apache Cassandra."""
+    """cassfs: a shared filesystem whose files live in Apache Cassandra.
+
+    Also mounts as mount(8) runs it: cassfs OWNER/ENVIRONMENT MOUNTPOINT -o KEY[=VALUE],...
+    with `cassfs up`'s options as keywords (cache_dir=DIR, entry_ttl=S, debug, ...).
+    """
 
 
 # -- up / down ------------------------------------------------------------------------------
