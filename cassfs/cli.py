@@ -230,6 +230,12 @@ environment_option = click.option(
     " (env CASSFS_ATIME).",
 )
 @click.option(
+    "--noexec",
+    is_flag=True,
+    envvar="CASSFS_NOEXEC",
+    help="Mount noexec: the kernel runs no program from the mount (env CASSFS_NOEXEC).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -252,6 +258,7 @@ def up(
     purge_delay: float,
     query_timeout: float,
     atime: str,
+    noexec: bool,
     foreground: bool,
     debug: bool,
 ) -> None:
@@ -276,7 +283,7 @@ def up(
     _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
     if foreground:
         _serve_foreground(
-            mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, debug
+            mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, debug, noexec
         )
         return
     logs = cache_dir / "logs"
@@ -314,6 +321,7 @@ def up(
         "--atime",
         atime,
     ]
+    command += ["--noexec"] if noexec else []
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -500,13 +508,21 @@ def _serve_foreground(
     negative_ttl: float,
     atime: str,
     debug: bool,
+    noexec: bool = False,
 ) -> None:
     import trio
 
     from cassfs.mount import MountOptions, serve
 
     opts = MountOptions(
-        mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime=atime
+        mountpoint,
+        cache_dir,
+        owner,
+        environment,
+        entry_ttl,
+        negative_ttl,
+        atime=atime,
+        noexec=noexec,
     )
     try:
         trio.run(serve, opts)

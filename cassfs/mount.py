@@ -43,6 +43,7 @@ class MountOptions:
     atime: str = "relatime"
     allow_other: bool = True
     debug_fuse: bool = False
+    noexec: bool = False
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
@@ -57,6 +58,8 @@ def fuse_options(opts: MountOptions) -> set[str]:
         options.add("allow_other")
     if opts.atime == "noatime":
         options.add("noatime")
+    if opts.noexec:
+        options.add("noexec")
     if opts.debug_fuse:
         options.add("debug")
     return options

@@ -36,8 +36,8 @@ WHERE_DOCUMENTED = (
 )
 #: Generic mount(8)/mount.fuse3/systemd options that a cassfs mount takes as given:
 #: cassfs mounts are always read-write unless ``ro`` is a keyword of ``up``, nodev,
-#: nosuid (libfuse's default, whatever mount.fuse3 adds), exec, allow_other and
-#: default_permissions.
+#: nosuid (libfuse's default, whatever mount.fuse3 adds), exec unless ``noexec`` (a
+#: keyword of ``up``), allow_other and default_permissions.
 IGNORED = frozenset(
     {
         "rw",
@@ -67,7 +67,6 @@ IGNORED_PREFIXES = ("x-", "comment=")
 MAPPED = {"noatime": ("atime", "noatime"), "relatime": ("atime", "relatime")}
 #: Generic options a cassfs mount cannot honour, with what to do instead.
 UNSUPPORTED = {
-    "noexec": "cassfs mounts always allow exec: remove noexec",
     "strictatime": "cassfs records access times by relatime or not at all: use noatime",
 }
 

@@ -56,6 +56,7 @@ def test_keywords_are_up_options() -> None:
     ):
         assert not table[key].flag, key
     assert table["debug"].flag and table["debug"].option == "--debug"
+    assert table["noexec"].flag and table["noexec"].option == "--noexec"
     assert table["cache_dir"].option == "--cache-dir"
     assert "owner" not in table and "environment" not in table
 
@@ -146,7 +147,6 @@ def test_split_options_keeps_quoted_commas() -> None:
         (["1/prod", "/m", "-o", "entry_ttl=soon"], "entry_ttl=soon: 'soon' is not a valid float"),
         (["1/prod", "/m", "-o", "atime=strict"], "atime=strict: 'strict' is not one of"),
         (["1/prod", "/m", "-o", "owner=2"], "owner: the source OWNER/ENVIRONMENT gives"),
-        (["1/prod", "/m", "-o", "noexec"], "noexec: cassfs mounts always allow exec"),
         (["1/prod", "/m", "-o", "strictatime"], "strictatime: cassfs records access times"),
     ],
 )
@@ -341,7 +341,7 @@ def test_fstab_line_then_cassfs_down(
         "# a comment line\n"
         f"{wrapper_bin / 'cassfs'}#{owner}/{environment} {mnt} fuse "
         f'cache_dir={cache_dir},contact_points="{cassandra}",keyspace={KEYSPACE},'
-        "_netdev,nofail,x-systemd.automount,comment=www 0 0\n"
+        "_netdev,nofail,users,x-systemd.automount,comment=www 0 0\n"
     )
     result = subprocess.run(
         ["mount", "--fstab", str(fstab), str(mnt)], capture_output=True, text=True, timeout=180
@@ -349,9 +349,16 @@ def test_fstab_line_then_cassfs_down(
     assert result.returncode == 0, result.stderr
     entry = mount_entry(mnt)
     assert entry is not None and entry[2] == "fuse.cassfs"
+    assert "noexec" in entry[3].split(",")  # mount(8): `users` implies noexec,nosuid,nodev
     assert (mnt / "index.php").read_bytes() == b"<?php echo 1;"
     (mnt / "new.php").write_bytes(b"<?php echo 2;")
     assert (other.path / "new.php").read_bytes() == b"<?php echo 2;"
+    (mnt / "run.sh").write_bytes(b"#!/bin/sh\necho ran\n")
+    (mnt / "run.sh").chmod(0o755)
+    with pytest.raises(PermissionError):
+        subprocess.run([str(mnt / "run.sh")], check=False)
+    ran = subprocess.run([str(other.path / "run.sh")], capture_output=True, text=True, check=True)
+    assert ran.stdout == "ran\n"  # the `cassfs up` mount is not noexec
 
     daemon = daemon_pid(cache_dir)
     assert daemon is not None
