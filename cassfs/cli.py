@@ -36,6 +36,8 @@ DAEMON_IDLE_EXIT = 10.0  # seconds a daemon started by `up` lingers after its la
 
 #: What ``--environment`` may be: it lands in the mount's ``-o fsname=`` and in every key.
 ENVIRONMENT_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: What ``--fsname`` may be: it lands in the mount's ``-o fsname=`` (no comma, no space).
+FSNAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/@+-]{1,255}")
 #: ``owner`` is a CQL ``int`` (schema/001_tables.cql), and tenants are non-negative.
 OWNER_MAX = 2**31 - 1
 #: The type /proc/mounts gives a cassfs mount (``-o subtype=cassfs``).
@@ -144,6 +146,15 @@ def _check_environment(ctx: click.Context, param: click.Parameter, value: str) -
     return value
 
 
+def _check_fsname(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``value`` if None or 1-255 of ``[A-Za-z0-9_.:/@+-]``; else BadParameter."""
+    if value is not None and not FSNAME_PATTERN.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r}: use 1 to 255 characters among the ASCII letters, digits and _ . : / @ + -"
+        )
+    return value
+
+
 owner_option = click.option(
     "--owner",
     type=click.IntRange(0, OWNER_MAX),
@@ -230,6 +241,14 @@ environment_option = click.option(
     " (env CASSFS_ATIME).",
 )
 @click.option(
+    "--fsname",
+    envvar="CASSFS_FSNAME",
+    callback=_check_fsname,
+    help="The mount's source in /proc/mounts and df, default cassfs:OWNER/ENVIRONMENT; the"
+    " mount(8) form gives OWNER/ENVIRONMENT, so that `mount -a` finds an fstab line mounted"
+    " (env CASSFS_FSNAME).",
+)
+@click.option(
     "--noexec",
     is_flag=True,
     envvar="CASSFS_NOEXEC",
@@ -258,6 +277,7 @@ def up(
     purge_delay: float,
     query_timeout: float,
     atime: str,
+    fsname: str | None,
     noexec: bool,
     foreground: bool,
     debug: bool,
@@ -283,7 +303,16 @@ def up(
     _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
     if foreground:
         _serve_foreground(
-            mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, debug, noexec
+            mountpoint,
+            cache_dir,
+            owner,
+            environment,
+            entry_ttl,
+            negative_ttl,
+            atime,
+            debug,
+            noexec,
+            fsname,
         )
         return
     logs = cache_dir / "logs"
@@ -322,6 +351,7 @@ def up(
         atime,
     ]
     command += ["--noexec"] if noexec else []
+    command += ["--fsname", fsname] if fsname else []
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -509,6 +539,7 @@ def _serve_foreground(
     atime: str,
     debug: bool,
     noexec: bool = False,
+    fsname: str | None = None,
 ) -> None:
     import trio
 
@@ -523,6 +554,7 @@ def _serve_foreground(
         negative_ttl,
         atime=atime,
         noexec=noexec,
+        fsname=fsname,
     )
     try:
         trio.run(serve, opts)

@@ -238,11 +238,14 @@ def to_up_args(command: click.Command, args: Sequence[str]) -> list[str]:
             param.process_value(click.Context(command), value)
         except click.BadParameter as exc:
             raise MountFormError(f"source {source!r}: {name} {exc.message}") from exc
+    # fsname = the source as fstab gives it, so that `mount -a` finds the line mounted
+    fsname = ["--fsname", source] if "fsname" in keywords(command) else []
     return [
         mountpoint,
         "--owner",
         owner,
         "--environment",
         environment,
+        *fsname,
         *option_args(command, items),
     ]

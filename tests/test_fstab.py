@@ -100,6 +100,8 @@ def test_to_up_args_maps_keywords_and_generic_options() -> None:
         "12",
         "--environment",
         "prod.v2",
+        "--fsname",
+        "12/prod.v2",
         "--cache-dir",
         "/var/cache/cassfs",
         "--contact-points",
@@ -112,12 +114,16 @@ def test_to_up_args_maps_keywords_and_generic_options() -> None:
         "--cache-size",
         "2G",
     ]
-    assert mountform.to_up_args(up, ["1/prod", "/m"]) == [
+    assert mountform.to_up_args(up, ["1/prod", "/m", "-o", "fsname=www"]) == [
         "/m",
         "--owner",
         "1",
         "--environment",
         "prod",
+        "--fsname",
+        "1/prod",
+        "--fsname",
+        "www",
     ]
 
 
@@ -200,7 +206,7 @@ def test_systemd_unit_is_a_valid_mount_form() -> None:
     assert "network-online.target" in unit["Unit"]["After"]
     args = mountform.to_up_args(up, [section["What"], section["Where"], "-o", section["Options"]])
     assert args[:5] == ["/srv/www", "--owner", "1", "--environment", "prod"]
-    assert args[5:] == ["--cache-dir", "/var/cache/cassfs"]
+    assert args[5:] == ["--fsname", "1/prod", "--cache-dir", "/var/cache/cassfs"]
 
 
 # -- the real chain: mount.fuse3, mount -T, umount, cassfs down -----------------------------
@@ -285,7 +291,7 @@ def test_mount_fuse3_with_options_then_umount(
     assert f"mounted {owner}/{environment} at {mnt}" in result.stdout
     entry = mount_entry(mnt)
     assert entry is not None
-    assert entry[0] == f"cassfs:{owner}/{environment}" and entry[2] == "fuse.cassfs"
+    assert entry[0] == f"{owner}/{environment}" and entry[2] == "fuse.cassfs"  # the source
     flags = entry[3].split(",")
     assert "noatime" in flags and "nosuid" in flags and "nodev" in flags  # cassfs up's
     status = call_once(cache_dir, "status", timeout=5)
@@ -295,6 +301,8 @@ def test_mount_fuse3_with_options_then_umount(
     assert (config["purge_delay"], config["query_timeout"]) == (30.0, 7.0)
 
     other = mount_cassfs("up", owner, environment)
+    other_entry = mount_entry(other.path)
+    assert other_entry is not None and other_entry[0] == f"cassfs:{owner}/{environment}"
     (mnt / "from-form").write_bytes(b"written through the mount(8) form")
     assert (other.path / "from-form").read_bytes() == b"written through the mount(8) form"
     (other.path / "from-up").write_bytes(b"written through cassfs up")
@@ -359,6 +367,15 @@ def test_fstab_line_then_cassfs_down(
         subprocess.run([str(mnt / "run.sh")], check=False)
     ran = subprocess.run([str(other.path / "run.sh")], capture_output=True, text=True, check=True)
     assert ran.stdout == "ran\n"  # the `cassfs up` mount is not noexec
+
+    # the fstab line proper: `mount -a` finds it mounted (by source and target), runs nothing
+    real = tmp_path / "fstab-real"
+    real.write_text(f"{owner}/{environment} {mnt} fuse.cassfs cache_dir={cache_dir},_netdev 0 0\n")
+    again = subprocess.run(
+        ["mount", "--fstab", str(real), "-a", "-v"], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert "already mounted" in again.stdout + again.stderr
 
     daemon = daemon_pid(cache_dir)
     assert daemon is not None
