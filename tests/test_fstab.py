@@ -434,3 +434,15 @@ def test_cassfs_up_unchanged(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "does not exist: create it with `mkdir -p" in result.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_up_fsname_is_checked(tmp_path: Path) -> None:
+    """--fsname lands in the kernel's -o fsname=: a comma or space would split it."""
+    result = run_cli("up", str(tmp_path), "--fsname", "a,b", check=False)
+    assert result.returncode == 2 and "use 1 to 255 characters" in result.stderr
+    result = run_cli("1/prod", str(tmp_path), "-o", "fsname=a b", check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "cassfs: mount option fsname=a b: 'a b': use 1 to 255 characters among the ASCII "
+        "letters, digits and _ . : / @ + -"
+    ]
