@@ -3,7 +3,8 @@
 ``mount -t fuse.cassfs 1/prod /srv/www -o cache_dir=/var/cache/cassfs`` (or the same
 as an ``/etc/fstab`` line) runs ``/sbin/mount.fuse3``, which runs
 ``/bin/sh -c "'cassfs' '1/prod' '/srv/www' '-o' 'rw,cache_dir=...,dev,suid'"``.
-Before that, mount(8) drops ``x-*``, ``comment=`` and ``defaults`` and adds ``rw``;
+Before that, mount(8) drops ``x-*``, ``comment=`` and ``defaults``, adds ``rw`` (and
+``noexec,nosuid,nodev`` for ``user``/``users``) and clears PATH, HOME and SHELL;
 mount.fuse3 drops ``user``, ``users``, ``nouser``, ``auto``, ``noauto``, ``nofail``,
 ``_netdev``, ``setuid=`` and ``drop_privileges`` and adds ``dev`` and ``suid``
 unless ``nodev``/``nosuid`` were given (fuse3 ``util/mount.fuse.c``).
@@ -202,7 +203,8 @@ def option_args(command: click.Command, items: Sequence[str]) -> list[str]:
 
 def to_up_args(command: click.Command, args: Sequence[str]) -> list[str]:
     """``['1/prod', '/srv/www', '-o', 'cache_dir=/c']`` → the arguments of ``up``:
-    ``['/srv/www', '--owner', '1', '--environment', 'prod', '--cache-dir', '/c']``.
+    ``['/srv/www', '--owner', '1', '--environment', 'prod', '--fsname', '1/prod',
+    '--cache-dir', '/c']`` (the fsname is the source, as mount(8) compares it).
 
     ``-o`` may repeat and may be glued (``-oOPTS``).  Raises :class:`MountFormError`
     (one line) for a bad source, missing or extra arguments and bad options.
