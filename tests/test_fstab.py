@@ -270,7 +270,8 @@ def test_mount_fuse3_with_options_then_umount(
     mount_cassfs: Callable[..., Mount],
     form_mounts: list[Mount],
 ) -> None:
-    """``mount -t fuse.cassfs OWNER/ENV MNT -o ...`` execs exactly this mount.fuse3 call."""
+    """``mount -t fuse.cassfs OWNER/ENV MNT -o ...`` execs exactly this mount.fuse3 call
+    (seen with strace), with PATH cleared: here PATH leads to this checkout's cassfs."""
     owner, environment = tenant
     mnt, cache_dir = tmp_path / "form", tmp_path / "form-cache"
     mnt.mkdir()
@@ -281,7 +282,7 @@ def test_mount_fuse3_with_options_then_umount(
         "query_timeout=7,noatime,_netdev,nofail,dev,suid"
     )
     result = subprocess.run(
-        [MOUNT_FUSE3, f"{owner}/{environment}", str(mnt), "-t", "fuse.cassfs", "-o", options],
+        [MOUNT_FUSE3, f"{owner}/{environment}", str(mnt), "-o", options, "-t", "fuse.cassfs"],
         capture_output=True,
         text=True,
         timeout=180,
