@@ -27,7 +27,7 @@ from cached.api import DEFAULT_PURGE_DELAY, ContactPoints, daemon_command, parse
 from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError, DaemonUnavailable
-from cassfs import warmup
+from cassfs import mountform, warmup
 from cassfs.state import pid_alive, read_record, record_path
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ DAEMON_IDLE_EXIT = 10.0  # seconds a daemon started by `up` lingers after its la
 
 #: What ``--environment`` may be: it lands in the mount's ``-o fsname=`` and in every key.
 ENVIRONMENT_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: What ``--fsname`` may be: it lands in the mount's ``-o fsname=`` (no comma, no space).
+FSNAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/@+-]{1,255}")
 #: ``owner`` is a CQL ``int`` (schema/001_tables.cql), and tenants are non-negative.
 OWNER_MAX = 2**31 - 1
 #: The type /proc/mounts gives a cassfs mount (``-o subtype=cassfs``).
@@ -93,10 +95,43 @@ keyspace_option = click.option(
 )
 
 
-@click.group()
+#: ``ctx.meta`` key set when the command line is the mount(8) form.
+MOUNT_FORM = "cassfs.mount_form"
+
+
+class CassfsGroup(click.Group):
+    """The ``cassfs`` group, which also takes mount.fuse3's form of a mount:
+    ``cassfs OWNER/ENVIRONMENT MOUNTPOINT [-o KEY[=VALUE],...]`` runs ``up`` (see
+    :mod:`cassfs.mountform`), and any error then is one line and exit status 1."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Rewrite the mount form into ``up ...`` before click parses it."""
+        if mountform.is_mount_form(args, list(self.commands)):
+            try:
+                args = ["up", *mountform.to_up_args(self.commands["up"], args)]
+            except mountform.MountFormError as exc:
+                fail(str(exc))
+            ctx.meta[MOUNT_FORM] = True
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; in the mount form, a usage error is one line, exit 1."""
+        if not ctx.meta.get(MOUNT_FORM):
+            return super().invoke(ctx)
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            fail(exc.format_message())
+
+
+@click.group(cls=CassfsGroup)
 @click.version_option(package_name="cassfs")
 def main() -> None:
-    """cassfs: a shared filesystem whose files live in Apache Cassandra."""
+    """cassfs: a shared filesystem whose files live in Apache Cassandra.
+
+    Also mounts as mount(8) runs it: cassfs OWNER/ENVIRONMENT MOUNTPOINT -o KEY[=VALUE],...
+    with `cassfs up`'s options as keywords (cache_dir=DIR, entry_ttl=S, debug, ...).
+    """
 
 
 # -- up / down ------------------------------------------------------------------------------
@@ -107,6 +142,15 @@ def _check_environment(ctx: click.Context, param: click.Parameter, value: str) -
     if not ENVIRONMENT_PATTERN.fullmatch(value):
         raise click.BadParameter(
             f"{value!r}: use 1 to 64 characters among the ASCII letters, digits, '_', '.' and '-'"
+        )
+    return value
+
+
+def _check_fsname(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``value`` if None or 1-255 of ``[A-Za-z0-9_.:/@+-]``; else BadParameter."""
+    if value is not None and not FSNAME_PATTERN.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r}: use 1 to 255 characters among the ASCII letters, digits and _ . : / @ + -"
         )
     return value
 
@@ -197,6 +241,20 @@ environment_option = click.option(
     " (env CASSFS_ATIME).",
 )
 @click.option(
+    "--fsname",
+    envvar="CASSFS_FSNAME",
+    callback=_check_fsname,
+    help="The mount's source in /proc/mounts and df, default cassfs:OWNER/ENVIRONMENT; the"
+    " mount(8) form gives OWNER/ENVIRONMENT, so that `mount -a` finds an fstab line mounted"
+    " (env CASSFS_FSNAME).",
+)
+@click.option(
+    "--noexec",
+    is_flag=True,
+    envvar="CASSFS_NOEXEC",
+    help="Mount noexec: the kernel runs no program from the mount (env CASSFS_NOEXEC).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -219,6 +277,8 @@ def up(
     purge_delay: float,
     query_timeout: float,
     atime: str,
+    fsname: str | None,
+    noexec: bool,
     foreground: bool,
     debug: bool,
 ) -> None:
@@ -241,7 +301,16 @@ def up(
     _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
     if foreground:
         _serve_foreground(
-            mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, debug
+            mountpoint,
+            cache_dir,
+            owner,
+            environment,
+            entry_ttl,
+            negative_ttl,
+            atime,
+            debug,
+            noexec,
+            fsname,
         )
         return
     logs = cache_dir / "logs"
@@ -279,6 +348,8 @@ def up(
         "--atime",
         atime,
     ]
+    command += ["--noexec"] if noexec else []
+    command += ["--fsname", fsname] if fsname else []
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -482,13 +553,23 @@ def _serve_foreground(
     negative_ttl: float,
     atime: str,
     debug: bool,
+    noexec: bool = False,
+    fsname: str | None = None,
 ) -> None:
     import trio
 
     from cassfs.mount import MountOptions, serve
 
     opts = MountOptions(
-        mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime=atime
+        mountpoint,
+        cache_dir,
+        owner,
+        environment,
+        entry_ttl,
+        negative_ttl,
+        atime=atime,
+        noexec=noexec,
+        fsname=fsname,
     )
     try:
         trio.run(serve, opts)

@@ -43,6 +43,8 @@ class MountOptions:
     atime: str = "relatime"
     allow_other: bool = True
     debug_fuse: bool = False
+    noexec: bool = False
+    fsname: str | None = None  # default cassfs:OWNER/ENVIRONMENT
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
@@ -51,12 +53,14 @@ def fuse_options(opts: MountOptions) -> set[str]:
     Never max_read/max_write/entry_timeout (see shared notes §3.5, §3.7).
     """
     options = set(pyfuse3.default_options)
-    options.add(f"fsname=cassfs:{opts.owner}/{opts.environment}")
+    options.add(f"fsname={opts.fsname or f'cassfs:{opts.owner}/{opts.environment}'}")
     options.add("subtype=cassfs")
     if opts.allow_other:
         options.add("allow_other")
     if opts.atime == "noatime":
         options.add("noatime")
+    if opts.noexec:
+        options.add("noexec")
     if opts.debug_fuse:
         options.add("debug")
     return options
