@@ -197,6 +197,14 @@ environment_option = click.option(
     " (env CASSFS_ATIME).",
 )
 @click.option(
+    "--ro",
+    is_flag=True,
+    envvar="CASSFS_RO",
+    help="Mount read-only: every change fails with EROFS and this host writes nothing to"
+    " Cassandra, not even access times; the tenant must have been mounted read-write once"
+    " (env CASSFS_RO).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -219,6 +227,7 @@ def up(
     purge_delay: float,
     query_timeout: float,
     atime: str,
+    ro: bool,
     foreground: bool,
     debug: bool,
 ) -> None:
@@ -243,7 +252,7 @@ def up(
     _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
     if foreground:
         _serve_foreground(
-            mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, debug
+            mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, ro, debug
         )
         return
     logs = cache_dir / "logs"
@@ -281,13 +290,14 @@ def up(
         "--atime",
         atime,
     ]
+    command += ["--ro"] if ro else []
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.ismount(mountpoint):
             click.echo(
-                f"cassfs: mounted {owner}/{environment} at {mountpoint} "
-                f"(cache {cache_dir}, log {log_path})"
+                f"cassfs: mounted {owner}/{environment} at {mountpoint}"
+                f"{' read-only' if ro else ''} (cache {cache_dir}, log {log_path})"
             )
             return
         if child.poll() is not None:
@@ -466,6 +476,7 @@ def _serve_foreground(
     entry_ttl: float,
     negative_ttl: float,
     atime: str,
+    read_only: bool,
     debug: bool,
 ) -> None:
     import trio
@@ -473,7 +484,14 @@ def _serve_foreground(
     from cassfs.mount import MountOptions, serve
 
     opts = MountOptions(
-        mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime=atime
+        mountpoint,
+        cache_dir,
+        owner,
+        environment,
+        entry_ttl,
+        negative_ttl,
+        atime=atime,
+        read_only=read_only,
     )
     try:
         trio.run(serve, opts)
