@@ -13,6 +13,7 @@ restarted under a read-only mount).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import stat
@@ -474,6 +475,12 @@ def test_a_read_only_host_reads_the_tree_and_every_change_fails_with_erofs(
     for m in (a, b):  # what each host sees, read from Cassandra again
         run_cli("cache", "purge", "--cache-dir", str(m.cache_dir))
         assert tree_view(m.path) == expected
+    run_cli("cache", "purge", "--cache-dir", str(b.cache_dir))
+    warmed = run_cli("cache", "warmup", "--json", str(b.path))  # a web host's start
+    report = json.loads(warmed.stdout)
+    files = sum(stat.S_ISREG(entry["mode"]) for entry in expected.values())
+    assert (report["files"], report["failed"]) == (files, 0), report
+    assert tenant_rows(cassandra, tenant) == rows
     # the read-write host still changes the tree, and the read-only one follows
     (a.path / "site" / "index.php").write_text("<?php 'v2';")
     eventually(
