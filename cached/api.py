@@ -599,7 +599,8 @@ _CREATED = {**_NAMED, "uid": ID, "gid": ID}
 REQUESTS: dict[str, Shape] = {
     # session and administration (see cached.server for who may call them)
     "hello": Shape(
-        {"owner": Int(-(2**31), 2**31 - 1), "environment": Text(1, 255)}, {"acks": Flag()}
+        {"owner": Int(-(2**31), 2**31 - 1), "environment": Text(1, 255)},
+        {"acks": Flag(), "read_only": Flag()},
     ),
     "status": Shape({}),
     "stats": Shape({}),

@@ -117,6 +117,13 @@ class NoSpace(CassfsError):
     errno = _errno.ENOSPC
 
 
+class ReadOnly(CassfsError):
+    """A change asked of a read-only mount session (``hello`` with ``read_only``), refused
+    before anything is written to Cassandra (EROFS)."""
+
+    errno = _errno.EROFS
+
+
 class StorageError(CassfsError):
     """Cassandra failed or timed out, or content failed verification (EIO)."""
 
@@ -158,6 +165,7 @@ _BY_ERRNO: dict[int, type[CassfsError]] = {
         OutOfRange,
         TooBig,
         NoSpace,
+        ReadOnly,
     )
 }
 

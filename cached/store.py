@@ -39,7 +39,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_f
 
 from cached.api import ContactPoints
 from cached.bridge import execute
-from cached.errors import CassfsError, SchemaMissing, StorageError, Unreachable
+from cached.errors import CassfsError, ReadOnly, SchemaMissing, StorageError, Unreachable
 from cached.model import Dentry, Inode
 from cached.outage import Outage
 
@@ -399,9 +399,10 @@ class Store:
         if self._conn is not None:
             await trio.to_thread.run_sync(self._conn.cluster.shutdown)
 
-    def tenant(self, owner: int, environment: str) -> TenantStore:
-        """Return the view of one tenant."""
-        return TenantStore(self, owner, environment)
+    def tenant(self, owner: int, environment: str, read_only: bool = False) -> TenantStore:
+        """Return the view of one tenant; with ``read_only``, one that sends no write
+        (see :class:`ReadOnlyStatements`)."""
+        return TenantStore(self, owner, environment, read_only)
 
     async def run(self, name: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """Execute prepared statement ``name`` with ``params``; rows as dicts.
@@ -620,12 +621,52 @@ def _outcome(rows: list[dict[str, Any]], parent: int, name: bytes) -> LwtOutcome
     return LwtOutcome(False, holder, sealed)
 
 
-class TenantStore:
-    """The statements of :data:`STATEMENTS`, bound to one ``(owner, environment)``."""
+class ReadOnlyStatements:
+    """The reads of ``store`` only, for a read-only :class:`TenantStore`: a statement that
+    is not a ``SELECT``, and any batch, raises ``ReadOnly`` (EROFS) before it is sent.
 
-    def __init__(self, store: Store, owner: int, environment: str) -> None:
+    The daemon refuses the changes of a read-only session before they start
+    (:mod:`cached.server`); this is the guard under it, for any write a read path
+    might come to make (settling a dead request's claim, recording an access time...).
+    """
+
+    def __init__(self, store: Store) -> None:
         self._store = store
+
+    @property
+    def timeout(self) -> float:
+        """The per-query timeout, seconds."""
+        return self._store.timeout
+
+    async def run(self, name: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """As :meth:`Store.run` for a ``SELECT``; ``ReadOnly`` (EROFS) for anything else."""
+        if STATEMENTS[name].split(None, 1)[0].upper() != "SELECT":
+            raise ReadOnly(f"{name}: a read-only session writes nothing to Cassandra")
+        return await self._store.run(name, params)
+
+    async def run_batch(
+        self, parts: Sequence[tuple[str, Sequence[Any]]], *, logged: bool = False
+    ) -> list[dict[str, Any]]:
+        """Always ``ReadOnly`` (EROFS): batches write."""
+        names = "+".join(name for name, _ in parts)
+        raise ReadOnly(f"batch of {names}: a read-only session writes nothing to Cassandra")
+
+
+class TenantStore:
+    """The statements of :data:`STATEMENTS`, bound to one ``(owner, environment)``.
+
+    With ``read_only``, every write raises ``ReadOnly`` (EROFS) unsent
+    (:class:`ReadOnlyStatements`).
+    """
+
+    def __init__(self, store: Store, owner: int, environment: str, read_only: bool = False) -> None:
+        self._store: Store | ReadOnlyStatements = ReadOnlyStatements(store) if read_only else store
         self._t = (owner, environment)
+
+    @property
+    def read_only(self) -> bool:
+        """True when this view sends no write."""
+        return isinstance(self._store, ReadOnlyStatements)
 
     @property
     def tenant(self) -> tuple[int, str]:

@@ -255,6 +255,14 @@ environment_option = click.option(
     help="Mount noexec: the kernel runs no program from the mount (env CASSFS_NOEXEC).",
 )
 @click.option(
+    "--ro",
+    is_flag=True,
+    envvar="CASSFS_RO",
+    help="Mount read-only: every change fails with EROFS and this host writes nothing to"
+    " Cassandra, not even access times; the tenant must have been mounted read-write once"
+    " (env CASSFS_RO).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -279,6 +287,7 @@ def up(
     atime: str,
     fsname: str | None,
     noexec: bool,
+    ro: bool,
     foreground: bool,
     debug: bool,
 ) -> None:
@@ -308,6 +317,7 @@ def up(
             entry_ttl,
             negative_ttl,
             atime,
+            ro,
             debug,
             noexec,
             fsname,
@@ -350,13 +360,14 @@ def up(
     ]
     command += ["--noexec"] if noexec else []
     command += ["--fsname", fsname] if fsname else []
+    command += ["--ro"] if ro else []
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.ismount(mountpoint):
             click.echo(
-                f"cassfs: mounted {owner}/{environment} at {mountpoint} "
-                f"(cache {cache_dir}, log {log_path})"
+                f"cassfs: mounted {owner}/{environment} at {mountpoint}"
+                f"{' read-only' if ro else ''} (cache {cache_dir}, log {log_path})"
             )
             return
         if child.poll() is not None:
@@ -552,6 +563,7 @@ def _serve_foreground(
     entry_ttl: float,
     negative_ttl: float,
     atime: str,
+    read_only: bool,
     debug: bool,
     noexec: bool = False,
     fsname: str | None = None,
@@ -570,6 +582,7 @@ def _serve_foreground(
         atime=atime,
         noexec=noexec,
         fsname=fsname,
+        read_only=read_only,
     )
     try:
         trio.run(serve, opts)

@@ -83,13 +83,6 @@ class MountPlan:
     cache_key: str
 
 
-def up_has_read_only() -> bool:
-    """True when this cassfs's `cassfs up` takes ``--ro``."""
-    from cassfs.cli import up
-
-    return any(READ_ONLY_FLAG in getattr(param, "opts", ()) for param in up.params)
-
-
 def _read_only(value: str) -> bool:
     if value == "":
         return True  # `docker volume create -o ro` gives "ro": ""
@@ -122,11 +115,6 @@ def plan_mount(options: Mapping[str, Any]) -> MountPlan:
     args_of = {key: [flag, options[key]] for key, flag in VOLUME_OPTIONS.items() if key in options}
     args = [arg for pair in args_of.values() for arg in pair]
     if READ_ONLY in options and _read_only(options[READ_ONLY]):
-        if not up_has_read_only():
-            raise PluginError(
-                "volume option ro: this cassfs cannot mount read-only yet (its `cassfs up` "
-                "has no --ro): upgrade cassfs or drop -o ro"
-            )
         args.append(READ_ONLY_FLAG)
     flags = {flag: key for key, flag in VOLUME_OPTIONS.items()}
     try:

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 
 from cached.client import call_once, socket_path
 from cached.errors import DaemonUnavailable
 from cassfs import docker_plugin
-from cassfs.cli import up
 from tests.conftest import CONTACT_POINTS, KEYSPACE, run_cli
 
 pytestmark = [pytest.mark.fuse, pytest.mark.cassandra]
@@ -270,19 +268,10 @@ def test_create_keeps_good_options_and_refuses_other_ones_for_the_same_name(
     assert "no cassfs volume 'bare'" in p.err("VolumeDriver.Get", {"Name": "bare"})
 
 
-def test_ro_maps_to_up_ro(
-    plugin: Callable[..., PluginProcess], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`-o ro` mounts with `cassfs up --ro`; a cassfs whose `up` lacks --ro refuses it."""
+def test_ro_maps_to_up_ro(plugin: Callable[..., PluginProcess]) -> None:
+    """`-o ro` mounts with `cassfs up --ro`."""
     p = plugin()
-    if docker_plugin.up_has_read_only():
-        p.ok("VolumeDriver.Create", {"Name": "site", "Opts": {"ro": ""}})
-    else:
-        message = p.err("VolumeDriver.Create", {"Name": "site", "Opts": {"ro": "true"}})
-        assert "has no --ro" in message
-        # with an `up` that takes --ro (as it will), the option maps to it
-        flag = click.Option(["--ro"], is_flag=True)
-        monkeypatch.setattr(up, "params", [*up.params, flag])
+    p.ok("VolumeDriver.Create", {"Name": "site", "Opts": {"ro": ""}})
     for value in ("", "true", "yes", "1"):
         plan = docker_plugin.plan_mount({"owner": "3", "ro": value})
         assert plan.args[:3] == ["--owner", "3", "--ro"]
