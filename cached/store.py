@@ -14,6 +14,7 @@ both from :class:`cached.connection.ConnectionSettings`.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import time
@@ -332,27 +333,41 @@ def connect_cluster(cluster: Cluster, where: ContactPoints | ConnectionSettings)
     settings = ConnectionSettings.of(where)
     try:
         session = cluster.connect()
-    except NoHostAvailable as exc:
-        raise _rejected(settings, exc) or Unreachable(
-            f"Cassandra unreachable at {settings.contact_points}: {_first_error(exc)}"
-        ) from exc
-    except AuthenticationFailed as exc:
-        raise _rejected(settings, exc) or Unreachable(str(exc)) from exc
-    if settings.local_dc is not None:
-        centers = sorted({h.datacenter for h in cluster.metadata.all_hosts() if h.datacenter})
-        if settings.local_dc not in centers:
-            raise ConnectionRejected(
-                f"no node of the cluster at {settings.contact_points} is in data center "
-                f"{settings.local_dc!r} (it has {', '.join(centers) or 'none'}): "
-                "fix --local-dc"
+    except (NoHostAvailable, AuthenticationFailed) as exc:
+        # With a --local-dc no node is in, the driver reaches the contact points (its
+        # control connection) but opens no pool: "Unable to connect to any servers".
+        raise (
+            _rejected(settings, exc)
+            or _wrong_dc(cluster, settings)
+            or Unreachable(
+                f"Cassandra unreachable at {settings.contact_points}: {_first_error(exc)}"
             )
+        ) from exc
+    wrong = _wrong_dc(cluster, settings)
+    if wrong is not None:
+        session.shutdown()
+        raise wrong
     return session
+
+
+def _wrong_dc(cluster: Cluster, settings: ConnectionSettings) -> ConnectionRejected | None:
+    """A ``ConnectionRejected`` when ``local_dc`` is set and no known node is in it."""
+    if settings.local_dc is None:
+        return None
+    centers = sorted({h.datacenter for h in cluster.metadata.all_hosts() if h.datacenter})
+    if not centers or settings.local_dc in centers:
+        return None
+    return ConnectionRejected(
+        f"no node of the cluster at {settings.contact_points} is in data center "
+        f"{settings.local_dc!r} (it has {', '.join(centers)}): fix --local-dc"
+    )
 
 
 def _rejected(settings: ConnectionSettings, exc: Exception) -> ConnectionRejected | None:
     """The one-line ``ConnectionRejected`` that ``exc`` (a driver error, or
     NoHostAvailable wrapping one per host) means, or None when it means no answer."""
-    errors = list((getattr(exc, "errors", None) or {exc: exc}).values())
+    found = getattr(exc, "errors", None)
+    errors = list(found.values()) if isinstance(found, dict) else [exc]
     for err in errors:
         if isinstance(err, AuthenticationFailed):
             if settings.username is None:
@@ -377,14 +392,28 @@ def _rejected(settings: ConnectionSettings, exc: Exception) -> ConnectionRejecte
 
 
 def _tls_reason(err: BaseException | None) -> str | None:
-    """What went wrong in TLS when ``err`` (or an error it wraps) is an SSL error."""
+    """What went wrong in TLS when ``err`` (or an error it wraps) is an SSL error.
+
+    The driver reports a failed handshake as a plain OSError quoting the SSL error
+    ("Tried connecting to [...]. Last error: [SSL: CERTIFICATE_VERIFY_FAILED] ...").
+    """
     while err is not None:
         if isinstance(err, ssl.SSLCertVerificationError):
             return f"certificate verification failed ({err.verify_message})"
         if isinstance(err, ssl.SSLError):
             return f"{err.reason or err}"
+        quoted = _SSL_QUOTED.search(str(err))
+        if quoted is not None:
+            if quoted["code"] == "CERTIFICATE_VERIFY_FAILED":
+                detail = quoted["text"].removeprefix("certificate verify failed").strip(": ")
+                return f"certificate verification failed ({detail or 'untrusted'})"
+            return quoted["text"].strip()
         err = err.__cause__ or err.__context__
     return None
+
+
+#: An SSL error as the driver quotes it in a connection error's text.
+_SSL_QUOTED = re.compile(r"\[SSL: (?P<code>[A-Z_]+)\] (?P<text>[^(]*)")
 
 
 @dataclass(frozen=True)
