@@ -383,10 +383,15 @@ def _rejected(settings: ConnectionSettings, exc: Exception) -> ConnectionRejecte
     for err in errors:
         reason = _tls_reason(err)
         if reason is not None:
+            advice = (
+                "give contact points the nodes' certificates name, or --no-ssl-check-hostname"
+                if "mismatch" in reason
+                else "check --ssl-ca (the CA that signed the nodes' certificates), "
+                "--ssl-cert and --ssl-key"
+            )
             return ConnectionRejected(
                 f"TLS handshake with Cassandra at {settings.contact_points} failed: "
-                f"{reason}: check --ssl-ca (the CA that signed the nodes' certificates), "
-                "--ssl-cert and --ssl-key"
+                f"{reason}: {advice}"
             )
     return None
 

@@ -235,6 +235,22 @@ def test_wrong_ca_one_line(
     assert result.returncode == 1 and one_line(result.stderr).startswith(expected)
 
 
+def test_no_hostname_check_still_verifies_the_ca(secure_node: SecureNode, run_dir: None) -> None:
+    """--no-ssl-check-hostname drops the name check only: the right CA connects, a wrong
+    one still fails verification."""
+    env = {"CASSFS_PASSWORD": APP_PASSWORD}
+    result = run_cli(
+        "schema", "apply", *secure_node.options(), "--no-ssl-check-hostname", check=False, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    result = run_cli(
+        "schema", "apply", *secure_node.options(ca=secure_node.pki.other_ca),
+        "--no-ssl-check-hostname", check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "certificate verification failed" in one_line(result.stderr)
+
+
 def test_local_dc(secure_node: SecureNode, run_dir: None) -> None:
     """--local-dc with the node's data center works; another name gives one line."""
     env = {"CASSFS_PASSWORD": APP_PASSWORD}
