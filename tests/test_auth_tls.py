@@ -8,7 +8,9 @@ CLI: ``schema apply``, ``up`` (and the daemon it starts), ``fsck``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,16 @@ def password_in_any_argv(password: str) -> list[int]:
     return found
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` every 50 ms until true or ``timeout`` seconds passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def up(
     tmp_path: Path,
     name: str,
@@ -182,6 +194,17 @@ def test_password_and_tls_mount_round_trip(
         mounts.append(third)
         assert code == 1 and not os.path.ismount(third.path)
         assert "runs with another local_dc, consistency, serial_consistency" in one_line(err)
+
+        # a daemon killed under a mount: the mount starts it again, password included
+        for mount in (first, second):
+            pid = call_once(mount.cache_dir, "status")["pid"]
+            os.kill(pid, signal.SIGKILL)
+            assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"))  # noqa: B023
+            (mount.path / f"after-{mount.path.name}").write_bytes(data[:1000])
+            assert (mount.path / f"after-{mount.path.name}").read_bytes() == data[:1000]
+            status = call_once(mount.cache_dir, "status")
+            assert status["pid"] != pid and status["config"]["username"] == APP_USER
+        assert password_in_any_argv(APP_PASSWORD) == []
     finally:
         for mount in reversed(mounts):
             unmount(mount)
