@@ -167,3 +167,32 @@ def test_daemon_command_has_no_password(tmp_path: Path, pem: dict[str, Path]) ->
         [sys.executable, "-m", "cached", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--password-file" in help_text and "--password " not in help_text
+
+
+def test_driver_errors_become_one_line() -> None:
+    """What the driver raises for refused credentials and failed handshakes, as the
+    one-line ConnectionRejected the CLI prints (shapes seen from cassandra-driver 3.30)."""
+    from cassandra import AuthenticationFailed
+    from cassandra.cluster import NoHostAvailable
+
+    from cached.store import _rejected
+
+    user = ConnectionSettings.parse(POINTS, username="app", environ={"CASSFS_PASSWORD": "x"})
+    anonymous = ConnectionSettings.parse(POINTS, environ=NO_ENV)
+    refused = NoHostAvailable("no", {"10.0.0.1:9042": AuthenticationFailed("Bad credentials")})
+    assert str(_rejected(user, refused)).startswith(
+        "authentication failed for user app at 10.0.0.1:9042,10.0.0.2:9042: check --username"
+    )
+    assert "requires authentication: give --username" in str(_rejected(anonymous, refused))
+    untrusted = OSError(
+        1,
+        "Tried connecting to [('10.0.0.1', 9042)]. Last error: [SSL: CERTIFICATE_VERIFY_FAILED] "
+        "certificate verify failed: self-signed certificate in certificate chain (_ssl.c:1006)",
+    )
+    line = str(_rejected(anonymous, NoHostAvailable("no", {"10.0.0.1:9042": untrusted})))
+    assert line.startswith(
+        "TLS handshake with Cassandra at 10.0.0.1:9042,10.0.0.2:9042 failed: certificate "
+        "verification failed (self-signed certificate in certificate chain): check --ssl-ca"
+    )
+    timeout = NoHostAvailable("no", {"10.0.0.1:9042": OSError(110, "timed out")})
+    assert _rejected(anonymous, timeout) is None  # unreachable, not refused
