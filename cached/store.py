@@ -631,8 +631,8 @@ def _connect_sync(
 
 
 def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None) or {}
-    for err in errors.values():
+    errors = getattr(exc, "errors", None)
+    for err in errors.values() if isinstance(errors, dict) else ():  # a list from Session()
         return str(err)
     return str(exc)
 
