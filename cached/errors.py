@@ -135,6 +135,12 @@ class Unreachable(StorageError):
     or an outage is remembered (EIO).  Cached entries serve past their TTL instead."""
 
 
+class ConnectionRejected(StorageError):
+    """The nodes answered but refused this client: wrong credentials, a TLS handshake or
+    certificate verification that failed, or a ``--local-dc`` the cluster lacks (EIO).
+    Trying again will not help; the message says what to fix."""
+
+
 class DaemonUnavailable(CassfsError):
     """The cache daemon cannot be reached or dropped the connection (EIO)."""
 

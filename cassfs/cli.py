@@ -26,7 +26,8 @@ from cached import stats as stats_mod
 from cached.api import DEFAULT_PURGE_DELAY, ContactPoints, daemon_command, parse_size
 from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
-from cached.errors import CassfsError, DaemonUnavailable
+from cached.connection import ConnectionSettings, connection_options
+from cached.errors import CassfsError, ConnectionRejected, DaemonUnavailable
 from cassfs import mountform, warmup
 from cassfs.state import pid_alive, read_record, record_path
 
@@ -271,6 +272,7 @@ environment_option = click.option(
 @click.option(
     "--debug", is_flag=True, envvar="CASSFS_DEBUG", help="Log every operation (env CASSFS_DEBUG)."
 )
+@connection_options()
 def up(
     mountpoint: Path,
     cache_dir: Path,
@@ -290,13 +292,18 @@ def up(
     ro: bool,
     foreground: bool,
     debug: bool,
+    **connection: Any,
 ) -> None:
-    """Mount cassfs at MOUNTPOINT; returns once the mount answers."""
+    """Mount cassfs at MOUNTPOINT; returns once the mount answers.
+
+    The password of --username comes from CASSFS_PASSWORD or --password-file.
+    """
     _setup_logging(debug)
     try:
         points = ContactPoints.parse(contact_points)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    settings = _settings(points, connection)
     size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, cache_size)
     mountpoint = Path(os.path.abspath(mountpoint))
     cache_dir = Path(os.path.abspath(cache_dir))
@@ -307,7 +314,9 @@ def up(
             "run with --device /dev/fuse --cap-add SYS_ADMIN"
         )
     _check_cache_dir(cache_dir)
-    _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
+    _ensure_daemon(
+        cache_dir, settings, keyspace, cache_ttl, size, purge_delay, query_timeout, debug
+    )
     if foreground:
         _serve_foreground(
             mountpoint,
@@ -357,6 +366,7 @@ def up(
         str(query_timeout),
         "--atime",
         atime,
+        *settings.to_args(),
     ]
     command += ["--noexec"] if noexec else []
     command += ["--fsname", fsname] if fsname else []
@@ -395,6 +405,15 @@ def check_mount_values(
     if min(entry_ttl, negative_ttl, cache_ttl) < 0:
         raise click.BadParameter("TTLs are seconds, 0 or more")
     return size
+
+
+def _settings(points: ContactPoints, connection: dict[str, Any]) -> ConnectionSettings:
+    """The checked connection settings of the options in ``connection``; fail (exit 1)
+    with one line on bad ones (a missing file, no password...)."""
+    try:
+        return ConnectionSettings.parse(points, **connection)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _setup_logging(debug: bool) -> None:
@@ -504,7 +523,7 @@ def _daemon_status(cache_dir: Path, timeout: float = 5.0) -> dict[str, Any] | No
 
 def _ensure_daemon(
     cache_dir: Path,
-    points: ContactPoints,
+    settings: ConnectionSettings,
     keyspace: str,
     cache_ttl: float,
     cache_size: int,
@@ -515,7 +534,9 @@ def _ensure_daemon(
     """Start the cache daemon of ``cache_dir`` unless one already answers there.
 
     ``cache_ttl``, ``purge_delay`` and ``query_timeout`` are seconds, ``cache_size`` bytes.
+    The daemon gets the password from ``settings.password_file`` or the environment.
     """
+    points = settings.contact_points
     status = _daemon_status(cache_dir)
     if status is not None:
         config = status["config"]
@@ -525,11 +546,17 @@ def _ensure_daemon(
                 f"{config['contact_points']}: use another --cache-dir for {keyspace} at "
                 f"{points}"
             )
+        other = settings.differences(config)
+        if other:
+            fail(
+                f"the daemon of {cache_dir} runs with another {', '.join(other)}: use another "
+                "--cache-dir, or the same connection options as its mounts"
+            )
         return
     log_path = cache_dir / LOG_NAME
     output = cache_dir / OUTPUT_NAME  # start-up errors (before logging) and crashes
     config = {
-        "contact_points": str(points),
+        **settings.to_config(),  # never the password
         "keyspace": keyspace,
         "cache_ttl": cache_ttl,
         "cache_size": cache_size,
@@ -828,25 +855,31 @@ def schema() -> None:
     show_default=True,
     help="CQL replication map for a new keyspace (env CASSFS_REPLICATION).",
 )
-def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
+@connection_options(levels=False)
+def schema_apply(contact_points: str, keyspace: str, replication: str, **connection: Any) -> None:
     """Create the keyspace, or upgrade it in place to this cassfs's schema version.
 
     One line per version step applied; a keyspace already current is left as is.
+    The password of --username comes from CASSFS_PASSWORD or --password-file.
     """
     from cassfs import schema as schema_mod
 
     logging.getLogger("cassandra").setLevel(logging.ERROR)
     try:
         points = ContactPoints.parse(contact_points)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    settings = _settings(points, connection)
+    try:
         with schema_mod.ConsoleReporter(click.echo) as report:
             version = schema_mod.apply(
-                points, keyspace, replication, on_step=report.step, on_progress=report.progress
+                settings, keyspace, replication, on_step=report.step, on_progress=report.progress
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     except FileNotFoundError as exc:
         fail(f"{exc}: point CASSFS_SCHEMA_DIR at the schema/ folder of cassfs")
-    except schema_mod.SchemaTooNew as exc:
+    except (schema_mod.SchemaTooNew, ConnectionRejected) as exc:
         fail(str(exc))
     except CassfsError as exc:
         fail(f"{exc} (is the node up? `just node-start` starts a local one; apply again resumes)")
@@ -881,6 +914,7 @@ def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
     show_default=True,
     help="Cassandra queries in flight.",
 )
+@connection_options()
 def fsck_command(
     contact_points: str,
     keyspace: str,
@@ -890,6 +924,7 @@ def fsck_command(
     grace: float,
     no_content: bool,
     concurrency: int,
+    **connection: Any,
 ) -> None:
     """Check a tenant's files in Cassandra; exit 1 when something is wrong (and not repaired).
 
@@ -906,11 +941,14 @@ def fsck_command(
         raise click.BadParameter(str(exc)) from exc
     if not environment:
         raise click.BadParameter("--environment must not be empty")
+    settings = _settings(points, connection)
     options = fsck_mod.Options(
         repair=repair, grace=grace, content=not no_content, concurrency=concurrency
     )
     try:
-        status = fsck_mod.run(points, keyspace, owner, environment, options)
+        status = fsck_mod.run(settings, keyspace, owner, environment, options)
+    except ConnectionRejected as exc:
+        fail(str(exc))
     except CassfsError as exc:
         fail(f"{exc} (is the node up? `just node-start` starts a local one)")
     sys.exit(status)
