@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Methods that change Cassandra: shielded from cancellation, bounded by a deadline.
 MUTATING_METHODS = frozenset(
-    {"mkdir", "create", "symlink", "unlink", "rmdir", "rename", "write", "setattr", "purge_inode"}
-    | {"setxattr", "removexattr"}
+    {"mkdir", "create", "symlink", "mknod", "link", "unlink", "rmdir", "rename", "write"}
+    | {"setattr", "purge_inode", "setxattr", "removexattr"}
 )
 #: Methods a connection may call before ``hello`` names its tenant.
 ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown"})
