@@ -20,7 +20,7 @@ install:
     set -euo pipefail
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     missing=()
-    for pkg in fuse3 libfuse3-dev pkg-config psmisc autoconf automake libtool make openssl; do
+    for pkg in fuse3 libfuse3-dev pkg-config psmisc autoconf automake libtool make openssl systemd; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then

@@ -94,13 +94,27 @@ def parse_size(text: str) -> int:
     return size
 
 
+#: Connection settings passed to the daemon as options (see ``cached.connection``).
+_CONNECTION = (
+    "username",
+    "password_file",
+    "ssl_ca",
+    "ssl_cert",
+    "ssl_key",
+    "local_dc",
+    "serial_consistency",
+)
+
+
 def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False) -> list[str]:
     """The command line that starts a daemon for ``cache_dir`` with ``config``.
 
     ``config`` has the keys of the ``status`` reply's config (``contact_points``,
     ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``,
-    ``query_timeout``, ``idle_exit``, ``purge_delay``), so a mount can restart
-    the daemon it had.
+    ``query_timeout``, ``idle_exit``, ``purge_delay`` and the connection settings of
+    :meth:`cached.connection.ConnectionSettings.to_config`), so a mount can restart
+    the daemon it had.  Never a password: the daemon reads it from ``password_file``
+    or from ``CASSFS_PASSWORD`` in the environment it inherits.
     """
     command = [
         sys.executable,
@@ -117,9 +131,11 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
         "--cache-size",
         str(config["cache_size"]),
     ]
-    for option in ("consistency", "query_timeout", "idle_exit", "purge_delay"):
+    for option in ("consistency", "query_timeout", "idle_exit", "purge_delay", *_CONNECTION):
         if config.get(option) is not None:
             command += [f"--{option.replace('_', '-')}", str(config[option])]
+    if config.get("ssl_check_hostname") is False:
+        command.append("--no-ssl-check-hostname")
     return command + (["--debug"] if debug else [])
 
 
@@ -599,7 +615,8 @@ _CREATED = {**_NAMED, "uid": ID, "gid": ID}
 REQUESTS: dict[str, Shape] = {
     # session and administration (see cached.server for who may call them)
     "hello": Shape(
-        {"owner": Int(-(2**31), 2**31 - 1), "environment": Text(1, 255)}, {"acks": Flag()}
+        {"owner": Int(-(2**31), 2**31 - 1), "environment": Text(1, 255)},
+        {"acks": Flag(), "read_only": Flag()},
     ),
     "status": Shape({}),
     "stats": Shape({}),

@@ -171,11 +171,17 @@ class DaemonClient:
         stream = await self._ensure_connected()
         return await self._call_on(stream, method, params)
 
-    async def hello(self, owner: int, environment: str) -> dict[str, Any]:
-        """Open the tenant's session; remembered for reconnects."""
+    async def hello(self, owner: int, environment: str, read_only: bool = False) -> dict[str, Any]:
+        """Open the tenant's session; remembered for reconnects (a restarted daemon hears
+        the same ``hello``).  With ``read_only`` the daemon refuses the session's changes
+        (``ReadOnly``, EROFS) and writes nothing for it; ``ReadOnly`` too when the tenant
+        has no root yet.  Raises the errors of :meth:`call`."""
         # This client acknowledges every numbered notification (see _reader).
-        result = await self.call("hello", owner=owner, environment=environment, acks=True)
-        self._hello = {"owner": owner, "environment": environment, "acks": True}
+        params: dict[str, Any] = {"owner": owner, "environment": environment, "acks": True}
+        if read_only:  # only then: a daemon older than read-only mounts refuses it (EINVAL)
+            params["read_only"] = True
+        result = await self.call("hello", **params)
+        self._hello = params
         return result  # type: ignore[no-any-return]
 
 

@@ -65,6 +65,9 @@ class Session:
     #: wait run out, and is not waited for again until it acknowledges.
     acknowledges: bool = False
     lagging: bool = field(default=False, repr=False)
+    #: The peer said at ``hello`` that its mount is read-only: the server refuses its
+    #: changes (EROFS) and ``store`` sends no write (see :mod:`cached.server`).
+    read_only: bool = False
     #: Sequence number of the last ``changed`` notification sent to this session's peer,
     #: and of the last one the peer said it acted on (``seen``).
     changes_sent: int = field(default=0, repr=False)

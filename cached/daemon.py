@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import trio
@@ -26,6 +27,7 @@ from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported
     socket_path,
 )
 from cached.cache import LocalCache
+from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, Unreachable
 from cached.reaper import Reaper
 from cached.server import Server
@@ -41,22 +43,25 @@ EXIT_RUNNING = 3
 
 async def run_daemon(
     cache_dir: Path,
-    contact_points: ContactPoints,
+    connection: ContactPoints | ConnectionSettings,
     keyspace: str,
     cache_ttl: float,
     cache_size: int,
-    consistency: str,
     idle_exit: float | None,
     query_timeout: float = 10.0,
     purge_delay: float = DEFAULT_PURGE_DELAY,
 ) -> None:
     """Connect, serve on ``cache_dir/daemon.sock`` until SIGTERM/SIGINT or ``shutdown``.
 
+    ``connection`` gives the cluster, credentials, TLS and consistency levels;
     ``cache_ttl``, ``idle_exit``, ``query_timeout`` and ``purge_delay`` (see
     :mod:`cached.reaper`) are seconds, ``cache_size`` bytes.  Raises
-    ``CassfsError`` subclasses on start-up failures.
+    ``CassfsError`` subclasses on start-up failures (``ConnectionRejected`` for
+    refused credentials or TLS, even with a cache to serve).
     """
-    store = Store(contact_points, keyspace, consistency=consistency, query_timeout=query_timeout)
+    settings = ConnectionSettings.of(connection)
+    contact_points = settings.contact_points
+    store = Store(settings, keyspace, query_timeout=query_timeout)
     spool = cache_dir / "spool"
 
     def open_local() -> tuple[Counters, LocalCache]:  # blocking: SQLite, mkdir
@@ -80,11 +85,10 @@ async def run_daemon(
     await reaper.open()
     service = Service(store, cache, counters, spool, reaper)
     config = {
-        "contact_points": str(contact_points),
+        **settings.to_config(),  # never the password
         "keyspace": keyspace,
         "cache_ttl": cache_ttl,
         "cache_size": cache_size,
-        "consistency": consistency,
         "query_timeout": query_timeout,
         "idle_exit": idle_exit,
         "purge_delay": purge_delay,
@@ -178,12 +182,6 @@ def _lock(cache_dir: Path) -> int:
     help="Cache size limit (bytes, or with K/M/G/T).",
 )
 @click.option(
-    "--consistency",
-    default="LOCAL_QUORUM",
-    show_default=True,
-    help="Consistency level of reads and writes.",
-)
-@click.option(
     "--query-timeout",
     type=float,
     default=10.0,
@@ -211,20 +209,24 @@ def _lock(cache_dir: Path) -> int:
     help="Log here, rotated at 10 MiB, 3 old files kept (default: stderr).",
 )
 @click.option("--debug", is_flag=True, help="Log every RPC.")
+@connection_options()
 def main(
     cache_dir: Path,
     contact_points: str,
     keyspace: str,
     cache_ttl: float,
     cache_size: str,
-    consistency: str,
     query_timeout: float,
     idle_exit: float | None,
     purge_delay: float,
     log_file: Path | None,
     debug: bool,
+    **connection: Any,
 ) -> None:
-    """Run the cassfs cache daemon for CACHE_DIR in the foreground."""
+    """Run the cassfs cache daemon for CACHE_DIR in the foreground.
+
+    The password of ``--username`` comes from ``--password-file`` or CASSFS_PASSWORD.
+    """
     os.umask(cachedir.PRIVATE_UMASK)  # the cache dir is for this user only
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -237,6 +239,11 @@ def main(
         size = parse_size(cache_size)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    try:
+        settings = ConnectionSettings.parse(points, **connection)
+    except ValueError as exc:
+        click.echo(f"cassfs daemon: {exc}", err=True)
+        sys.exit(EXIT_STARTUP)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = _lock(cache_dir)
@@ -256,11 +263,10 @@ def main(
         trio.run(
             run_daemon,
             cache_dir,
-            points,
+            settings,
             keyspace,
             cache_ttl,
             size,
-            consistency,
             idle_exit,
             query_timeout,
             purge_delay,

@@ -117,6 +117,13 @@ class NoSpace(CassfsError):
     errno = _errno.ENOSPC
 
 
+class ReadOnly(CassfsError):
+    """A change asked of a read-only mount session (``hello`` with ``read_only``), refused
+    before anything is written to Cassandra (EROFS)."""
+
+    errno = _errno.EROFS
+
+
 class StorageError(CassfsError):
     """Cassandra failed or timed out, or content failed verification (EIO)."""
 
@@ -126,6 +133,12 @@ class StorageError(CassfsError):
 class Unreachable(StorageError):
     """No Cassandra node could be asked: none answers, or one did not within the timeout,
     or an outage is remembered (EIO).  Cached entries serve past their TTL instead."""
+
+
+class ConnectionRejected(StorageError):
+    """The nodes answered but refused this client: wrong credentials, a TLS handshake or
+    certificate verification that failed, or a ``--local-dc`` the cluster lacks (EIO).
+    Trying again will not help; the message says what to fix."""
 
 
 class DaemonUnavailable(CassfsError):
@@ -158,6 +171,7 @@ _BY_ERRNO: dict[int, type[CassfsError]] = {
         OutOfRange,
         TooBig,
         NoSpace,
+        ReadOnly,
     )
 }
 

@@ -23,6 +23,9 @@ connection that did not say ``hello`` is an administrative one: ``status``,
 ``stats``, ``purge`` and ``shutdown`` only, and it cannot say ``hello`` after
 them.  ``shutdown`` is refused (EBUSY) while a mount session exists, unless
 ``force=True``.  (The socket is 0600: only the daemon's user gets this far.)
+A session whose ``hello`` said ``read_only=True`` may call only
+:data:`READ_ONLY_METHODS` (and the administrative ones): any other gets EROFS
+(``ReadOnly``) before it runs, and its tenant view sends no write to Cassandra.
 
 Log: one line per connection closed for breaking the protocol, going idle or
 being refused, at most :data:`LOG_BURST` such lines of a kind per
@@ -45,7 +48,7 @@ import trio
 
 from cached import protocol
 from cached.api import validate_request
-from cached.errors import CassfsError, InvalidArgument, StorageError, Unreachable
+from cached.errors import CassfsError, InvalidArgument, ReadOnly, StorageError, Unreachable
 from cached.recovery import STEP_DEADLINE
 from cached.service import Service, Session
 from cached.store import Store
@@ -54,13 +57,20 @@ log = logging.getLogger(__name__)
 
 #: Methods that change Cassandra: shielded from cancellation, bounded by a deadline.
 MUTATING_METHODS = frozenset(
-    {"mkdir", "create", "symlink", "unlink", "rmdir", "rename", "write", "setattr", "purge_inode"}
-    | {"setxattr", "removexattr"}
+    {"mkdir", "create", "symlink", "mknod", "link", "unlink", "rmdir", "rename", "write"}
+    | {"setattr", "purge_inode", "setxattr", "removexattr"}
 )
 #: Methods a connection may call before ``hello`` names its tenant.
 ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown"})
 #: Administrative methods a mount's connection may call too.
 MOUNT_ADMIN_METHODS = frozenset({"stats", "purge", "status"})
+#: The only filesystem methods a read-only session may call (it said ``read_only`` at
+#: ``hello``): every other one is refused with EROFS before it runs, so a method added
+#: later is refused until it is listed here.
+READ_ONLY_METHODS = frozenset(
+    {"seen", "lookup", "getattr", "readlink", "readdir", "statfs", "open", "read"}
+    | {"getxattr", "listxattr"}
+)
 
 #: Connections served at once; more are closed as soon as accepted.
 MAX_CONNECTIONS = 256
@@ -398,12 +408,14 @@ class Server:
                 )
             conn.hello_started = True
             owner, environment = params["owner"], params["environment"]
+            read_only = bool(params.get("read_only", False))
             session = Session(
                 owner,
                 environment,
-                self.store.tenant(owner, environment),
+                self.store.tenant(owner, environment, read_only),
                 self._notifier(conn),
                 acknowledges=bool(params.get("acks", False)),
+                read_only=read_only,
             )
             try:
                 reply = await self.service.rpc_hello(session)
@@ -413,13 +425,16 @@ class Server:
             conn.session = session
             self.service.sessions.add(session)
             self._changed()
-            log.info("session of %s/%s started", owner, environment)
+            mode = " (read-only)" if read_only else ""
+            log.info("session of %s/%s started%s", owner, environment, mode)
             return {**reply, "config": self.config}
         if method in ADMIN_METHODS:
             return await self._admin(method, params, conn)
         current = conn.session
         if current is None:
             raise InvalidArgument(f"{method} needs a session: call hello first")
+        if current.read_only and method not in READ_ONLY_METHODS:
+            raise ReadOnly(f"{method}: this mount session is read-only")
         found = self.service.method(method)
         if found is None:
             raise InvalidArgument(f"unknown method {method!r}")
@@ -453,6 +468,7 @@ class Server:
             return {
                 "pid": os.getpid(),
                 "sessions": len(self.service.sessions),
+                "read_only_sessions": sum(s.read_only for s in self.service.sessions),
                 "connections": self._connections,
                 "config": self.config,
             }

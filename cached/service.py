@@ -31,7 +31,7 @@ import trio
 
 from cached.cache import LocalCache
 from cached.core import Core, Session
-from cached.errors import StorageError
+from cached.errors import ReadOnly, StorageError
 from cached.model import DIRECTORY, ROOT_INO, Inode, mode_of_kind
 from cached.ops_content import ContentOps
 from cached.ops_metadata import MetadataOps
@@ -130,6 +130,8 @@ class Service:
 
         While Cassandra is unreachable, the cached root serves (a daemon restarted
         during an outage keeps its mounts); with none cached, ``StorageError`` (EIO).
+        A read-only session never makes the root: ``ReadOnly`` (EROFS) for a tenant
+        that has none yet.
         """
         self.core.feed.follow(s.tenant, s.store)
         try:
@@ -138,6 +140,12 @@ class Service:
             _, cached = await self.core.cache.get_inode(s.tenant, ROOT_INO)
             root = self.core.stale_if_error(cached, exc, "root inode")
             return {"root": root.to_wire(), "epoch": self.core.epoch, "pid": os.getpid()}
+        if root is None and s.read_only:
+            raise ReadOnly(
+                f"tenant {s.owner}/{s.environment} has no files yet, and a read-only mount "
+                "does not make its root: mount it once without --ro (or wait until a "
+                "read-write host has)"
+            )
         if root is None:
             now = time.time_ns()
             root = Inode(

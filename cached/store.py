@@ -7,13 +7,16 @@ first columns of every partition key.  Queries go through
 :func:`cached.bridge.execute`.  Driver failures become ``StorageError`` (EIO).
 
 Consistency: ``consistency`` (default LOCAL_QUORUM) for reads and writes,
-LOCAL_SERIAL for the lightweight transactions (LWT) on ``dentries``.
+``serial_consistency`` (default LOCAL_SERIAL) for the lightweight transactions (LWT),
+both from :class:`cached.connection.ConnectionSettings`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
+from cassandra import AuthenticationFailed, ConsistencyLevel, DriverException, OperationTimedOut
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -39,7 +43,15 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_f
 
 from cached.api import ContactPoints
 from cached.bridge import execute
-from cached.errors import CassfsError, SchemaMissing, StorageError, Unreachable
+from cached.connection import ConnectionSettings
+from cached.errors import (
+    CassfsError,
+    ConnectionRejected,
+    ReadOnly,
+    SchemaMissing,
+    StorageError,
+    Unreachable,
+)
 from cached.model import Dentry, Inode
 from cached.outage import Outage
 
@@ -238,7 +250,7 @@ STATEMENTS: dict[str, str] = {
     ),
 }
 
-#: Statements that are lightweight transactions (serial consistency LOCAL_SERIAL).
+#: Statements that are lightweight transactions (the serial consistency of the settings).
 _LWT = {
     "flip_content",
     "create_xattr",
@@ -286,21 +298,34 @@ RECONNECT_DELAY = 1.0
 CONNECT_RETRY = 2.0
 
 
-def make_cluster(contact_points: ContactPoints, connect_timeout: float = 5.0) -> Cluster:
-    """A driver ``Cluster`` for ``contact_points`` (not connected; ``connect()`` blocks).
+def make_cluster(
+    where: ContactPoints | ConnectionSettings, connect_timeout: float = 5.0
+) -> Cluster:
+    """A driver ``Cluster`` for ``where`` (not connected; ``connect()`` blocks).
 
-    Rows come back as dicts.  Token-aware routing over DC-aware round robin, the
-    driver's recommended default, is given explicitly so the driver does not warn.
-    A lost node is tried again every :data:`RECONNECT_DELAY` seconds.
+    The one place a ``Cluster`` is built.  Rows come back as dicts.  Token-aware
+    routing over DC-aware round robin (pinned to ``local_dc`` when set), given
+    explicitly so the driver does not warn; a username and password when set; TLS
+    with ``ssl_ca`` (:meth:`ConnectionSettings.ssl_context`).  A lost node is tried
+    again every :data:`RECONNECT_DELAY` seconds.  Raises ValueError for PEM files
+    that cannot be loaded.
     """
+    settings = ConnectionSettings.of(where)
     profile = ExecutionProfile(
-        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(settings.local_dc)),
         row_factory=dict_factory,
     )
+    auth = (
+        None
+        if settings.username is None
+        else PlainTextAuthProvider(settings.username, settings.password)
+    )
     return Cluster(
-        list(contact_points.hosts),
-        port=contact_points.port,
+        list(settings.contact_points.hosts),
+        port=settings.contact_points.port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        auth_provider=auth,
+        ssl_context=settings.ssl_context(),
         # Without TCP_NODELAY a request over one TCP segment waits for the peer's
         # delayed ACK (Nagle): a 10 kB insert took 44 ms instead of about 1 ms here.
         sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -308,6 +333,105 @@ def make_cluster(contact_points: ContactPoints, connect_timeout: float = 5.0) ->
         control_connection_timeout=connect_timeout,
         reconnection_policy=ConstantReconnectionPolicy(RECONNECT_DELAY, max_attempts=None),
     )
+
+
+def connect_cluster(cluster: Cluster, where: ContactPoints | ConnectionSettings) -> Session:
+    """``cluster.connect()`` (blocking), its failures told in one line.
+
+    Raises ``ConnectionRejected`` when the nodes refuse the credentials or the TLS
+    handshake fails (trying again will not help), ``Unreachable`` when no node
+    answers, and ``ConnectionRejected`` when ``local_dc`` names no data center of
+    the cluster.  The caller shuts ``cluster`` down in every case.
+    """
+    settings = ConnectionSettings.of(where)
+    try:
+        session = cluster.connect()
+    except (NoHostAvailable, AuthenticationFailed) as exc:
+        # With a --local-dc no node is in, the driver reaches the contact points (its
+        # control connection) but opens no pool: "Unable to connect to any servers".
+        raise (
+            _rejected(settings, exc)
+            or _wrong_dc(cluster, settings)
+            or Unreachable(
+                f"Cassandra unreachable at {settings.contact_points}: {_first_error(exc)}"
+            )
+        ) from exc
+    wrong = _wrong_dc(cluster, settings)
+    if wrong is not None:
+        session.shutdown()
+        raise wrong
+    return session
+
+
+def _wrong_dc(cluster: Cluster, settings: ConnectionSettings) -> ConnectionRejected | None:
+    """A ``ConnectionRejected`` when ``local_dc`` is set and no known node is in it."""
+    if settings.local_dc is None:
+        return None
+    centers = sorted({h.datacenter for h in cluster.metadata.all_hosts() if h.datacenter})
+    if not centers or settings.local_dc in centers:
+        return None
+    return ConnectionRejected(
+        f"no node of the cluster at {settings.contact_points} is in data center "
+        f"{settings.local_dc!r} (it has {', '.join(centers)}): fix --local-dc"
+    )
+
+
+def _rejected(settings: ConnectionSettings, exc: Exception) -> ConnectionRejected | None:
+    """The one-line ``ConnectionRejected`` that ``exc`` (a driver error, or
+    NoHostAvailable wrapping one per host) means, or None when it means no answer."""
+    found = getattr(exc, "errors", None)
+    errors = list(found.values()) if isinstance(found, dict) else [exc]
+    for err in errors:
+        if isinstance(err, AuthenticationFailed):
+            if settings.username is None:
+                return ConnectionRejected(
+                    f"Cassandra at {settings.contact_points} requires authentication: give "
+                    "--username and the password (CASSFS_PASSWORD or --password-file)"
+                )
+            return ConnectionRejected(
+                f"authentication failed for user {settings.username} at "
+                f"{settings.contact_points}: check --username and the password "
+                "(CASSFS_PASSWORD or --password-file)"
+            )
+    for err in errors:
+        reason = _tls_reason(err)
+        if reason is not None:
+            advice = (
+                "give contact points the nodes' certificates name, or --no-ssl-check-hostname"
+                if "mismatch" in reason
+                else "check --ssl-ca (the CA that signed the nodes' certificates), "
+                "--ssl-cert and --ssl-key"
+            )
+            return ConnectionRejected(
+                f"TLS handshake with Cassandra at {settings.contact_points} failed: "
+                f"{reason}: {advice}"
+            )
+    return None
+
+
+def _tls_reason(err: BaseException | None) -> str | None:
+    """What went wrong in TLS when ``err`` (or an error it wraps) is an SSL error.
+
+    The driver reports a failed handshake as a plain OSError quoting the SSL error
+    ("Tried connecting to [...]. Last error: [SSL: CERTIFICATE_VERIFY_FAILED] ...").
+    """
+    while err is not None:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return f"certificate verification failed ({err.verify_message})"
+        if isinstance(err, ssl.SSLError):
+            return f"{err.reason or err}"
+        quoted = _SSL_QUOTED.search(str(err))
+        if quoted is not None:
+            if quoted["code"] == "CERTIFICATE_VERIFY_FAILED":
+                detail = quoted["text"].removeprefix("certificate verify failed").strip(": ")
+                return f"certificate verification failed ({detail or 'untrusted'})"
+            return quoted["text"].strip()
+        err = err.__cause__ or err.__context__
+    return None
+
+
+#: An SSL error as the driver quotes it in a connection error's text.
+_SSL_QUOTED = re.compile(r"\[SSL: (?P<code>[A-Z_]+)\] (?P<text>[^(]*)")
 
 
 @dataclass(frozen=True)
@@ -334,15 +458,20 @@ class Store:
 
     def __init__(
         self,
-        contact_points: ContactPoints,
+        contact_points: ContactPoints | ConnectionSettings,
         keyspace: str,
         *,
-        consistency: str = "LOCAL_QUORUM",
+        consistency: str | None = None,
         query_timeout: float = 10.0,
     ) -> None:
-        self.contact_points = contact_points
+        settings = ConnectionSettings.of(contact_points)
+        if consistency is not None:
+            settings = settings.with_levels(consistency, settings.serial_consistency)
+        self.settings = settings
+        self.contact_points = settings.contact_points
         self.keyspace = keyspace
-        self._level = ConsistencyLevel.name_to_value[consistency.upper()]
+        self._level = ConsistencyLevel.name_to_value[settings.consistency]
+        self._serial = ConsistencyLevel.name_to_value[settings.serial_consistency]
         self.timeout = query_timeout
         self._conn: _Connection | None = None
         self._closed = False
@@ -351,18 +480,19 @@ class Store:
     @classmethod
     async def connect(
         cls,
-        contact_points: ContactPoints,
+        contact_points: ContactPoints | ConnectionSettings,
         keyspace: str,
         *,
-        consistency: str = "LOCAL_QUORUM",
+        consistency: str | None = None,
         query_timeout: float = 10.0,
     ) -> Store:
         """Connect, check the schema version and prepare every statement.
 
-        ``query_timeout`` is each query's timeout in seconds.  Raises
-        ``StorageError`` when no contact point answers (the message names them)
-        and ``SchemaMissing`` when the keyspace, a table or the schema version
-        row is missing.
+        ``query_timeout`` is each query's timeout in seconds; ``consistency``
+        overrides the settings' level.  Raises ``StorageError`` when no contact
+        point answers (the message names them), ``ConnectionRejected`` for refused
+        credentials or TLS, and ``SchemaMissing`` when the keyspace, a table or the
+        schema version row is missing.
         """
         store = cls(contact_points, keyspace, consistency=consistency, query_timeout=query_timeout)
         await store.try_connect()
@@ -377,7 +507,7 @@ class Store:
         """Connect now unless connected; raises as :meth:`connect` does."""
         if self._conn is None:
             conn = await trio.to_thread.run_sync(
-                _connect_sync, self.contact_points, self.keyspace, self._level, self.timeout
+                _connect_sync, self.settings, self.keyspace, self._level, self._serial, self.timeout
             )
             if self._closed:
                 await trio.to_thread.run_sync(conn.cluster.shutdown)
@@ -411,9 +541,10 @@ class Store:
         if self._conn is not None:
             await trio.to_thread.run_sync(self._conn.cluster.shutdown)
 
-    def tenant(self, owner: int, environment: str) -> TenantStore:
-        """Return the view of one tenant."""
-        return TenantStore(self, owner, environment)
+    def tenant(self, owner: int, environment: str, read_only: bool = False) -> TenantStore:
+        """Return the view of one tenant; with ``read_only``, one that sends no write
+        (see :class:`ReadOnlyStatements`)."""
+        return TenantStore(self, owner, environment, read_only)
 
     async def run(self, name: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """Execute prepared statement ``name`` with ``params``; rows as dicts.
@@ -440,7 +571,7 @@ class Store:
         batch = BatchStatement(
             batch_type=BatchType.LOGGED if logged else BatchType.UNLOGGED,
             consistency_level=self._level,
-            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+            serial_consistency_level=self._serial,
         )
         for name, params in parts:
             batch.add(conn.statements[name], params)
@@ -479,17 +610,11 @@ class Store:
 
 
 def _connect_sync(
-    contact_points: ContactPoints, keyspace: str, level: int, timeout: float
+    settings: ConnectionSettings, keyspace: str, level: int, serial: int, timeout: float
 ) -> _Connection:
-    cluster = make_cluster(contact_points)
+    cluster = make_cluster(settings)
     try:
-        session = cluster.connect()
-    except NoHostAvailable as exc:
-        cluster.shutdown()
-        raise Unreachable(
-            f"Cassandra unreachable at {contact_points}: {_first_error(exc)}"
-        ) from exc
-    try:
+        session = connect_cluster(cluster, settings)
         meta = cluster.metadata.keyspaces.get(keyspace)
         missing = [t for t in TABLES if meta is None or t not in meta.tables]
         if missing:
@@ -511,7 +636,7 @@ def _connect_sync(
             prepared = session.prepare(cql.format(ks=keyspace))
             prepared.consistency_level = level
             if name in _LWT:
-                prepared.serial_consistency_level = ConsistencyLevel.LOCAL_SERIAL
+                prepared.serial_consistency_level = serial
             statements[name] = prepared
     except BaseException:
         cluster.shutdown()
@@ -520,8 +645,8 @@ def _connect_sync(
 
 
 def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None) or {}
-    for err in errors.values():
+    errors = getattr(exc, "errors", None)
+    for err in errors.values() if isinstance(errors, dict) else ():  # a list from Session()
         return str(err)
     return str(exc)
 
@@ -632,12 +757,52 @@ def _outcome(rows: list[dict[str, Any]], parent: int, name: bytes) -> LwtOutcome
     return LwtOutcome(False, holder, sealed)
 
 
-class TenantStore:
-    """The statements of :data:`STATEMENTS`, bound to one ``(owner, environment)``."""
+class ReadOnlyStatements:
+    """The reads of ``store`` only, for a read-only :class:`TenantStore`: a statement that
+    is not a ``SELECT``, and any batch, raises ``ReadOnly`` (EROFS) before it is sent.
 
-    def __init__(self, store: Store, owner: int, environment: str) -> None:
+    The daemon refuses the changes of a read-only session before they start
+    (:mod:`cached.server`); this is the guard under it, for any write a read path
+    might come to make (settling a dead request's claim, recording an access time...).
+    """
+
+    def __init__(self, store: Store) -> None:
         self._store = store
+
+    @property
+    def timeout(self) -> float:
+        """The per-query timeout, seconds."""
+        return self._store.timeout
+
+    async def run(self, name: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """As :meth:`Store.run` for a ``SELECT``; ``ReadOnly`` (EROFS) for anything else."""
+        if STATEMENTS[name].split(None, 1)[0].upper() != "SELECT":
+            raise ReadOnly(f"{name}: a read-only session writes nothing to Cassandra")
+        return await self._store.run(name, params)
+
+    async def run_batch(
+        self, parts: Sequence[tuple[str, Sequence[Any]]], *, logged: bool = False
+    ) -> list[dict[str, Any]]:
+        """Always ``ReadOnly`` (EROFS): batches write."""
+        names = "+".join(name for name, _ in parts)
+        raise ReadOnly(f"batch of {names}: a read-only session writes nothing to Cassandra")
+
+
+class TenantStore:
+    """The statements of :data:`STATEMENTS`, bound to one ``(owner, environment)``.
+
+    With ``read_only``, every write raises ``ReadOnly`` (EROFS) unsent
+    (:class:`ReadOnlyStatements`).
+    """
+
+    def __init__(self, store: Store, owner: int, environment: str, read_only: bool = False) -> None:
+        self._store: Store | ReadOnlyStatements = ReadOnlyStatements(store) if read_only else store
         self._t = (owner, environment)
+
+    @property
+    def read_only(self) -> bool:
+        """True when this view sends no write."""
+        return isinstance(self._store, ReadOnlyStatements)
 
     @property
     def tenant(self) -> tuple[int, str]:

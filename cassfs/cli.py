@@ -26,8 +26,9 @@ from cached import stats as stats_mod
 from cached.api import DEFAULT_PURGE_DELAY, ContactPoints, daemon_command, parse_size
 from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
-from cached.errors import CassfsError, DaemonUnavailable
-from cassfs import warmup
+from cached.connection import ConnectionSettings, connection_options
+from cached.errors import CassfsError, ConnectionRejected, DaemonUnavailable
+from cassfs import mountform, warmup
 from cassfs.state import pid_alive, read_record, record_path
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ DAEMON_IDLE_EXIT = 10.0  # seconds a daemon started by `up` lingers after its la
 
 #: What ``--environment`` may be: it lands in the mount's ``-o fsname=`` and in every key.
 ENVIRONMENT_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: What ``--fsname`` may be: it lands in the mount's ``-o fsname=`` (no comma, no space).
+FSNAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/@+-]{1,255}")
 #: ``owner`` is a CQL ``int`` (schema/001_tables.cql), and tenants are non-negative.
 OWNER_MAX = 2**31 - 1
 #: The type /proc/mounts gives a cassfs mount (``-o subtype=cassfs``).
@@ -93,10 +96,43 @@ keyspace_option = click.option(
 )
 
 
-@click.group()
+#: ``ctx.meta`` key set when the command line is the mount(8) form.
+MOUNT_FORM = "cassfs.mount_form"
+
+
+class CassfsGroup(click.Group):
+    """The ``cassfs`` group, which also takes mount.fuse3's form of a mount:
+    ``cassfs OWNER/ENVIRONMENT MOUNTPOINT [-o KEY[=VALUE],...]`` runs ``up`` (see
+    :mod:`cassfs.mountform`), and any error then is one line and exit status 1."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Rewrite the mount form into ``up ...`` before click parses it."""
+        if mountform.is_mount_form(args, list(self.commands)):
+            try:
+                args = ["up", *mountform.to_up_args(self.commands["up"], args)]
+            except mountform.MountFormError as exc:
+                fail(str(exc))
+            ctx.meta[MOUNT_FORM] = True
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; in the mount form, a usage error is one line, exit 1."""
+        if not ctx.meta.get(MOUNT_FORM):
+            return super().invoke(ctx)
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            fail(exc.format_message())
+
+
+@click.group(cls=CassfsGroup)
 @click.version_option(package_name="cassfs")
 def main() -> None:
-    """cassfs: a shared filesystem whose files live in Apache Cassandra."""
+    """cassfs: a shared filesystem whose files live in Apache Cassandra.
+
+    Also mounts as mount(8) runs it: cassfs OWNER/ENVIRONMENT MOUNTPOINT -o KEY[=VALUE],...
+    with `cassfs up`'s options as keywords (cache_dir=DIR, entry_ttl=S, debug, ...).
+    """
 
 
 # -- up / down ------------------------------------------------------------------------------
@@ -107,6 +143,15 @@ def _check_environment(ctx: click.Context, param: click.Parameter, value: str) -
     if not ENVIRONMENT_PATTERN.fullmatch(value):
         raise click.BadParameter(
             f"{value!r}: use 1 to 64 characters among the ASCII letters, digits, '_', '.' and '-'"
+        )
+    return value
+
+
+def _check_fsname(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``value`` if None or 1-255 of ``[A-Za-z0-9_.:/@+-]``; else BadParameter."""
+    if value is not None and not FSNAME_PATTERN.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r}: use 1 to 255 characters among the ASCII letters, digits and _ . : / @ + -"
         )
     return value
 
@@ -197,6 +242,28 @@ environment_option = click.option(
     " (env CASSFS_ATIME).",
 )
 @click.option(
+    "--fsname",
+    envvar="CASSFS_FSNAME",
+    callback=_check_fsname,
+    help="The mount's source in /proc/mounts and df, default cassfs:OWNER/ENVIRONMENT; the"
+    " mount(8) form gives OWNER/ENVIRONMENT, so that `mount -a` finds an fstab line mounted"
+    " (env CASSFS_FSNAME).",
+)
+@click.option(
+    "--noexec",
+    is_flag=True,
+    envvar="CASSFS_NOEXEC",
+    help="Mount noexec: the kernel runs no program from the mount (env CASSFS_NOEXEC).",
+)
+@click.option(
+    "--ro",
+    is_flag=True,
+    envvar="CASSFS_RO",
+    help="Mount read-only: every change fails with EROFS and this host writes nothing to"
+    " Cassandra, not even access times; the tenant must have been mounted read-write once"
+    " (env CASSFS_RO).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -205,6 +272,7 @@ environment_option = click.option(
 @click.option(
     "--debug", is_flag=True, envvar="CASSFS_DEBUG", help="Log every operation (env CASSFS_DEBUG)."
 )
+@connection_options()
 def up(
     mountpoint: Path,
     cache_dir: Path,
@@ -219,18 +287,24 @@ def up(
     purge_delay: float,
     query_timeout: float,
     atime: str,
+    fsname: str | None,
+    noexec: bool,
+    ro: bool,
     foreground: bool,
     debug: bool,
+    **connection: Any,
 ) -> None:
-    """Mount cassfs at MOUNTPOINT; returns once the mount answers."""
+    """Mount cassfs at MOUNTPOINT; returns once the mount answers.
+
+    The password of --username comes from CASSFS_PASSWORD or --password-file.
+    """
     _setup_logging(debug)
     try:
         points = ContactPoints.parse(contact_points)
-        size = parse_size(cache_size)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    if min(entry_ttl, negative_ttl, cache_ttl) < 0:
-        raise click.BadParameter("TTLs are seconds, 0 or more")
+    settings = _settings(points, connection)
+    size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, cache_size)
     mountpoint = Path(os.path.abspath(mountpoint))
     cache_dir = Path(os.path.abspath(cache_dir))
     _check_mountpoint(mountpoint)
@@ -240,10 +314,22 @@ def up(
             "run with --device /dev/fuse --cap-add SYS_ADMIN"
         )
     _check_cache_dir(cache_dir)
-    _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
+    _ensure_daemon(
+        cache_dir, settings, keyspace, cache_ttl, size, purge_delay, query_timeout, debug
+    )
     if foreground:
         _serve_foreground(
-            mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, debug
+            mountpoint,
+            cache_dir,
+            owner,
+            environment,
+            entry_ttl,
+            negative_ttl,
+            atime,
+            ro,
+            debug,
+            noexec,
+            fsname,
         )
         return
     logs = cache_dir / "logs"
@@ -280,14 +366,18 @@ def up(
         str(query_timeout),
         "--atime",
         atime,
+        *settings.to_args(),
     ]
+    command += ["--noexec"] if noexec else []
+    command += ["--fsname", fsname] if fsname else []
+    command += ["--ro"] if ro else []
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.ismount(mountpoint):
             click.echo(
-                f"cassfs: mounted {owner}/{environment} at {mountpoint} "
-                f"(cache {cache_dir}, log {log_path})"
+                f"cassfs: mounted {owner}/{environment} at {mountpoint}"
+                f"{' read-only' if ro else ''} (cache {cache_dir}, log {log_path})"
             )
             return
         if child.poll() is not None:
@@ -298,6 +388,32 @@ def up(
         time.sleep(0.05)
     child.terminate()
     fail(f"the mount did not come up within 60 s; see {log_path}")
+
+
+def check_mount_values(
+    entry_ttl: float, negative_ttl: float, cache_ttl: float, cache_size: str
+) -> int:
+    """The checks of `up` its click types do not make: TTLs (seconds) 0 or more, and
+    ``cache_size`` a size of 1 MiB or more; returns the size in bytes.
+
+    Raises click.BadParameter saying what is wrong.
+    """
+    try:
+        size = parse_size(cache_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if min(entry_ttl, negative_ttl, cache_ttl) < 0:
+        raise click.BadParameter("TTLs are seconds, 0 or more")
+    return size
+
+
+def _settings(points: ContactPoints, connection: dict[str, Any]) -> ConnectionSettings:
+    """The checked connection settings of the options in ``connection``; fail (exit 1)
+    with one line on bad ones (a missing file, no password...)."""
+    try:
+        return ConnectionSettings.parse(points, **connection)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _setup_logging(debug: bool) -> None:
@@ -407,7 +523,7 @@ def _daemon_status(cache_dir: Path, timeout: float = 5.0) -> dict[str, Any] | No
 
 def _ensure_daemon(
     cache_dir: Path,
-    points: ContactPoints,
+    settings: ConnectionSettings,
     keyspace: str,
     cache_ttl: float,
     cache_size: int,
@@ -418,7 +534,9 @@ def _ensure_daemon(
     """Start the cache daemon of ``cache_dir`` unless one already answers there.
 
     ``cache_ttl``, ``purge_delay`` and ``query_timeout`` are seconds, ``cache_size`` bytes.
+    The daemon gets the password from ``settings.password_file`` or the environment.
     """
+    points = settings.contact_points
     status = _daemon_status(cache_dir)
     if status is not None:
         config = status["config"]
@@ -428,11 +546,17 @@ def _ensure_daemon(
                 f"{config['contact_points']}: use another --cache-dir for {keyspace} at "
                 f"{points}"
             )
+        other = settings.differences(config)
+        if other:
+            fail(
+                f"the daemon of {cache_dir} runs with another {', '.join(other)}: use another "
+                "--cache-dir, or the same connection options as its mounts"
+            )
         return
     log_path = cache_dir / LOG_NAME
     output = cache_dir / OUTPUT_NAME  # start-up errors (before logging) and crashes
     config = {
-        "contact_points": str(points),
+        **settings.to_config(),  # never the password
         "keyspace": keyspace,
         "cache_ttl": cache_ttl,
         "cache_size": cache_size,
@@ -466,14 +590,26 @@ def _serve_foreground(
     entry_ttl: float,
     negative_ttl: float,
     atime: str,
+    read_only: bool,
     debug: bool,
+    noexec: bool = False,
+    fsname: str | None = None,
 ) -> None:
     import trio
 
     from cassfs.mount import MountOptions, serve
 
     opts = MountOptions(
-        mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime=atime
+        mountpoint,
+        cache_dir,
+        owner,
+        environment,
+        entry_ttl,
+        negative_ttl,
+        atime=atime,
+        noexec=noexec,
+        fsname=fsname,
+        read_only=read_only,
     )
     try:
         trio.run(serve, opts)
@@ -719,25 +855,31 @@ def schema() -> None:
     show_default=True,
     help="CQL replication map for a new keyspace (env CASSFS_REPLICATION).",
 )
-def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
+@connection_options(levels=False)
+def schema_apply(contact_points: str, keyspace: str, replication: str, **connection: Any) -> None:
     """Create the keyspace, or upgrade it in place to this cassfs's schema version.
 
     One line per version step applied; a keyspace already current is left as is.
+    The password of --username comes from CASSFS_PASSWORD or --password-file.
     """
     from cassfs import schema as schema_mod
 
     logging.getLogger("cassandra").setLevel(logging.ERROR)
     try:
         points = ContactPoints.parse(contact_points)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    settings = _settings(points, connection)
+    try:
         with schema_mod.ConsoleReporter(click.echo) as report:
             version = schema_mod.apply(
-                points, keyspace, replication, on_step=report.step, on_progress=report.progress
+                settings, keyspace, replication, on_step=report.step, on_progress=report.progress
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     except FileNotFoundError as exc:
         fail(f"{exc}: point CASSFS_SCHEMA_DIR at the schema/ folder of cassfs")
-    except schema_mod.SchemaTooNew as exc:
+    except (schema_mod.SchemaTooNew, ConnectionRejected) as exc:
         fail(str(exc))
     except CassfsError as exc:
         fail(f"{exc} (is the node up? `just node-start` starts a local one; apply again resumes)")
@@ -772,6 +914,7 @@ def schema_apply(contact_points: str, keyspace: str, replication: str) -> None:
     show_default=True,
     help="Cassandra queries in flight.",
 )
+@connection_options()
 def fsck_command(
     contact_points: str,
     keyspace: str,
@@ -781,6 +924,7 @@ def fsck_command(
     grace: float,
     no_content: bool,
     concurrency: int,
+    **connection: Any,
 ) -> None:
     """Check a tenant's files in Cassandra; exit 1 when something is wrong (and not repaired).
 
@@ -797,11 +941,80 @@ def fsck_command(
         raise click.BadParameter(str(exc)) from exc
     if not environment:
         raise click.BadParameter("--environment must not be empty")
+    settings = _settings(points, connection)
     options = fsck_mod.Options(
         repair=repair, grace=grace, content=not no_content, concurrency=concurrency
     )
     try:
-        status = fsck_mod.run(points, keyspace, owner, environment, options)
+        status = fsck_mod.run(settings, keyspace, owner, environment, options)
+    except ConnectionRejected as exc:
+        fail(str(exc))
     except CassfsError as exc:
         fail(f"{exc} (is the node up? `just node-start` starts a local one)")
     sys.exit(status)
+
+
+# -- docker-plugin --------------------------------------------------------------------------
+
+
+@main.command("docker-plugin")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    default="/run/docker/plugins/cassfs.sock",
+    envvar="CASSFS_DOCKER_SOCKET",
+    show_default=True,
+    help="Unix socket Docker finds the plugin by; its name names the volume driver"
+    " (env CASSFS_DOCKER_SOCKET).",
+)
+@click.option(
+    "--mount-root",
+    type=click.Path(path_type=Path),
+    default="/var/lib/cassfs/volumes",
+    envvar="CASSFS_MOUNT_ROOT",
+    show_default=True,
+    help="Volumes mount at MOUNT_ROOT/NAME; the volume list is kept in"
+    " MOUNT_ROOT/.volumes.json (env CASSFS_MOUNT_ROOT).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default="/var/cache/cassfs-docker",
+    envvar="CASSFS_DOCKER_CACHE_DIR",
+    show_default=True,
+    help="The volumes' cache dirs are made under it, one per cache_ttl and cache_size"
+    " (env CASSFS_DOCKER_CACHE_DIR).",
+)
+@contact_points_option
+@keyspace_option
+@click.option("--debug", is_flag=True, envvar="CASSFS_DEBUG", help="Log more (env CASSFS_DEBUG).")
+def docker_plugin_command(
+    socket_path: Path,
+    mount_root: Path,
+    cache_dir: Path,
+    contact_points: str,
+    keyspace: str,
+    debug: bool,
+) -> None:
+    """Serve cassfs volumes to Docker: the volume plugin protocol on a unix socket.
+
+    `docker volume create -d cassfs -o owner=N -o environment=NAME VOLUME` makes a
+    volume of that tenant; a container using it gets a `cassfs up` mount.
+    """
+    from cassfs import docker_plugin
+
+    _setup_logging(debug)
+    try:
+        points = ContactPoints.parse(contact_points)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        plugin = docker_plugin.Plugin(mount_root, cache_dir, str(points), keyspace)
+        docker_plugin.serve(
+            Path(os.path.abspath(socket_path)),
+            plugin,
+            ready=lambda: click.echo(f"cassfs: docker plugin serving {socket_path}"),
+        )
+    except docker_plugin.PluginError as exc:
+        fail(str(exc))

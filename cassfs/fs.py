@@ -24,6 +24,11 @@ the buffer; release -> write for changes after the last flush (mmap);
 forget -> purge_inode for unlinked inodes; statfs -> statfs;
 getxattr/listxattr/setxattr/removexattr -> the same name (a getxattr of a name known
 to be absent -> nothing: :mod:`cassfs.xattrs`).
+
+A read-only mount (``FrontConfig.read_only``) answers every change (create, mkdir,
+mknod, symlink, link, unlink, rmdir, rename, setattr, an open for writing or with
+``O_TRUNC``, write, setxattr, removexattr) with EROFS before any RPC, and records no
+access time; the kernel's ``ro`` mount option refuses most of them before they get here.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from cached.errors import (
     NoAttribute,
     NotFound,
     NotPermitted,
+    ReadOnly,
     TooBig,
 )
 from cached.model import NAME_MAX, ROOT_INO, Inode, needs_atime
@@ -130,13 +136,15 @@ class FrontConfig:
     the kernel's page cache (an older version) to close, before it reads with
     ``direct_io`` instead.  ``atime`` is ``relatime`` (an open for reading records
     the access when the access time is not after the last change, or is a day old)
-    or ``noatime`` (never).
+    or ``noatime`` (never).  ``read_only``: every change fails with EROFS before the
+    daemon is asked, and no access time is recorded (whatever ``atime`` says).
     """
 
     entry_ttl: float = 1.0
     negative_ttl: float = 1.0
     switch_wait: float = 1.0
     atime: str = "relatime"
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -325,10 +333,23 @@ class Operations(pyfuse3.Operations):
         none is), so that answers reused later do not record the same access again.
         """
         now = time.time_ns()
-        if self.config.atime == "relatime" and needs_atime(inode, now):
+        if self._records_atime and needs_atime(inode, now):
             self._start(self._touch_atime, inode.ino, now)
             return inode.evolve(atime_ns=now)
         return inode
+
+    @property
+    def _records_atime(self) -> bool:
+        """Whether read accesses are recorded: relatime, on a mount that is not read-only."""
+        return self.config.atime == "relatime" and not self.config.read_only
+
+    def _refuse_if_read_only(self, what: str) -> None:
+        """Raise ``ReadOnly`` (EROFS) for the change ``what`` on a read-only mount.
+
+        Called first thing, so nothing is asked of the daemon (which would refuse too).
+        """
+        if self.config.read_only:
+            raise ReadOnly(f"{what}: the mount is read-only")
 
     def _start(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         """Run ``fn(*args)`` in the mount's nursery (which must not see it raise)."""
@@ -430,6 +451,7 @@ class Operations(pyfuse3.Operations):
         nothing changed, for a size over :data:`~cached.api.MAX_FILE_SIZE` bytes.
         """
         log.debug("setattr %d", inode)
+        self._refuse_if_read_only("setattr")
         if fields.update_size:
             check_size(attr.st_size)
         changes: dict[str, int] = {}
@@ -527,7 +549,7 @@ class Operations(pyfuse3.Operations):
         with _stale_if_gone(inode):
             listing = await self.daemon.readdir(inode)
             self._dirs[fh] = (inode, listing)
-        if self.config.atime == "relatime":
+        if self._records_atime:
             self._start(self._touch_atime, inode, time.time_ns())
         return fh
 
@@ -558,6 +580,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         """Create a directory.  EEXIST (the kernel's dentry is dropped), ENAMETOOLONG."""
         log.debug("mkdir %d %r", parent_inode, name)
+        self._refuse_if_read_only("mkdir")
         self._check_name(name)
         try:
             inode = await self.daemon.mkdir(
@@ -574,6 +597,7 @@ class Operations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove an empty directory.  ENOENT, ENOTDIR, ENOTEMPTY."""
         log.debug("rmdir %d %r", parent_inode, name)
+        self._refuse_if_read_only("rmdir")
         self._check_name(name)
         self._unlinked(await self.daemon.rmdir(parent_inode, name))
 
@@ -583,6 +607,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         """Create a symlink.  EEXIST (the kernel's dentry of the name is dropped), ENAMETOOLONG."""
         log.debug("symlink %d %r", parent_inode, name)
+        self._refuse_if_read_only("symlink")
         self._check_name(name)
         try:
             inode = await self.daemon.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
@@ -595,6 +620,7 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove a name; the inode lives on while the kernel still holds it."""
         log.debug("unlink %d %r", parent_inode, name)
+        self._refuse_if_read_only("unlink")
         self._check_name(name)
         self._unlinked(await self.daemon.unlink(parent_inode, name))
 
@@ -610,6 +636,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         """Move a name, replacing a target.  EINVAL for RENAME_EXCHANGE or a move below itself."""
         log.debug("rename %d %r -> %d %r", parent_inode_old, name_old, parent_inode_new, name_new)
+        self._refuse_if_read_only("rename")
         self._check_name(name_old)
         self._check_name(name_new)
         result = await self.daemon.rename(
@@ -627,6 +654,7 @@ class Operations(pyfuse3.Operations):
         """Another name for a non-directory (a hard link).  EEXIST (the kernel's dentry of
         the name is dropped), ENOENT, EPERM for a directory, EMLINK, ENAMETOOLONG."""
         log.debug("link %d -> %d %r", inode, new_parent_inode, new_name)
+        self._refuse_if_read_only("link")
         self._check_name(new_name)
         try:
             linked = await self.daemon.link(inode, new_parent_inode, new_name)
@@ -646,6 +674,7 @@ class Operations(pyfuse3.Operations):
         bind(2) of a unix socket).  The kernel serves FIFOs, sockets and devices itself;
         cassfs stores their type, permissions and ``rdev``.  EEXIST, ENAMETOOLONG."""
         log.debug("mknod %d %r mode %#o", parent_inode, name, mode)
+        self._refuse_if_read_only("mknod")
         self._check_name(name)
         try:
             inode = await self.daemon.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
@@ -686,6 +715,7 @@ class Operations(pyfuse3.Operations):
         ``O_EXCL`` it is EEXIST.  Either way the kernel's negative dentry is dropped.
         """
         log.debug("create %d %r flags %#o", parent_inode, name, flags)
+        self._refuse_if_read_only("create")
         self._check_name(name)
         try:
             inode = await self.daemon.create(
@@ -735,6 +765,8 @@ class Operations(pyfuse3.Operations):
         log.debug("open %d flags %#o", inode, flags)
         access = flags & os.O_ACCMODE
         writable = access in (os.O_WRONLY, os.O_RDWR)
+        if writable or flags & os.O_TRUNC:
+            self._refuse_if_read_only("open for writing")
         truncating = writable and bool(flags & os.O_TRUNC)
         state = self.inodes.state(inode)
         try:
@@ -862,6 +894,7 @@ class Operations(pyfuse3.Operations):
         does at its limit).  ESTALE when the inode is gone, EIO when the daemon or
         the spool dir fails.
         """
+        self._refuse_if_read_only("write")
         handle, state = self._handle(fh)
         if off >= MAX_FILE_SIZE:
             raise FileTooLarge(f"write at {off} B: files end at {MAX_FILE_SIZE} B")
@@ -1028,6 +1061,7 @@ class Operations(pyfuse3.Operations):
         if probe is not None and probe.ctx is ctx and (probe.ino, probe.name) == (inode, name):
             flags = XATTR_REPLACE if probe.found else XATTR_CREATE
         log.debug("setxattr %d %r (%d bytes, flags %d)", inode, name, len(value), flags)
+        self._refuse_if_read_only("setxattr")
         if check_xattr_name(name) == b"trusted." and ctx.uid != 0:
             raise NotPermitted(f"{name!r} is for root only")
         if len(value) > XATTR_SIZE_MAX:
@@ -1052,6 +1086,7 @@ class Operations(pyfuse3.Operations):
         """Remove attribute ``name``.  ENODATA when absent; EPERM for ``trusted.*`` by
         anyone but root and ``user.*`` on a symlink or special file; ESTALE when gone."""
         log.debug("removexattr %d %r", inode, name)
+        self._refuse_if_read_only("removexattr")
         if check_xattr_name(name) == b"trusted." and ctx.uid != 0:
             raise NotPermitted(f"{name!r} is for root only")
         try:

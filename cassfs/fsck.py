@@ -61,6 +61,7 @@ from typing import IO, ParamSpec, TypeVar
 
 import trio
 
+from cached.connection import ConnectionSettings
 from cached.content import CHUNK_SIZE, EMPTY_ID, chunk_count, expected_length, zeros
 from cached.errors import CassfsError, StorageError
 from cached.model import (
@@ -1442,7 +1443,7 @@ def _directory_inode(ino: int, parent: int, permissions: int, now_ns: int) -> In
 
 
 def run(
-    contact_points: ContactPoints,
+    contact_points: ContactPoints | ConnectionSettings,
     keyspace: str,
     owner: int,
     environment: str,
@@ -1487,7 +1488,7 @@ def _first_cassfs_error(group: BaseExceptionGroup[BaseException]) -> CassfsError
 
 
 async def _run(
-    contact_points: ContactPoints,
+    contact_points: ContactPoints | ConnectionSettings,
     keyspace: str,
     owner: int,
     environment: str,

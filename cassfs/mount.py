@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MountOptions:
-    """What ``cassfs up`` mounts: where, which tenant, through which cache dir."""
+    """What ``cassfs up`` mounts: where, which tenant, through which cache dir; with
+    ``read_only``, a mount that changes nothing (``ro``, EROFS, no Cassandra write)."""
 
     mountpoint: Path
     cache_dir: Path
@@ -43,20 +44,28 @@ class MountOptions:
     atime: str = "relatime"
     allow_other: bool = True
     debug_fuse: bool = False
+    noexec: bool = False
+    fsname: str | None = None  # default cassfs:OWNER/ENVIRONMENT
+    read_only: bool = False
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
-    """The ``-o`` options: pyfuse3's defaults (default_permissions) plus fsname/subtype.
+    """The ``-o`` options: pyfuse3's defaults (default_permissions) plus fsname/subtype
+    (and ``ro`` for a read-only mount).
 
     Never max_read/max_write/entry_timeout (see shared notes §3.5, §3.7).
     """
     options = set(pyfuse3.default_options)
-    options.add(f"fsname=cassfs:{opts.owner}/{opts.environment}")
+    options.add(f"fsname={opts.fsname or f'cassfs:{opts.owner}/{opts.environment}'}")
     options.add("subtype=cassfs")
     if opts.allow_other:
         options.add("allow_other")
     if opts.atime == "noatime":
         options.add("noatime")
+    if opts.noexec:
+        options.add("noexec")
+    if opts.read_only:
+        options.add("ro")
     if opts.debug_fuse:
         options.add("debug")
     return options
@@ -75,11 +84,13 @@ async def serve(opts: MountOptions) -> None:
             ops.on_notification(event, params)
 
     async with open_client(socket_path(opts.cache_dir), on_notification=notify) as client:
-        hello = await client.hello(opts.owner, opts.environment)
+        hello = await client.hello(opts.owner, opts.environment, read_only=opts.read_only)
         client.restart = functools.partial(restart_daemon, opts.cache_dir, hello["config"])
         ops = Operations(
             client,
-            FrontConfig(opts.entry_ttl, opts.negative_ttl, atime=opts.atime),
+            FrontConfig(
+                opts.entry_ttl, opts.negative_ttl, atime=opts.atime, read_only=opts.read_only
+            ),
             opts.cache_dir / "spool",
             hello["epoch"],
         )
@@ -101,7 +112,10 @@ async def serve(opts: MountOptions) -> None:
             async with trio.open_nursery() as nursery:
                 ops.nursery = nursery
                 nursery.start_soon(_terminate_on_signal)
-                log.info("mounted %s/%s at %s", opts.owner, opts.environment, opts.mountpoint)
+                log.info(
+                    "mounted %s/%s at %s%s", opts.owner, opts.environment, opts.mountpoint,
+                    " read-only" if opts.read_only else "",
+                )  # fmt: skip
                 await pyfuse3.main()
                 clean = True
                 nursery.cancel_scope.cancel()

@@ -30,12 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from cassandra import ConsistencyLevel
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, NoHostAvailable, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, Session
 from cassandra.query import PreparedStatement, SimpleStatement
 
+from cached.connection import ConnectionSettings
 from cached.errors import StorageError
 from cached.model import REGULAR
-from cached.store import SCHEMA_VERSION, STATEMENTS, ContactPoints, index_bucket, make_cluster
+from cached.store import (
+    SCHEMA_VERSION,
+    STATEMENTS,
+    ContactPoints,
+    connect_cluster,
+    index_bucket,
+    make_cluster,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +179,7 @@ class StepReport:
 
 
 def apply(
-    contact_points: ContactPoints,
+    contact_points: ContactPoints | ConnectionSettings,
     keyspace: str,
     replication: str = DEFAULT_REPLICATION,
     *,
@@ -184,7 +192,8 @@ def apply(
     ``on_step`` is called after each step is recorded; ``on_progress`` while a
     data step runs.  Raises ValueError or FileNotFoundError for a bad keyspace
     name or schema folder (before connecting), ``SchemaTooNew`` when the keyspace
-    records a newer version (nothing is changed then), and ``StorageError`` when
+    records a newer version (nothing is changed then), ``ConnectionRejected`` when
+    the nodes refuse the credentials or the TLS handshake, and ``StorageError`` when
     Cassandra is unreachable or refuses a statement (apply again to resume).
     """
     files = load(schema_dir(), keyspace, replication)
@@ -267,13 +276,10 @@ def record_version(session: Session, keyspace: str, version: int) -> None:
     )
 
 
-def _connect(cluster: Cluster, contact_points: ContactPoints) -> Session:
+def _connect(cluster: Cluster, contact_points: ContactPoints | ConnectionSettings) -> Session:
     # The per-request timeout of what has no timeout of its own (concurrent writes, pages).
     cluster.profile_manager.profiles[EXEC_PROFILE_DEFAULT].request_timeout = DDL_TIMEOUT
-    try:
-        return cluster.connect()
-    except NoHostAvailable as exc:
-        raise StorageError(f"Cassandra unreachable at {contact_points}") from exc
+    return connect_cluster(cluster, contact_points)
 
 
 def _execute(

@@ -601,7 +601,7 @@ class StubService:
 
 
 class StubStore:
-    def tenant(self, owner: int, environment: str) -> None:
+    def tenant(self, owner: int, environment: str, read_only: bool = False) -> None:
         return None
 
 

@@ -76,7 +76,7 @@ def test_explicit_errno_overrides_the_class_default() -> None:
     assert CassfsError().to_wire() == [errno.EIO, ""]
 
 
-@pytest.mark.parametrize("err", [errno.EBUSY, errno.EROFS, errno.EACCES, 9999])
+@pytest.mark.parametrize("err", [errno.EBUSY, errno.EXDEV, errno.EACCES, 9999])
 def test_unknown_errno_becomes_cassfs_error_with_that_errno(err: int) -> None:
     back = from_wire([err, "odd"])
     assert type(back) is CassfsError

@@ -462,3 +462,14 @@ def test_missing_parameters_and_unknown_methods_are_einval() -> None:
     for method, params in (("getattr", {}), ("create", {"parent": 1}), ("nope", {})):
         with pytest.raises(InvalidArgument):
             validate_request(method, params)
+
+
+def test_every_method_that_changes_cassandra_is_shielded_and_bounded() -> None:
+    """A change once begun runs to its end or its deadline (MUTATING_METHODS): every method
+    but the reads, the administrative ones, hello, materialize (it reads for the front's
+    rewrite) and touch_atime (one idempotent write of an access time)."""
+    from cached.api import REQUESTS
+    from cached.server import ADMIN_METHODS, MUTATING_METHODS, READ_ONLY_METHODS
+
+    others = {"hello", "materialize", "touch_atime"}
+    assert set(REQUESTS) - READ_ONLY_METHODS - ADMIN_METHODS - others == MUTATING_METHODS

@@ -82,6 +82,60 @@ _FAST_START_PROPERTIES = (
 _OOM_FLAGS = ("-XX:+ExitOnOutOfMemoryError",)
 
 
+#: The authentication block of a node without ``security`` (anyone may connect).
+_OPEN_AUTH = """authenticator:
+  class_name: org.apache.cassandra.auth.AllowAllAuthenticator
+authorizer:
+  class_name: org.apache.cassandra.auth.AllowAllAuthorizer"""
+#: ... and of a node with ``security``: users and passwords (superuser cassandra/cassandra).
+_PASSWORD_AUTH = """authenticator:
+  class_name: org.apache.cassandra.auth.PasswordAuthenticator
+authorizer:
+  class_name: org.apache.cassandra.auth.CassandraAuthorizer
+role_manager:
+  class_name: org.apache.cassandra.auth.CassandraRoleManager"""
+#: The superuser a PasswordAuthenticator node creates (and the readiness probe logs in as).
+SUPERUSER = ("cassandra", "cassandra")
+
+
+@dataclass(frozen=True)
+class NodeSecurity:
+    """A node with ``PasswordAuthenticator`` and TLS on CQL (``client_encryption_options``).
+
+    ``keystore`` is a PKCS12 store (e.g. made by ``keytool``) holding the node's key and
+    certificate chain, ``ca_file`` the PEM file of the CA that signed it (the readiness
+    probe verifies the node with it).  With ``truststore`` (PKCS12 of the CAs of client
+    certificates) clients must show a certificate; the probe then uses ``probe_cert`` and
+    ``probe_key`` (PEM).  The superuser is :data:`SUPERUSER`, ready once the probe logs in.
+    """
+
+    keystore: Path
+    keystore_password: str
+    ca_file: Path
+    truststore: Path | None = None
+    truststore_password: str = ""
+    probe_cert: Path | None = None
+    probe_key: Path | None = None
+
+    def yaml(self) -> str:
+        """The ``client_encryption_options`` block of cassandra.yaml."""
+        lines = [
+            "client_encryption_options:",
+            "  enabled: true",
+            "  optional: false",
+            f"  keystore: {json.dumps(str(self.keystore))}",
+            f"  keystore_password: {json.dumps(self.keystore_password)}",
+            "  store_type: PKCS12",
+            f"  require_client_auth: {'true' if self.truststore else 'false'}",
+        ]
+        if self.truststore is not None:
+            lines += [
+                f"  truststore: {json.dumps(str(self.truststore))}",
+                f"  truststore_password: {json.dumps(self.truststore_password)}",
+            ]
+        return "\n".join(lines)
+
+
 class NodeError(Exception):
     """A node operation failed; ``str(err)`` is one line that says what failed."""
 
@@ -385,8 +439,13 @@ def _read_options(name: str) -> list[str]:
 # --------------------------------------------------------------------------------- configuration
 
 
-def write_config(node: NodeDir, *, port: int, storage_port: int) -> None:
-    """Write ``DIR/conf/cassandra.yaml`` and ``DIR/conf/logback.xml`` and create the data dirs."""
+def write_config(
+    node: NodeDir, *, port: int, storage_port: int, security: NodeSecurity | None = None
+) -> None:
+    """Write ``DIR/conf/cassandra.yaml`` and ``DIR/conf/logback.xml`` and create the data dirs.
+
+    ``security`` turns on passwords and TLS (see :class:`NodeSecurity`).
+    """
     for path in (node.conf, node.logs, node.conf / "triggers", *node.data_dirs.values()):
         path.mkdir(parents=True, exist_ok=True)
     template = string.Template((_PACKAGE_DIR / "cassandra.template.yaml").read_text())
@@ -397,6 +456,8 @@ def write_config(node: NodeDir, *, port: int, storage_port: int) -> None:
         cluster_name=json.dumps(CLUSTER_NAME),
         native_port=port,
         storage_port=storage_port,
+        auth=_OPEN_AUTH if security is None else _PASSWORD_AUTH,
+        client_encryption="" if security is None else security.yaml(),
     )
     _write_atomic(node.yaml, yaml)
     _write_atomic(node.logback, (_PACKAGE_DIR / "logback.xml").read_text())
@@ -444,11 +505,13 @@ def java_command(
 # --------------------------------------------------------------------------------- CQL probe
 
 
-def query_release_version(port: int, *, host: str = HOST, timeout: float = 5.0) -> str:
+def query_release_version(
+    port: int, *, host: str = HOST, timeout: float = 5.0, security: NodeSecurity | None = None
+) -> str:
     """Run ``SELECT release_version FROM system.local`` on ``host:port`` and return the answer.
 
-    ``timeout`` (seconds) bounds the connection and the query. Raises ``_NotReady`` when the node
-    does not answer.
+    ``timeout`` (seconds) bounds the connection and the query; with ``security`` the probe
+    logs in as :data:`SUPERUSER` over TLS. Raises ``_NotReady`` when the node does not answer.
     """
     # Imported here: the driver takes a while to import and only start/status need it.
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
@@ -469,6 +532,7 @@ def query_release_version(port: int, *, host: str = HOST, timeout: float = 5.0) 
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=timeout,
         control_connection_timeout=timeout,
+        **({} if security is None else _probe_security(security)),
     )
     try:
         session = cluster.connect()
@@ -480,12 +544,25 @@ def query_release_version(port: int, *, host: str = HOST, timeout: float = 5.0) 
         cluster.shutdown()
 
 
+def _probe_security(security: NodeSecurity) -> dict[str, object]:
+    """The driver's ``Cluster`` arguments of a probe of a secured node."""
+    import ssl
+
+    from cassandra.auth import PlainTextAuthProvider
+
+    context = ssl.create_default_context(cafile=str(security.ca_file))
+    if security.probe_cert is not None:
+        context.load_cert_chain(str(security.probe_cert), str(security.probe_key))
+    return {"auth_provider": PlainTextAuthProvider(*SUPERUSER), "ssl_context": context}
+
+
 def wait_until_ready(
     node: NodeDir,
     pid: int,
     port: int,
     timeout: float,
     proc: subprocess.Popen[bytes] | None = None,
+    security: NodeSecurity | None = None,
 ) -> str:
     """Poll CQL on 127.0.0.1:``port`` every 0.5 s until it answers; return the release version.
 
@@ -507,7 +584,7 @@ def wait_until_ready(
                         f"Cassandra (pid {pid}) exited during start-up{_describe_exit(proc)}; "
                         f"see {node.system_log} and {node.stdout_log}"
                     )
-                return query_release_version(port)
+                return query_release_version(port, security=security)
     except _NotReady as exc:
         raise NodeStartFailed(
             f"Cassandra (pid {pid}) did not answer CQL on {HOST}:{port} within {timeout:g} s "
@@ -525,11 +602,14 @@ def start(
     port: int | None = None,
     heap: str = DEFAULT_HEAP,
     timeout: float = DEFAULT_START_TIMEOUT,
+    security: NodeSecurity | None = None,
 ) -> NodeStatus:
     """Start the node of ``node_dir`` unless it already runs, and wait until CQL answers.
 
     ``port`` is the CQL port (default: :func:`default_port`), ``heap`` the JVM heap as Java writes
-    it (``512M``, ``1G``), ``timeout`` the seconds to wait for CQL. Returns the node's status.
+    it (``512M``, ``1G``), ``timeout`` the seconds to wait for CQL, ``security`` passwords and
+    TLS (:class:`NodeSecurity`; the wait then lasts until the superuser can log in). Returns
+    the node's status.
     Raises NodeError if Java or Maven is missing or the CQL port is taken by another process, and
     NodeStartFailed if the node exits or stays silent past ``timeout`` (a JVM started by this call
     is then stopped).
@@ -548,7 +628,7 @@ def start(
                     f"{running_port}, not {port}; stop it first"
                 )
             log.info("node already running (pid %d); waiting for CQL on port %d", pid, port)
-            version = wait_until_ready(node, pid, port, timeout)
+            version = wait_until_ready(node, pid, port, timeout, security=security)
             return NodeStatus(pid, port, version)
         if _port_in_use(port):
             raise NodeError(
@@ -559,8 +639,10 @@ def start(
         classpath = resolve_classpath(node)
         storage_port = _free_port(DEFAULT_STORAGE_PORT, avoid={port})
         jmx_port = _free_port(DEFAULT_JMX_PORT, avoid={port, storage_port})
-        write_config(node, port=port, storage_port=storage_port)
+        write_config(node, port=port, storage_port=storage_port, security=security)
         cmd = java_command(node, java=java, classpath=classpath, heap=heap, jmx_port=jmx_port)
+        if security is not None:  # the superuser at once, not after the default 10 s
+            cmd.insert(-3, "-Dcassandra.superuser_setup_delay_ms=0")
         log.info(
             "starting Cassandra: java %s, heap %s, CQL %s:%d, storage port %d, JMX port %d",
             java,
@@ -582,7 +664,7 @@ def start(
             )
         _write_atomic(node.pid_file, f"{proc.pid}\n")
         try:
-            version = wait_until_ready(node, proc.pid, port, timeout, proc)
+            version = wait_until_ready(node, proc.pid, port, timeout, proc, security)
         except NodeStartFailed:
             if proc.poll() is None:
                 log.warning("stopping the unresponsive node (pid %d)", proc.pid)
