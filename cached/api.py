@@ -111,7 +111,7 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
 
     ``config`` has the keys of the ``status`` reply's config (``contact_points``,
     ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``,
-    ``query_timeout``, ``idle_exit``, ``purge_delay`` and the connection settings of
+    ``query_timeout``, ``idle_exit``, ``purge_delay``, ``feed_poll`` and the connection settings of
     :meth:`cached.connection.ConnectionSettings.to_config`), so a mount can restart
     the daemon it had.  Never a password: the daemon reads it from ``password_file``
     or from ``CASSFS_PASSWORD`` in the environment it inherits.
@@ -131,7 +131,8 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
         "--cache-size",
         str(config["cache_size"]),
     ]
-    for option in ("consistency", "query_timeout", "idle_exit", "purge_delay", *_CONNECTION):
+    daemon_options = ("consistency", "query_timeout", "idle_exit", "purge_delay", "feed_poll")
+    for option in (*daemon_options, *_CONNECTION):
         if config.get(option) is not None:
             command += [f"--{option.replace('_', '-')}", str(config[option])]
     if config.get("ssl_check_hostname") is False:

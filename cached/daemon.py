@@ -29,6 +29,7 @@ from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported
 from cached.cache import LocalCache
 from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, Unreachable
+from cached.feed import POLL_INTERVAL
 from cached.reaper import Reaper
 from cached.server import Server
 from cached.service import Service
@@ -50,8 +51,13 @@ async def run_daemon(
     idle_exit: float | None,
     query_timeout: float = 10.0,
     purge_delay: float = DEFAULT_PURGE_DELAY,
+    feed_poll: float = POLL_INTERVAL,
 ) -> None:
     """Connect, serve on ``cache_dir/daemon.sock`` until SIGTERM/SIGINT or ``shutdown``.
+
+    ``feed_poll``: seconds between reads of the change feeds (:mod:`cached.feed`); 0
+    follows none (other hosts' changes then show at the TTL; this daemon's own still go
+    into the feed).
 
     ``connection`` gives the cluster, credentials, TLS and consistency levels;
     ``cache_ttl``, ``idle_exit``, ``query_timeout`` and ``purge_delay`` (see
@@ -92,6 +98,7 @@ async def run_daemon(
         "query_timeout": query_timeout,
         "idle_exit": idle_exit,
         "purge_delay": purge_delay,
+        "feed_poll": feed_poll,
     }
     server = Server(service, store, socket_path(cache_dir), config, idle_exit=idle_exit)
     try:
@@ -102,7 +109,8 @@ async def run_daemon(
             nursery.start_soon(_flush_counters, counters)
             nursery.start_soon(cache.run_writer)
             nursery.start_soon(service.core.usage.run)
-            await nursery.start(service.core.feed.run)
+            if feed_poll > 0:
+                await nursery.start(service.core.feed.run, feed_poll)
             service.core.background = nursery
             await nursery.start(reaper.run, service.reap)
             nursery.start_soon(_on_signals, server)
@@ -203,6 +211,14 @@ def _lock(cache_dir: Path) -> int:
     " (longer than every host's --cache-ttl + --entry-ttl).",
 )
 @click.option(
+    "--feed-poll",
+    type=click.FloatRange(min=0),
+    default=POLL_INTERVAL,
+    show_default=True,
+    help="Seconds between reads of the change feeds of the tenants served: how soon other"
+    " hosts' changes show; 0 reads none (they show at the TTL).",
+)
+@click.option(
     "--log-file",
     type=click.Path(path_type=Path),
     default=None,
@@ -219,6 +235,7 @@ def main(
     query_timeout: float,
     idle_exit: float | None,
     purge_delay: float,
+    feed_poll: float,
     log_file: Path | None,
     debug: bool,
     **connection: Any,
@@ -270,6 +287,7 @@ def main(
             idle_exit,
             query_timeout,
             purge_delay,
+            feed_poll,
         )
     except CassfsError as exc:
         log.error("start-up failed: %s", exc)

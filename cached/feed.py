@@ -108,14 +108,19 @@ class Feed:
             self.core.counters.add("feed_append_failures")
             log.warning("change not added to the feed (other hosts see it at their TTL): %s", exc)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read the followed tenants' feeds every :data:`POLL_INTERVAL` seconds, forever."""
+    async def run(
+        self,
+        interval: float = POLL_INTERVAL,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read the followed tenants' feeds every ``interval`` seconds, forever."""
         task_status.started()
         while True:
             for tenant in list(self._follows):
                 await self.poll(tenant)
             await self._recheck_due()
-            await trio.sleep(POLL_INTERVAL)
+            await trio.sleep(interval)
 
     async def poll(self, tenant: Tenant) -> int:
         """Read and apply ``tenant``'s new rows once; how many were applied.

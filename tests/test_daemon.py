@@ -148,8 +148,9 @@ async def test_concurrent_opens_of_a_cold_file_fetch_once(
 async def test_ttl_revalidation_sees_another_hosts_write(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
 ) -> None:
+    # Without the change feed (--feed-poll 0): what a host falls back to when it cannot read it.
     host_a = start_daemon("a", cache_ttl=1.0)
-    host_b = start_daemon("b", cache_ttl=1.0)
+    host_b = start_daemon("b", 1.0, "2G", "--feed-poll", "0")
     async with session(host_a, tenant) as a, session(host_b, tenant) as b:
         first = await make_file(a, ROOT_INO, b"shared", b"version one")
         seen = await b.call("lookup", parent=ROOT_INO, name=b"shared")
