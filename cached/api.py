@@ -94,13 +94,27 @@ def parse_size(text: str) -> int:
     return size
 
 
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """Parse ``--metrics-address``: ``HOST:PORT`` or ``[IPv6]:PORT``; PORT 0 to 65535
+    (0: any free port).  Returns ``(host, port)``; raises ValueError saying what to give.
+    """
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"bad metrics address {text!r}: give HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464"
+        )
+    return host, int(port)
+
+
 def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False) -> list[str]:
     """The command line that starts a daemon for ``cache_dir`` with ``config``.
 
     ``config`` has the keys of the ``status`` reply's config (``contact_points``,
     ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``,
-    ``query_timeout``, ``idle_exit``, ``purge_delay``), so a mount can restart
-    the daemon it had.
+    ``query_timeout``, ``idle_exit``, ``purge_delay``, ``metrics_address``), so a
+    mount can restart the daemon it had.
     """
     command = [
         sys.executable,
@@ -117,7 +131,7 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
         "--cache-size",
         str(config["cache_size"]),
     ]
-    for option in ("consistency", "query_timeout", "idle_exit", "purge_delay"):
+    for option in ("consistency", "query_timeout", "idle_exit", "purge_delay", "metrics_address"):
         if config.get(option) is not None:
             command += [f"--{option.replace('_', '-')}", str(config[option])]
     return command + (["--debug"] if debug else [])

@@ -40,16 +40,19 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from cached import protocol
-from cached.api import validate_request
+from cached.api import REQUESTS, validate_request
 from cached.errors import CassfsError, InvalidArgument, StorageError
 from cached.recovery import STEP_DEADLINE
 from cached.service import Service, Session
 from cached.store import Store
+
+if TYPE_CHECKING:
+    from cached.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ class Server:
     none came back for that long, :attr:`stopped` is set, as it is by the
     ``shutdown`` method.  ``config`` is returned by ``status``.
     ``max_connections``, ``max_in_flight`` and ``idle_timeout`` (seconds) default
-    to this module's constants.
+    to this module's constants.  ``metrics`` times every RPC (None: off).
     """
 
     def __init__(
@@ -165,8 +168,10 @@ class Server:
         max_connections: int = MAX_CONNECTIONS,
         max_in_flight: int = MAX_IN_FLIGHT,
         idle_timeout: float = IDLE_TIMEOUT,
+        metrics: Metrics | None = None,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.store = store
         self.path = path
         self.config = config
@@ -357,9 +362,10 @@ class Server:
             except Exception as exc:
                 log.exception("%.60s failed unexpectedly", request.method)
                 error = [errno.EIO, f"{type(exc).__name__}: {exc}"]
-            log.debug(
-                "rpc %.60s took %.2f ms", request.method, (time.perf_counter() - started) * 1e3
-            )
+            elapsed = time.perf_counter() - started
+            log.debug("rpc %.60s took %.2f ms", request.method, elapsed * 1e3)
+            if self.metrics is not None and request.method in REQUESTS:  # known labels only
+                self.metrics.observe_rpc(request.method, elapsed)
             try:
                 await conn.outbox.send(protocol.pack_response(request.msgid, error, result))
             except (trio.ClosedResourceError, trio.BrokenResourceError):

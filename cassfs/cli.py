@@ -23,7 +23,13 @@ from typing import Any, NoReturn
 import click
 
 from cached import stats as stats_mod
-from cached.api import DEFAULT_PURGE_DELAY, ContactPoints, daemon_command, parse_size
+from cached.api import (
+    DEFAULT_PURGE_DELAY,
+    ContactPoints,
+    daemon_command,
+    parse_metrics_address,
+    parse_size,
+)
 from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError, DaemonUnavailable
@@ -197,6 +203,13 @@ environment_option = click.option(
     " (env CASSFS_ATIME).",
 )
 @click.option(
+    "--metrics-address",
+    default=None,
+    envvar="CASSFS_METRICS_ADDRESS",
+    help="Have the cache daemon this starts serve Prometheus metrics on"
+    " http://HOST:PORT/metrics; off by default (env CASSFS_METRICS_ADDRESS).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -219,6 +232,7 @@ def up(
     purge_delay: float,
     query_timeout: float,
     atime: str,
+    metrics_address: str | None,
     foreground: bool,
     debug: bool,
 ) -> None:
@@ -227,6 +241,8 @@ def up(
     try:
         points = ContactPoints.parse(contact_points)
         size = parse_size(cache_size)
+        if metrics_address is not None:
+            parse_metrics_address(metrics_address)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     if min(entry_ttl, negative_ttl, cache_ttl) < 0:
@@ -240,7 +256,10 @@ def up(
             "run with --device /dev/fuse --cap-add SYS_ADMIN"
         )
     _check_cache_dir(cache_dir)
-    _ensure_daemon(cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug)
+    _ensure_daemon(
+        cache_dir, points, keyspace, cache_ttl, size, purge_delay, query_timeout, debug,
+        metrics_address,
+    )  # fmt: skip
     if foreground:
         _serve_foreground(
             mountpoint, cache_dir, owner, environment, entry_ttl, negative_ttl, atime, debug
@@ -281,6 +300,8 @@ def up(
         "--atime",
         atime,
     ]
+    if metrics_address is not None:
+        command += ["--metrics-address", metrics_address]
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -414,10 +435,12 @@ def _ensure_daemon(
     purge_delay: float,
     query_timeout: float,
     debug: bool,
+    metrics_address: str | None = None,
 ) -> None:
     """Start the cache daemon of ``cache_dir`` unless one already answers there.
 
-    ``cache_ttl``, ``purge_delay`` and ``query_timeout`` are seconds, ``cache_size`` bytes.
+    ``cache_ttl``, ``purge_delay`` and ``query_timeout`` are seconds, ``cache_size`` bytes;
+    ``metrics_address`` (HOST:PORT) has the daemon serve metrics (a running one keeps its own).
     """
     status = _daemon_status(cache_dir)
     if status is not None:
@@ -439,6 +462,7 @@ def _ensure_daemon(
         "idle_exit": DAEMON_IDLE_EXIT,
         "purge_delay": purge_delay,
         "query_timeout": query_timeout,
+        "metrics_address": metrics_address,
     }
     daemon = spawn_daemon(cache_dir, daemon_command(cache_dir, config, debug))
     deadline = time.monotonic() + 90
