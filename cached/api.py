@@ -544,6 +544,21 @@ _S_IFMT = 0o170000
 
 
 @dataclass(frozen=True, slots=True)
+class IntList(Check):
+    """A list of 1 to ``most`` values, each as ``item`` accepts."""
+
+    item: Check
+    most: int
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless such a list."""
+        if type(value) is not list or not 1 <= len(value) <= self.most:
+            raise self.fail(method, param, value, f"a list of 1 to {self.most} values")
+        for item in value:
+            self.item.check(method, param, item)
+
+
+@dataclass(frozen=True, slots=True)
 class Mode(Check):
     """Permission bits (within 0o7777), optionally with the file type ``file_type``
     (an ``S_IF*`` constant) the method creates; 0 allows no type bits."""
@@ -603,6 +618,8 @@ ID = Int(0, 2**32 - 2)
 TIME_NS = Int(-(2**63), 2**63 - 1)
 #: Sizes and offsets, bytes.
 SIZE = Int(0, 2**63 - 1)
+#: Inode numbers per ``evict`` request (the wire allows 1,024 objects per request).
+EVICT_BATCH = 256
 #: Longest symlink target, bytes (PATH_MAX).
 MAX_TARGET = 4096
 
@@ -619,6 +636,14 @@ REQUESTS: dict[str, Shape] = {
     "stats": Shape({}),
     "purge": Shape({}),
     "shutdown": Shape({}, {"force": Flag()}),
+    "evict": Shape(
+        {
+            "owner": Int(-(2**31), 2**31 - 1),
+            "environment": Text(1, 255),
+            "inos": IntList(INO, EVICT_BATCH),
+        },
+        {"dry_run": Flag()},
+    ),
     "seen": Shape({"seq": SIZE}),
     # metadata
     "lookup": Shape(_NAMED),

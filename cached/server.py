@@ -20,8 +20,8 @@ that long; a mount's idle connection stays.  Every request is checked against
 Who may call what: a connection is a mount's once ``hello`` opened its tenant's
 session, and then calls the filesystem methods, ``stats`` and ``purge``.  A
 connection that did not say ``hello`` is an administrative one: ``status``,
-``stats``, ``purge`` and ``shutdown`` only, and it cannot say ``hello`` after
-them.  ``shutdown`` is refused (EBUSY) while a mount session exists, unless
+``stats``, ``purge``, ``evict`` and ``shutdown`` only, and it cannot say ``hello``
+after them.  ``shutdown`` is refused (EBUSY) while a mount session exists, unless
 ``force=True``.  (The socket is 0600: only the daemon's user gets this far.)
 
 Log: one line per connection closed for breaking the protocol, going idle or
@@ -62,7 +62,7 @@ MUTATING_METHODS = frozenset(
     | {"setxattr", "removexattr"}
 )
 #: Methods a connection may call before ``hello`` names its tenant.
-ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown"})
+ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown", "evict"})
 #: Administrative methods a mount's connection may call too.
 MOUNT_ADMIN_METHODS = frozenset({"stats", "purge", "status"})
 

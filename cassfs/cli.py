@@ -1,4 +1,4 @@
-"""The ``cassfs`` command: up, down, cache stats, cache purge, cache warmup, schema apply.
+"""The ``cassfs`` command: up, down, status, cache stats/purge/warmup/evict, schema apply.
 
 Every option can also come from a ``CASSFS_*`` environment variable (named on
 ``--help``).  Errors a user can cause print one line saying what to do and exit
@@ -8,6 +8,7 @@ with status 1 (2 for bad usage, as click does).
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError, DaemonUnavailable
 from cassfs import warmup
-from cassfs.state import pid_alive, read_record, record_path
+from cassfs.state import pid_alive, read_record, record_path, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -723,6 +724,114 @@ def _fstype_of(path: Path) -> str | None:
     except OSError:
         return None
     return fstype
+
+
+@cache.command("evict")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+def cache_evict(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Drop the files and directories under PATHS (on a cassfs mount) from the local
+    cache and the kernel's, so that their next access reads Cassandra.
+
+    Other cached files stay.  See cassfs/evict.py for how the daemon is reached.
+    """
+    from cassfs import evict as evict_mod
+    from cassfs.mounts import mount_of
+
+    groups: dict[str, list[Path]] = {}
+    tenants: dict[str, tuple[tuple[int, str], Path]] = {}
+    for path in paths:
+        if not path.exists() and not path.is_symlink():
+            fail(f"{path} does not exist: give a file or directory on a cassfs mount")
+        entry = mount_of(path)
+        if entry is None or entry.fstype != CASSFS_FSTYPE or entry.tenant is None:
+            fail(f"{path} is not on a cassfs mount: give a path under a `cassfs up` mountpoint")
+        record = read_record(Path(entry.mountpoint))
+        if record is None:
+            fail(
+                f"no record of the mount at {entry.mountpoint} in {run_dir()}: set "
+                "CASSFS_RUN_DIR as it was for `cassfs up`"
+            )
+        groups.setdefault(entry.mountpoint, []).append(path)
+        tenants[entry.mountpoint] = (entry.tenant, Path(record.cache_dir))
+    total = evict_mod.EvictReport()
+    for mountpoint, roots in groups.items():
+        tenant, cache_dir = tenants[mountpoint]
+        try:
+            report = evict_mod.evict(roots, tenant, functools.partial(call_once, cache_dir))
+        except DaemonUnavailable as exc:
+            fail(f"{exc}: is the mount at {mountpoint} still served?")
+        except CassfsError as exc:
+            fail(f"evicting under {mountpoint} failed: {exc}")
+        except OSError as exc:
+            fail(f"cannot read {exc.filename}: {exc.strerror}")
+        for name, value in report.to_json().items():
+            setattr(total, name, getattr(total, name) + value)
+    if as_json:
+        click.echo(json.dumps(total.to_json(), sort_keys=True))
+    else:
+        vanished = f"; {total.vanished} vanished meanwhile" if total.vanished else ""
+        click.echo(
+            f"cassfs: evicted {total.inodes:,} files and directories ({total.contents:,} cached"
+            f" contents) from the cache{vanished}"
+        )
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+@main.command("status")
+@click.argument("mountpoints", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+def status_command(mountpoints: tuple[Path, ...], as_json: bool) -> None:
+    """Show this host's cassfs mounts (or MOUNTPOINTS): tenant, state, daemon, cache use,
+    Cassandra reachability.
+
+    Exits 1 when something is wrong: a dead or unanswering mount, a mount whose
+    process is gone, a daemon that does not answer or cannot reach Cassandra.
+    """
+    from cassfs import status as status_mod
+
+    try:
+        report = status_mod.collect(list(mountpoints) or None)
+    except OSError as exc:
+        fail(f"cannot read the mount table: {exc.strerror}")
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        _print_status(report)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not report["mounts"]:
+        console.print("no cassfs mounts")
+        return
+    table = Table(title="cassfs mounts")
+    for column in ("mountpoint", "tenant", "state", "daemon", "cache", "Cassandra"):
+        table.add_column(column)
+    for m in report["mounts"]:
+        daemon = m["daemon"]
+        tenant = f"{m['owner']}/{m['environment']}" if m["owner"] is not None else "?"
+        if daemon is None:
+            who, use, cassandra = "unknown", "", ""
+        elif not daemon["answering"]:
+            who, use, cassandra = "[red]not answering[/]", "", "?"
+        else:
+            cache = daemon["cache"]
+            who = f"pid {daemon['pid']}, {daemon['sessions']} sessions"
+            use = f"{cache['entries']:,} entries, {cache['bytes'] / 1e6:,.1f} of " + (
+                f"{cache['limit'] / 1e6:,.0f} MB" if cache["limit"] else "? MB"
+            )
+            cassandra = "reachable" if daemon["cassandra_reachable"] else "[red]unreachable[/]"
+        state = m["state"] if not m["problems"] else f"[red]{'; '.join(m['problems'])}[/]"
+        table.add_row(m["mountpoint"], tenant, state, who, use, cassandra)
+    console.print(table)
 
 
 # -- schema ---------------------------------------------------------------------------------
