@@ -644,11 +644,14 @@ class LocalCache:
         return await self._run(lambda: (len(self._cache), self._cache.volume()))
 
     def usage_now(self) -> tuple[int, int]:
-        """``(entries, bytes)`` on disk now, without waiting for queued writes.
+        """``(entries, bytes)`` held now without waiting for queued writes: diskcache's
+        figures plus the content still landing (an entry just written may count twice
+        for a moment).
 
         Blocking (two SQLite reads) but safe from any thread: for the metrics server.
         """
-        return len(self._cache), self._cache.volume()
+        landing, landing_bytes = len(self._landing), self._landing_bytes
+        return len(self._cache) + landing, self._cache.volume() + landing_bytes
 
     # -- eviction on request (cassfs cache evict) -------------------------------------------
 

@@ -117,6 +117,12 @@ def collect(only: list[Path] | None = None) -> dict[str, Any]:
         record = records.get(point) or read_record(Path(point))
         tenant = entry.tenant if entry is not None else None
         problems = []
+        daemon = None
+        if record is not None:
+            # The daemon first: a stat of the mount may make its front restart a dead one.
+            if record.cache_dir not in daemons:
+                daemons[record.cache_dir] = daemon_report(Path(record.cache_dir))
+            daemon = daemons[record.cache_dir]
         if entry is None:
             state = "not mounted"
             problems.append("not mounted" + (" (a record was left behind)" if record else ""))
@@ -126,11 +132,7 @@ def collect(only: list[Path] | None = None) -> dict[str, Any]:
                 problems.append(f"the mount is {state}")
         if record is not None and entry is not None and not pid_alive(record.pid):
             problems.append(f"its process {record.pid} is gone")
-        daemon = None
-        if record is not None:
-            if record.cache_dir not in daemons:
-                daemons[record.cache_dir] = daemon_report(Path(record.cache_dir))
-            daemon = daemons[record.cache_dir]
+        if daemon is not None:
             if not daemon["answering"]:
                 problems.append(f"its daemon does not answer ({daemon['error']})")
             elif not daemon["cassandra_reachable"]:
