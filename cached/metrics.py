@@ -127,8 +127,8 @@ class Metrics:
         )
         self.query_errors = Counter(
             "cassfs_cassandra_query_errors",
-            "Cassandra queries that failed, by statement and kind (the driver's error class,"
-            " or FailedFast for one refused unsent during an outage).",
+            "Cassandra queries that failed, by statement and kind (the driver's error class;"
+            " FailedFast: refused unsent during an outage; NoSession: not connected yet).",
             ["statement", "kind"],
             registry=self.registry,
         )

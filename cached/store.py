@@ -441,6 +441,8 @@ class Store:
 
     def _connection(self, what: str) -> _Connection:
         if self._conn is None:
+            if self.metrics is not None:
+                self.metrics.query_failed(what, "NoSession")
             raise Unreachable(f"{what}: no Cassandra session yet at {self.contact_points}")
         return self._conn
 

@@ -3,6 +3,7 @@ write, and its start-up failures."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -14,7 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import KEYSPACE, Mount, run_cli
+from cached.api import parse_metrics_address
+from cached.client import open_client, socket_path
+from cached.errors import CassfsError
+from cached.model import ROOT_INO
+from tests.conftest import KEYSPACE, Daemon, Mount, run_cli
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
 
@@ -151,3 +156,47 @@ def test_a_bad_metrics_address_fails_with_one_line(tmp_path: Path, address: str)
         f"cassfs daemon: bad metrics address '{address}': give HOST:PORT, e.g. 127.0.0.1:9464"
         " or [::1]:9464"
     ]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_failed_queries_and_stale_answers_are_counted(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    first = start_daemon("c")
+    async with open_client(socket_path(first.cache_dir)) as client:
+        await client.hello(*tenant)  # caches the tenant's root
+    first.process.terminate()  # SIGTERM: a clean stop, the cache written out
+    assert first.process.wait(30) == 0
+    # the same cache, Cassandra behind a closed port: the cached root serves, stale
+    daemon = start_daemon(
+        "c", 60.0, "2G", "--contact-points", f"127.0.0.1:{_closed_port()}",
+        "--metrics-address", "127.0.0.1:0",
+    )  # fmt: skip
+    address = daemon.call("status")["config"]["metrics_address"]
+    before = scrape(address)
+    assert value(before, "cassfs_cassandra_unreachable") == 1
+    async with open_client(socket_path(daemon.cache_dir)) as client:
+        await client.hello(*tenant)
+        with pytest.raises(CassfsError) as failed:
+            await client.call("lookup", parent=ROOT_INO, name=b"never-cached")
+        assert failed.value.errno == errno.EIO
+    after = scrape(address)
+    assert value(after, "cassfs_stale_served_total") > value(before, "cassfs_stale_served_total")
+    errors = "cassfs_cassandra_query_errors_total"
+    for statement in ("get_inode", "get_dentry"):
+        assert value(after, errors, statement=statement, kind="NoSession") >= 1, statement
+    assert value(after, "cassfs_rpc_duration_seconds_count", method="lookup") == 1
+
+
+def test_parse_metrics_address() -> None:
+    assert parse_metrics_address("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert parse_metrics_address("[::1]:0") == ("::1", 0)
+    assert parse_metrics_address("metrics.internal:80") == ("metrics.internal", 80)
+    for bad in ("", ":9464", "9464", "host:", "host:-1", "host:65536"):
+        with pytest.raises(ValueError, match="give HOST:PORT"):
+            parse_metrics_address(bad)
