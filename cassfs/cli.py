@@ -452,6 +452,12 @@ def _ensure_daemon(
                 f"{config['contact_points']}: use another --cache-dir for {keyspace} at "
                 f"{points}"
             )
+        if metrics_address is not None and config.get("metrics_address") is None:
+            click.echo(
+                f"cassfs: the daemon of {cache_dir} already runs without metrics: "
+                "--metrics-address applies once it restarts (after its last mount is down)",
+                err=True,
+            )
         return
     log_path = cache_dir / LOG_NAME
     output = cache_dir / OUTPUT_NAME  # start-up errors (before logging) and crashes
