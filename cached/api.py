@@ -106,15 +106,29 @@ _CONNECTION = (
 )
 
 
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """Parse ``--metrics-address``: ``HOST:PORT`` or ``[IPv6]:PORT``; PORT 0 to 65535
+    (0: any free port).  Returns ``(host, port)``; raises ValueError saying what to give.
+    """
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"bad metrics address {text!r}: give HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464"
+        )
+    return host, int(port)
+
+
 def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False) -> list[str]:
     """The command line that starts a daemon for ``cache_dir`` with ``config``.
 
     ``config`` has the keys of the ``status`` reply's config (``contact_points``,
     ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``,
-    ``query_timeout``, ``idle_exit``, ``purge_delay``, ``feed_poll`` and the connection settings of
-    :meth:`cached.connection.ConnectionSettings.to_config`), so a mount can restart
-    the daemon it had.  Never a password: the daemon reads it from ``password_file``
-    or from ``CASSFS_PASSWORD`` in the environment it inherits.
+    ``query_timeout``, ``idle_exit``, ``purge_delay``, ``feed_poll``, ``metrics_address``
+    and the connection settings of :meth:`cached.connection.ConnectionSettings.to_config`),
+    so a mount can restart the daemon it had.  Never a password: the daemon reads it from
+    ``password_file`` or from ``CASSFS_PASSWORD`` in the environment it inherits.
     """
     command = [
         sys.executable,
@@ -132,7 +146,7 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
         str(config["cache_size"]),
     ]
     daemon_options = ("consistency", "query_timeout", "idle_exit", "purge_delay", "feed_poll")
-    for option in (*daemon_options, *_CONNECTION):
+    for option in (*daemon_options, "metrics_address", *_CONNECTION):
         if config.get(option) is not None:
             command += [f"--{option.replace('_', '-')}", str(config[option])]
     if config.get("ssl_check_hostname") is False:
@@ -547,6 +561,21 @@ _S_IFMT = 0o170000
 
 
 @dataclass(frozen=True, slots=True)
+class IntList(Check):
+    """A list of 1 to ``most`` values, each as ``item`` accepts."""
+
+    item: Check
+    most: int
+
+    def check(self, method: str, param: str, value: object) -> None:
+        """EINVAL unless such a list."""
+        if type(value) is not list or not 1 <= len(value) <= self.most:
+            raise self.fail(method, param, value, f"a list of 1 to {self.most} values")
+        for item in value:
+            self.item.check(method, param, item)
+
+
+@dataclass(frozen=True, slots=True)
 class Mode(Check):
     """Permission bits (within 0o7777), optionally with the file type ``file_type``
     (an ``S_IF*`` constant) the method creates; 0 allows no type bits."""
@@ -606,6 +635,8 @@ ID = Int(0, 2**32 - 2)
 TIME_NS = Int(-(2**63), 2**63 - 1)
 #: Sizes and offsets, bytes.
 SIZE = Int(0, 2**63 - 1)
+#: Inode numbers per ``evict`` request (the wire allows 1,024 objects per request).
+EVICT_BATCH = 256
 #: Longest symlink target, bytes (PATH_MAX).
 MAX_TARGET = 4096
 
@@ -623,6 +654,14 @@ REQUESTS: dict[str, Shape] = {
     "stats": Shape({}),
     "purge": Shape({}),
     "shutdown": Shape({}, {"force": Flag()}),
+    "evict": Shape(
+        {
+            "owner": Int(-(2**31), 2**31 - 1),
+            "environment": Text(1, 255),
+            "inos": IntList(INO, EVICT_BATCH),
+        },
+        {"dry_run": Flag()},
+    ),
     "seen": Shape({"seq": SIZE}),
     # metadata
     "lookup": Shape(_NAMED),

@@ -654,6 +654,24 @@ class LocalCache:
         await self.flush()
         return await self._run(lambda: (len(self._cache), self._cache.volume()))
 
+    def usage_now(self) -> tuple[int, int]:
+        """``(entries, bytes)`` held now without waiting for queued writes: diskcache's
+        figures plus the content still landing (an entry just written may count twice
+        for a moment).
+
+        Blocking (two SQLite reads) but safe from any thread: for the metrics server.
+        """
+        landing, landing_bytes = len(self._landing), self._landing_bytes
+        return len(self._cache) + landing, self._cache.volume() + landing_bytes
+
+    # -- eviction on request (cassfs cache evict) -------------------------------------------
+
+    async def drop_content(self, tenant: Tenant, content_id: bytes) -> bool:
+        """Remove cached content ``content_id`` (even pinned or leased: a read in
+        progress fetches it again); True if it was cached."""
+        await self.flush()  # content still landing is in diskcache after this
+        return await self._run(self._cache.delete, self._content_key(tenant, content_id))
+
 
 def sha256_file(path: Path) -> tuple[bytes, int]:
     """``(SHA-256 digest, size in bytes)`` of the file at ``path`` (blocking)."""

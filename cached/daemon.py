@@ -23,6 +23,7 @@ from cached import cachedir
 from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported)
     DEFAULT_PURGE_DELAY,
     daemon_command,
+    parse_metrics_address,
     parse_size,
     socket_path,
 )
@@ -52,6 +53,7 @@ async def run_daemon(
     query_timeout: float = 10.0,
     purge_delay: float = DEFAULT_PURGE_DELAY,
     feed_poll: float = POLL_INTERVAL,
+    metrics_address: tuple[str, int] | None = None,
 ) -> None:
     """Connect, serve on ``cache_dir/daemon.sock`` until SIGTERM/SIGINT or ``shutdown``.
 
@@ -61,13 +63,23 @@ async def run_daemon(
 
     ``connection`` gives the cluster, credentials, TLS and consistency levels;
     ``cache_ttl``, ``idle_exit``, ``query_timeout`` and ``purge_delay`` (see
-    :mod:`cached.reaper`) are seconds, ``cache_size`` bytes.  Raises
-    ``CassfsError`` subclasses on start-up failures (``ConnectionRejected`` for
-    refused credentials or TLS, even with a cache to serve).
+    :mod:`cached.reaper`) are seconds, ``cache_size`` bytes.  ``metrics_address``
+    ``(host, port)`` serves Prometheus metrics there (:mod:`cached.metrics`).
+    Raises ``CassfsError`` subclasses on start-up failures (``ConnectionRejected`` for
+    refused credentials or TLS, even with a cache to serve; ``MetricsAddressError`` for
+    an address it cannot listen on).
     """
     settings = ConnectionSettings.of(connection)
     contact_points = settings.contact_points
     store = Store(settings, keyspace, query_timeout=query_timeout)
+    metrics = None
+    if metrics_address is not None:
+        from cached.metrics import Metrics  # prometheus_client only when asked for
+
+        metrics = Metrics()
+        # First, before anything else starts: a bad address fails the start at once.
+        metrics_address = await trio.to_thread.run_sync(metrics.serve, *metrics_address)
+        store.metrics = metrics
     spool = cache_dir / "spool"
 
     def open_local() -> tuple[Counters, LocalCache]:  # blocking: SQLite, mkdir
@@ -75,7 +87,12 @@ async def run_daemon(
         counters = Counters(cache_dir / "counters")
         return counters, LocalCache(cache_dir, cache_size, cache_ttl, counters)
 
-    counters, cache = await trio.to_thread.run_sync(open_local)
+    try:
+        counters, cache = await trio.to_thread.run_sync(open_local)
+    except BaseException:
+        if metrics is not None:
+            await trio.to_thread.run_sync(metrics.close)
+        raise
     try:
         await store.try_connect()
     except Unreachable as exc:
@@ -85,6 +102,8 @@ async def run_daemon(
         if not entries:
             await trio.to_thread.run_sync(counters.close)
             await trio.to_thread.run_sync(cache.close)
+            if metrics is not None:
+                await trio.to_thread.run_sync(metrics.close)
             raise
         log.warning("%s: serving the %d cached entries until it answers", exc, entries)
     reaper = Reaper(cache_dir / "reaper", purge_delay)
@@ -99,8 +118,13 @@ async def run_daemon(
         "idle_exit": idle_exit,
         "purge_delay": purge_delay,
         "feed_poll": feed_poll,
+        "metrics_address": _address(metrics_address) if metrics_address else None,
     }
-    server = Server(service, store, socket_path(cache_dir), config, idle_exit=idle_exit)
+    if metrics is not None:
+        metrics.attach(service, cache, store)
+    server = Server(
+        service, store, socket_path(cache_dir), config, idle_exit=idle_exit, metrics=metrics
+    )
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
@@ -131,7 +155,14 @@ async def run_daemon(
             await trio.to_thread.run_sync(counters.close)
             await trio.to_thread.run_sync(cache.close)
             await store.close()
+            if metrics is not None:
+                await trio.to_thread.run_sync(metrics.close)
         log.info("stopped")
+
+
+def _address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _flush_counters(counters: Counters) -> None:
@@ -219,6 +250,12 @@ def _lock(cache_dir: Path) -> int:
     " hosts' changes show; 0 reads none (they show at the TTL).",
 )
 @click.option(
+    "--metrics-address",
+    default=None,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (default: off; port 0: any"
+    " free port, shown by the status call).",
+)
+@click.option(
     "--log-file",
     type=click.Path(path_type=Path),
     default=None,
@@ -236,6 +273,7 @@ def main(
     idle_exit: float | None,
     purge_delay: float,
     feed_poll: float,
+    metrics_address: str | None,
     log_file: Path | None,
     debug: bool,
     **connection: Any,
@@ -258,8 +296,9 @@ def main(
         raise click.UsageError(str(exc)) from exc
     try:
         settings = ConnectionSettings.parse(points, **connection)
+        metrics = parse_metrics_address(metrics_address) if metrics_address else None
     except ValueError as exc:
-        click.echo(f"cassfs daemon: {exc}", err=True)
+        click.echo(f"cassfs daemon: {exc}", err=True)  # one line, as other start-up failures
         sys.exit(EXIT_STARTUP)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -288,6 +327,7 @@ def main(
             query_timeout,
             purge_delay,
             feed_poll,
+            metrics,
         )
     except CassfsError as exc:
         log.error("start-up failed: %s", exc)

@@ -20,8 +20,8 @@ that long; a mount's idle connection stays.  Every request is checked against
 Who may call what: a connection is a mount's once ``hello`` opened its tenant's
 session, and then calls the filesystem methods, ``stats`` and ``purge``.  A
 connection that did not say ``hello`` is an administrative one: ``status``,
-``stats``, ``purge`` and ``shutdown`` only, and it cannot say ``hello`` after
-them.  ``shutdown`` is refused (EBUSY) while a mount session exists, unless
+``stats``, ``purge``, ``evict`` and ``shutdown`` only, and it cannot say ``hello``
+after them.  ``shutdown`` is refused (EBUSY) while a mount session exists, unless
 ``force=True``.  (The socket is 0600: only the daemon's user gets this far.)
 A session whose ``hello`` said ``read_only=True`` may call only
 :data:`READ_ONLY_METHODS` (and the administrative ones): any other gets EROFS
@@ -42,16 +42,19 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from cached import protocol
-from cached.api import validate_request
+from cached.api import REQUESTS, validate_request
 from cached.errors import CassfsError, InvalidArgument, ReadOnly, StorageError, Unreachable
 from cached.recovery import STEP_DEADLINE
 from cached.service import Service, Session
 from cached.store import Store
+
+if TYPE_CHECKING:
+    from cached.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ MUTATING_METHODS = frozenset(
     | {"setattr", "purge_inode", "setxattr", "removexattr"}
 )
 #: Methods a connection may call before ``hello`` names its tenant.
-ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown"})
+ADMIN_METHODS = frozenset({"stats", "purge", "status", "shutdown", "evict"})
 #: Administrative methods a mount's connection may call too.
 MOUNT_ADMIN_METHODS = frozenset({"stats", "purge", "status"})
 #: The only filesystem methods a read-only session may call (it said ``read_only`` at
@@ -160,7 +163,7 @@ class Server:
     none came back for that long, :attr:`stopped` is set, as it is by the
     ``shutdown`` method.  ``config`` is returned by ``status``.
     ``max_connections``, ``max_in_flight`` and ``idle_timeout`` (seconds) default
-    to this module's constants.
+    to this module's constants.  ``metrics`` times every RPC (None: off).
     """
 
     def __init__(
@@ -174,8 +177,10 @@ class Server:
         max_connections: int = MAX_CONNECTIONS,
         max_in_flight: int = MAX_IN_FLIGHT,
         idle_timeout: float = IDLE_TIMEOUT,
+        metrics: Metrics | None = None,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.store = store
         self.path = path
         self.config = config
@@ -370,9 +375,10 @@ class Server:
             except Exception as exc:
                 log.exception("%.60s failed unexpectedly", request.method)
                 error = [errno.EIO, f"{type(exc).__name__}: {exc}"]
-            log.debug(
-                "rpc %.60s took %.2f ms", request.method, (time.perf_counter() - started) * 1e3
-            )
+            elapsed = time.perf_counter() - started
+            log.debug("rpc %.60s took %.2f ms", request.method, elapsed * 1e3)
+            if self.metrics is not None and request.method in REQUESTS:  # known labels only
+                self.metrics.observe_rpc(request.method, elapsed)
             try:
                 await conn.outbox.send(protocol.pack_response(request.msgid, error, result))
             except (trio.ClosedResourceError, trio.BrokenResourceError):

@@ -56,7 +56,7 @@ class Service:
     :mod:`cached.ops_metadata`; mkdir/create/symlink/unlink/rmdir/rename/purge_inode in
     :mod:`cached.ops_namespace`; open/read/write/materialize in :mod:`cached.ops_content`;
     getxattr/listxattr/setxattr/removexattr in :mod:`cached.ops_xattr`;
-    hello/seen/statfs/stats/purge here.
+    hello/seen/statfs/stats/purge/evict here.
     """
 
     def __init__(
@@ -197,6 +197,52 @@ class Service:
         removed = await self.core.forget_all()
         self.core.counters.add("purges")
         return removed
+
+    async def rpc_evict(
+        self,
+        s: Session | None,
+        owner: int,
+        environment: str,
+        inos: list[int],
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Drop inodes ``inos`` of tenant ``(owner, environment)`` from the local cache:
+        each one's metadata (inode, extended attributes, directory listing) and its
+        current content, so that the next access reads Cassandra.  The tenant's mount
+        sessions are told (``changed``) and waited for as for a change, so that they
+        stop reusing their answers about those inodes.
+
+        For ``cassfs cache evict`` (an administrative call, see :mod:`cached.server`):
+        the CLI names the tenant, read from the mount's ``fsname``, and the inode
+        numbers it stats under the paths given (a FUSE inode number is the daemon's
+        ``ino``), so the daemon needs no path lookup and no session of its own.  Its
+        kernel page cache the CLI drops itself, on the files this call with ``dry_run``
+        (which changes nothing) says have cached content: opening the others would
+        fetch them.  Inodes not cached are skipped.
+
+        Returns ``{"inodes": inodes looked at, "contents": contents removed (with
+        ``dry_run``: found), "cached": [inodes whose content is (was) cached]}``.
+        """
+        tenant = (owner, environment)
+        cache = self.core.cache
+        cached: list[int] = []
+        for ino in inos:
+            _, inode = await cache.get_inode(tenant, ino)
+            if inode is not None and inode.content_id:
+                if dry_run:
+                    if await cache.has_content(tenant, inode.content_id):
+                        cached.append(ino)
+                elif await cache.drop_content(tenant, inode.content_id):
+                    cached.append(ino)
+            if not dry_run:
+                await cache.drop_inode(tenant, ino)
+                await cache.drop_xattrs(tenant, ino)
+                await cache.drop_listing(tenant, ino)
+        if not dry_run:
+            store = self.core.store.tenant(owner, environment)
+            await self.core.announce(Session(owner, environment, store, _nobody), *inos)
+            log.info("evicted %d inodes (%d contents) of %s/%s", len(inos), len(cached), *tenant)
+        return {"inodes": len(inos), "contents": len(cached), "cached": cached}
 
 
 def _nobody(method: str, params: dict[str, Any]) -> None:

@@ -50,6 +50,9 @@ class Counters:
     def __init__(self, directory: Path) -> None:
         self._store = diskcache.Cache(str(directory), size_limit=2**40)
         self._pending: Counter[str] = Counter()
+        # Totals kept in memory for readers in other threads (the metrics server): every
+        # name is a key from the start, so the dict never changes size while read.
+        self._totals = {name: int(self._store.get(name, 0)) for name in NAMES}
 
     def add(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to counter ``name`` (in memory until the next flush).
@@ -59,6 +62,12 @@ class Counters:
         if name not in NAMES:
             raise KeyError(name)
         self._pending[name] += amount
+        self._totals[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        """Every total of :data:`NAMES` as counted by this process (persisted ones
+        included), from memory: safe to call from any thread, never blocks."""
+        return dict(self._totals)
 
     def take_pending(self) -> Counter[str]:
         """Detach and return the deltas counted since the last call (call on the trio thread)."""

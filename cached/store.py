@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from cassandra import AuthenticationFailed, ConsistencyLevel, DriverException, OperationTimedOut
@@ -54,6 +54,9 @@ from cached.errors import (
 )
 from cached.model import Dentry, Inode
 from cached.outage import Outage
+
+if TYPE_CHECKING:
+    from cached.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -476,6 +479,8 @@ class Store:
         self._conn: _Connection | None = None
         self._closed = False
         self.outage = Outage()
+        #: Where query latencies and errors are counted (``--metrics-address``); None: off.
+        self.metrics: Metrics | None = None
 
     @classmethod
     async def connect(
@@ -579,10 +584,32 @@ class Store:
 
     def _connection(self, what: str) -> _Connection:
         if self._conn is None:
+            if self.metrics is not None:
+                self.metrics.query_failed(what, "NoSession")
             raise Unreachable(f"{what}: no Cassandra session yet at {self.contact_points}")
         return self._conn
 
     async def _execute(
+        self, what: str, conn: _Connection, statement: Any, params: Any
+    ) -> list[dict[str, Any]]:
+        metrics = self.metrics
+        if metrics is None:
+            return await self._execute_once(what, conn, statement, params)
+        started = time.perf_counter()
+        try:
+            rows = await self._execute_once(what, conn, statement, params)
+        except Unreachable as exc:
+            cause = exc.__cause__
+            metrics.query_failed(what, type(cause).__name__ if cause else "FailedFast")
+            raise
+        except StorageError as exc:
+            metrics.query_failed(what, type(exc.__cause__ or exc).__name__)
+            raise
+        finally:
+            metrics.observe_query(what, time.perf_counter() - started)
+        return rows
+
+    async def _execute_once(
         self, what: str, conn: _Connection, statement: Any, params: Any
     ) -> list[dict[str, Any]]:
         if not self.outage.admit():

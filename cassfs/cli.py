@@ -1,4 +1,4 @@
-"""The ``cassfs`` command: up, down, cache stats, cache purge, cache warmup, schema apply.
+"""The ``cassfs`` command: up, down, status, cache stats/purge/warmup/evict, schema apply.
 
 Every option can also come from a ``CASSFS_*`` environment variable (named on
 ``--help``).  Errors a user can cause print one line saying what to do and exit
@@ -8,6 +8,7 @@ with status 1 (2 for bad usage, as click does).
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -23,13 +24,19 @@ from typing import Any, NoReturn
 import click
 
 from cached import stats as stats_mod
-from cached.api import DEFAULT_PURGE_DELAY, ContactPoints, daemon_command, parse_size
+from cached.api import (
+    DEFAULT_PURGE_DELAY,
+    ContactPoints,
+    daemon_command,
+    parse_metrics_address,
+    parse_size,
+)
 from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
 from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, ConnectionRejected, DaemonUnavailable
 from cassfs import mountform, warmup
-from cassfs.state import pid_alive, read_record, record_path
+from cassfs.state import pid_alive, read_record, record_path, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +271,13 @@ environment_option = click.option(
     " (env CASSFS_RO).",
 )
 @click.option(
+    "--metrics-address",
+    default=None,
+    envvar="CASSFS_METRICS_ADDRESS",
+    help="Have the cache daemon this starts serve Prometheus metrics on"
+    " http://HOST:PORT/metrics; off by default (env CASSFS_METRICS_ADDRESS).",
+)
+@click.option(
     "--foreground",
     is_flag=True,
     envvar="CASSFS_FOREGROUND",
@@ -290,6 +304,7 @@ def up(
     fsname: str | None,
     noexec: bool,
     ro: bool,
+    metrics_address: str | None,
     foreground: bool,
     debug: bool,
     **connection: Any,
@@ -301,6 +316,8 @@ def up(
     _setup_logging(debug)
     try:
         points = ContactPoints.parse(contact_points)
+        if metrics_address is not None:
+            parse_metrics_address(metrics_address)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     settings = _settings(points, connection)
@@ -315,8 +332,9 @@ def up(
         )
     _check_cache_dir(cache_dir)
     _ensure_daemon(
-        cache_dir, settings, keyspace, cache_ttl, size, purge_delay, query_timeout, debug
-    )
+        cache_dir, settings, keyspace, cache_ttl, size, purge_delay, query_timeout, debug,
+        metrics_address,
+    )  # fmt: skip
     if foreground:
         _serve_foreground(
             mountpoint,
@@ -371,6 +389,8 @@ def up(
     command += ["--noexec"] if noexec else []
     command += ["--fsname", fsname] if fsname else []
     command += ["--ro"] if ro else []
+    if metrics_address is not None:
+        command += ["--metrics-address", metrics_address]
     child = spawn_detached(command + (["--debug"] if debug else []), log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -530,10 +550,12 @@ def _ensure_daemon(
     purge_delay: float,
     query_timeout: float,
     debug: bool,
+    metrics_address: str | None = None,
 ) -> None:
     """Start the cache daemon of ``cache_dir`` unless one already answers there.
 
-    ``cache_ttl``, ``purge_delay`` and ``query_timeout`` are seconds, ``cache_size`` bytes.
+    ``cache_ttl``, ``purge_delay`` and ``query_timeout`` are seconds, ``cache_size`` bytes;
+    ``metrics_address`` (HOST:PORT) has the daemon serve metrics (a running one keeps its own).
     The daemon gets the password from ``settings.password_file`` or the environment.
     """
     points = settings.contact_points
@@ -552,6 +574,12 @@ def _ensure_daemon(
                 f"the daemon of {cache_dir} runs with another {', '.join(other)}: use another "
                 "--cache-dir, or the same connection options as its mounts"
             )
+        if metrics_address is not None and config.get("metrics_address") is None:
+            click.echo(
+                f"cassfs: the daemon of {cache_dir} already runs without metrics: "
+                "--metrics-address applies once it restarts (after its last mount is down)",
+                err=True,
+            )
         return
     log_path = cache_dir / LOG_NAME
     output = cache_dir / OUTPUT_NAME  # start-up errors (before logging) and crashes
@@ -563,6 +591,7 @@ def _ensure_daemon(
         "idle_exit": DAEMON_IDLE_EXIT,
         "purge_delay": purge_delay,
         "query_timeout": query_timeout,
+        "metrics_address": metrics_address,
     }
     daemon = spawn_daemon(cache_dir, daemon_command(cache_dir, config, debug))
     deadline = time.monotonic() + 90
@@ -835,6 +864,114 @@ def _fstype_of(path: Path) -> str | None:
     except OSError:
         return None
     return fstype
+
+
+@cache.command("evict")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+def cache_evict(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Drop the files and directories under PATHS (on a cassfs mount) from the local
+    cache and the kernel's, so that their next access reads Cassandra.
+
+    Other cached files stay.  See cassfs/evict.py for how the daemon is reached.
+    """
+    from cassfs import evict as evict_mod
+    from cassfs.mounts import mount_of
+
+    groups: dict[str, list[Path]] = {}
+    tenants: dict[str, tuple[tuple[int, str], Path]] = {}
+    for path in paths:
+        if not path.exists() and not path.is_symlink():
+            fail(f"{path} does not exist: give a file or directory on a cassfs mount")
+        entry = mount_of(path)
+        if entry is None or entry.fstype != CASSFS_FSTYPE or entry.tenant is None:
+            fail(f"{path} is not on a cassfs mount: give a path under a `cassfs up` mountpoint")
+        record = read_record(Path(entry.mountpoint))
+        if record is None:
+            fail(
+                f"no record of the mount at {entry.mountpoint} in {run_dir()}: set "
+                "CASSFS_RUN_DIR as it was for `cassfs up`"
+            )
+        groups.setdefault(entry.mountpoint, []).append(path)
+        tenants[entry.mountpoint] = (entry.tenant, Path(record.cache_dir))
+    total = evict_mod.EvictReport()
+    for mountpoint, roots in groups.items():
+        tenant, cache_dir = tenants[mountpoint]
+        try:
+            report = evict_mod.evict(roots, tenant, functools.partial(call_once, cache_dir))
+        except DaemonUnavailable as exc:
+            fail(f"{exc}: is the mount at {mountpoint} still served?")
+        except CassfsError as exc:
+            fail(f"evicting under {mountpoint} failed: {exc}")
+        except OSError as exc:
+            fail(f"cannot read {exc.filename}: {exc.strerror}")
+        for name, value in report.to_json().items():
+            setattr(total, name, getattr(total, name) + value)
+    if as_json:
+        click.echo(json.dumps(total.to_json(), sort_keys=True))
+    else:
+        vanished = f"; {total.vanished} vanished meanwhile" if total.vanished else ""
+        click.echo(
+            f"cassfs: evicted {total.inodes:,} files and directories ({total.contents:,} cached"
+            f" contents) from the cache{vanished}"
+        )
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+@main.command("status")
+@click.argument("mountpoints", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+def status_command(mountpoints: tuple[Path, ...], as_json: bool) -> None:
+    """Show this host's cassfs mounts (or MOUNTPOINTS): tenant, state, daemon, cache use,
+    Cassandra reachability.
+
+    Exits 1 when something is wrong: a dead or unanswering mount, a mount whose
+    process is gone, a daemon that does not answer or cannot reach Cassandra.
+    """
+    from cassfs import status as status_mod
+
+    try:
+        report = status_mod.collect(list(mountpoints) or None)
+    except OSError as exc:
+        fail(f"cannot read the mount table: {exc.strerror}")
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        _print_status(report)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not report["mounts"]:
+        console.print("no cassfs mounts")
+        return
+    table = Table(title="cassfs mounts")
+    for column in ("mountpoint", "tenant", "state", "daemon", "cache", "Cassandra"):
+        table.add_column(column)
+    for m in report["mounts"]:
+        daemon = m["daemon"]
+        tenant = f"{m['owner']}/{m['environment']}" if m["owner"] is not None else "?"
+        if daemon is None:
+            who, use, cassandra = "unknown", "", ""
+        elif not daemon["answering"]:
+            who, use, cassandra = "[red]not answering[/]", "", "?"
+        else:
+            cache = daemon["cache"]
+            who = f"pid {daemon['pid']}, {daemon['sessions']} sessions"
+            use = f"{cache['entries']:,} entries, {cache['bytes'] / 1e6:,.1f} of " + (
+                f"{cache['limit'] / 1e6:,.0f} MB" if cache["limit"] else "? MB"
+            )
+            cassandra = "reachable" if daemon["cassandra_reachable"] else "[red]unreachable[/]"
+        state = m["state"] if not m["problems"] else f"[red]{'; '.join(m['problems'])}[/]"
+        table.add_row(m["mountpoint"], tenant, state, who, use, cassandra)
+    console.print(table)
 
 
 # -- schema ---------------------------------------------------------------------------------

@@ -399,6 +399,7 @@ GOOD: dict[str, dict[str, object]] = {
     "hello": {"owner": -5, "environment": "prod-\u00e9"},
     "shutdown": {"force": True},
     "lookup": {"parent": 1, "name": b".."},
+    "evict": {"owner": 1, "environment": "prod", "inos": [1, 2**63 - 1] * 128, "dry_run": True},
 }
 
 
@@ -448,6 +449,11 @@ def test_valid_requests_pass(method: str) -> None:
         ("hello", {"environment": "e" * 256}, errno.EINVAL),
         ("hello", {"owner": 2**31}, errno.EINVAL),
         ("shutdown", {"force": "yes"}, errno.EINVAL),
+        ("evict", {"inos": []}, errno.EINVAL),
+        ("evict", {"inos": [1] * 257}, errno.EINVAL),
+        ("evict", {"inos": [0]}, errno.EINVAL),
+        ("evict", {"inos": (1,)}, errno.EINVAL),
+        ("evict", {"dry_run": 1}, errno.EINVAL),
     ],
 )
 def test_invalid_values_are_refused_with_their_errno(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -89,5 +90,36 @@ def test_unknown_names_raise_key_error(tmp_path: Path, name: str) -> None:
         with pytest.raises(KeyError):
             counters.add(name)
         assert counters.totals() == ZEROS
+    finally:
+        counters.close()
+
+
+def test_snapshot_includes_persisted_totals_and_is_read_safely_from_a_thread(
+    tmp_path: Path,
+) -> None:
+    first = Counters(tmp_path / "c")
+    first.add("hits", 3)
+    first.close()
+    counters = Counters(tmp_path / "c")
+    try:
+        counters.add("bytes_fetched", 10)
+        assert counters.snapshot() == {**ZEROS, "hits": 3, "bytes_fetched": 10}
+        counters.take_pending()  # detached, not persisted yet: the snapshot keeps it
+        assert counters.snapshot()["bytes_fetched"] == 10
+        seen: list[int] = []
+        stop = threading.Event()
+
+        def scrape() -> None:  # as the metrics server's thread does
+            while not stop.is_set():
+                seen.append(counters.snapshot()["misses"])
+
+        reader = threading.Thread(target=scrape)
+        reader.start()
+        for _ in range(20_000):
+            counters.add("misses")
+        stop.set()
+        reader.join()
+        assert seen == sorted(seen)  # never goes back
+        assert counters.snapshot()["misses"] == 20_000
     finally:
         counters.close()
