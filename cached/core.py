@@ -46,6 +46,8 @@ T = TypeVar("T")
 
 #: Longest wait, seconds, for another session's front to acknowledge a change.
 ANNOUNCE_WAIT = 2.0
+#: Most inodes and most names in one ``changed`` notification of other hosts' changes.
+FORGET_BATCH = 256
 
 
 class ContentGone(Exception):
@@ -281,10 +283,10 @@ class Core:
     async def forget(
         self, tenant: Tenant, inos: Sequence[int], names: Sequence[tuple[int, bytes]]
     ) -> None:
-        """Another host changed ``inos`` and the ``(parent, name)`` pairs ``names`` (its
-        row in the change feed): drop them from the cache, and tell the tenant's
-        sessions (their fronts drop what they reuse and the kernel's caches; not waited
-        for)."""
+        """Other hosts changed ``inos`` and the ``(parent, name)`` pairs ``names`` (rows of
+        the change feed): drop them from the cache, and tell the tenant's sessions, at
+        most :data:`FORGET_BATCH` of each per notification (their fronts drop what they
+        reuse and the kernel's caches; not waited for)."""
         for ino in inos:
             await self.cache.drop_inode(tenant, ino)
             await self.cache.drop_xattrs(tenant, ino)
@@ -292,9 +294,12 @@ class Core:
         for parent, name in names:
             await self.cache.drop_dentry(tenant, parent, name)
             await self.cache.drop_listing(tenant, parent)
-        for session in self.sessions:
-            if session.tenant == tenant:
-                session.tell_changed(list(inos), names, remote=True)
+        sessions = [session for session in self.sessions if session.tenant == tenant]
+        for start in range(0, max(len(inos), len(names)), FORGET_BATCH):
+            part_inos = list(inos[start : start + FORGET_BATCH])
+            part_names = names[start : start + FORGET_BATCH]
+            for session in sessions:
+                session.tell_changed(part_inos, part_names, remote=True)
 
     async def forget_all(self) -> int:
         """Empty the cache and tell every session to drop the kernel's caches (``cassfs

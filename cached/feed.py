@@ -13,10 +13,11 @@ ACM TOCS 6(1), 1988), here a log in Cassandra tells every daemon:
 - **Following.** :meth:`Feed.run` reads, every :data:`POLL_INTERVAL` seconds, each
   followed tenant's rows made since its last read (one query per tenant, two across a
   minute boundary), back over :data:`OVERLAP` seconds because the ids come from the
-  writers' clocks; rows already seen (by id) and this daemon's own are skipped.  For each
-  row :meth:`cached.core.Core.forget` drops the named entries from the daemon's cache and
-  tells the tenant's mounts on this daemon (a ``changed`` notification with the inodes and
-  names), which drop what they reuse and the kernel's cached attributes and dentries.
+  writers' clocks; rows already seen (by id) and this daemon's own are skipped.  For the
+  new rows of a poll together, :meth:`cached.core.Core.forget` drops the named entries from
+  the daemon's cache and tells the tenant's mounts on this daemon (``changed``
+  notifications with the inodes and names), which drop what they reuse and the kernel's
+  cached attributes and dentries.
   :data:`RECHECK_DELAY` seconds later it does so once more: a read that was in flight
   when the row came may have cached the old state again.
 - **Gaps.** A tenant whose feed could not be read for :data:`GAP_LIMIT` seconds (the rows
@@ -79,7 +80,10 @@ class Feed:
         #: This daemon's id in the rows it writes (a new one each start).
         self.origin = secrets.token_bytes(8)
         self._follows: dict[Tenant, _Follow] = {}
-        self._rechecks: deque[tuple[float, Tenant, Change]] = deque()
+        #: What polls applied, to forget again: ``(due (trio clock), tenant, (inos, names))``.
+        self._rechecks: deque[tuple[float, Tenant, tuple[list[int], list[tuple[int, bytes]]]]] = (
+            deque()
+        )
 
     def follow(self, tenant: Tenant, store: TenantStore) -> None:
         """Follow ``tenant``'s feed from now on (a mount of it said hello); idempotent.
@@ -160,15 +164,22 @@ class Feed:
             follow.failing = False
         follow.since = started
         applied = 0
+        inos: dict[int, None] = {}  # ordered sets: all the new rows' names and inodes
+        names: dict[tuple[int, bytes], None] = {}
         for change in changes:
             if change.id in follow.seen:
                 continue
             follow.seen[change.id] = uuid_time_ns(change.id.bytes) / 1e9
             if change.origin == self.origin:
                 continue
-            await self.core.forget(tenant, change.inos, change.names)
-            self._rechecks.append((trio.current_time() + RECHECK_DELAY, tenant, change))
+            inos.update(dict.fromkeys(change.inos))
+            names.update(dict.fromkeys(change.names))
             applied += 1
+        if applied:
+            # One forget (one notification per mount) per poll, however many rows.
+            await self.core.forget(tenant, list(inos), list(names))
+            due = trio.current_time() + RECHECK_DELAY
+            self._rechecks.append((due, tenant, (list(inos), list(names))))
         self.core.counters.add("feed_changes", applied)
         horizon = low - OVERLAP
         follow.seen = {key: when for key, when in follow.seen.items() if when >= horizon}
@@ -178,5 +189,5 @@ class Feed:
         """Forget once more what rows applied :data:`RECHECK_DELAY` seconds ago named."""
         now = trio.current_time()
         while self._rechecks and self._rechecks[0][0] <= now:
-            _due, tenant, change = self._rechecks.popleft()
-            await self.core.forget(tenant, change.inos, change.names)
+            _due, tenant, (inos, names) = self._rechecks.popleft()
+            await self.core.forget(tenant, inos, names)
