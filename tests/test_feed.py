@@ -233,9 +233,12 @@ async def test_rows_are_read_back_over_the_overlap_once_each_and_own_ones_skippe
     assert await feed.poll(TENANT) == 1
     assert core.forgotten == [((10,), ((1, b"n10"),))]
     assert await feed.poll(TENANT) == 0  # read again over the overlap: not applied twice
-    store.add(change_at(time.time(), b"other", 13), int(time.time()) // 60)
-    assert await feed.poll(TENANT) == 1
-    assert [inos for inos, _ in core.forgotten] == [(10,), (13,)]
+    now = time.time()
+    for ino in (13, 14):
+        store.add(change_at(now, b"other", ino), int(now) // 60)
+    assert await feed.poll(TENANT) == 2
+    # the rows of one poll are forgotten together: one notification per mount, not per row
+    assert core.forgotten[1:] == [((13, 14), ((1, b"n13"), (1, b"n14")))]
 
 
 async def test_a_failed_read_keeps_its_place_and_a_long_gap_forgets_everything() -> None:
