@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -456,7 +457,7 @@ def kill_node(spec: ClusterSpec, k: int) -> int:
     pid = read_pid(node)
     if pid is None:
         raise NodeError(f"node {k} of {spec.root} does not run")
-    os.kill(pid, 9)
+    os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while read_pid(node) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
