@@ -9,6 +9,10 @@ set positional-arguments := true
 export CASSFS_NODE_DIR := env("CASSFS_NODE_DIR", justfile_directory() / ".cassandra")
 export CASSFS_NODE_PORT := env("CASSFS_NODE_PORT", "9042")
 export CASSFS_CONTACT_POINTS := env("CASSFS_CONTACT_POINTS", "127.0.0.1:" + CASSFS_NODE_PORT)
+# The local cluster (`just cluster-up`): nodes in $CASSFS_CLUSTER_DIR/nodeK on 127.0.0.K, CQL
+# port $CASSFS_CLUSTER_PORT on each.
+export CASSFS_CLUSTER_DIR := env("CASSFS_CLUSTER_DIR", justfile_directory() / ".cassandra-cluster")
+export CASSFS_CLUSTER_PORT := env("CASSFS_CLUSTER_PORT", "9350")
 
 # List the recipes.
 default:
@@ -53,6 +57,22 @@ node-stop:
 # Print whether the local Cassandra node runs (exit 1 if not).
 node-status:
     python -m cassfs.node status
+
+# Start a local cluster of NODES Cassandra nodes on 127.0.0.1 … 127.0.0.NODES (no-op for running nodes).
+cluster-up NODES="3": install
+    python -m cassfs.node start --dir "$CASSFS_CLUSTER_DIR" --nodes "$1" --port "$CASSFS_CLUSTER_PORT"
+
+# Stop every node of the local cluster.
+cluster-down:
+    python -m cassfs.node stop --dir "$CASSFS_CLUSTER_DIR"
+
+# Print the state of each node of the local cluster (exit 1 unless all answer).
+cluster-status:
+    python -m cassfs.node status --dir "$CASSFS_CLUSTER_DIR"
+
+# The cluster tests alone (they start and stop a 3-node cluster of their own).
+cluster-test *ARGS: install
+    python -m pytest -m cluster tests/test_cluster.py "$@"
 
 # Create or update the cassfs keyspace and tables on the node.
 schema: node-start

@@ -30,7 +30,7 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,17 @@ _JDK_ONLY_FLAGS = (
 _FAST_START_PROPERTIES = (
     "-Dcassandra.skip_wait_for_gossip_to_settle=0",
     "-Dcassandra.ring_delay_ms=1000",
+)
+
+# The nodes of a local cluster keep Cassandra's wait for gossip to settle before CQL opens (a
+# restarted node must know its peers are up before it coordinates QUORUM requests), shortened
+# from 5 s + 3 polls of 1 s; ring_delay_ms bounds the gossip shadow round a joining node runs
+# against the seed, which already answers by then (the seed is started first).
+_CLUSTER_START_PROPERTIES = (
+    "-Dcassandra.gossip_settle_min_wait_ms=2000",
+    "-Dcassandra.gossip_settle_interval_ms=500",
+    "-Dcassandra.gossip_settle_poll_success_required=3",
+    "-Dcassandra.ring_delay_ms=5000",
 )
 
 # Cassandra 5.0's start-up checks warn unless the JVM stops on OutOfMemoryError ("which can cause
@@ -298,11 +309,11 @@ def _describe_exit(proc: subprocess.Popen[bytes] | None) -> str:
     return f" (exit status {proc.returncode})"
 
 
-def _port_in_use(port: int) -> bool:
+def _port_in_use(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind((host, port))
         except OSError:
             return True
     return False
@@ -440,11 +451,23 @@ def _read_options(name: str) -> list[str]:
 
 
 def write_config(
-    node: NodeDir, *, port: int, storage_port: int, security: NodeSecurity | None = None
+    node: NodeDir,
+    *,
+    port: int,
+    storage_port: int,
+    security: NodeSecurity | None = None,
+    address: str = HOST,
+    seeds: str | None = None,
+    initial_token: int = 0,
+    auto_bootstrap: bool = True,
+    hinted_handoff: bool = False,
 ) -> None:
     """Write ``DIR/conf/cassandra.yaml`` and ``DIR/conf/logback.xml`` and create the data dirs.
 
-    ``security`` turns on passwords and TLS (see :class:`NodeSecurity`).
+    ``security`` turns on passwords and TLS (see :class:`NodeSecurity`).  The other
+    defaults make the lone seed node on 127.0.0.1. A node of a local cluster passes its
+    ``address`` (listen and CQL), the ``seeds`` (``HOST:STORAGE_PORT,...``), its token, and
+    ``auto_bootstrap=False``, ``hinted_handoff=True``.
     """
     for path in (node.conf, node.logs, node.conf / "triggers", *node.data_dirs.values()):
         path.mkdir(parents=True, exist_ok=True)
@@ -458,6 +481,11 @@ def write_config(
         storage_port=storage_port,
         auth=_OPEN_AUTH if security is None else _PASSWORD_AUTH,
         client_encryption="" if security is None else security.yaml(),
+        address=address,
+        seeds=seeds if seeds is not None else f"{address}:{storage_port}",
+        initial_token=initial_token,
+        auto_bootstrap=str(auto_bootstrap).lower(),
+        hinted_handoff=str(hinted_handoff).lower(),
     )
     _write_atomic(node.yaml, yaml)
     _write_atomic(node.logback, (_PACKAGE_DIR / "logback.xml").read_text())
@@ -470,9 +498,19 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def java_command(
-    node: NodeDir, *, java: Path, classpath: list[str], heap: str, jmx_port: int
+    node: NodeDir,
+    *,
+    java: Path,
+    classpath: list[str],
+    heap: str,
+    jmx_port: int,
+    properties: Sequence[str] = _FAST_START_PROPERTIES,
 ) -> list[str]:
-    """Return the ``java`` command line that runs the node in the foreground."""
+    """Return the ``java`` command line that runs the node in the foreground.
+
+    ``properties`` are the start-up ``-D`` flags: the lone node's by default, a cluster node
+    passes :data:`_CLUSTER_START_PROPERTIES`.
+    """
     jamm = next((j for j in classpath if re.search(r"/jamm-[^/]*\.jar$", j)), None)
     if jamm is None:
         raise NodeError("jamm (Cassandra's memory-meter agent) is missing from the classpath")
@@ -494,7 +532,7 @@ def java_command(
         "-Dcassandra-foreground=yes",
         # What cassandra-env.sh passes when it preloads no jemalloc: logged at INFO, not as a WARN.
         "-Dcassandra.libjemalloc=-",
-        *_FAST_START_PROPERTIES,
+        *properties,
         "-cp",
         os.pathsep.join(classpath),
         MAIN_CLASS,
@@ -563,8 +601,10 @@ def wait_until_ready(
     timeout: float,
     proc: subprocess.Popen[bytes] | None = None,
     security: NodeSecurity | None = None,
+    *,
+    host: str = HOST,
 ) -> str:
-    """Poll CQL on 127.0.0.1:``port`` every 0.5 s until it answers; return the release version.
+    """Poll CQL on ``host``:``port`` every 0.5 s until it answers; return the release version.
 
     ``timeout`` is in seconds; ``proc`` is the JVM's Popen when this process started it.
     Raises NodeStartFailed if the JVM ``pid`` exits first or time runs out.
@@ -584,10 +624,10 @@ def wait_until_ready(
                         f"Cassandra (pid {pid}) exited during start-up{_describe_exit(proc)}; "
                         f"see {node.system_log} and {node.stdout_log}"
                     )
-                return query_release_version(port, security=security)
+                return query_release_version(port, host=host, security=security)
     except _NotReady as exc:
         raise NodeStartFailed(
-            f"Cassandra (pid {pid}) did not answer CQL on {HOST}:{port} within {timeout:g} s "
+            f"Cassandra (pid {pid}) did not answer CQL on {host}:{port} within {timeout:g} s "
             f"(last error: {exc}); see {node.system_log}"
         ) from exc
     raise AssertionError("unreachable")  # pragma: no cover
@@ -780,11 +820,16 @@ def cli(verbose: bool) -> None:
     "--port",
     type=click.IntRange(1, 65535),
     envvar=PORT_ENV,
-    default=DEFAULT_PORT,
-    show_default=f"${PORT_ENV} or {DEFAULT_PORT}",
+    default=None,
+    show_default=f"${PORT_ENV} or {DEFAULT_PORT}; with --nodes N>1: 9350",
     help="CQL (native transport) port.",
 )
-@click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="JVM heap, e.g. 512M or 1G.")
+@click.option(
+    "--heap",
+    default=None,
+    show_default=f"{DEFAULT_HEAP}; with --nodes N>1: 512M per node",
+    help="JVM heap, e.g. 512M or 1G.",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
@@ -792,8 +837,39 @@ def cli(verbose: bool) -> None:
     show_default=True,
     help="Seconds to wait until CQL answers.",
 )
-def start_command(node_dir: Path, port: int, heap: str, timeout: float) -> None:
-    """Start the node (no-op if it already runs) and wait until CQL answers."""
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="Run a local cluster of N nodes on 127.0.0.1 … 127.0.0.N, in DIR/node1 … DIR/nodeN.",
+)
+@click.option(
+    "--storage-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="With --nodes N>1: the internode port of every node  [default: 7350]",
+)
+def start_command(
+    node_dir: Path,
+    port: int | None,
+    heap: str | None,
+    timeout: float,
+    nodes: int,
+    storage_port: int | None,
+) -> None:
+    """Start the node, or with --nodes the local cluster (no-op for what already runs), and
+    wait until CQL answers."""
+    if nodes > 1:
+        from cassfs.node.cluster import start_cluster_command
+
+        source = click.get_current_context().get_parameter_source("port")
+        given = port if source is click.core.ParameterSource.COMMANDLINE else None
+        start_cluster_command(node_dir, nodes, given, storage_port, heap, timeout)
+        return
+    if storage_port is not None:
+        raise click.UsageError("--storage-port applies to a cluster (--nodes 2 or more)")
+    heap = heap or DEFAULT_HEAP
     node = NodeDir.at(node_dir)
     was_running = read_pid(node)
     started = time.monotonic()
@@ -822,8 +898,13 @@ def start_command(node_dir: Path, port: int, heap: str, timeout: float) -> None:
     help="Seconds to wait after SIGTERM before SIGKILL.",
 )
 def stop_command(node_dir: Path, timeout: float) -> None:
-    """Stop the node (no-op if it is not running)."""
+    """Stop the node, or every node of the local cluster in DIR (no-op if not running)."""
     node = NodeDir.at(node_dir)
+    if (node.root / "cluster.json").exists():
+        from cassfs.node.cluster import stop_cluster_command
+
+        stop_cluster_command(node.root, timeout)
+        return
     try:
         pid = stop(node.root, timeout=timeout)
     except NodeError as exc:
@@ -844,8 +925,13 @@ def stop_command(node_dir: Path, timeout: float) -> None:
     help=f"CQL port  [default: ${PORT_ENV}, else the node's cassandra.yaml, else {DEFAULT_PORT}]",
 )
 def status_command(node_dir: Path, port: int | None) -> None:
-    """Print running/stopped; exit 0 only if the node runs and CQL answers."""
+    """Print running/stopped; exit 0 only if the node (every node of a cluster) answers CQL."""
     node = NodeDir.at(node_dir)
+    if (node.root / "cluster.json").exists():
+        from cassfs.node.cluster import status_cluster_command
+
+        status_cluster_command(node.root)
+        return
     st = status(node.root, port=port)
     if st.ready:
         version = st.release_version
