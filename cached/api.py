@@ -37,6 +37,9 @@ MAX_FILE_SIZE = 4 * 1024**3
 #: so another host still holding the name or a handle reads a whole old version.
 DEFAULT_PURGE_DELAY = 120.0
 
+#: Seconds between a daemon's reads of the change feeds (``--feed-poll``, :mod:`cached.feed`).
+DEFAULT_FEED_POLL = 0.2
+
 #: Extended attributes (see the README): the namespaces stored, and the limits, in bytes, of
 #: a name (Linux's XATTR_NAME_MAX; ERANGE past it), of a value (XATTR_SIZE_MAX; E2BIG), of
 #: an inode's list of names with their NULs (XATTR_LIST_MAX, what listxattr(2) returns at

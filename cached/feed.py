@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import trio
 from cassandra.util import min_uuid_from_time
 
+from cached.api import DEFAULT_FEED_POLL
 from cached.errors import StorageError
 from cached.store import CHANGE_BUCKET_SECONDS, Change, TenantStore, uuid_time_ns
 
@@ -49,8 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two reads of a tenant's feed.
-POLL_INTERVAL = 0.2
+#: Seconds between two reads of a tenant's feed (by default; ``--feed-poll``).
+POLL_INTERVAL = DEFAULT_FEED_POLL
 #: Seconds each read goes back before the previous one's start: a writer whose clock is
 #: behind this host's by less than this is not missed.
 OVERLAP = 2.0

@@ -50,22 +50,6 @@ LATENCY_BUCKETS = (
     2.5, 5.0, 10.0,
 )  # fmt: skip
 
-#: Help text of each counter of :data:`cached.stats.NAMES`, exposed as ``cassfs_<name>_total``.
-COUNTER_HELP = {
-    "hits": "Requests answered from the local cache (metadata within its TTL, cached content).",
-    "misses": "Requests that had to read Cassandra because nothing was cached.",
-    "revalidations": "Cached metadata past its TTL checked against Cassandra.",
-    "bytes_fetched": "Content bytes read from Cassandra.",
-    "bytes_served": "Content bytes returned to mounts from the local cache.",
-    "flushes": "Whole files written through to Cassandra.",
-    "bytes_written": "Content bytes written to Cassandra.",
-    "evictions": "Cache entries removed by the size limit (LRU).",
-    "purges": "Cache purges (cassfs cache purge).",
-    "stale_served": "Expired entries served because Cassandra failed (stale-if-error).",
-    "xattr_hits": "getxattr/listxattr answered from the cache.",
-    "xattr_reads": "Extended attributes of an inode read from Cassandra.",
-}
-
 
 class MetricsAddressError(CassfsError):
     """The metrics HTTP server could not listen on the address given (EADDRINUSE, ...)."""
@@ -83,7 +67,7 @@ class StatsCollector(Collector):
         """One family per counter of :mod:`cached.stats` and per gauge."""
         totals = self.service.core.counters.snapshot()
         for name in stats.NAMES:
-            family = CounterMetricFamily(f"cassfs_{name}", COUNTER_HELP[name])
+            family = CounterMetricFamily(f"cassfs_{name}", stats.COUNTERS[name])
             family.add_metric([], totals[name])
             yield family
         entries, volume = self.cache.usage_now()

@@ -13,27 +13,29 @@ from pathlib import Path
 
 import diskcache
 
-#: Every counter, in display order.  ``entries`` and ``bytes_cached`` are gauges read
-#: from the cache itself, not counted here.
-NAMES = (
-    "hits",  # requests answered from the cache within the TTL, or from cached content
-    "misses",  # requests that had to read Cassandra (nothing cached)
-    "revalidations",  # cached metadata past its TTL, checked against Cassandra
-    "bytes_fetched",  # content bytes read from Cassandra
-    "bytes_served",  # content bytes returned to the FUSE front
-    "flushes",  # whole files written through to Cassandra
-    "bytes_written",  # content bytes written to Cassandra
-    "evictions",  # cache entries removed by the size limit (LRU)
-    "purges",  # `cassfs cache purge` runs
-    "stale_served",  # expired entries served because Cassandra failed (stale-if-error)
-    "xattr_hits",  # getxattr/listxattr answered from the cache (negative answers too)
-    "xattr_reads",  # an inode's extended attributes read from Cassandra
-    "feed_reads",  # queries of the change feed (one per followed tenant per poll)
-    "feed_changes",  # other hosts' changes read from the change feed and applied
-    "feed_read_failures",  # reads of a tenant's change feed that failed (retried)
-    "feed_append_failures",  # this daemon's changes it could not add to the feed
-    "feed_gaps",  # a feed unread too long: the whole cache was forgotten
-)
+#: Every counter, in display order, with what it counts (the help of its Prometheus
+#: metric, :mod:`cached.metrics`).  ``entries`` and ``bytes_cached`` are gauges read from
+#: the cache itself, not counted here.
+COUNTERS = {
+    "hits": "Requests answered from the local cache (metadata within its TTL, cached content).",
+    "misses": "Requests that had to read Cassandra because nothing was cached.",
+    "revalidations": "Cached metadata past its TTL checked against Cassandra.",
+    "bytes_fetched": "Content bytes read from Cassandra.",
+    "bytes_served": "Content bytes returned to mounts from the local cache.",
+    "flushes": "Whole files written through to Cassandra.",
+    "bytes_written": "Content bytes written to Cassandra.",
+    "evictions": "Cache entries removed by the size limit (LRU).",
+    "purges": "Cache purges (cassfs cache purge).",
+    "stale_served": "Expired entries served because Cassandra failed (stale-if-error).",
+    "xattr_hits": "getxattr/listxattr answered from the cache (negative answers too).",
+    "xattr_reads": "Extended attributes of an inode read from Cassandra.",
+    "feed_reads": "Queries of the change feed (one per followed tenant per poll).",
+    "feed_changes": "Other hosts' changes read from the change feed and applied.",
+    "feed_read_failures": "Reads of a tenant's change feed that failed (retried).",
+    "feed_append_failures": "Changes of this daemon it could not add to the change feed.",
+    "feed_gaps": "Change feeds unread too long: the whole cache was forgotten.",
+}
+NAMES = tuple(COUNTERS)
 GAUGES = (
     "entries",
     "bytes_cached",

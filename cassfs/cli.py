@@ -25,6 +25,7 @@ import click
 
 from cached import stats as stats_mod
 from cached.api import (
+    DEFAULT_FEED_POLL,
     DEFAULT_PURGE_DELAY,
     ContactPoints,
     daemon_command,
@@ -239,6 +240,15 @@ environment_option = click.option(
     " their TTL and uncached requests fail with EIO (env CASSFS_QUERY_TIMEOUT).",
 )
 @click.option(
+    "--feed-poll",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_FEED_POLL,
+    envvar="CASSFS_FEED_POLL",
+    show_default=True,
+    help="Seconds between the daemon's reads of the tenants' change feeds: how soon other"
+    " hosts' changes show; 0 reads none, and they show at --cache-ttl (env CASSFS_FEED_POLL).",
+)
+@click.option(
     "--atime",
     type=click.Choice(["relatime", "noatime"]),
     default="relatime",
@@ -300,6 +310,7 @@ def up(
     cache_size: str,
     purge_delay: float,
     query_timeout: float,
+    feed_poll: float,
     atime: str,
     fsname: str | None,
     noexec: bool,
@@ -333,7 +344,7 @@ def up(
     _check_cache_dir(cache_dir)
     _ensure_daemon(
         cache_dir, settings, keyspace, cache_ttl, size, purge_delay, query_timeout, debug,
-        metrics_address,
+        metrics_address, feed_poll,
     )  # fmt: skip
     if foreground:
         _serve_foreground(
@@ -382,6 +393,8 @@ def up(
         str(purge_delay),
         "--query-timeout",
         str(query_timeout),
+        "--feed-poll",
+        str(feed_poll),
         "--atime",
         atime,
         *settings.to_args(),
@@ -551,10 +564,12 @@ def _ensure_daemon(
     query_timeout: float,
     debug: bool,
     metrics_address: str | None = None,
+    feed_poll: float = DEFAULT_FEED_POLL,
 ) -> None:
     """Start the cache daemon of ``cache_dir`` unless one already answers there.
 
-    ``cache_ttl``, ``purge_delay`` and ``query_timeout`` are seconds, ``cache_size`` bytes;
+    ``cache_ttl``, ``purge_delay``, ``query_timeout`` and ``feed_poll`` are seconds,
+    ``cache_size`` bytes;
     ``metrics_address`` (HOST:PORT) has the daemon serve metrics (a running one keeps its own).
     The daemon gets the password from ``settings.password_file`` or the environment.
     """
@@ -590,6 +605,7 @@ def _ensure_daemon(
         "cache_size": cache_size,
         "idle_exit": DAEMON_IDLE_EXIT,
         "purge_delay": purge_delay,
+        "feed_poll": feed_poll,
         "query_timeout": query_timeout,
         "metrics_address": metrics_address,
     }

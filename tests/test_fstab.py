@@ -277,7 +277,7 @@ def test_mount_fuse3_with_options_then_umount(
     options = (
         f'rw,cache_dir={cache_dir},contact_points="{cassandra}",keyspace={KEYSPACE},'
         "entry_ttl=3600,negative_ttl=3600,cache_ttl=0,cache_size=64M,purge_delay=30,"
-        "query_timeout=7,noatime,_netdev,nofail,dev,suid"
+        "query_timeout=7,feed_poll=0,noatime,_netdev,nofail,dev,suid"
     )
     result = subprocess.run(
         [MOUNT_FUSE3, f"{owner}/{environment}", str(mnt), "-o", options, "-t", "fuse.cassfs"],
@@ -298,6 +298,7 @@ def test_mount_fuse3_with_options_then_umount(
     assert (config["keyspace"], config["contact_points"]) == (KEYSPACE, cassandra)
     assert (config["cache_ttl"], config["cache_size"]) == (0.0, 64 * 2**20)
     assert (config["purge_delay"], config["query_timeout"]) == (30.0, 7.0)
+    assert config["feed_poll"] == 0.0  # no change feed: the kernel's TTLs alone, below
 
     other = mount_cassfs("up", owner, environment)
     other_entry = mount_entry(other.path)
