@@ -1142,6 +1142,7 @@ def fsck_command(
 @contact_points_option
 @keyspace_option
 @click.option("--debug", is_flag=True, envvar="CASSFS_DEBUG", help="Log more (env CASSFS_DEBUG).")
+@connection_options()
 def docker_plugin_command(
     socket_path: Path,
     mount_root: Path,
@@ -1149,11 +1150,14 @@ def docker_plugin_command(
     contact_points: str,
     keyspace: str,
     debug: bool,
+    **connection: Any,
 ) -> None:
     """Serve cassfs volumes to Docker: the volume plugin protocol on a unix socket.
 
     `docker volume create -d cassfs -o owner=N -o environment=NAME VOLUME` makes a
-    volume of that tenant; a container using it gets a `cassfs up` mount.
+    volume of that tenant; a container using it gets a `cassfs up` mount, with this
+    command's connection options (the password of --username from CASSFS_PASSWORD or
+    --password-file, as for `cassfs up`).
     """
     from cassfs import docker_plugin
 
@@ -1162,8 +1166,11 @@ def docker_plugin_command(
         points = ContactPoints.parse(contact_points)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    settings = _settings(points, connection)
     try:
-        plugin = docker_plugin.Plugin(mount_root, cache_dir, str(points), keyspace)
+        plugin = docker_plugin.Plugin(
+            mount_root, cache_dir, str(points), keyspace, settings.to_args()
+        )
         docker_plugin.serve(
             Path(os.path.abspath(socket_path)),
             plugin,

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -155,15 +155,25 @@ class Plugin:
 
     ``mount_root``: volumes mount at ``mount_root/NAME``; the volume file lives there.
     ``cache_dir``: cache dirs of the volumes' daemons are made under it.
-    ``contact_points`` (``HOST[:PORT],...``) and ``keyspace`` are given to `cassfs up`.
+    ``contact_points`` (``HOST[:PORT],...``), ``keyspace`` and ``connection_args`` (the
+    other connection options, :meth:`cached.connection.ConnectionSettings.to_args`: never a
+    password, which `cassfs up` finds as this process does) are given to `cassfs up`.
     Raises :class:`PluginError` when the volume file exists but cannot be read.
     """
 
-    def __init__(self, mount_root: Path, cache_dir: Path, contact_points: str, keyspace: str):
+    def __init__(
+        self,
+        mount_root: Path,
+        cache_dir: Path,
+        contact_points: str,
+        keyspace: str,
+        connection_args: Sequence[str] = (),
+    ):
         self.mount_root = Path(os.path.abspath(mount_root))
         self.cache_dir = Path(os.path.abspath(cache_dir))
         self.contact_points = contact_points
         self.keyspace = keyspace
+        self.connection_args = list(connection_args)
         self._lock = threading.Lock()  # self.volumes, self._name_locks and the volume file
         self._name_locks: dict[str, threading.Lock] = {}
         self._idle = threading.Condition()  # self._busy: requests in progress
@@ -343,6 +353,7 @@ class Plugin:
                     *(sys.executable, "-m", "cassfs", "up", str(mountpoint)),
                     *("--cache-dir", str(self.cache_dir / plan.cache_key)),
                     *("--contact-points", self.contact_points, "--keyspace", self.keyspace),
+                    *self.connection_args,
                     *plan.args,
                 ]
                 self._run("mounting", name, command)

@@ -496,3 +496,23 @@ def test_a_second_plugin_on_a_served_socket_is_refused(
         f"cassfs: another process serves {p.socket}: stop it or choose another --socket"
     )
     p.ok("Plugin.Activate")
+
+
+def test_mounts_get_the_plugins_connection_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cassfs docker-plugin --username ... --ssl-ca ...` mounts with those options (never
+    a password: `cassfs up` finds it as the plugin does)."""
+    plugin = docker_plugin.Plugin(
+        tmp_path / "root", tmp_path / "cache", "10.0.0.1:9042", "ks",
+        ["--username", "app", "--ssl-ca", "/etc/ca.pem"],
+    )  # fmt: skip
+    commands: list[list[str]] = []
+    monkeypatch.setattr(plugin, "_run", lambda action, name, command: commands.append(command))
+    plugin.create("site", {"owner": "3"})
+    plugin.mount("site", "container-1")
+    (command,) = commands
+    assert command[command.index("--contact-points") :][:6] == [
+        *("--contact-points", "10.0.0.1:9042", "--keyspace", "ks", "--username", "app"),
+    ]
+    assert command[command.index("--ssl-ca") + 1] == "/etc/ca.pem"
