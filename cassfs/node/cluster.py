@@ -59,6 +59,7 @@ from cassfs.node.launcher import (
     query_release_version,
     read_pid,
     resolve_classpath,
+    spawn_jvm,
     stop,
     wait_until_ready,
     write_config,
@@ -242,17 +243,7 @@ def _launch(
         spec.storage_port,
         jmx,
     )
-    with open(node.stdout_log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=node.root,
-            start_new_session=True,
-        )
-    _write_atomic(node.pid_file, f"{proc.pid}\n")
-    return proc
+    return spawn_jvm(node, cmd)
 
 
 def start_cluster(

@@ -540,6 +540,22 @@ def java_command(
     return cmd
 
 
+def spawn_jvm(node: NodeDir, cmd: list[str]) -> subprocess.Popen[bytes]:
+    """Start the node's JVM ``cmd`` in its own session, its output in ``DIR/logs/stdout.log``
+    (this start only; system.log keeps the history), and record its pid."""
+    with open(node.stdout_log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=node.root,
+            start_new_session=True,
+        )
+    _write_atomic(node.pid_file, f"{proc.pid}\n")
+    return proc
+
+
 # --------------------------------------------------------------------------------- CQL probe
 
 
@@ -693,16 +709,7 @@ def start(
             jmx_port,
         )
         log.debug("command: %s", cmd)
-        with open(node.stdout_log, "wb") as out:  # this start only; system.log keeps history
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=node.root,
-                start_new_session=True,
-            )
-        _write_atomic(node.pid_file, f"{proc.pid}\n")
+        proc = spawn_jvm(node, cmd)
         try:
             version = wait_until_ready(node, proc.pid, port, timeout, proc, security)
         except NodeStartFailed:
