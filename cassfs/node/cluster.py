@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from cassfs.node.launcher import (
     _CLUSTER_START_PROPERTIES,
@@ -56,6 +55,7 @@ from cassfs.node.launcher import (
     find_java,
     java_command,
     log_tail,
+    polling,
     query_release_version,
     read_pid,
     resolve_classpath,
@@ -378,12 +378,7 @@ def wait_until_formed(spec: ClusterSpec, timeout: float) -> None:
 
     ``timeout`` is in seconds. Raises NodeStartFailed when time runs out or a node died.
     """
-    retrying = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.5),
-        retry=retry_if_exception_type(_NotReady),
-        reraise=True,
-    )
+    retrying = polling(timeout)
     try:
         for attempt in retrying:
             with attempt:

@@ -540,6 +540,17 @@ def java_command(
     return cmd
 
 
+def polling(timeout: float) -> Retrying:
+    """Tries every 0.5 s for ``timeout`` seconds while the attempt raises ``_NotReady``
+    (then that last ``_NotReady`` is raised): the wait for a node to answer."""
+    return Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(0.5),
+        retry=retry_if_exception_type(_NotReady),
+        reraise=True,
+    )
+
+
 def spawn_jvm(node: NodeDir, cmd: list[str]) -> subprocess.Popen[bytes]:
     """Start the node's JVM ``cmd`` in its own session, its output in ``DIR/logs/stdout.log``
     (this start only; system.log keeps the history), and record its pid."""
@@ -625,12 +636,7 @@ def wait_until_ready(
     ``timeout`` is in seconds; ``proc`` is the JVM's Popen when this process started it.
     Raises NodeStartFailed if the JVM ``pid`` exits first or time runs out.
     """
-    retrying = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.5),
-        retry=retry_if_exception_type(_NotReady),
-        reraise=True,
-    )
+    retrying = polling(timeout)
     try:
         for attempt in retrying:
             with attempt:
