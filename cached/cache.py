@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -421,16 +421,42 @@ class LocalCache:
         """Cache that ``name`` in ``parent`` is ``ino`` (0 for a negative entry)."""
         await self._meta_set(("d", *tenant, parent, name), (self.clock(), ino, kind))
 
-    async def drop_dentry(self, tenant: Tenant, parent: int, name: bytes) -> None:
-        """Forget what is cached of ``name`` in ``parent`` (also that it is absent)."""
-        await self._meta_delete(("d", *tenant, parent, name))
-
     async def drop_listing(self, tenant: Tenant, parent: int) -> None:
         """Forget the cached listing of ``parent`` and what was counted of it (its
         subdirectories, whether it is too large to list)."""
+        self._forget_counts(tenant, parent)
+        await self._meta_delete(("l", *tenant, parent))
+
+    def _forget_counts(self, tenant: Tenant, parent: int) -> None:
+        """Forget what is derived in memory from ``parent``'s entries: the listing's index,
+        the subdirectory count, the large-directory mark."""
         for kind in ("L", "N", "B"):
             self._memo.pop((kind, *tenant, parent), None)
-        await self._meta_delete(("l", *tenant, parent))
+
+    async def expire(
+        self,
+        tenant: Tenant,
+        inos: Iterable[int] = (),
+        names: Iterable[tuple[int, bytes]] = (),
+    ) -> None:
+        """Another host changed ``inos`` (their attributes, extended attributes, and for a
+        directory its entries) and the ``(parent, name)`` pairs ``names``: make what is
+        cached of them stale, as if fetched before this cache was opened.
+
+        A stale entry is read again at its next use, yet still serves while Cassandra
+        fails (stale-if-error), which a dropped one could not.
+        """
+        keys: list[tuple[Any, ...]] = []
+        for ino in inos:
+            self._forget_counts(tenant, ino)
+            keys += [("i", *tenant, ino), ("x", *tenant, ino), ("l", *tenant, ino)]
+        for parent, name in names:
+            self._forget_counts(tenant, parent)
+            keys += [("d", *tenant, parent, name), ("l", *tenant, parent)]
+        for key in dict.fromkeys(keys):
+            entry = await self._meta_get(key)
+            if entry is not None and entry[0] >= self.opened_at:
+                await self._meta_set(key, (0.0, *entry[1:]))
 
     async def get_listing(
         self, tenant: Tenant, parent: int

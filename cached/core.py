@@ -284,16 +284,11 @@ class Core:
         self, tenant: Tenant, inos: Sequence[int], names: Sequence[tuple[int, bytes]]
     ) -> None:
         """Other hosts changed ``inos`` and the ``(parent, name)`` pairs ``names`` (rows of
-        the change feed): drop them from the cache, and tell the tenant's sessions, at
+        the change feed): make them stale in the cache (read again at their next use,
+        still served while Cassandra fails), and tell the tenant's sessions, at
         most :data:`FORGET_BATCH` of each per notification (their fronts drop what they
         reuse and the kernel's caches; not waited for)."""
-        for ino in inos:
-            await self.cache.drop_inode(tenant, ino)
-            await self.cache.drop_xattrs(tenant, ino)
-            await self.cache.drop_listing(tenant, ino)
-        for parent, name in names:
-            await self.cache.drop_dentry(tenant, parent, name)
-            await self.cache.drop_listing(tenant, parent)
+        await self.cache.expire(tenant, inos, names)
         sessions = [session for session in self.sessions if session.tenant == tenant]
         for start in range(0, max(len(inos), len(names)), FORGET_BATCH):
             part_inos = list(inos[start : start + FORGET_BATCH])

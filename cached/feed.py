@@ -14,8 +14,9 @@ ACM TOCS 6(1), 1988), here a log in Cassandra tells every daemon:
   followed tenant's rows made since its last read (one query per tenant, two across a
   minute boundary), back over :data:`OVERLAP` seconds because the ids come from the
   writers' clocks; rows already seen (by id) and this daemon's own are skipped.  For the
-  new rows of a poll together, :meth:`cached.core.Core.forget` drops the named entries from
-  the daemon's cache and tells the tenant's mounts on this daemon (``changed``
+  new rows of a poll together, :meth:`cached.core.Core.forget` makes the named entries of
+  the daemon's cache stale (read again at their next use, still served while Cassandra
+  fails) and tells the tenant's mounts on this daemon (``changed``
   notifications with the inodes and names), which drop what they reuse and the kernel's
   cached attributes and dentries.
   :data:`RECHECK_DELAY` seconds later it does so once more: a read that was in flight

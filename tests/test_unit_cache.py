@@ -174,6 +174,30 @@ async def test_listings(cache: LocalCache, clock: FakeClock) -> None:
     assert [tuple(item) for item in got] == items
 
 
+async def test_expire_makes_named_entries_stale_but_keeps_them(cache: LocalCache) -> None:
+    """Another host's change (the change feed) makes what it names stale: read again at
+    the next use, still there to serve while Cassandra fails; the rest stays fresh."""
+    await cache.put_inode(T1, make_inode(42))
+    await cache.put_inode(T1, make_inode(43))
+    await cache.put_xattrs(T1, 42, {b"user.k": b"v"})
+    items = [(b"a", 42, REGULAR)]
+    await cache.put_listing(T1, 1, items)
+    await cache.put_dentry(T1, 1, b"a", 42, REGULAR)
+    await cache.put_dentry(T1, 1, b"new", 0, 0)  # known absent
+    assert (await cache.get_listing_index(T1, 1))[0] is Freshness.FRESH
+    await cache.expire(T1, inos=[42], names=[(1, b"new")])
+    assert await cache.get_inode(T1, 42) == (Freshness.STALE, make_inode(42))
+    assert await cache.get_xattrs(T1, 42) == (Freshness.STALE, {b"user.k": b"v"})
+    assert await cache.get_dentry(T1, 1, b"new") == (Freshness.STALE, (0, 0))
+    state, listing = await cache.get_listing(T1, 1)  # the name's directory: listed again
+    assert state is Freshness.STALE and [tuple(i) for i in listing or []] == items
+    assert (await cache.get_listing_index(T1, 1))[0] is Freshness.STALE
+    assert (await cache.get_inode(T1, 43))[0] is Freshness.FRESH
+    assert await cache.get_dentry(T1, 1, b"a") == (Freshness.FRESH, (42, REGULAR))
+    await cache.expire(T2, inos=[99], names=[(1, b"x")])  # nothing cached: nothing made
+    assert await cache.get_inode(T2, 99) == (Freshness.ABSENT, None)
+
+
 async def test_tenants_are_isolated(cache: LocalCache) -> None:
     a = make_inode(42, uid=1)
     b = make_inode(42, uid=2)
