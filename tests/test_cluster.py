@@ -53,6 +53,7 @@ from tests.conftest import (
     run_cli,
     unmount,
 )
+
 # Run again here, against the cluster.  Not the rename race of one source on two hosts: on
 # this cluster its loser sometimes gets EIO instead of ENOENT, when Cassandra answers its
 # conditional batch "CAS operation result is unknown - proposal accepted by 1 but not a
