@@ -96,11 +96,6 @@ class Feed:
         if tenant not in self._follows:
             self._follows[tenant] = _Follow(store, time.time())
 
-    @property
-    def tenants(self) -> list[Tenant]:
-        """The tenants followed."""
-        return list(self._follows)
-
     async def append(
         self, store: TenantStore, inos: list[int], names: list[tuple[int, bytes]]
     ) -> None:
