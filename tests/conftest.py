@@ -67,6 +67,17 @@ def local_node_pid() -> int:
         )
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Poll ``condition`` every 50 ms until it is true (True) or ``timeout`` seconds pass
+    (then its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 def errno_of(fn: Callable[[], object]) -> int:
     """The errno ``fn()`` fails with, 0 when it succeeds."""
     try:

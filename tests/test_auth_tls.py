@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from cached.client import call_once, socket_path
 from cassfs.node.launcher import HOST, stop
-from tests.conftest import Mount, run_cli, unmount
+from tests.conftest import Mount, run_cli, unmount, wait_for
 from tests.secure_node import (
     APP_PASSWORD,
     APP_USER,
@@ -105,16 +104,6 @@ def password_in_any_argv(password: str) -> list[int]:
         if password.encode() in cmdline:
             found.append(int(pid))
     return found
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` every 50 ms until true or ``timeout`` seconds passed; its last value."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def up(

@@ -20,7 +20,7 @@ import pytest
 from cached import cachedir
 from cached.model import ROOT_INO
 from cassfs.handles import SPILL_BYTES, WriteBuffer
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 from tests.test_daemon import make_file, session
 
 NOBODY = "65534"
@@ -44,15 +44,6 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture

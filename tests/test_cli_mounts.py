@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from cached.client import call_once
 from cached.errors import DaemonUnavailable
 from cassfs.state import read_record
-from tests.conftest import KEYSPACE, Mount, run_cli
+from tests.conftest import KEYSPACE, Mount, run_cli, wait_for
 
 pytestmark = [pytest.mark.fuse, pytest.mark.cassandra]
 
@@ -30,15 +29,6 @@ pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=othertest", "subtype=ot
 print("mounted", flush=True)
 trio.run(pyfuse3.main)
 """
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def fstype(path: Path) -> str | None:

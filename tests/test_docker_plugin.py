@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,21 +27,12 @@ import pytest
 from cached.client import call_once, socket_path
 from cached.errors import DaemonUnavailable
 from cassfs import docker_plugin
-from tests.conftest import CONTACT_POINTS, KEYSPACE, run_cli
+from tests.conftest import CONTACT_POINTS, KEYSPACE, run_cli, wait_for
 
 pytestmark = [pytest.mark.fuse, pytest.mark.cassandra]
 
 #: What Docker sends its plugins (moby pkg/plugins/transport.VersionMimetype).
 DOCKER_MEDIA_TYPE = "application/vnd.docker.plugins.v1.2+json"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def cassfs_mounts() -> list[str]:

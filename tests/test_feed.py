@@ -24,7 +24,7 @@ from cached.errors import CassfsError, StorageError
 from cached.feed import GAP_LIMIT, OVERLAP, Feed
 from cached.model import ROOT_INO
 from cached.store import Change
-from tests.conftest import Daemon, Mount
+from tests.conftest import Daemon, Mount, wait_for
 from tests.test_daemon import make_file, session
 
 #: Seconds a test waits for another host's change to show: far under the TTLs in use
@@ -146,25 +146,15 @@ def test_mounts_on_two_hosts_see_each_others_writes_and_new_names(
     a = mount_cassfs("a", *tenant)
     b = mount_cassfs("b", *tenant)
     (a.path / "index.php").write_bytes(b"one")
-    assert wait_for(lambda: _read(b.path / "index.php") == b"one")
+    assert wait_for(lambda: _read(b.path / "index.php") == b"one", SHOWS_WITHIN)
     assert not (b.path / "new.php").exists()  # a negative dentry in B's kernel
     (a.path / "index.php").write_bytes(b"two, longer")
     (a.path / "new.php").write_bytes(b"new")
-    assert wait_for(lambda: _read(b.path / "index.php") == b"two, longer")
-    assert wait_for(lambda: (b.path / "new.php").exists())
+    assert wait_for(lambda: _read(b.path / "index.php") == b"two, longer", SHOWS_WITHIN)
+    assert wait_for(lambda: (b.path / "new.php").exists(), SHOWS_WITHIN)
     assert os.stat(b.path / "index.php").st_size == len(b"two, longer")
     os.unlink(a.path / "new.php")
-    assert wait_for(lambda: not (b.path / "new.php").exists())
-
-
-def wait_for(condition: Callable[[], bool], within: float = SHOWS_WITHIN) -> bool:
-    """Poll ``condition`` until true (True) or ``within`` seconds pass (False)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    assert wait_for(lambda: not (b.path / "new.php").exists(), SHOWS_WITHIN)
 
 
 def _read(path: Path) -> bytes | None:

@@ -30,7 +30,7 @@ from cached.errors import DaemonUnavailable
 from cassfs import mountform
 from cassfs.cli import up
 from cassfs.state import pid_alive, read_record
-from tests.conftest import KEYSPACE, Mount, run_cli, unmount
+from tests.conftest import KEYSPACE, Mount, run_cli, unmount, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "contrib" / "srv-www.mount"
@@ -208,15 +208,6 @@ def test_systemd_unit_is_a_valid_mount_form() -> None:
 
 
 # -- the real chain: mount.fuse3, mount -T, umount, cassfs down -----------------------------
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def mount_entry(path: Path) -> list[str] | None:
