@@ -31,14 +31,48 @@ SOCKET_NAME = "daemon.sock"
 #: the front and in the daemon (``FileTooLarge``).  At most 4096 chunks of 1 MiB per file.
 MAX_FILE_SIZE = 4 * 1024**3
 
-#: Seconds a replaced content version or an unlinked inode stays in Cassandra
-#: before this host's daemon deletes it (``--purge-delay``, :mod:`cached.reaper`):
-#: longer than any host's ``--cache-ttl`` + ``--entry-ttl`` (60 + 1 by default),
-#: so another host still holding the name or a handle reads a whole old version.
-DEFAULT_PURGE_DELAY = 120.0
-
 #: Seconds between a daemon's reads of the change feeds (``--feed-poll``, :mod:`cached.feed`).
 DEFAULT_FEED_POLL = 0.2
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long answers are trusted without asking, in seconds.
+
+    ``entry`` is the kernel's entry and attribute timeout of every reply, ``negative`` the
+    kernel's timeout of a negative lookup (``--entry-ttl``, ``--negative-ttl``), ``cache``
+    how long the daemon serves cached metadata before revalidating it (``--cache-ttl``).
+    """
+
+    entry: float
+    negative: float
+    cache: float
+
+
+#: The defaults while the daemon follows the change feed (``--feed-poll`` above 0): another
+#: host's change is told within a poll and drops what it names, kernel caches included, so
+#: answers are trusted for long (the callback model of AFS: Howard et al., "Scale and
+#: Performance in a Distributed File System", ACM TOCS 6(1), 1988).  The TTLs then bound only
+#: what the feed cannot tell: a writer's clock more than 2 s behind, or a writer that died
+#: between its change and its feed row.
+FEED_TIMEOUTS = Timeouts(entry=60.0, negative=60.0, cache=600.0)
+
+#: The defaults without the feed (``--feed-poll 0``): the TTLs are the only bound on
+#: staleness, so they stay short.
+POLL_TIMEOUTS = Timeouts(entry=1.0, negative=1.0, cache=60.0)
+
+
+def default_timeouts(feed_poll: float) -> Timeouts:
+    """The default :class:`Timeouts` for a feed poll interval of ``feed_poll`` seconds."""
+    return FEED_TIMEOUTS if feed_poll > 0 else POLL_TIMEOUTS
+
+
+#: Seconds a replaced content version or an unlinked inode stays in Cassandra
+#: before this host's daemon deletes it (``--purge-delay``, :mod:`cached.reaper`):
+#: longer than any host's ``--cache-ttl`` + ``--entry-ttl`` (600 + 60 by default with the
+#: change feed), so another host still holding the name or a handle reads a whole old
+#: version.
+DEFAULT_PURGE_DELAY = 900.0
 
 #: Extended attributes (see the README): the namespaces stored, and the limits, in bytes, of
 #: a name (Linux's XATTR_NAME_MAX; ERANGE past it), of a value (XATTR_SIZE_MAX; E2BIG), of

@@ -34,20 +34,28 @@ class _Pending:
         self.result: Any = None
 
 
+#: Called with ``(event, params)`` of each notification, in the trio thread; returns None,
+#: or work to finish (an async function of no arguments that never raises) before the
+#: notification is acknowledged.
+NotificationHandler = Callable[[str, dict[str, Any]], Callable[[], Awaitable[None]] | None]
+
+
 class DaemonClient:
     """A connection to the daemon at ``path``.
 
     Open with ``async with open_client(path) as client``.  ``on_notification``
-    is called (sync, in the trio thread) with ``(event, params)`` for each
-    notification.  ``hello`` parameters given to :meth:`hello` are said again
-    after a reconnect.
+    (a :data:`NotificationHandler`) is called for each notification; the daemon
+    hears that a notification was acted on once the work it returned is done.
+    ``hello`` parameters given to :meth:`hello` are said again after a reconnect,
+    which is then told as a ``purged`` notification with the daemon's epoch
+    (notifications sent meanwhile were lost).
     """
 
     def __init__(
         self,
         path: Path,
         nursery: trio.Nursery,
-        on_notification: Callable[[str, dict[str, Any]], None] | None = None,
+        on_notification: NotificationHandler | None = None,
     ) -> None:
         self.path = path
         self.on_notification = on_notification
@@ -89,18 +97,29 @@ class DaemonClient:
                 # The stream serves calls only once its session exists: a failed
                 # replay closes it, and the next call tries again from the start.
                 try:
-                    await self._call_on(stream, "hello", self._hello)
+                    hello = await self._call_on(stream, "hello", self._hello)
                 except BaseException:
                     with trio.CancelScope(shield=True):
                         await stream.aclose()
                     raise
                 log.info("reconnected to the cache daemon")
+                if self.on_notification is not None:
+                    # Notifications sent while disconnected are lost, and a restarted
+                    # daemon did not follow the feed meanwhile: trust nothing told before.
+                    work = self.on_notification("purged", {"epoch": hello["epoch"]})
+                    if work is not None:
+                        self._nursery.start_soon(work)
             self._stream = stream
             return stream
 
-    async def _acknowledge(self, stream: trio.SocketStream, seq: int) -> None:
-        """Tell the daemon the notification numbered ``seq`` was acted on (the daemon
-        waits for it before it answers the change); never raises."""
+    async def _acknowledge(
+        self, stream: trio.SocketStream, seq: int, work: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        """Finish ``work`` (the handler's, which must not raise), then tell the daemon the
+        notification numbered ``seq`` was acted on (the daemon waits for it before it
+        answers the change); never raises."""
+        if work is not None:
+            await work()
         try:
             await self._call_on(stream, "seen", {"seq": seq})
         except CassfsError as exc:
@@ -123,14 +142,17 @@ class DaemonClient:
                         pending.result = message.result
                         pending.done.set()
                     elif isinstance(message, protocol.Notification):
+                        work = None
                         if self.on_notification is not None:
                             try:
-                                self.on_notification(message.event, message.params)
+                                work = self.on_notification(message.event, message.params)
                             except Exception:
                                 log.exception("notification handler failed")
                         seq = message.params.get("seq")
                         if isinstance(seq, int):
-                            self._nursery.start_soon(self._acknowledge, stream, seq)
+                            self._nursery.start_soon(self._acknowledge, stream, seq, work)
+                        elif work is not None:
+                            self._nursery.start_soon(work)
         except trio.ClosedResourceError:
             log.debug("connection to the cache daemon closed")
         except (trio.BrokenResourceError, protocol.ProtocolError) as exc:
@@ -187,7 +209,7 @@ class DaemonClient:
 
 @asynccontextmanager
 async def open_client(
-    path: Path, on_notification: Callable[[str, dict[str, Any]], None] | None = None
+    path: Path, on_notification: NotificationHandler | None = None
 ) -> AsyncIterator[DaemonClient]:
     """Connect to the daemon at ``path``; the connection closes when the block ends.
 

@@ -22,7 +22,10 @@ import trio
 from cached import cachedir
 from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported)
     DEFAULT_PURGE_DELAY,
+    FEED_TIMEOUTS,
+    POLL_TIMEOUTS,
     daemon_command,
+    default_timeouts,
     parse_metrics_address,
     parse_size,
     socket_path,
@@ -210,8 +213,8 @@ def _lock(cache_dir: Path) -> int:
 @click.option(
     "--cache-ttl",
     type=float,
-    default=60.0,
-    show_default=True,
+    default=None,
+    show_default=f"{FEED_TIMEOUTS.cache:g} with the change feed, {POLL_TIMEOUTS.cache:g} without",
     help="Seconds cached metadata is served before revalidation.",
 )
 @click.option(
@@ -267,7 +270,7 @@ def main(
     cache_dir: Path,
     contact_points: str,
     keyspace: str,
-    cache_ttl: float,
+    cache_ttl: float | None,
     cache_size: str,
     query_timeout: float,
     idle_exit: float | None,
@@ -283,6 +286,8 @@ def main(
     The password of ``--username`` comes from ``--password-file`` or CASSFS_PASSWORD.
     """
     os.umask(cachedir.PRIVATE_UMASK)  # the cache dir is for this user only
+    if cache_ttl is None:
+        cache_ttl = default_timeouts(feed_poll).cache
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",

@@ -27,8 +27,11 @@ from cached import stats as stats_mod
 from cached.api import (
     DEFAULT_FEED_POLL,
     DEFAULT_PURGE_DELAY,
+    FEED_TIMEOUTS,
+    POLL_TIMEOUTS,
     ContactPoints,
     daemon_command,
+    default_timeouts,
     parse_metrics_address,
     parse_size,
 )
@@ -192,25 +195,26 @@ environment_option = click.option(
 @click.option(
     "--entry-ttl",
     type=float,
-    default=1.0,
+    default=None,
     envvar="CASSFS_ENTRY_TTL",
-    show_default=True,
+    show_default=f"{FEED_TIMEOUTS.entry:g} with the change feed, {POLL_TIMEOUTS.entry:g} without",
     help="Kernel entry/attr timeout, seconds (env CASSFS_ENTRY_TTL).",
 )
 @click.option(
     "--negative-ttl",
     type=float,
-    default=1.0,
+    default=None,
     envvar="CASSFS_NEGATIVE_TTL",
-    show_default=True,
+    show_default=f"{FEED_TIMEOUTS.negative:g} with the change feed, "
+    f"{POLL_TIMEOUTS.negative:g} without",
     help="Kernel timeout of negative lookups, seconds (env CASSFS_NEGATIVE_TTL).",
 )
 @click.option(
     "--cache-ttl",
     type=float,
-    default=60.0,
+    default=None,
     envvar="CASSFS_CACHE_TTL",
-    show_default=True,
+    show_default=f"{FEED_TIMEOUTS.cache:g} with the change feed, {POLL_TIMEOUTS.cache:g} without",
     help="Seconds the daemon serves metadata before revalidating (env CASSFS_CACHE_TTL).",
 )
 @click.option(
@@ -304,9 +308,9 @@ def up(
     keyspace: str,
     owner: int,
     environment: str,
-    entry_ttl: float,
-    negative_ttl: float,
-    cache_ttl: float,
+    entry_ttl: float | None,
+    negative_ttl: float | None,
+    cache_ttl: float | None,
     cache_size: str,
     purge_delay: float,
     query_timeout: float,
@@ -332,9 +336,13 @@ def up(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     settings = _settings(points, connection)
-    size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, cache_size)
     mountpoint = Path(os.path.abspath(mountpoint))
     cache_dir = Path(os.path.abspath(cache_dir))
+    running = _daemon_status(cache_dir)
+    if running is not None:  # the TTLs' defaults follow the feed of the daemon that serves
+        feed_poll = float(running["config"].get("feed_poll", feed_poll))
+    entry_ttl, negative_ttl, cache_ttl = timeouts_of(entry_ttl, negative_ttl, cache_ttl, feed_poll)
+    size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, cache_size)
     _check_mountpoint(mountpoint)
     if not Path("/dev/fuse").exists():
         fail(
@@ -421,6 +429,20 @@ def up(
         time.sleep(0.05)
     child.terminate()
     fail(f"the mount did not come up within 60 s; see {log_path}")
+
+
+def timeouts_of(
+    entry_ttl: float | None, negative_ttl: float | None, cache_ttl: float | None, feed_poll: float
+) -> tuple[float, float, float]:
+    """The (entry, negative, cache) TTLs in seconds: those given, the others the defaults
+    for ``feed_poll`` (:func:`cached.api.default_timeouts`: long while the change feed is
+    followed, short without it)."""
+    defaults = default_timeouts(feed_poll)
+    return (
+        defaults.entry if entry_ttl is None else entry_ttl,
+        defaults.negative if negative_ttl is None else negative_ttl,
+        defaults.cache if cache_ttl is None else cache_ttl,
+    )
 
 
 def check_mount_values(

@@ -101,7 +101,7 @@ def plan_mount(options: Mapping[str, Any]) -> MountPlan:
     and ``ro``.  Options not given take `cassfs up`'s defaults (and its ``CASSFS_*``
     environment variables).  Raises :class:`PluginError` naming the bad or unknown option.
     """
-    from cassfs.cli import check_mount_values, up
+    from cassfs.cli import check_mount_values, timeouts_of, up
 
     bad_types = sorted(key for key, value in options.items() if not isinstance(value, str))
     if bad_types:
@@ -120,9 +120,10 @@ def plan_mount(options: Mapping[str, Any]) -> MountPlan:
     try:
         context = up.make_context("up", ["/", *args])
         params = context.params
-        size = check_mount_values(
-            params["entry_ttl"], params["negative_ttl"], params["cache_ttl"], params["cache_size"]
+        entry_ttl, negative_ttl, cache_ttl = timeouts_of(
+            params["entry_ttl"], params["negative_ttl"], params["cache_ttl"], params["feed_poll"]
         )
+        size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, params["cache_size"])
     except click.BadParameter as exc:
         given = next((o for o in getattr(exc.param, "opts", ()) if o in flags), None)
         if given is not None:
@@ -135,7 +136,6 @@ def plan_mount(options: Mapping[str, Any]) -> MountPlan:
     mount_args = [arg for key in MOUNT_OPTIONS if key in options for arg in args_of[key]]
     if READ_ONLY_FLAG in args:
         mount_args.append(READ_ONLY_FLAG)
-    cache_ttl = float(params["cache_ttl"])
     daemon = ["--cache-ttl", repr(cache_ttl), "--cache-size", str(size)]
     return MountPlan(mount_args + daemon, f"ttl{cache_ttl:g}-size{size}")
 

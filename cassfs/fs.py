@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -71,6 +71,7 @@ from cached.model import NAME_MAX, ROOT_INO, Inode, needs_atime
 from cassfs.handles import OpenFile, WriteBuffer, check_size
 from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
 from cassfs.kernel import FuseKernelCache, KernelCache
+from cassfs.listings import Listings
 from cassfs.xattrs import AbsentXattrs
 
 if TYPE_CHECKING:
@@ -103,6 +104,24 @@ def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
         except Exception as exc:
             log.exception("%s failed unexpectedly", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    return wrapper
+
+
+def _drops_listings(
+    fn: Callable[Concatenate[Operations, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Operations, P], Coroutine[Any, Any, R]]:
+    """For a change made through this mount: drop the reused listings
+    (:mod:`cassfs.listings`) before it is asked for and after it is done, so that no
+    listing loaded before it or during it is reused."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.listings.drop_all()
+        try:
+            return await fn(self, *args, **kwargs)
+        finally:
+            self.listings.drop_all()
 
     return wrapper
 
@@ -241,6 +260,8 @@ class Operations(pyfuse3.Operations):
         self._xattr_probe: _XattrProbe | None = None
         #: Extended attribute names known absent, while the daemon's answer holds.
         self.xattrs_absent = AbsentXattrs()
+        #: Directory listings reused by opendir for the entry timeout.
+        self.listings = Listings(config.entry_ttl)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -435,6 +456,7 @@ class Operations(pyfuse3.Operations):
             return self._entry(await self.daemon.getattr(inode))
 
     @_fuse_errors
+    @_drops_listings
     async def setattr(
         self,
         inode: int,
@@ -541,16 +563,24 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         """Take a snapshot of the listing; readdir tokens index into it.  ESTALE when gone.
 
+        The daemon's listing is reused for the entry timeout (:mod:`cassfs.listings`).
+
         POSIX leaves it unspecified whether entries added or removed after
         opendir(3) show up, so a per-handle snapshot is a valid, stable cursor.
         """
         log.debug("opendir %d", inode)
         fh = next(self._fh)
-        with _stale_if_gone(inode):
-            listing = await self.daemon.readdir(inode)
-            self._dirs[fh] = (inode, listing)
-        if self._records_atime:
-            self._start(self._touch_atime, inode, time.time_ns())
+        listing = self.listings.get(inode, trio.current_time())
+        if listing is None:
+            generation = self.listings.generation
+            with _stale_if_gone(inode):
+                listing = await self.daemon.readdir(inode)
+            self.listings.put(inode, listing, trio.current_time(), generation)
+            # A reused listing records no access: relatime records one per change of the
+            # directory (which drops the listing) or per day, longer than its lifetime.
+            if self._records_atime:
+                self._start(self._touch_atime, inode, time.time_ns())
+        self._dirs[fh] = (inode, listing)
         return fh
 
     @_fuse_errors
@@ -575,6 +605,7 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     @_fuse_errors
+    @_drops_listings
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -594,6 +625,7 @@ class Operations(pyfuse3.Operations):
         return entry
 
     @_fuse_errors
+    @_drops_listings
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove an empty directory.  ENOENT, ENOTDIR, ENOTEMPTY."""
         log.debug("rmdir %d %r", parent_inode, name)
@@ -602,6 +634,7 @@ class Operations(pyfuse3.Operations):
         self._unlinked(await self.daemon.rmdir(parent_inode, name))
 
     @_fuse_errors
+    @_drops_listings
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -617,6 +650,7 @@ class Operations(pyfuse3.Operations):
         return self._remember(inode)
 
     @_fuse_errors
+    @_drops_listings
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove a name; the inode lives on while the kernel still holds it."""
         log.debug("unlink %d %r", parent_inode, name)
@@ -625,6 +659,7 @@ class Operations(pyfuse3.Operations):
         self._unlinked(await self.daemon.unlink(parent_inode, name))
 
     @_fuse_errors
+    @_drops_listings
     async def rename(
         self,
         parent_inode_old: int,
@@ -648,6 +683,7 @@ class Operations(pyfuse3.Operations):
         self._unlinked(result.replaced)
 
     @_fuse_errors
+    @_drops_listings
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -667,6 +703,7 @@ class Operations(pyfuse3.Operations):
         return self._remember(linked)
 
     @_fuse_errors
+    @_drops_listings
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -704,6 +741,7 @@ class Operations(pyfuse3.Operations):
     # -- files ----------------------------------------------------------------------------
 
     @_fuse_errors
+    @_drops_listings
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -923,8 +961,12 @@ class Operations(pyfuse3.Operations):
         Called with ``state.lock`` held.  Every handle of the inode is clean
         afterwards and reads the new version.
         """
-        with trio.CancelScope(shield=True), _stale_if_gone(state.ino):
-            inode = await self.daemon.write(state.ino, **buffer.wire_content())
+        self.listings.drop_all()
+        try:
+            with trio.CancelScope(shield=True), _stale_if_gone(state.ino):
+                inode = await self.daemon.write(state.ino, **buffer.wire_content())
+        finally:
+            self.listings.drop_all()
         buffer.dirty = False
         for other in state.handles.values():
             other.dirtied = False
@@ -1106,42 +1148,47 @@ class Operations(pyfuse3.Operations):
 
     # -- daemon notifications -------------------------------------------------------------
 
-    def on_notification(self, event: str, params: dict[str, Any]) -> None:
-        """React to the daemon.
+    def on_notification(
+        self, event: str, params: dict[str, Any]
+    ) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """React to the daemon; returns the work to finish before acknowledging it.
 
-        ``changed``: another session of this tenant changed these inodes; stop reusing
-        answers about them.  With ``remote`` (another host's change, from the change
-        feed), also drop the kernel's attributes of those inodes and its dentries of the
-        ``names`` (``[parent, name]``) it may hold.  ``purged``: the cache was emptied;
-        drop every reused answer and the kernel's caches of every inode.
+        ``changed``: another session of this tenant (on this daemon, or on another host
+        when ``remote``, from the change feed) changed these inodes: stop reusing answers
+        and listings about them now; the work returned drops the kernel's attributes of
+        those inodes and its dentries of the ``names`` (``[parent, name]``) it may hold.
+        ``purged``: the cache was emptied (or the daemon reconnected): drop every reused
+        answer now and, in the background, the kernel's caches of every inode.
         """
         if event == "changed":
             inos = params.get("inos", ())
+            self.listings.drop([*inos, *(parent for parent, _ in params.get("names", ()))])
             for ino in inos:
                 self.xattrs_absent.forget(ino)
                 state = self.inodes.get(ino)
                 if state is not None:
                     state.reusable = None
-            if params.get("remote") and self.nursery is not None:
-                known = [ino for ino in inos if self.inodes.get(ino) is not None]
-                names = [
-                    (parent, name)
-                    for parent, name in params.get("names", ())
-                    if parent == ROOT_INO or self.inodes.get(parent) is not None
-                ]
-                if known or names:
-                    self.nursery.start_soon(self._invalidate_remote, known, names)
+            known = [ino for ino in inos if self.inodes.get(ino) is not None]
+            names = [
+                (parent, name)
+                for parent, name in params.get("names", ())
+                if parent == ROOT_INO or self.inodes.get(parent) is not None
+            ]
+            if known or names:
+                return functools.partial(self._invalidate_changed, known, names)
         elif event == "purged":
+            self.listings.drop_all()
             self.xattrs_absent.clear()
             self.epoch = params.get("epoch", self.epoch)
             for ino in self.inodes.known():
                 self.inodes.state(ino).reusable = None
             if self.nursery is not None:
                 self.nursery.start_soon(self._invalidate_all)
+        return None
 
-    async def _invalidate_remote(self, inos: list[int], names: list[tuple[int, bytes]]) -> None:
+    async def _invalidate_changed(self, inos: list[int], names: list[tuple[int, bytes]]) -> None:
         """Drop the kernel's attributes of ``inos`` and its dentries of ``names`` (another
-        host changed them); never raises.  Dentries are dropped from worker threads, one
+        mount or host changed them); never raises.  Dentries are dropped from worker threads, one
         at a time and at most :data:`REMOTE_ENTRY_WAIT` seconds each (a busy directory
         keeps its dentry until its entry timeout), never through pyfuse3's one
         notification queue, which this mount's own creates and renames use."""

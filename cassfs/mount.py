@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,8 @@ async def serve(opts: MountOptions) -> None:
     """
     ops: Operations | None = None
 
-    def notify(event: str, params: dict[str, object]) -> None:
-        if ops is not None:
-            ops.on_notification(event, params)
+    def notify(event: str, params: dict[str, Any]) -> Callable[[], Awaitable[None]] | None:
+        return ops.on_notification(event, params) if ops is not None else None
 
     async with open_client(socket_path(opts.cache_dir), on_notification=notify) as client:
         hello = await client.hello(opts.owner, opts.environment, read_only=opts.read_only)

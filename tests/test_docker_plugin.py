@@ -278,9 +278,9 @@ def test_volume_options_become_up_options() -> None:
         *("--cache-ttl", "5.0", "--cache-size", str(64 << 20)),
     ]
     assert plan.cache_key == f"ttl5-size{64 << 20}"
-    defaults = docker_plugin.plan_mount({})  # `cassfs up`'s defaults
-    assert defaults.args == ["--cache-ttl", "60.0", "--cache-size", str(1 << 30)]
-    assert defaults.cache_key == f"ttl60-size{1 << 30}"
+    defaults = docker_plugin.plan_mount({})  # `cassfs up`'s defaults, the change feed on
+    assert defaults.args == ["--cache-ttl", "600.0", "--cache-size", str(1 << 30)]
+    assert defaults.cache_key == f"ttl600-size{1 << 30}"
 
 
 def test_mount_writes_through_one_volume_and_reads_through_another_of_the_tenant(

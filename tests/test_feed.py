@@ -157,6 +157,35 @@ def test_mounts_on_two_hosts_see_each_others_writes_and_new_names(
     assert wait_for(lambda: not (b.path / "new.php").exists(), SHOWS_WITHIN)
 
 
+@pytest.mark.cassandra
+@pytest.mark.fuse
+def test_two_mounts_of_one_daemon_see_each_others_changes_once_they_return(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """Default flags (kernel entries and attributes kept 60 s, listings reused): on two
+    mounts of one daemon, a rewrite, a create, a chmod and an unlink through mount A
+    show on mount B as soon as A's syscall returned, warm kernel caches and a reused
+    listing on B notwithstanding."""
+    a = mount_cassfs("a", *tenant, "shared-cache")
+    b = mount_cassfs("b", *tenant, "shared-cache")
+    (a.path / "index.php").write_bytes(b"one")
+    for _ in range(2):  # warm: B's kernel holds the attributes, B's front the listing
+        assert (b.path / "index.php").read_bytes() == b"one"
+        assert os.listdir(b.path) == ["index.php"]
+        assert not (b.path / "new.php").exists()
+    (a.path / "index.php").write_bytes(b"two, longer")
+    assert os.stat(b.path / "index.php").st_size == len(b"two, longer")
+    assert (b.path / "index.php").read_bytes() == b"two, longer"
+    (a.path / "new.php").write_bytes(b"new")
+    assert (b.path / "new.php").exists()
+    assert sorted(os.listdir(b.path)) == ["index.php", "new.php"]
+    os.chmod(a.path / "new.php", 0o600)
+    assert os.stat(b.path / "new.php").st_mode & 0o777 == 0o600
+    os.unlink(a.path / "new.php")
+    assert not (b.path / "new.php").exists()
+    assert os.listdir(b.path) == ["index.php"]
+
+
 def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()

@@ -126,7 +126,8 @@ class FakeDaemon:
         return self._inode(ino)
 
     def rpc_readdir(self, ino: int) -> list[list[Any]]:
-        self._inode(ino)
+        if ino != DIR_INO:  # the one directory has no inode record here
+            self._inode(ino)
         return [[name, self.inodes[child].to_wire()] for name, child in self.names.items()]
 
     def rpc_readlink(self, ino: int) -> bytes:
@@ -572,35 +573,36 @@ async def test_opens_of_a_reused_answer_record_one_access_not_one_each(
     assert daemon.inodes[ino].atime_ns > daemon.inodes[ino].mtime_ns
 
 
-async def test_another_hosts_change_drops_the_kernels_attributes_and_dentries(
+async def test_a_change_elsewhere_drops_the_kernels_attributes_and_dentries_before_its_ack(
     ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
 ) -> None:
-    """A ``changed`` notification from the change feed (``remote``) drops the kernel's
-    attributes of the inodes it knows and the dentries under directories it knows; one
-    from another mount of this daemon drops only what the front reuses."""
+    """A ``changed`` notification, from another mount of this daemon or from the change
+    feed (``remote``), stops the reuse of answers at once and returns the work that drops
+    the kernel's attributes of the inodes it knows and the dentries under directories it
+    knows (the client acknowledges once it is done)."""
     daemon.fresh_for = 3600.0
     ino = await looked_up(ops)
     await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
-    async with trio.open_nursery() as nursery:
-        ops.nursery = nursery
-        ops.on_notification("changed", {"inos": [ino], "seq": 1})
-        await trio.testing.wait_all_tasks_blocked()
-        assert (kernel.attributes, kernel.dropped) == ([], [])
-        assert ops.inodes.state(ino).reusable is None
-        unknown = 999_999  # an inode and a directory this mount never told the kernel of
-        ops.on_notification(
-            "changed",
-            {
-                "inos": [ino, unknown],
-                "names": [[DIR_INO, b"page.php"], [unknown, b"x"]],
-                "seq": 2,
-                "remote": True,
-            },
-        )
-        await trio.testing.wait_all_tasks_blocked()
-        ops.nursery = None
-    assert kernel.attributes == [ino]
+    work = ops.on_notification("changed", {"inos": [ino], "seq": 1})
+    assert ops.inodes.state(ino).reusable is None
+    assert work is not None and (kernel.attributes, kernel.dropped) == ([], [])
+    await work()
+    assert (kernel.attributes, kernel.dropped) == ([ino], [])
+    unknown = 999_999  # an inode and a directory this mount never told the kernel of
+    work = ops.on_notification(
+        "changed",
+        {
+            "inos": [ino, unknown],
+            "names": [[DIR_INO, b"page.php"], [unknown, b"x"]],
+            "seq": 2,
+            "remote": True,
+        },
+    )
+    assert work is not None
+    await work()
+    assert kernel.attributes == [ino, ino]
     assert kernel.dropped == [(DIR_INO, b"page.php")]
+    assert ops.on_notification("changed", {"inos": [unknown], "seq": 3}) is None
 
 
 async def test_writes_on_this_host_move_every_handle_to_the_new_version(
@@ -687,3 +689,57 @@ async def test_kernel_invalidations_run_in_threads_and_treat_not_cached_as_done(
     assert [record.getMessage() for record in caplog.records] == [
         "could not invalidate inode 8 in the kernel: [Errno 5] kernel said no"
     ]
+
+
+async def listed(ops: Operations) -> list[bytes]:
+    """The names an opendir + readdir of the directory gives (readdir_reply recorded)."""
+    fh = await ops.opendir(DIR_INO, CTX)
+    try:
+        return [name for name, _ in ops._dirs[fh][1]]
+    finally:
+        await ops.releasedir(fh)
+
+
+async def test_opendir_reuses_the_listing_until_a_change_through_the_mount(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    """A warm opendir asks the daemon nothing; a create through the mount drops the
+    listing, so the next opendir shows the new name."""
+    assert await listed(ops) == [b"page.php"]
+    assert await listed(ops) == [b"page.php"]
+    assert [m for m, _ in daemon.calls].count("readdir") == 1
+    await ops.create(DIR_INO, b"new.php", 0o100644, os.O_WRONLY, CTX)
+    assert sorted(await listed(ops)) == [b"new.php", b"page.php"]
+    assert [m for m, _ in daemon.calls].count("readdir") == 2
+
+
+async def test_opendir_forgets_the_listing_when_told_of_a_change_elsewhere(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    """A ``changed`` notification naming the directory, or an inode listed in it, drops
+    the listing: the next opendir asks the daemon again and shows the change."""
+    await listed(ops)
+    daemon.add_file(b"other.php", b"x", ino=300)  # another host's create
+    ops.on_notification("changed", {"inos": [], "names": [[DIR_INO, b"other.php"]]})
+    assert sorted(await listed(ops)) == [b"other.php", b"page.php"]
+    ops.on_notification("changed", {"inos": [300]})  # another host's write of a listed file
+    await listed(ops)
+    ops.on_notification("changed", {"inos": [12345]})  # unrelated: the listing stays
+    await listed(ops)
+    assert [m for m, _ in daemon.calls].count("readdir") == 3
+
+
+async def test_a_listing_loaded_across_a_change_is_not_reused(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    """An opendir whose readdir was in flight when a change was told keeps its answer
+    for that handle only; the next opendir asks again."""
+    gate = daemon.hold["readdir"] = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listed, ops)
+        await trio.testing.wait_all_tasks_blocked()
+        ops.on_notification("changed", {"inos": [], "names": [[DIR_INO, b"x.php"]]})
+        gate.set()
+    del daemon.hold["readdir"]
+    await listed(ops)
+    assert [m for m, _ in daemon.calls].count("readdir") == 2

@@ -1,0 +1,105 @@
+"""Directory listings the front reuses, so that a warm ``opendir`` asks nobody.
+
+A listing (every ``(name, inode)`` of a directory, as the daemon's ``readdir`` gave it) is
+reused for ``lifetime`` seconds: the mount's entry timeout, as long as the kernel may keep
+the dentries and attributes that came with it.  What could make it wrong drops it first:
+
+- a change made through this mount (any create, removal, rename, attribute or content
+  change): :meth:`Listings.drop_all`, before and after the change is asked for;
+- a change told by the daemon (another mount of the daemon, or another host through the
+  change feed): :meth:`Listings.drop` with the inodes and parents it names, which drops
+  the listings of those directories and every listing holding one of those inodes (a
+  listing carries its entries' attributes);
+- a purge of the daemon's cache, or a reconnect: :meth:`Listings.drop_all`.
+
+A load that began before a drop is not kept (:meth:`Listings.generation`): its answer may
+predate the change.  At most :data:`MAX_ENTRIES` entries are kept in all; the listing used
+least recently goes first.  Pure logic over the caller's clock (seconds), tested with plain
+data.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cached.model import Inode
+
+#: Entries kept in all listings together (about 300 bytes each).
+MAX_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One directory's entries, reusable until ``deadline`` (clock seconds)."""
+
+    deadline: float
+    entries: list[tuple[bytes, Inode]]
+    inos: frozenset[int]
+
+
+class Listings:
+    """Reusable listings by directory inode; ``lifetime`` in seconds (0: none kept)."""
+
+    def __init__(self, lifetime: float, max_entries: int = MAX_ENTRIES) -> None:
+        self.lifetime = lifetime
+        self.max_entries = max_entries
+        self._by_dir: OrderedDict[int, Listing] = OrderedDict()
+        self._entries = 0
+        #: Bumped by every drop: a load keeps its answer only if it did not move meanwhile.
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._by_dir)
+
+    def get(self, ino: int, now: float) -> list[tuple[bytes, Inode]] | None:
+        """The entries of directory ``ino`` if a listing of it holds at ``now``, else None."""
+        listing = self._by_dir.get(ino)
+        if listing is None:
+            return None
+        if listing.deadline <= now:
+            self._remove(ino)
+            return None
+        self._by_dir.move_to_end(ino)
+        return listing.entries
+
+    def put(
+        self, ino: int, entries: list[tuple[bytes, Inode]], now: float, generation: int
+    ) -> None:
+        """Keep ``entries`` of directory ``ino``, loaded since ``generation`` was read.
+
+        Not kept when a drop happened since (the answer may predate the change), when
+        the lifetime is 0, or when the listing alone is larger than the limit.
+        """
+        if generation != self.generation or self.lifetime <= 0 or len(entries) > self.max_entries:
+            return
+        self._remove(ino)
+        inos = frozenset(inode.ino for _, inode in entries)
+        self._by_dir[ino] = Listing(now + self.lifetime, entries, inos)
+        self._entries += len(entries)
+        while self._entries > self.max_entries:
+            self._remove(next(iter(self._by_dir)))
+
+    def drop(self, inos: Iterable[int]) -> None:
+        """Drop the listings of the directories ``inos`` and every listing holding one of
+        them as an entry."""
+        changed = set(inos)
+        self.generation += 1
+        if not changed:
+            return
+        for ino in [
+            d for d, listing in self._by_dir.items() if d in changed or listing.inos & changed
+        ]:
+            self._remove(ino)
+
+    def drop_all(self) -> None:
+        """Drop every listing (a change through this mount, a purge, a reconnect)."""
+        self.generation += 1
+        self._by_dir.clear()
+        self._entries = 0
+
+    def _remove(self, ino: int) -> None:
+        listing = self._by_dir.pop(ino, None)
+        if listing is not None:
+            self._entries -= len(listing.entries)
