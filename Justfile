@@ -102,9 +102,16 @@ race: schema
 pjdfstest *ARGS: schema
     python -m pytest tests/test_pjdfstest.py "$@"
 
-# Run the benchmark against the local node.
+# Run the benchmarks against the local node: cold and warm against native, then the warm paths
+# beside a minimal pyfuse3 passthrough.
 bench: schema
     python -m tests.bench
+    python -m tests.warm_bench
+
+# The warm paths alone: stat walk, read, PHP-like requests (1 and 4 readers) on native, a
+# minimal pyfuse3 passthrough and cassfs; `--tree DIR` measures another tree.
+bench-warm *ARGS: schema
+    python -m tests.warm_bench "$@"
 
 # How soon another host sees a change (two mounts, 100 changes of each kind), and the feed's idle cost.
 bench-feed *ARGS: schema

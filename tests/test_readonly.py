@@ -204,6 +204,25 @@ async def test_the_front_answers_every_change_with_erofs_and_asks_the_daemon_not
 
 
 @pytest.mark.parametrize("read_only", [True, False])
+async def test_only_a_read_only_mount_tells_the_kernel_it_needs_no_flush(
+    tmp_path: Path, read_only: bool
+) -> None:
+    """ENOSYS from flush makes the kernel stop sending flushes on close (one round trip
+    fewer per close); only a mount that never writes may say so."""
+    daemon = FakeDaemon()
+    daemon.add_file(b"page.php", b"<?php 1;")
+    ops = read_only_ops(daemon, tmp_path, read_only)
+    info = await ops.open(FILE_INO, os.O_RDONLY, CTX)
+    if read_only:
+        with pytest.raises(pyfuse3.FUSEError) as raised:
+            await ops.flush(info.fh)
+        assert raised.value.errno == errno.ENOSYS
+    else:
+        await ops.flush(info.fh)
+    await ops.release(info.fh)
+
+
+@pytest.mark.parametrize("read_only", [True, False])
 async def test_the_front_of_a_read_only_mount_records_no_access_time(
     tmp_path: Path, read_only: bool
 ) -> None:

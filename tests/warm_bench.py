@@ -4,7 +4,9 @@ What it measures
     The tree (default: the installed standard library, as ``just bench``; ``--tree DIR``
     takes another, e.g. a WordPress tree) is copied into a native directory and into a
     fresh cassfs tenant mounted with default flags (so the change feed runs and the long
-    TTLs apply), and the native directory is also mounted through :mod:`tests.passthrough`.
+    TTLs apply), the tenant is mounted a second time read-only (``--ro``, its own cache dir
+    and daemon: a web host), and the native directory is also mounted through
+    :mod:`tests.passthrough`.
     After one untimed pass that warms every cache (kernel, daemon), each operation runs
     ``--passes`` times on each target, the targets taking turns, and the best pass counts:
 
@@ -65,7 +67,7 @@ from tests.stdlib_tree import STDLIB, stdlib_files
 
 log = logging.getLogger("warm_bench")
 
-TARGETS = ("native", "passthrough", "cassfs")
+TARGETS = ("native", "passthrough", "cassfs", "cassfs ro")
 
 
 def tree_files(root: Path) -> list[Path]:
@@ -255,7 +257,7 @@ class Run:
             best = {target: min(values) for target, values in by_target.items()}
             speed = op in ("stat walk", "read")
             row: dict[str, Any] = {"operation": op, "seconds": best, "passes": by_target}
-            for target in ("passthrough", "cassfs"):
+            for target in TARGETS[1:]:
                 # speed rows: target's speed / native's; request rows: target's time / native's
                 ratio = best["native"] / best[target] if speed else best[target] / best["native"]
                 row[f"{target}_ratio"] = ratio
@@ -271,8 +273,8 @@ class Run:
         table.add_column("operation")
         for target in TARGETS:
             table.add_column(target, justify="right")
-        table.add_column("passthrough vs native", justify="right")
-        table.add_column("cassfs vs native", justify="right")
+        for target in TARGETS[1:]:
+            table.add_column(f"{target} vs native", justify="right")
         for row in self.rows():
             op = row["operation"]
             if "files_per_s" in row:
@@ -281,12 +283,7 @@ class Run:
             else:
                 cells = [f"{row['seconds'][t] * 1000:,.1f} ms" for t in TARGETS]
                 unit = "x native time"
-            table.add_row(
-                op,
-                *cells,
-                f"{row['passthrough_ratio']:.2f} {unit}",
-                f"{row['cassfs_ratio']:.2f} {unit}",
-            )
+            table.add_row(op, *cells, *(f"{row[f'{t}_ratio']:.2f} {unit}" for t in TARGETS[1:]))
         console.print(table)
         console.print(
             f"request = stat+open+read+close of {min(self.request_files, len(self.files))} files "
@@ -301,8 +298,10 @@ def mounted_targets(
 ) -> Iterator[tuple[list[Path], dict[str, Path]]]:
     """The files copied, and the native, passthrough and cassfs roots holding them;
     unmounted on the way out."""
-    native, pt, mnt, cache = (tmp / d for d in ("native", "passthrough", "cassfs", "cache"))
-    for d in (native, pt, mnt, cache):
+    native, pt, mnt, cache, ro, ro_cache = (
+        tmp / d for d in ("native", "passthrough", "cassfs", "cache", "ro", "ro-cache")
+    )
+    for d in (native, pt, mnt, cache, ro, ro_cache):
         d.mkdir()
     with ExitStack() as stack:
         environment = f"warm-{secrets.token_hex(6)}"
@@ -336,7 +335,14 @@ def mounted_targets(
                     f"the passthrough did not mount: {(tmp / 'passthrough.log').read_text()}"
                 )
             time.sleep(0.05)
-        yield files, {"native": native, "passthrough": pt, "cassfs": mnt}
+        # the web-host shape: another host, read-only, of the same tenant
+        stack.callback(unmount, ro)
+        cassfs_cli(
+            "up", str(ro), "--ro", "--cache-dir", str(ro_cache), "--owner", str(OWNER),
+            "--environment", environment, "--contact-points", args.contact_points,
+            "--keyspace", args.keyspace,
+        )  # fmt: skip
+        yield files, {"native": native, "passthrough": pt, "cassfs": mnt, "cassfs ro": ro}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
