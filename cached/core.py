@@ -241,12 +241,19 @@ class Core:
         """Settle the claim on ``entry`` (a name a cross-directory rename claims) if it may
         be settled now (:func:`cached.recovery.settle_claim`); what was done.  A finished
         rename is made stale in the cache and announced to the tenant's other sessions
-        and hosts.  ``"waiting"`` on a read-only session (it writes nothing).  Raises
+        and hosts; a file it took the last name of is queued for deletion (the purge
+        delay, :mod:`cached.reaper`), as the rename's own daemon would have had its
+        front ask.  ``"waiting"`` on a read-only session (it writes nothing).  Raises
         ``StorageError`` (EIO).
         """
         if s.store.read_only or not entry.pending:
             return "waiting"
-        done, intent = await settle_claim(s.store, entry.parent, entry.name, entry.pending)
+        done, intent, replaced = await settle_claim(
+            s.store, entry.parent, entry.name, entry.pending
+        )
+        if replaced is not None and replaced.nlink == 0:
+            with trio.CancelScope(shield=True):
+                await self.reaper.schedule(s.owner, s.environment, replaced.ino)
         if done == "completed" and intent is not None:
             names = [(intent.old_parent, intent.old_name), (intent.new_parent, intent.new_name)]
             inos = [intent.old_parent, intent.new_parent, intent.ino, intent.replaced]

@@ -90,6 +90,14 @@ async def settle_intent(store: TenantStore, intent: Intent) -> Literal["complete
     set its new name when that name names the moved inode.  Idempotent.  Raises
     ``StorageError`` (EIO).
     """
+    return (await _settle_intent(store, intent))[0]
+
+
+async def _settle_intent(
+    store: TenantStore, intent: Intent
+) -> tuple[Literal["completed", "undone"], Inode | None]:
+    """:func:`settle_intent`, and the replaced inode when this call counted its name off
+    (as :func:`finish_move` returns it)."""
     now = time.time_ns()
     if await store.fence_move(intent) != MOVED:
         target = await store.get_dentry(intent.new_parent, intent.new_name)
@@ -97,15 +105,15 @@ async def settle_intent(store: TenantStore, intent: Intent) -> Literal["complete
             await store.release_claim(intent.old_parent, intent.old_name, intent.id)
             await store.delete_intent(intent)
             log.info("settled rename %r -> %r: undone", intent.old_name, intent.new_name)
-            return "undone"
-    await finish_move(store, intent, now)
+            return "undone", None
+    replaced = await finish_move(store, intent, now)
     log.info("settled rename %r -> %r: completed", intent.old_name, intent.new_name)
-    return "completed"
+    return "completed", replaced
 
 
 async def settle_claim(
     store: TenantStore, parent: int, name: bytes, claim: bytes
-) -> tuple[Settled, Intent | None]:
+) -> tuple[Settled, Intent | None, Inode | None]:
     """Settle, if it may be settled now, the claim ``claim`` met on ``name`` in ``parent``.
 
     With its intent: finished at once when the rename set its new name (its marker
@@ -113,24 +121,26 @@ async def settle_claim(
     old (or already fenced); else ``"waiting"`` (a rename in progress).  Without
     its intent (none, or one of another name): released past :data:`GRACE_NS` (the
     intent is gone, so the rename was undone, or finished and the release finds no
-    claim).  Returns what was done and the intent (None when gone).  Raises
-    ``StorageError`` (EIO).
+    claim).  Returns what was done, the intent (None when gone), and the inode the
+    rename replaced when this call counted its name off (nlink 0: its last name, to
+    purge).  Raises ``StorageError`` (EIO).
     """
     intent = await store.get_intent(claim)
     if intent is None or (intent.old_parent, intent.old_name) != (parent, name):
         # (an intent of another name under this id: not this claim's, which is gone)
         if not is_stale(claim):
-            return "waiting", None
+            return "waiting", None, None
         await store.release_claim(parent, name, claim)
-        return "released", None
+        return "released", None, None
     marker = await store.move_marker(intent.new_parent, intent.id)
     if marker == MOVED:
-        await finish_move(store, intent, time.time_ns())
+        replaced = await finish_move(store, intent, time.time_ns())
         log.info("finished rename %r -> %r met unfinished", intent.old_name, intent.new_name)
-        return "completed", intent
+        return "completed", intent, replaced
     if marker or is_stale(claim, grace_ns=int(FENCE_AFTER * 1e9)):
-        return await settle_intent(store, intent), intent
-    return "waiting", intent
+        done, replaced = await _settle_intent(store, intent)
+        return done, intent, replaced
+    return "waiting", intent, None
 
 
 async def lift_stale_seal(store: TenantStore, directory: Inode, seal: bytes) -> bool:

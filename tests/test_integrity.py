@@ -447,6 +447,40 @@ async def test_a_name_claimed_by_a_dead_rename_is_removed_within_seconds(
         assert await listed(truth, other["ino"]) == {}
 
 
+async def test_a_rename_over_a_file_finished_by_a_listing_purges_the_replaced_file(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """A cross-directory rename over a file, cut after it set its new name: the host whose
+    listing finishes it shows one name, counts the replaced file's last name off and
+    deletes that file (the purge delay is 0 here), which the dead daemon's front would
+    have asked for; it stayed behind, nlink 0, for fsck."""
+    daemon = start_daemon("a", cache_ttl=60)
+    async with session(daemon, tenant) as a:
+        other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
+        target = await make_file(a, other["ino"], b"t", b"old")
+        mover = await make_file(a, ROOT_INO, b"m", b"new")
+        started_ns = time.time_ns()
+        intent = Intent(
+            new_op_id(), ROOT_INO, b"m", other["ino"], b"t", mover["ino"], mover["kind"],
+            target["ino"], started_ns,
+        )  # fmt: skip
+        await truth.put_intent(intent)  # the dead daemon's steps, up to the new name
+        assert await truth.claim_dentry(ROOT_INO, b"m", mover["ino"], intent.id)
+        moved = Dentry(other["ino"], b"t", mover["ino"], mover["kind"])
+        assert (await truth.replace_dentry(moved, target["ino"], started_ns, intent.id)).applied
+    lister = start_daemon("b", cache_ttl=60)
+    async with session(lister, tenant) as b:
+        assert await names(b, ROOT_INO) == {b"o": other["ino"]}
+        assert await names(b, other["ino"]) == {b"t": mover["ino"]}
+    assert await truth.get_intent(intent.id) is None
+    with trio.fail_after(30):  # the reaper deletes it in the background
+        while True:
+            if await truth.get_inode(target["ino"]) is None:
+                break
+            await trio.sleep(0.05)
+    assert (await truth.get_inode(mover["ino"])).nlink == 1  # type: ignore[union-attr]
+
+
 async def test_a_directory_sealed_by_a_dead_rmdir_opens_again_after_the_grace(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
 ) -> None:
