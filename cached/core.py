@@ -22,6 +22,7 @@ import trio
 
 from cached.cache import Freshness, LocalCache
 from cached.errors import (
+    CassfsError,
     NotADirectory,
     NotFound,
     StorageError,
@@ -30,9 +31,11 @@ from cached.feed import Feed
 from cached.locks import KeyedLocks
 from cached.model import (
     ROOT_INO,
+    Dentry,
     Inode,
 )
 from cached.reaper import Reaper
+from cached.recovery import Settled, settle_claim
 from cached.singleflight import SingleFlight
 from cached.stats import Counters
 from cached.store import Store, TenantStore
@@ -233,6 +236,46 @@ class Core:
         dentry, listing and subdirectory count."""
         await self.cache.put_dentry(s.tenant, parent, name, ino, kind)
         await self.cache.update_listing(s.tenant, parent, name, ino, kind, old_kind)
+
+    async def settle_claim(self, s: Session, entry: Dentry) -> Settled:
+        """Settle the claim on ``entry`` (a name a cross-directory rename claims) if it may
+        be settled now (:func:`cached.recovery.settle_claim`); what was done.  A finished
+        rename is made stale in the cache and announced to the tenant's other sessions
+        and hosts; a file it took the last name of is queued for deletion (the purge
+        delay, :mod:`cached.reaper`), as the rename's own daemon would have had its
+        front ask.  ``"waiting"`` on a read-only session (it writes nothing).  Raises
+        ``StorageError`` (EIO).
+        """
+        if s.store.read_only or not entry.pending:
+            return "waiting"
+        done, intent, replaced = await settle_claim(
+            s.store, entry.parent, entry.name, entry.pending
+        )
+        if replaced is not None and replaced.nlink == 0:
+            with trio.CancelScope(shield=True):
+                await self.reaper.schedule(s.owner, s.environment, replaced.ino)
+        if done == "completed" and intent is not None:
+            names = [(intent.old_parent, intent.old_name), (intent.new_parent, intent.new_name)]
+            inos = [intent.old_parent, intent.new_parent, intent.ino, intent.replaced]
+            await self.cache.expire(s.tenant, [ino for ino in inos if ino], names)
+            await self.announce(s, *inos, names=names)
+        return done
+
+    async def settle_listed(self, s: Session, entries: list[Dentry]) -> list[Dentry]:
+        """``entries`` read from Cassandra, with the claims among them settled where they
+        may be (:meth:`settle_claim`): the claimed names of renames found finished are
+        left out (they are gone now), as a user must never see one inode under two
+        names.  A claim that cannot be settled (Cassandra fails) keeps its entry."""
+        kept = []
+        for entry in entries:
+            if entry.pending:
+                try:
+                    if await self.settle_claim(s, entry) == "completed":
+                        continue
+                except CassfsError as exc:
+                    log.warning("could not settle the claim on %r: %s", entry.name, exc)
+            kept.append(entry)
+        return kept
 
     async def announce(
         self, s: Session, *inos: int, names: Sequence[tuple[int, bytes]] = ()

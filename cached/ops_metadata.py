@@ -88,7 +88,7 @@ class MetadataOps:
             self.core.counters.add("revalidations" if state is Freshness.STALE else "misses")
             bound_at = self.core.cache.clock()
             try:
-                entry = await s.store.get_dentry(parent, name)
+                entry = await self._get_entry(s, parent, name)
             except StorageError as exc:
                 ino, kind = self.core.stale_if_error(cached, exc, f"entry {name!r}")
                 entry = Dentry(parent, name, ino, kind) if ino else None
@@ -106,7 +106,7 @@ class MetadataOps:
             # file replaced by a rename over it) or removed.  Ask Cassandra; the inode
             # it names now may be cached from an earlier life (a temp file, empty).
             bound_at = self.core.cache.clock()
-            entry = await s.store.get_dentry(parent, name)
+            entry = await self._get_entry(s, parent, name)
             await self.core.dentries_changed(
                 s, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
             )
@@ -114,6 +114,14 @@ class MetadataOps:
                 raise
             inode = await self.core.get_inode(s, entry.ino, not_before=bound_at)
             return await self._answer(s, inode)
+
+    async def _get_entry(self, s: Session, parent: int, name: bytes) -> Dentry | None:
+        """The entry ``name`` in ``parent`` from Cassandra; a claim on it is settled where
+        it may be (None when that finished the rename that claimed it).  EIO."""
+        entry = await s.store.get_dentry(parent, name)
+        if entry is not None and entry.pending:
+            return next(iter(await self.core.settle_listed(s, [entry])), None)
+        return entry
 
     async def _listing_index(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
         """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.
@@ -140,6 +148,7 @@ class MetadataOps:
         if len(entries) > LISTING_LIMIT:
             self.core.cache.mark_large_dir(s.tenant, parent)
             return None
+        entries = await self.core.settle_listed(s, entries)
         items = [(e.name, e.ino, e.kind) for e in entries]
         await self.core.cache.put_listing(s.tenant, parent, items)
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
@@ -236,7 +245,7 @@ class MetadataOps:
         if state is not Freshness.FRESH or items is None:
             self.core.counters.add("revalidations" if state is Freshness.STALE else "misses")
             try:
-                entries = await s.store.list_dentries(ino)
+                entries = await self.core.settle_listed(s, await s.store.list_dentries(ino))
             except StorageError as exc:
                 items = self.core.stale_if_error(items, exc, f"listing of {ino}")
             else:

@@ -49,7 +49,7 @@ from cached.model import (
     kind_of_mode,
     mode_of_kind,
 )
-from cached.recovery import finish_move, is_stale, lift_stale_seal, settle_claim
+from cached.recovery import finish_move, lift_stale_seal
 from cached.store import Intent, LwtOutcome, new_op_id
 from cached.versions import Contents
 
@@ -94,9 +94,11 @@ class NamespaceOps:
     async def _entry(self, s: Session, parent: int, name: bytes) -> Dentry | None:
         """The entry ``name`` in ``parent`` from Cassandra, once no rename claims it.
 
-        A claim by a rename in progress is waited out (up to :data:`CLAIM_WAIT`
-        seconds, then ``StorageError``, EIO); a claim past the grace period belongs
-        to a dead request and is settled here.  Refreshes the cached dentry.
+        A claim is settled as soon as it may be (``cached.recovery.settle_claim``: the
+        rename finished at once if it set its new name, fenced and undone once the
+        claim is seconds old); a rename in progress is waited out, up to
+        :data:`CLAIM_WAIT` seconds, then ``StorageError`` (EIO).  Refreshes the
+        cached dentry.
         """
         deadline = trio.current_time() + CLAIM_WAIT
         while True:
@@ -106,12 +108,11 @@ class NamespaceOps:
                     s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
                 )
                 return entry
-            if is_stale(entry.pending):
-                await settle_claim(s.store, parent, name, entry.pending)
-            elif trio.current_time() > deadline:
+            if await self.core.settle_claim(s, entry) != "waiting":
+                continue
+            if trio.current_time() > deadline:
                 raise StorageError(f"{_text(name)!r} stays claimed by a rename in progress")
-            else:
-                await trio.sleep(CLAIM_POLL)
+            await trio.sleep(CLAIM_POLL)
 
     async def _refresh_name(
         self, s: Session, parent: int, name: bytes, holder: Dentry | None
@@ -497,10 +498,14 @@ class NamespaceOps:
         # Should this LWT fail without an answer, whether the new name was set is
         # unknown: the claim and the intent stay for a later request or fsck to settle.
         moved = Dentry(intent.new_parent, intent.new_name, intent.ino, intent.kind)
+        # The same batch sets the rename's move marker, unless a settler fenced it first
+        # (see cached.recovery): then it is not applied, and the rename tries again.
         if target is None:
-            outcome = await store.insert_dentry(moved, intent.started_ns)
+            outcome = await store.insert_dentry(moved, intent.started_ns, move=intent.id)
         else:
-            outcome = await store.replace_dentry(moved, target.ino, intent.started_ns)
+            outcome = await store.replace_dentry(
+                moved, target.ino, intent.started_ns, move=intent.id
+            )
         if not outcome.applied:
             with trio.CancelScope(shield=True):
                 await store.release_claim(intent.old_parent, intent.old_name, intent.id)

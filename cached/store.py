@@ -110,6 +110,9 @@ STATEMENTS: dict[str, str] = {
     "set_parent": (
         f"UPDATE {{ks}}.inodes SET parent = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?"
     ),
+    # A moved directory's parent, only from the parent it was moved from: a late settler
+    # of a move never undoes a later move of the same directory.
+    "move_parent": f"UPDATE {{ks}}.inodes SET parent = ? WHERE {_TENANT} AND ino = ? IF parent = ?",
     # relatime: a read access moves only atime (no ctime, as Linux does).
     "set_atime_only": f"UPDATE {{ks}}.inodes SET atime_ns = ? WHERE {_TENANT} AND ino = ?",
     "set_ctime": f"UPDATE {{ks}}.inodes SET ctime_ns = ? WHERE {_TENANT} AND ino = ?",
@@ -164,10 +167,12 @@ STATEMENTS: dict[str, str] = {
     "get_dentry": f"SELECT ino, kind, pending FROM {{ks}}.dentries WHERE {_ENTRY}",
     "list_dentries": f"SELECT name, ino, kind, pending FROM {{ks}}.dentries WHERE {_DIR}",
     "list_dentries_limit": (
-        f"SELECT name, ino, kind, pending FROM {{ks}}.dentries WHERE {_DIR} LIMIT ?"
+        f"SELECT name, ino, kind, pending FROM {{ks}}.dentries WHERE {_DIR} AND name >= 0x01 "
+        "LIMIT ?"
     ),
-    # A partition with only static cells reads as one row whose name is null.
-    "first_dentries": f"SELECT name FROM {{ks}}.dentries WHERE {_DIR} LIMIT 2",
+    # A partition with only static cells reads as one row whose name is null.  Names from
+    # 0x01 on: the move markers (below) start with a NUL byte, which no name may hold.
+    "first_dentries": (f"SELECT name FROM {{ks}}.dentries WHERE {_DIR} AND name >= 0x01 LIMIT 2"),
     "dir_state": f"SELECT sealed, changed_ns FROM {{ks}}.dentries WHERE {_DIR} LIMIT 1",
     "insert_dentry": (
         "INSERT INTO {ks}.dentries (owner, environment, parent, name, ino, kind) "
@@ -182,6 +187,16 @@ STATEMENTS: dict[str, str] = {
     ),
     "release_claim": (f"UPDATE {{ks}}.dentries SET pending = null WHERE {_ENTRY} IF pending = ?"),
     "delete_claimed": f"DELETE FROM {{ks}}.dentries WHERE {_ENTRY} IF pending = ?",
+    # The move marker of a cross-directory rename (see ``TenantStore.fence_move``): a row
+    # of the new parent's partition without an ino (no reader lists it), named by a NUL
+    # byte and the intent's id; ``kind`` says which of the new-name step and a settler's
+    # fence came first.
+    "put_marker": (
+        "INSERT INTO {ks}.dentries (owner, environment, parent, name, kind) "
+        "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+    ),
+    "get_marker": f"SELECT kind FROM {{ks}}.dentries WHERE {_ENTRY}",
+    "delete_marker": f"DELETE FROM {{ks}}.dentries WHERE {_ENTRY} IF kind = ?",
     # Static cells of a directory's partition (in batches with the entry LWTs above).
     "dir_open": f"UPDATE {{ks}}.dentries SET changed_ns = ? WHERE {_DIR} IF sealed = null",
     "dir_changed": f"UPDATE {{ks}}.dentries SET changed_ns = ? WHERE {_DIR}",
@@ -269,6 +284,9 @@ _LWT = {
     "delete_dentry",
     "claim_dentry",
     "release_claim",
+    "put_marker",
+    "delete_marker",
+    "move_parent",
     "delete_claimed",
     "dir_open",
     "seal_dir",
@@ -930,6 +948,12 @@ class TenantStore:
         """Write only ``parent`` and ``ctime_ns`` of ``ino`` (a move)."""
         await self._store.run("set_parent", (parent, ctime_ns, *self._t, ino))
 
+    async def move_parent(self, ino: int, parent: int, expected: int) -> bool:
+        """LWT: set the ``parent`` of directory ``ino`` if it is ``expected`` (a move from
+        there); False when it is not (moved since, or already set)."""
+        rows = await self._store.run("move_parent", (parent, *self._t, ino, expected))
+        return bool(rows[0]["[applied]"])
+
     async def set_atime_only(self, ino: int, atime_ns: int) -> None:
         """Write only ``atime_ns`` of ``ino`` (a read access under relatime)."""
         await self._store.run("set_atime_only", (atime_ns, *self._t, ino))
@@ -1073,27 +1097,72 @@ class TenantStore:
         rows = await self._store.run("dir_state", (*self._t, parent))
         return (rows[0]["sealed"] or b"") if rows else b""
 
-    async def insert_dentry(self, entry: Dentry, now_ns: int) -> LwtOutcome:
-        """Conditional batch: add ``entry`` if the name is free and the directory not sealed."""
+    async def insert_dentry(self, entry: Dentry, now_ns: int, move: bytes = b"") -> LwtOutcome:
+        """Conditional batch: add ``entry`` if the name is free and the directory not sealed.
+
+        ``move``: the id of the cross-directory rename whose new-name step this is; the
+        batch then also sets its move marker to :data:`MOVED`, and is not applied when a
+        settler fenced the rename (:meth:`fence_move`) first.
+        """
         e = entry
         rows = await self._store.run_batch(
             [
                 ("insert_dentry", (*self._t, e.parent, e.name, e.ino, e.kind)),
                 ("dir_open", (now_ns, *self._t, e.parent)),
+                *self._marker(e.parent, move),
             ]
         )
         return _outcome(rows, e.parent, e.name)
 
-    async def replace_dentry(self, entry: Dentry, expected_ino: int, now_ns: int) -> LwtOutcome:
-        """LWT: point ``entry.name`` at ``entry.ino`` if it names ``expected_ino``, unclaimed."""
+    async def replace_dentry(
+        self, entry: Dentry, expected_ino: int, now_ns: int, move: bytes = b""
+    ) -> LwtOutcome:
+        """LWT: point ``entry.name`` at ``entry.ino`` if it names ``expected_ino``, unclaimed.
+
+        ``move`` as for :meth:`insert_dentry`.
+        """
         e = entry
         rows = await self._store.run_batch(
             [
                 ("replace_dentry", (e.ino, e.kind, *self._t, e.parent, e.name, expected_ino)),
                 ("dir_changed", (now_ns, *self._t, e.parent)),
+                *self._marker(e.parent, move),
             ]
         )
         return _outcome(rows, e.parent, e.name)
+
+    def _marker(self, parent: int, move: bytes) -> list[tuple[str, Sequence[Any]]]:
+        if not move:
+            return []
+        return [("put_marker", (*self._t, parent, marker_name(move), MOVED, MOVED_MARKER_TTL))]
+
+    async def fence_move(self, intent: Intent) -> int:
+        """LWT: fence the cross-directory rename ``intent`` off its new-name step, unless
+        that step came first.  Returns :data:`MOVED` (the new name was set: finish the
+        rename) or :data:`FENCED` (it never will be: undo the rename).
+
+        The new-name step and this write race for one row of the new parent's partition
+        (its move marker), so exactly one of them wins, whatever the timing: a settler
+        may fence a rename whose daemon is still alive (that rename then fails its
+        new-name step, and retries).  StorageError (EIO).
+        """
+        name = marker_name(intent.id)
+        params = (*self._t, intent.new_parent, name, FENCED, FENCED_MARKER_TTL)
+        rows = await self._store.run("put_marker", params)
+        if rows[0]["[applied]"]:
+            return FENCED
+        return MOVED if rows[0].get("kind") == MOVED else FENCED
+
+    async def move_marker(self, parent: int, move: bytes) -> int:
+        """The move marker of rename ``move`` in its new parent ``parent``: :data:`MOVED`,
+        :data:`FENCED` or 0 (neither happened yet, or it was cleared).  StorageError (EIO)."""
+        rows = await self._store.run("get_marker", (*self._t, parent, marker_name(move)))
+        return (rows[0]["kind"] or 0) if rows else 0
+
+    async def clear_move_marker(self, parent: int, move: bytes) -> None:
+        """LWT: delete the :data:`MOVED` marker of a finished rename (a :data:`FENCED` one
+        stays for its TTL: it keeps the rename's new-name step from ever landing)."""
+        await self._store.run("delete_marker", (*self._t, parent, marker_name(move), MOVED))
 
     async def delete_dentry(
         self, parent: int, name: bytes, expected_ino: int, now_ns: int
@@ -1336,6 +1405,25 @@ class Change:
     origin: bytes
     inos: tuple[int, ...]
     names: tuple[tuple[int, bytes], ...]
+
+
+#: ``kind`` of a move marker: the rename set its new name (see ``TenantStore.fence_move``).
+MOVED = 1
+#: ``kind`` of a move marker: a settler fenced the rename off its new-name step.
+FENCED = 2
+#: Seconds a move marker of each kind lives.  A rename deletes its MOVED marker once
+#: finished; one left by a dead daemon stays while its claim can be met (a day; fsck
+#: settles intents older than its grace, an hour by default).  A FENCED marker must outlive
+#: every new-name step its rename may still have in flight: sent within the request's
+#: deadline (``cached.recovery.STEP_DEADLINE``, 30 s), plus Cassandra's own timeouts.
+MOVED_MARKER_TTL = 86_400
+FENCED_MARKER_TTL = 3_600
+
+
+def marker_name(move: bytes) -> bytes:
+    """The clustering name of the move marker of the rename with id ``move``: a NUL byte
+    (which no name holds, and which sorts before every name) and the id."""
+    return b"\0" + move
 
 
 def new_op_id() -> bytes:

@@ -8,8 +8,10 @@ in one run of three shows here.  The real node, real daemons, no fakes.
 from __future__ import annotations
 
 import errno
+import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -359,6 +361,124 @@ async def test_a_rename_whose_daemon_died_is_settled_by_the_next_request(
             assert (await ts.get_dentry(ROOT_INO, b"busy")) is not None
             assert await ts.release_claim(ROOT_INO, b"busy", fresh_intent)  # rename undone
         assert unlinked == [fresh["ino"]]
+
+
+async def test_a_rename_cut_by_kill_9_leaves_one_name_and_no_eio(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """kill -9 of the daemon doing a cross-directory rename, at moments spread over the
+    rename, until some kills cut it between its name steps: a fresh host then lists the
+    file under one name, never two (the race harness found ``d0/n5`` and ``d2/n4`` still
+    both listed after the grace period), and removes that name at once or within
+    seconds, never EIO (it waited 10 s on a dead rename's claim, then failed, for the
+    claim's whole grace period)."""
+    checker = start_daemon("check", cache_ttl=60)
+    cuts: Counter[str] = Counter()
+    async with session(checker, tenant) as c:
+        src = (await c.call("mkdir", parent=ROOT_INO, name=b"s", mode=0o755, uid=0, gid=0))["ino"]
+        dst = (await c.call("mkdir", parent=ROOT_INO, name=b"t", mode=0o755, uid=0, gid=0))["ino"]
+        took = 0.0  # how long a whole rename takes on a warm daemon here (round 0)
+        for round_ in range(40):
+            name = b"f%d" % round_
+            f = await make_file(c, src, name, b"x")
+            mover = start_daemon(f"a{round_}", cache_ttl=60)
+            async with session(mover, tenant) as a:
+                await a.call("getattr", ino=src)
+                await a.call("getattr", ino=dst)
+                with pytest.raises(NotFound):  # a negative lookup: the listing cached
+                    await a.call("lookup", parent=dst, name=b"warm")
+                if round_ == 0:
+                    started = trio.current_time()
+                    await rename(a, name, name, dst, src)()
+                    took = trio.current_time() - started
+                else:
+                    with trio.move_on_after(random.uniform(0.0, took)):
+                        await rename(a, name, name, dst, src)()
+                    mover.process.kill()  # SIGKILL, the rename cut wherever it was
+                    await trio.to_thread.run_sync(mover.process.wait)
+            if round_ == 0:
+                continue
+            old = await truth.get_dentry(src, name)
+            new = await truth.get_dentry(dst, name)
+            cut = old is not None and old.pending
+            if cut:
+                cuts["new name set" if new is not None else "source claimed"] += 1
+            # what a fresh host sees: the new directory listed first, then the old one
+            await trio.to_thread.run_sync(checker.call, "purge")
+            for _attempt in range(3):
+                there, here = await names(c, dst), await names(c, src)
+                holders = [n for n, ino in (*there.items(), *here.items()) if ino == f["ino"]]
+                if holders:
+                    break
+                # the rename's last statement landed between the two listings
+                await trio.to_thread.run_sync(checker.call, "purge")
+            assert len(holders) == 1, (round_, cut, old, new, there, here)
+            where = dst if name in there and there[name] == f["ino"] else src
+            await c.call("unlink", parent=where, name=name)  # no EIO on a dead rename's claim
+            assert f["ino"] not in (await listed(truth, src)).values()
+            assert f["ino"] not in (await listed(truth, dst)).values()
+            if cuts["new name set"] and cuts["source claimed"]:
+                break
+    assert sum(cuts.values()) > 0, f"no kill cut a rename between its steps in {round_} rounds"
+
+
+async def test_a_name_claimed_by_a_dead_rename_is_removed_within_seconds(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """A directory name claimed by a cross-directory rename whose daemon died before it set
+    the new name: another host's rmdir succeeds once the claim is seconds old (it waited
+    10 s, then failed with EIO, until the claim's 60 s grace ended), and the dead rename can
+    never set its new name afterwards (its statement still in flight, say)."""
+    daemon = start_daemon("a", cache_ttl=60)
+    async with session(daemon, tenant) as a:
+        other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        started_ns = time.time_ns()
+        intent = Intent(
+            new_op_id(), ROOT_INO, b"d", other["ino"], b"d", d["ino"], DIRECTORY, 0, started_ns
+        )
+        await truth.put_intent(intent)  # what the dead daemon did: intent, claim, no more
+        assert await truth.claim_dentry(ROOT_INO, b"d", d["ino"], intent.id)
+        assert await a.call("rmdir", parent=ROOT_INO, name=b"d") == d["ino"]
+        assert await listed(truth, ROOT_INO) == {b"o": other["ino"]}
+        assert await truth.get_intent(intent.id) is None
+        late = Dentry(other["ino"], b"d", d["ino"], DIRECTORY)
+        assert not (await truth.insert_dentry(late, started_ns, move=intent.id)).applied
+        assert await listed(truth, other["ino"]) == {}
+
+
+async def test_a_rename_over_a_file_finished_by_a_listing_purges_the_replaced_file(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
+) -> None:
+    """A cross-directory rename over a file, cut after it set its new name: the host whose
+    listing finishes it shows one name, counts the replaced file's last name off and
+    deletes that file (the purge delay is 0 here), which the dead daemon's front would
+    have asked for; it stayed behind, nlink 0, for fsck."""
+    daemon = start_daemon("a", cache_ttl=60)
+    async with session(daemon, tenant) as a:
+        other = await a.call("mkdir", parent=ROOT_INO, name=b"o", mode=0o755, uid=0, gid=0)
+        target = await make_file(a, other["ino"], b"t", b"old")
+        mover = await make_file(a, ROOT_INO, b"m", b"new")
+        started_ns = time.time_ns()
+        intent = Intent(
+            new_op_id(), ROOT_INO, b"m", other["ino"], b"t", mover["ino"], mover["kind"],
+            target["ino"], started_ns,
+        )  # fmt: skip
+        await truth.put_intent(intent)  # the dead daemon's steps, up to the new name
+        assert await truth.claim_dentry(ROOT_INO, b"m", mover["ino"], intent.id)
+        moved = Dentry(other["ino"], b"t", mover["ino"], mover["kind"])
+        assert (await truth.replace_dentry(moved, target["ino"], started_ns, intent.id)).applied
+    lister = start_daemon("b", cache_ttl=60)
+    async with session(lister, tenant) as b:
+        assert await names(b, ROOT_INO) == {b"o": other["ino"]}
+        assert await names(b, other["ino"]) == {b"t": mover["ino"]}
+    assert await truth.get_intent(intent.id) is None
+    with trio.fail_after(30):  # the reaper deletes it in the background
+        while True:
+            if await truth.get_inode(target["ino"]) is None:
+                break
+            await trio.sleep(0.05)
+    assert (await truth.get_inode(mover["ino"])).nlink == 1  # type: ignore[union-attr]
 
 
 async def test_a_directory_sealed_by_a_dead_rmdir_opens_again_after_the_grace(
