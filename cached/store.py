@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Buckets of ``inode_index`` per tenant (a row's bucket is ``ino % INDEX_BUCKETS``).
 INDEX_BUCKETS = 256
 #: Seconds per ``intents`` bucket (a row's bucket is its start time // this).

@@ -257,10 +257,10 @@ def snapshot(cql: Session, keyspace: str) -> dict[str, set[tuple[Any, ...]]]:
 
 
 def check_upgraded(cql: Session, tree: V1Tree) -> None:
-    """Version 4 recorded; every inode indexed; versions and chunks under the new key; the
+    """Version 5 recorded; every inode indexed; versions and chunks under the new key; the
     usage counters equal to the data; the change feed's table there."""
     ks = tree.keyspace
-    assert recorded(cql, ks) == SCHEMA_VERSION == 4
+    assert recorded(cql, ks) == SCHEMA_VERSION == 5
     assert feed_columns(cql, ks) == {
         "owner",
         "environment",
@@ -328,13 +328,14 @@ def test_version_1_keyspace_is_upgraded_in_place(
         on_step=reports.append,
         on_progress=lambda v, done: progress.append((v, done)),
     )
-    assert version == 4
+    assert version == 5
     check_upgraded(cql, v1)
     assert [str(r) for r in reports] == [
         f"upgraded keyspace {v1.keyspace} from version 1 to 2: "
         "8 inodes indexed, 3 versions recorded",
         f"upgraded keyspace {v1.keyspace} from version 2 to 3: {v1.usage_detail()}",
         f"upgraded keyspace {v1.keyspace} from version 3 to 4",
+        f"upgraded keyspace {v1.keyspace} from version 4 to 5",
     ]
     scanned = [done for v, done in progress if v == 2]
     assert len(scanned) >= 3 and scanned == sorted(scanned) and scanned[-1] == 9
@@ -348,7 +349,7 @@ def test_version_1_keyspace_is_upgraded_in_place(
     monkeypatch.setitem(schema.DATA_STEPS, 2, must_not_run)
     monkeypatch.setitem(schema.DATA_STEPS, 3, must_not_run)
     reports.clear()
-    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 4
+    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 5
     assert reports == []
     assert snapshot(cql, v1.keyspace) == before
     check_upgraded(cql, v1)
@@ -384,7 +385,8 @@ def test_interrupted_upgrade_resumes_where_it_stopped(
         "8 inodes indexed, 3 versions recorded",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 2 to 3: {v1.usage_detail()}",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 4",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
     ]
     check_upgraded(cql, v1)
 
@@ -416,9 +418,10 @@ def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
     assert done.stdout.splitlines() == [
         f"cassfs: upgraded keyspace {v1.keyspace} from version 2 to 3: {detail}",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 4",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
     ]
-    assert recorded(cql, v1.keyspace) == 4
+    assert recorded(cql, v1.keyspace) == 5
     assert usage(cql, v1.keyspace) == expected
     assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
 
@@ -455,11 +458,39 @@ def test_version_3_keyspace_gets_the_change_feed_and_keeps_its_data(
     done = run_cli("schema", "apply", "--contact-points", cassandra, "--keyspace", v1.keyspace)
     assert done.stdout.splitlines() == [
         f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 4",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
     ]
     assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
     assert usage(cql, v1.keyspace) == counted
     check_upgraded(cql, v1)
+
+
+def test_version_4_keyspace_gets_move_markers_and_keeps_its_data(
+    cassandra: str, cql: Session, v1: V1Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous version's keyspace, with its data, upgraded in place by the CLI: only
+    the version row and the table comment change; a version-4 daemon then refuses it."""
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "SCHEMA_VERSION", 4)
+        assert schema.apply(ContactPoints.parse(cassandra), v1.keyspace) == 4
+    assert recorded(cql, v1.keyspace) == 4
+    before = snapshot(cql, v1.keyspace)
+    counted = usage(cql, v1.keyspace)
+    done = run_cli("schema", "apply", "--contact-points", cassandra, "--keyspace", v1.keyspace)
+    assert done.stdout.splitlines() == [
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
+    ]
+    assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
+    assert usage(cql, v1.keyspace) == counted
+    check_upgraded(cql, v1)
+    comment = cql.execute(
+        "SELECT comment FROM system_schema.tables WHERE keyspace_name = %s "
+        "AND table_name = 'dentries'",
+        (v1.keyspace,),
+    ).one()["comment"]
+    assert "move markers" in comment
 
 
 def feed_columns(cql: Session, keyspace: str) -> set[str]:
@@ -481,7 +512,7 @@ def test_tables_without_a_version_row_count_as_version_1(
     cql.execute(f"DELETE FROM {v1.keyspace}.schema_version WHERE component = 'cassfs'")
     reports: list[StepReport] = []
     schema.apply(ContactPoints.parse(cassandra), v1.keyspace, on_step=reports.append)
-    assert [(r.previous, r.version) for r in reports] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert [(r.previous, r.version) for r in reports] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
     check_upgraded(cql, v1)
 
 
@@ -496,24 +527,25 @@ def test_fresh_keyspace_goes_through_every_step(
         f"upgraded keyspace {keyspace} from version 2 to 3: "
         "usage of 0 tenants counted: 0 inodes, 0 bytes",
         f"upgraded keyspace {keyspace} from version 3 to 4",
+        f"upgraded keyspace {keyspace} from version 4 to 5",
     ]
-    assert recorded(cql, keyspace) == 4
+    assert recorded(cql, keyspace) == 5
     assert "content_id" not in chunk_key_columns(cql, keyspace)
 
 
 def test_keyspace_of_a_newer_cassfs_is_refused(cassandra: str, cql: Session, keyspace: str) -> None:
     schema.apply(ContactPoints.parse(cassandra), keyspace)
-    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 5)")
+    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 6)")
     with pytest.raises(SchemaTooNew) as info:
         schema.apply(ContactPoints.parse(cassandra), keyspace)
-    message = f"keyspace {keyspace} has schema version 5, newer than this cassfs (4)"
+    message = f"keyspace {keyspace} has schema version 6, newer than this cassfs (5)"
     assert message in str(info.value) and "nothing was changed" in str(info.value)
     result = run_cli(
         "schema", "apply", "--contact-points", cassandra, "--keyspace", keyspace, check=False
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"cassfs: {info.value}"
-    assert recorded(cql, keyspace) == 5
+    assert recorded(cql, keyspace) == 6
 
 
 async def _read_whole(client: DaemonClient, ino: int) -> bytes:
