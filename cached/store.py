@@ -720,7 +720,8 @@ class Store:
         driver holds for up) answers a local read now: one node is away, not Cassandra.
 
         Asked only when no other query was answered since the failed one was sent (a
-        daemon whose one request waited, for instance).  With a single node, or no other
+        daemon whose one request waited, for instance), and not during an outage found by
+        another query meanwhile.  With a single node, or no other
         node up, or the failed node unknown, False at once: an outage.
         """
         failed = getattr(failure, "last_host", None) or getattr(failure, "endpoint", None)
@@ -759,7 +760,11 @@ class Store:
             raise Unreachable(f"{what}: {exc}") from exc
         except _NO_ANSWER as exc:
             reported = True
-            if not self.outage.answered_since(sent) and await self._answers_elsewhere(conn, exc):
+            if (
+                not self.outage.down
+                and not self.outage.answered_since(sent)
+                and await self._answers_elsewhere(conn, exc)
+            ):
                 self.outage.succeeded()
             if self.outage.failed(f"{type(exc).__name__}: {_first_error(exc)}", sent):
                 raise Unreachable(f"{what}: {exc}") from exc

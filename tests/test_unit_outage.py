@@ -4,7 +4,7 @@ LWT whose outcome is unknown (ask again), over a scripted fake driver."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -161,6 +161,8 @@ class Driver:
         self.script = script
         self.alive = alive
         self.sent: list[str] = []
+        #: Called before a query (not a liveness read) is answered.
+        self.before: Callable[[], object] = lambda: None
 
     async def execute(
         self, session: Any, statement: Any, params: Any = None, *, query_timeout: float,
@@ -172,6 +174,7 @@ class Driver:
                 raise OperationTimedOut({str(host): "timeout"}, host)
             return [{"release_version": "5.0"}]
         self.sent.append(statement.name)
+        self.before()
         answer = self.script.pop(0)
         if isinstance(answer, BaseException):
             raise answer
@@ -324,3 +327,13 @@ def test_the_driver_does_not_resend_a_non_idempotent_statement_on_a_dropped_conn
     reset = ConnectionShutdown("Connection reset by peer")
     assert policy.on_request_error(lwt, None, reset, 0) == (RetryPolicy.RETHROW, None)
     assert policy.on_request_error(read, None, reset, 0) == (RetryPolicy.RETRY_NEXT_HOST, None)
+
+
+async def test_during_an_outage_found_meanwhile_no_liveness_read_is_sent(
+    driver: Driver,
+) -> None:
+    store = scripted(driver, [timed_out(H1)], [H1, H2], alive={H2})
+    driver.before = lambda: store.outage.failed("NoHostAvailable")  # another query's finding
+    with pytest.raises(Unreachable):
+        await store.run("get_inode", (1, "e", 5))
+    assert driver.sent == ["get_inode"]
