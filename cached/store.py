@@ -1338,9 +1338,16 @@ class TenantStore:
         return _outcome(rows, parent, new_name)
 
     async def claim_dentry(self, parent: int, name: bytes, ino: int, intent: bytes) -> bool:
-        """LWT: mark ``name`` (naming ``ino``, unclaimed) as being moved by ``intent``."""
-        rows = await self._store.run("claim_dentry", (intent, *self._t, parent, name, ino))
-        return bool(rows[0]["[applied]"])
+        """LWT: mark ``name`` (naming ``ino``, unclaimed) as being moved by ``intent``.
+
+        An unknown outcome is settled by sending it again: the name then claimed by
+        ``intent`` (an id made once) means an earlier send was applied.
+        """
+        params = (intent, *self._t, parent, name, ino)
+        rows, resent = await self._settled(
+            f"claim of {name!r} in {parent}", lambda: self._store.run("claim_dentry", params)
+        )
+        return bool(rows[0]["[applied]"]) or (resent and rows[0].get("pending") == intent)
 
     async def release_claim(self, parent: int, name: bytes, intent: bytes) -> bool:
         """LWT: drop the claim of ``intent`` on ``name`` (a rename undone)."""
@@ -1358,11 +1365,18 @@ class TenantStore:
         return bool(rows[0]["[applied]"])
 
     async def seal_dir(self, ino: int, op: bytes) -> bytes | None:
-        """LWT: seal directory ``ino`` for ``op``; None when sealed now, else the holder's id."""
-        rows = await self._store.run("seal_dir", (op, *self._t, ino))
+        """LWT: seal directory ``ino`` for ``op``; None when sealed now, else the holder's id.
+
+        An unknown outcome is settled by sending it again: the directory then sealed by
+        ``op`` (an id made once) means an earlier send was applied.
+        """
+        rows, resent = await self._settled(
+            f"seal of {ino}", lambda: self._store.run("seal_dir", (op, *self._t, ino))
+        )
         if rows[0]["[applied]"]:
             return None
-        return rows[0].get("sealed") or b""
+        holder: bytes = rows[0].get("sealed") or b""
+        return None if resent and holder == op else holder
 
     async def unseal_dir(self, ino: int, op: bytes) -> bool:
         """LWT: lift the seal of ``op`` from directory ``ino`` (an rmdir that failed)."""
@@ -1405,9 +1419,16 @@ class TenantStore:
         return bool(rows[0]["[applied]"])
 
     async def acquire_lock(self, name: str, holder: bytes, ttl: int) -> bool:
-        """LWT: take the tenant's lease ``name`` for ``ttl`` seconds; False when held."""
-        rows = await self._store.run("acquire_lock", (*self._t, name, holder, time.time_ns(), ttl))
-        return bool(rows[0]["[applied]"])
+        """LWT: take the tenant's lease ``name`` for ``ttl`` seconds; False when held.
+
+        An unknown outcome is settled by sending it again: the lease then held by
+        ``holder`` (an id made once) means an earlier send took it.
+        """
+        params = (*self._t, name, holder, time.time_ns(), ttl)
+        rows, resent = await self._settled(
+            f"lease {name}", lambda: self._store.run("acquire_lock", params)
+        )
+        return bool(rows[0]["[applied]"]) or (resent and rows[0].get("holder") == holder)
 
     async def release_lock(self, name: str, holder: bytes) -> bool:
         """LWT: give the lease ``name`` back if ``holder`` still has it."""

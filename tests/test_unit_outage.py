@@ -4,6 +4,7 @@ LWT whose outcome is unknown (ask again), over a scripted fake driver."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -337,3 +338,28 @@ async def test_during_an_outage_found_meanwhile_no_liveness_read_is_sent(
     with pytest.raises(Unreachable):
         await store.run("get_inode", (1, "e", 5))
     assert driver.sent == ["get_inode"]
+
+
+async def test_claims_seals_and_leases_sent_again_find_their_own_id(driver: Driver) -> None:
+    script: list[Any] = [
+        timed_out(H1), [{"[applied]": False, "ino": 5, "pending": b"intent"}],
+        timed_out(H1), [{"[applied]": False, "sealed": b"op"}],
+        timed_out(H1), [{"[applied]": False, "holder": b"me", "name": "rename"}],
+        [{"[applied]": False, "ino": 5, "pending": b"intent"}],  # sent once: another's
+    ]  # fmt: skip
+    store = scripted(driver, script, [H1, H2], alive={H2})
+    tenant = store.tenant(1, "e")
+    assert await tenant.claim_dentry(1, b"f", 5, b"intent") is True
+    assert await tenant.seal_dir(7, b"op") is None
+    assert await tenant.acquire_lock("rename", b"me", 30) is True
+    assert await tenant.claim_dentry(1, b"f", 5, b"intent") is False
+    assert driver.sent.count("claim_dentry") == 3
+
+
+async def test_an_lwt_that_never_answers_fails_with_outcome_unknown(driver: Driver) -> None:
+    script: list[Any] = [timed_out(H1)] * cached.store.ATTEMPTS
+    store = scripted(driver, script, [H1, H2], alive={H2})
+    with pytest.raises(OutcomeUnknown) as failed:
+        await store.tenant(1, "e").seal_dir(7, b"op")
+    assert failed.value.errno == errno.EIO
+    assert driver.sent.count("seal_dir") == cached.store.ATTEMPTS
