@@ -721,8 +721,8 @@ class Store:
 
         Asked only when no other query was answered since the failed one was sent (a
         daemon whose one request waited, for instance), and not during an outage found by
-        another query meanwhile.  With a single node, or no other
-        node up, or the failed node unknown, False at once: an outage.
+        another query meanwhile.  With a single node, no other node up, or the failed node
+        unknown, False at once: an outage.
         """
         failed = getattr(failure, "last_host", None) or getattr(failure, "endpoint", None)
         if failed is None:
