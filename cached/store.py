@@ -721,18 +721,17 @@ class Store:
 
         Asked only when no other query was answered since the failed one was sent (a
         daemon whose one request waited, for instance), and not during an outage found by
-        another query meanwhile.  With a single node, no other node up, or the failed node
-        unknown, False at once: an outage.
+        another query meanwhile.  A dropped connection does not name its node: every node
+        held for up is asked then (the driver marks a node whose connection was reset down at
+        once).  With a single node, or no other node up, False at once: an outage.
         """
         failed = getattr(failure, "last_host", None) or getattr(failure, "endpoint", None)
-        if failed is None:
-            return False
         others = [
             h
             for h in conn.cluster.metadata.all_hosts()
-            if h.is_up and str(h.endpoint) != str(failed) and str(h) != str(failed)
+            if h.is_up and (failed is None or str(failed) not in (str(h), str(h.endpoint)))
         ]
-        for other in others[:2]:
+        for other in others[:3]:
             try:
                 await execute(conn.session, _LIVENESS, query_timeout=self.timeout, host=other)
             except Exception as exc:  # any failure: that node does not answer either

@@ -363,3 +363,25 @@ async def test_an_lwt_that_never_answers_fails_with_outcome_unknown(driver: Driv
         await store.tenant(1, "e").seal_dir(7, b"op")
     assert failed.value.errno == errno.EIO
     assert driver.sent.count("seal_dir") == cached.store.ATTEMPTS
+
+
+async def test_a_dropped_connection_naming_no_node_while_another_answers_is_no_outage(
+    driver: Driver,
+) -> None:
+    # The driver's ConnectionShutdown of a reset connection does not name its node: a
+    # counter update (not sent again) failed so right at a kill -9, and that tripped the
+    # breaker (200 creates of the copy failed at once).
+    down = Host("127.0.0.1", up=False)
+    store = scripted(driver, [ConnectionShutdown("reset")], [down, H2], alive={H2})
+    with pytest.raises(StorageError) as failed:
+        await store.run("add_usage", (10, 1, 1, "e"))
+    assert not isinstance(failed.value, Unreachable)
+    assert driver.sent == ["add_usage", "liveness@127.0.0.2:9042"]
+    assert not store.outage.down
+
+
+async def test_a_dropped_connection_of_a_lone_node_is_an_outage(driver: Driver) -> None:
+    store = scripted(driver, [ConnectionShutdown("reset")], [Host("127.0.0.1", up=False)], set())
+    with pytest.raises(Unreachable):
+        await store.run("get_inode", (1, "e", 5))
+    assert driver.sent == ["get_inode"] and store.outage.down
