@@ -15,16 +15,23 @@ from typing import Any
 
 import trio
 from cassandra.cluster import ResponseFuture, Session
+from cassandra.pool import Host
 
 log = logging.getLogger(__name__)
 
 
 async def execute(
-    session: Session, statement: Any, params: Any = None, *, query_timeout: float = 10.0
+    session: Session,
+    statement: Any,
+    params: Any = None,
+    *,
+    query_timeout: float = 10.0,
+    host: Host | None = None,
 ) -> list[Any]:
     """Run ``statement`` with ``params`` and return every row of every page.
 
-    ``query_timeout`` is in seconds, per page (the driver's own timeout).
+    ``query_timeout`` is in seconds, per page (the driver's own timeout); ``host`` sends
+    it to that node only (None: the load-balancing policy's choice).
     Raises whatever the driver raises (``cassandra.DriverException`` and
     subclasses, ``OperationTimedOut``).
     Cancelling the calling task abandons the query; the driver finishes it.
@@ -50,7 +57,9 @@ async def execute(
         except trio.RunFinishedError:
             pass
 
-    future: ResponseFuture = session.execute_async(statement, params, timeout=query_timeout)
+    future: ResponseFuture = session.execute_async(
+        statement, params, timeout=query_timeout, host=host
+    )
     rows: list[Any] = []
     # Added once: start_fetching_next_page() fires the same callbacks again.
     future.add_callbacks(on_page, on_error)

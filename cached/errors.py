@@ -131,8 +131,16 @@ class StorageError(CassfsError):
 
 
 class Unreachable(StorageError):
-    """No Cassandra node could be asked: none answers, or one did not within the timeout,
-    or an outage is remembered (EIO).  Cached entries serve past their TTL instead."""
+    """Cassandra as a whole cannot be asked: no node answers (the driver found none up, or a
+    query got no answer while no other node answered either), or an outage is remembered
+    (EIO).  Cached entries serve past their TTL instead.  One node away on a cluster is
+    not this (see :mod:`cached.outage`)."""
+
+
+class OutcomeUnknown(StorageError):
+    """A conditional write (LWT) got no answer, or Cassandra said "CAS operation result is
+    unknown": it may or may not have been applied (EIO).  The caller learns which by
+    asking again (:class:`cached.store.TenantStore` does where the answer tells)."""
 
 
 class ConnectionRejected(StorageError):

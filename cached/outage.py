@@ -9,6 +9,13 @@ then one query at a time goes through as a probe, and the first success ends
 the outage.  Answers from a node that is up (a timeout reported by a replica,
 an LWT that lost, a syntax error) are not outages.
 
+On a cluster, one node going away is not an outage either: the query in flight on
+its connection, or a logged batch whose batchlog replica it was, times out while
+the other nodes answer every other query.  So a timeout or a dropped connection
+trips the breaker only when Cassandra answered nothing since that query was sent
+(:meth:`Outage.failed` with ``sent``); "no host available" (the driver tried every
+node it holds for up) always trips it.
+
 Pure logic over a clock, so that it is tested with plain numbers.
 """
 
@@ -41,8 +48,13 @@ class Outage:
         self._retry_at = 0.0
         self._probing = False
         self.reason = ""
+        #: When (clock seconds) Cassandra last answered a query; None: never yet.
+        self.answered_at: float | None = None
         #: Queries that found Cassandra unreachable (each waited for the driver to say so).
         self.failures = 0
+        #: Queries that timed out or lost their connection while Cassandra answered others
+        #: (one node away on a cluster): not outages.
+        self.isolated = 0
         #: Queries failed at once, unsent, during an outage.
         self.refused = 0
 
@@ -63,16 +75,32 @@ class Outage:
 
     def succeeded(self) -> None:
         """A query got an answer from Cassandra: the outage, if any, is over."""
+        now = self.clock()
         if self.since is not None:
-            log.warning(
-                "Cassandra answers again after %.1f s unreachable", self.clock() - self.since
-            )
+            log.warning("Cassandra answers again after %.1f s unreachable", now - self.since)
         self.since = None
         self._probing = False
+        self.answered_at = now
 
-    def failed(self, reason: str) -> None:
-        """A query found Cassandra unreachable (``reason``: the driver's message)."""
+    def answered_since(self, sent: float) -> bool:
+        """True if Cassandra answered a query at or after ``sent`` (clock seconds)."""
+        return self.answered_at is not None and self.answered_at >= sent
+
+    def failed(self, reason: str, sent: float | None = None) -> bool:
+        """A query got no answer (``reason``: the driver's message); True if that is an
+        outage (the breaker is now tripped).
+
+        ``sent`` (clock seconds) is when the failed query was sent, for a failure that
+        concerns one node (a client timeout, a dropped connection): it is an outage only
+        if Cassandra answered no query since then.  None (the driver found no node to
+        ask) is always an outage.
+        """
         now = self.clock()
+        if sent is not None and self.answered_since(sent):
+            self.isolated += 1
+            self._probing = False
+            log.info("a query got no answer while Cassandra answered others: %s", reason)
+            return False
         self.failures += 1
         if self.since is None:
             log.warning(
@@ -85,6 +113,7 @@ class Outage:
         self.reason = reason
         self._retry_at = now + self.memory
         self._probing = False
+        return True
 
     def abandoned(self) -> None:
         """A query admitted as the probe ended without an outcome (it was cancelled)."""

@@ -19,12 +19,19 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
-from cassandra import AuthenticationFailed, ConsistencyLevel, DriverException, OperationTimedOut
+from cassandra import (
+    AuthenticationFailed,
+    ConsistencyLevel,
+    DriverException,
+    OperationTimedOut,
+    ReadTimeout,
+    WriteTimeout,
+)
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
@@ -37,8 +44,10 @@ from cassandra.connection import ConnectionException
 from cassandra.policies import (
     ConstantReconnectionPolicy,
     DCAwareRoundRobinPolicy,
+    RetryPolicy,
     TokenAwarePolicy,
 )
+from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_factory
 
 from cached.api import ContactPoints
@@ -47,6 +56,7 @@ from cached.connection import ConnectionSettings
 from cached.errors import (
     CassfsError,
     ConnectionRejected,
+    OutcomeUnknown,
     ReadOnly,
     SchemaMissing,
     StorageError,
@@ -294,6 +304,10 @@ _LWT = {
     "acquire_lock",
     "release_lock",
 }
+#: Statements that are not safe to send twice besides the LWTs: a counter update counts
+#: again.  Every other statement writes fixed values (or reads), so sending it again after
+#: a lost answer changes nothing: the driver marks them ``is_idempotent``.
+_NOT_IDEMPOTENT = _LWT | {"add_usage"}
 #: Tables the daemon needs (checked at start-up with the schema version).
 TABLES = (
     "inodes",
@@ -317,6 +331,36 @@ TABLES = (
 RECONNECT_DELAY = 1.0
 #: Seconds between a daemon's attempts to connect when it started without Cassandra.
 CONNECT_RETRY = 2.0
+#: Times an idempotent statement (or an LWT whose outcome is unknown) is sent at most
+#: when one node fails it (its connection dropped, the query timed out, or the
+#: coordinator's replicas did) while Cassandra answers other queries.  After ``kill -9``
+#: of one node of three, the others took 21 s and 25 s to convict it here
+#: (``phi_convict_threshold`` 8); until then every logged batch waits for its batchlog
+#: replica on the dead node and times out, whatever the coordinator.  Six sends at the
+#: 10 s default timeout cover a minute.
+ATTEMPTS = 6
+#: Seconds before sending again a statement whose connection dropped (the driver marks
+#: the node down meanwhile, so the next send goes to another).
+RETRY_PAUSE = 0.2
+
+
+class SafeRetryPolicy(RetryPolicy):
+    """The driver's default retry policy, except after a connection error: a statement not
+    marked ``is_idempotent`` (an LWT, a counter update) is not sent again to the next node.
+
+    The default sends it again, blind: a counter then counts twice, and an LWT that was
+    applied before its connection dropped comes back "not applied" (its own write stands
+    in the way).  The daemon handles such an error itself (``OutcomeUnknown``).
+    """
+
+    def on_request_error(
+        self, query: Any, consistency: Any, error: Any, retry_num: int
+    ) -> tuple[int, Any]:
+        """RETHROW a connection error of a statement not marked idempotent; else the
+        default (the next node)."""
+        if isinstance(error, ConnectionException) and not getattr(query, "is_idempotent", False):
+            return self.RETHROW, None
+        return super().on_request_error(query, consistency, error, retry_num)  # type: ignore[no-any-return]
 
 
 def make_cluster(
@@ -326,14 +370,15 @@ def make_cluster(
 
     The one place a ``Cluster`` is built.  Rows come back as dicts.  Token-aware
     routing over DC-aware round robin (pinned to ``local_dc`` when set), given
-    explicitly so the driver does not warn; a username and password when set; TLS
-    with ``ssl_ca`` (:meth:`ConnectionSettings.ssl_context`).  A lost node is tried
-    again every :data:`RECONNECT_DELAY` seconds.  Raises ValueError for PEM files
+    explicitly so the driver does not warn; :class:`SafeRetryPolicy`; a username and
+    password when set; TLS with ``ssl_ca`` (:meth:`ConnectionSettings.ssl_context`).  A
+    lost node is tried again every :data:`RECONNECT_DELAY` seconds.  Raises ValueError for PEM files
     that cannot be loaded.
     """
     settings = ConnectionSettings.of(where)
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(settings.local_dc)),
+        retry_policy=SafeRetryPolicy(),
         row_factory=dict_factory,
     )
     auth = (
@@ -462,8 +507,31 @@ class _Connection:
     statements: dict[str, PreparedStatement]
 
 
-#: Driver errors that mean no node could be asked (rather than an answer from one).
-_UNREACHABLE = (NoHostAvailable, OperationTimedOut, ConnectionException)
+#: Driver errors of one query that got no answer: its node did not answer in time, or
+#: its connection dropped.  An outage when Cassandra answered nothing else meanwhile.
+_NO_ANSWER = (OperationTimedOut, ConnectionException)
+#: A read any node answers from its own tables (whether a node is there at all).
+_LIVENESS = "SELECT release_version FROM system.local"
+#: Error code of Cassandra's "CAS operation result is unknown" (protocol v5; the driver
+#: has no class for it).
+CAS_WRITE_UNKNOWN = 0x1700
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """True if ``exc`` (a driver error answering an LWT) leaves its outcome unknown: a
+    write timeout (of the Paxos proposal or commit), or "CAS operation result is unknown".
+    Other answers (unavailable, invalid request...) mean that it was not applied."""
+    if isinstance(exc, WriteTimeout):
+        return True
+    if isinstance(exc, ErrorMessage):
+        return exc.code == CAS_WRITE_UNKNOWN or "result is unknown" in str(exc.message)
+    return "CAS operation result is unknown" in str(exc)
+
+
+def worth_resending(exc: BaseException) -> bool:
+    """True if ``exc`` (a driver error answering an idempotent statement) may not recur on
+    another send: the coordinator's replicas did not answer in time (one node away)."""
+    return isinstance(exc, ReadTimeout | WriteTimeout)
 
 
 class Store:
@@ -576,7 +644,7 @@ class Store:
         subclass ``Unreachable`` at once during a remembered outage.
         """
         conn = self._connection(name)
-        return await self._execute(name, conn, conn.statements[name], params)
+        return await self._execute(name, conn, conn.statements[name], params, name in _LWT)
 
     async def run_batch(
         self, parts: Sequence[tuple[str, Sequence[Any]]], *, logged: bool = False
@@ -598,7 +666,9 @@ class Store:
         )
         for name, params in parts:
             batch.add(conn.statements[name], params)
-        return await self._execute(what, conn, batch, None)
+        batch.is_idempotent = not any(name in _NOT_IDEMPOTENT for name, _ in parts)
+        lwt = any(name in _LWT for name, _ in parts)
+        return await self._execute(what, conn, batch, None, lwt)
 
     def _connection(self, what: str) -> _Connection:
         if self._conn is None:
@@ -608,14 +678,14 @@ class Store:
         return self._conn
 
     async def _execute(
-        self, what: str, conn: _Connection, statement: Any, params: Any
+        self, what: str, conn: _Connection, statement: Any, params: Any, lwt: bool
     ) -> list[dict[str, Any]]:
         metrics = self.metrics
         if metrics is None:
-            return await self._execute_once(what, conn, statement, params)
+            return await self._execute_sent(what, conn, statement, params, lwt)
         started = time.perf_counter()
         try:
-            rows = await self._execute_once(what, conn, statement, params)
+            rows = await self._execute_sent(what, conn, statement, params, lwt)
         except Unreachable as exc:
             cause = exc.__cause__
             metrics.query_failed(what, type(cause).__name__ if cause else "FailedFast")
@@ -627,22 +697,103 @@ class Store:
             metrics.observe_query(what, time.perf_counter() - started)
         return rows
 
-    async def _execute_once(
-        self, what: str, conn: _Connection, statement: Any, params: Any
+    async def _execute_sent(
+        self, what: str, conn: _Connection, statement: Any, params: Any, lwt: bool
     ) -> list[dict[str, Any]]:
+        """Send ``statement`` up to :data:`ATTEMPTS` times if it is idempotent and one node
+        failed it while Cassandra answered other queries; else once.
+
+        Raises ``Unreachable`` during an outage (remembered, or found now),
+        ``OutcomeUnknown`` when an LWT got no answer or an unknown result, and
+        ``StorageError`` for other failures (all EIO).
+        """
+        idempotent = bool(getattr(statement, "is_idempotent", False))
+        attempt = 1
+        while True:
+            failure = await self._send(what, conn, statement, params)
+            if not isinstance(failure, BaseException):
+                return failure
+            if lwt:
+                if isinstance(failure, _NO_ANSWER) or outcome_unknown(failure):
+                    raise OutcomeUnknown(f"{what}: outcome unknown: {failure}") from failure
+                raise StorageError(f"{what}: {failure}") from failure
+            resend = isinstance(failure, _NO_ANSWER) or worth_resending(failure)
+            if not (idempotent and resend and attempt < ATTEMPTS):
+                raise StorageError(f"{what}: {failure}") from failure
+            attempt += 1
+            log.warning(
+                "%s failed on one node while Cassandra answers (%s: %s): sending it again "
+                "(%d of %d)",
+                what,
+                type(failure).__name__,
+                _first_error(failure),
+                attempt,
+                ATTEMPTS,
+            )
+            if not isinstance(failure, OperationTimedOut | ReadTimeout | WriteTimeout):
+                await trio.sleep(RETRY_PAUSE)
+
+    async def _answers_elsewhere(self, conn: _Connection, failure: Exception) -> bool:
+        """True if a node other than the one that left ``failure`` unanswered (and that the
+        driver holds for up) answers a local read now: one node is away, not Cassandra.
+
+        Asked only when no other query was answered since the failed one was sent (a
+        daemon whose one request waited, for instance), and not during an outage found by
+        another query meanwhile.  A dropped connection does not name its node: every node
+        held for up is asked then (the driver marks a node whose connection was reset down at
+        once).  With a single node, or no other node up, False at once: an outage.
+        """
+        failed = getattr(failure, "last_host", None) or getattr(failure, "endpoint", None)
+        others = [
+            h
+            for h in conn.cluster.metadata.all_hosts()
+            if h.is_up and (failed is None or str(failed) not in (str(h), str(h.endpoint)))
+        ]
+        for other in others[:3]:
+            try:
+                await execute(conn.session, _LIVENESS, query_timeout=self.timeout, host=other)
+            except Exception as exc:  # any failure: that node does not answer either
+                log.info("node %s does not answer either: %s", other, exc)
+                continue
+            log.info("%s failed, node %s answers: one node away", failed, other)
+            return True
+        return False
+
+    async def _send(
+        self, what: str, conn: _Connection, statement: Any, params: Any
+    ) -> list[dict[str, Any]] | Exception:
+        """Send ``statement`` once: its rows, or the driver error of a failure that concerns
+        one node or one query (for the caller to judge).  Raises ``Unreachable`` during an
+        outage, and ``StorageError`` for errors that are not the driver's."""
         if not self.outage.admit():
             raise Unreachable(f"{what}: {self.outage.describe()}")
         reported = False
+        sent = self.outage.clock()
         try:
             rows = await execute(conn.session, statement, params, query_timeout=self.timeout)
-        except _UNREACHABLE as exc:
+        except NoHostAvailable as exc:
             reported = True
             self.outage.failed(f"{type(exc).__name__}: {_first_error(exc)}")
             raise Unreachable(f"{what}: {exc}") from exc
+        except _NO_ANSWER as exc:
+            reported = True
+            if (
+                not self.outage.down
+                and not self.outage.answered_since(sent)
+                and await self._answers_elsewhere(conn, exc)
+            ):
+                self.outage.succeeded()
+            if self.outage.failed(f"{type(exc).__name__}: {_first_error(exc)}", sent):
+                raise Unreachable(f"{what}: {exc}") from exc
+            return exc
         except DriverException as exc:
             reported = True
             self.outage.succeeded()  # a node answered, with an error
-            raise StorageError(f"{what}: {exc}") from exc
+            return exc
+        except ErrorMessage as exc:  # a server error the driver has no class for
+            reported = True
+            self.outage.succeeded()
+            return exc
         except Exception as exc:  # other driver errors do not share a base
             if type(exc).__module__.startswith("cassandra"):
                 raise StorageError(f"{what}: {exc}") from exc
@@ -680,6 +831,7 @@ def _connect_sync(
         for name, cql in STATEMENTS.items():
             prepared = session.prepare(cql.format(ks=keyspace))
             prepared.consistency_level = level
+            prepared.is_idempotent = name not in _NOT_IDEMPOTENT
             if name in _LWT:
                 prepared.serial_consistency_level = serial
             statements[name] = prepared
@@ -802,6 +954,19 @@ def _outcome(rows: list[dict[str, Any]], parent: int, name: bytes) -> LwtOutcome
     return LwtOutcome(False, holder, sealed)
 
 
+def _settle(outcome: LwtOutcome, resent: bool, ino: int) -> LwtOutcome:
+    """The outcome of a name LWT that set the name to ``ino``, sent ``resent`` more than
+    once: not applied, but the name names ``ino`` unclaimed, means an earlier send was.
+
+    Sent once, such an answer is taken as it is (another request set that name).
+    """
+    holder = outcome.holder
+    if resent and not outcome.applied and holder is not None:
+        if holder.ino == ino and not holder.pending and not outcome.sealed:
+            return LwtOutcome(applied=True)
+    return outcome
+
+
 class ReadOnlyStatements:
     """The reads of ``store`` only, for a read-only :class:`TenantStore`: a statement that
     is not a ``SELECT``, and any batch, raises ``ReadOnly`` (EROFS) before it is sent.
@@ -858,6 +1023,28 @@ class TenantStore:
     def timeout(self) -> float:
         """The per-query timeout, seconds."""
         return self._store.timeout
+
+    async def _settled(
+        self, what: str, send: Callable[[], Awaitable[list[dict[str, Any]]]]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Send an LWT (``send``); while its outcome is unknown (``OutcomeUnknown``), send
+        it again, up to :data:`ATTEMPTS` times in all.  Returns its rows and whether it was
+        sent more than once.
+
+        A new Paxos round first completes any round left in progress on its partition, so
+        the last send either applies the change or reports the values that stand in its
+        way: the caller tells from those (its own new values) whether an earlier send was
+        applied.  Raises the last ``OutcomeUnknown`` (EIO) if every send ended unknown.
+        """
+        attempt = 1
+        while True:
+            try:
+                return await send(), attempt > 1
+            except OutcomeUnknown as exc:
+                if attempt >= ATTEMPTS:
+                    raise
+                attempt += 1
+                log.warning("%s: %s; asking again (%d of %d)", what, exc, attempt, ATTEMPTS)
 
     # -- inodes ---------------------------------------------------------------------------
 
@@ -923,17 +1110,24 @@ class TenantStore:
 
         Writes version, content_id, size, chunk_size, mtime and ctime.  Returns
         None when applied, else the version the inode is at now (``b""``: none;
-        also when the inode row is gone: the caller rereads it).
+        also when the inode row is gone: the caller rereads it).  An unknown outcome is
+        settled by sending it again (:meth:`_settled`); ``OutcomeUnknown`` (EIO) if that
+        never answers.
         """
         i = inode
-        rows = await self._store.run(
-            "flip_content",
-            (_blob(i.version), i.content_id, i.size, i.chunk_size, i.mtime_ns, i.ctime_ns,
-             *self._t, i.ino, _blob(expected_version)),
+        params = (
+            _blob(i.version), i.content_id, i.size, i.chunk_size, i.mtime_ns, i.ctime_ns,
+            *self._t, i.ino, _blob(expected_version),
         )  # fmt: skip
+        rows, resent = await self._settled(
+            f"flip_content of {i.ino}", lambda: self._store.run("flip_content", params)
+        )
         if rows[0]["[applied]"]:
             return None
-        return rows[0].get("version") or b""
+        current = rows[0].get("version") or b""
+        if resent and current == i.version:
+            return None  # an earlier send was applied (a version id is made once)
+        return current
 
     async def touch(self, ino: int, mtime_ns: int, ctime_ns: int) -> None:
         """Set only the mtime and ctime of ``ino`` (a directory whose entries changed)."""
@@ -1102,34 +1296,38 @@ class TenantStore:
 
         ``move``: the id of the cross-directory rename whose new-name step this is; the
         batch then also sets its move marker to :data:`MOVED`, and is not applied when a
-        settler fenced the rename (:meth:`fence_move`) first.
+        settler fenced the rename (:meth:`fence_move`) first.  An unknown outcome is
+        settled by sending it again: the name then naming ``entry.ino``, unclaimed, means
+        an earlier send was applied.  ``OutcomeUnknown`` (EIO) if no send answers.
         """
         e = entry
-        rows = await self._store.run_batch(
-            [
-                ("insert_dentry", (*self._t, e.parent, e.name, e.ino, e.kind)),
-                ("dir_open", (now_ns, *self._t, e.parent)),
-                *self._marker(e.parent, move),
-            ]
+        parts: list[tuple[str, Sequence[Any]]] = [
+            ("insert_dentry", (*self._t, e.parent, e.name, e.ino, e.kind)),
+            ("dir_open", (now_ns, *self._t, e.parent)),
+            *self._marker(e.parent, move),
+        ]
+        rows, resent = await self._settled(
+            f"insert of {e.name!r} in {e.parent}", lambda: self._store.run_batch(parts)
         )
-        return _outcome(rows, e.parent, e.name)
+        return _settle(_outcome(rows, e.parent, e.name), resent, e.ino)
 
     async def replace_dentry(
         self, entry: Dentry, expected_ino: int, now_ns: int, move: bytes = b""
     ) -> LwtOutcome:
         """LWT: point ``entry.name`` at ``entry.ino`` if it names ``expected_ino``, unclaimed.
 
-        ``move`` as for :meth:`insert_dentry`.
+        ``move`` as for :meth:`insert_dentry`; an unknown outcome is settled as it settles it.
         """
         e = entry
-        rows = await self._store.run_batch(
-            [
-                ("replace_dentry", (e.ino, e.kind, *self._t, e.parent, e.name, expected_ino)),
-                ("dir_changed", (now_ns, *self._t, e.parent)),
-                *self._marker(e.parent, move),
-            ]
+        parts: list[tuple[str, Sequence[Any]]] = [
+            ("replace_dentry", (e.ino, e.kind, *self._t, e.parent, e.name, expected_ino)),
+            ("dir_changed", (now_ns, *self._t, e.parent)),
+            *self._marker(e.parent, move),
+        ]
+        rows, resent = await self._settled(
+            f"replace of {e.name!r} in {e.parent}", lambda: self._store.run_batch(parts)
         )
-        return _outcome(rows, e.parent, e.name)
+        return _settle(_outcome(rows, e.parent, e.name), resent, e.ino)
 
     def _marker(self, parent: int, move: bytes) -> list[tuple[str, Sequence[Any]]]:
         if not move:
@@ -1202,9 +1400,16 @@ class TenantStore:
         return _outcome(rows, parent, new_name)
 
     async def claim_dentry(self, parent: int, name: bytes, ino: int, intent: bytes) -> bool:
-        """LWT: mark ``name`` (naming ``ino``, unclaimed) as being moved by ``intent``."""
-        rows = await self._store.run("claim_dentry", (intent, *self._t, parent, name, ino))
-        return bool(rows[0]["[applied]"])
+        """LWT: mark ``name`` (naming ``ino``, unclaimed) as being moved by ``intent``.
+
+        An unknown outcome is settled by sending it again: the name then claimed by
+        ``intent`` (an id made once) means an earlier send was applied.
+        """
+        params = (intent, *self._t, parent, name, ino)
+        rows, resent = await self._settled(
+            f"claim of {name!r} in {parent}", lambda: self._store.run("claim_dentry", params)
+        )
+        return bool(rows[0]["[applied]"]) or (resent and rows[0].get("pending") == intent)
 
     async def release_claim(self, parent: int, name: bytes, intent: bytes) -> bool:
         """LWT: drop the claim of ``intent`` on ``name`` (a rename undone)."""
@@ -1222,11 +1427,18 @@ class TenantStore:
         return bool(rows[0]["[applied]"])
 
     async def seal_dir(self, ino: int, op: bytes) -> bytes | None:
-        """LWT: seal directory ``ino`` for ``op``; None when sealed now, else the holder's id."""
-        rows = await self._store.run("seal_dir", (op, *self._t, ino))
+        """LWT: seal directory ``ino`` for ``op``; None when sealed now, else the holder's id.
+
+        An unknown outcome is settled by sending it again: the directory then sealed by
+        ``op`` (an id made once) means an earlier send was applied.
+        """
+        rows, resent = await self._settled(
+            f"seal of {ino}", lambda: self._store.run("seal_dir", (op, *self._t, ino))
+        )
         if rows[0]["[applied]"]:
             return None
-        return rows[0].get("sealed") or b""
+        holder: bytes = rows[0].get("sealed") or b""
+        return None if resent and holder == op else holder
 
     async def unseal_dir(self, ino: int, op: bytes) -> bool:
         """LWT: lift the seal of ``op`` from directory ``ino`` (an rmdir that failed)."""
@@ -1269,9 +1481,16 @@ class TenantStore:
         return bool(rows[0]["[applied]"])
 
     async def acquire_lock(self, name: str, holder: bytes, ttl: int) -> bool:
-        """LWT: take the tenant's lease ``name`` for ``ttl`` seconds; False when held."""
-        rows = await self._store.run("acquire_lock", (*self._t, name, holder, time.time_ns(), ttl))
-        return bool(rows[0]["[applied]"])
+        """LWT: take the tenant's lease ``name`` for ``ttl`` seconds; False when held.
+
+        An unknown outcome is settled by sending it again: the lease then held by
+        ``holder`` (an id made once) means an earlier send took it.
+        """
+        params = (*self._t, name, holder, time.time_ns(), ttl)
+        rows, resent = await self._settled(
+            f"lease {name}", lambda: self._store.run("acquire_lock", params)
+        )
+        return bool(rows[0]["[applied]"]) or (resent and rows[0].get("holder") == holder)
 
     async def release_lock(self, name: str, holder: bytes) -> bool:
         """LWT: give the lease ``name`` back if ``holder`` still has it."""

@@ -363,14 +363,6 @@ def test_one_node_killed_loses_nothing_acknowledged_and_rejoins(
     assert one_node_killed.written_after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known daemon defect: the first query that meets the killed node ends in "
-    "OperationTimedOut (the request in flight on its connection, or a logged batch such as "
-    "create_inode waiting for its batchlog replica on the dead node until the peers convict "
-    "it, about 20 s here); the daemon's outage breaker takes that for Cassandra unreachable "
-    "and fails queries at once until a probe succeeds: the copy's creates fail with EIO",
-)
 def test_one_node_killed_fails_no_operation(one_node_killed: KillOutcome) -> None:
     """No copy and no read failed while node 1 was killed and out (RF 3, LOCAL_QUORUM)."""
     assert one_node_killed.failures == []
