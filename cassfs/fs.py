@@ -1169,7 +1169,7 @@ class Operations(pyfuse3.Operations):
         """
         if event == "changed":
             inos = params.get("inos", ())
-            self.listings.drop([*inos, *(parent for parent, _ in params.get("names", ()))])
+            self.listings.drop(inos, [(parent, name) for parent, name in params.get("names", ())])
             for ino in inos:
                 self.xattrs_absent.forget(ino)
                 state = self.inodes.get(ino)

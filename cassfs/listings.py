@@ -81,16 +81,21 @@ class Listings:
         while self._entries > self.max_entries:
             self._remove(next(iter(self._by_dir)))
 
-    def drop(self, inos: Iterable[int]) -> None:
-        """Drop the listings of the directories ``inos`` and every listing holding one of
-        them as an entry."""
+    def drop(self, inos: Iterable[int], names: Iterable[tuple[int, bytes]] = ()) -> None:
+        """Drop the listings of the directories ``inos`` and of the parents of ``names``
+        (``(parent, name)`` made, removed or moved), and every listing holding one of
+        those inodes, or the inode a listed name named, as an entry (a directory removed
+        or moved elsewhere loses its own listing too)."""
         changed = set(inos)
+        for parent, name in names:
+            changed.add(parent)
+            listing = self._by_dir.get(parent)
+            if listing is not None:
+                changed.update(inode.ino for entry, inode in listing.entries if entry == name)
         self.generation += 1
         if not changed:
             return
-        for ino in [
-            d for d, listing in self._by_dir.items() if d in changed or listing.inos & changed
-        ]:
+        for ino in [d for d, got in self._by_dir.items() if d in changed or got.inos & changed]:
             self._remove(ino)
 
     def drop_all(self) -> None:

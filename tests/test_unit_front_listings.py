@@ -61,3 +61,14 @@ def test_the_least_recently_used_listings_go_past_the_entry_limit() -> None:
     assert listings.get(1, now=1.0) is not None and listings.get(3, now=1.0) is not None
     listings.put(4, entries(40, 41, 42, 43, 44), now=0.0, generation=listings.generation)
     assert listings.get(4, now=1.0) is None  # larger than the limit alone: never kept
+
+
+def test_a_removed_or_moved_name_drops_the_listing_of_what_it_named() -> None:
+    """A directory removed by another host (told as its parent's name) loses its own
+    listing as well as its parent's."""
+    listings = Listings(lifetime=60.0)
+    listings.put(1, [(b"sub", inode(2))], now=0.0, generation=listings.generation)
+    listings.put(2, entries(20), now=0.0, generation=listings.generation)
+    listings.put(3, entries(30), now=0.0, generation=listings.generation)
+    listings.drop([], [(1, b"sub")])
+    assert [d for d in (1, 2, 3) if listings.get(d, now=1.0) is not None] == [3]
