@@ -444,42 +444,27 @@ def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
     assert usage(cql, v1.keyspace) == {**expected, (OTHER[0], "no-inodes"): (0, 0)}
 
 
-def test_version_3_keyspace_gets_the_change_feed_and_keeps_its_data(
-    cassandra: str, cql: Session, v1: V1Tree, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("previous", [3, 4])
+def test_the_previous_versions_keyspace_is_upgraded_by_the_cli_and_keeps_its_data(
+    cassandra: str, cql: Session, v1: V1Tree, monkeypatch: pytest.MonkeyPatch, previous: int
 ) -> None:
-    """The previous version's keyspace, with its data, upgraded in place by the CLI."""
+    """A keyspace of version 3 (no change feed) or 4 (no move markers), with its data,
+    upgraded in place by the CLI: no row rewritten, the feed table made, the dentries
+    table's comment set."""
     with monkeypatch.context() as patch:
-        patch.setattr(schema, "SCHEMA_VERSION", 3)
-        assert schema.apply(ContactPoints.parse(cassandra), v1.keyspace) == 3
-    assert recorded(cql, v1.keyspace) == 3
-    assert feed_columns(cql, v1.keyspace) == set()
+        patch.setattr(schema, "SCHEMA_VERSION", previous)
+        assert schema.apply(ContactPoints.parse(cassandra), v1.keyspace) == previous
+    assert recorded(cql, v1.keyspace) == previous
+    if previous == 3:
+        assert feed_columns(cql, v1.keyspace) == set()
     before = snapshot(cql, v1.keyspace)
     counted = usage(cql, v1.keyspace)
     done = run_cli("schema", "apply", "--contact-points", cassandra, "--keyspace", v1.keyspace)
     assert done.stdout.splitlines() == [
-        f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
-        f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
-    ]
-    assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
-    assert usage(cql, v1.keyspace) == counted
-    check_upgraded(cql, v1)
-
-
-def test_version_4_keyspace_gets_move_markers_and_keeps_its_data(
-    cassandra: str, cql: Session, v1: V1Tree, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The previous version's keyspace, with its data, upgraded in place by the CLI: only
-    the version row and the table comment change; a version-4 daemon then refuses it."""
-    with monkeypatch.context() as patch:
-        patch.setattr(schema, "SCHEMA_VERSION", 4)
-        assert schema.apply(ContactPoints.parse(cassandra), v1.keyspace) == 4
-    assert recorded(cql, v1.keyspace) == 4
-    before = snapshot(cql, v1.keyspace)
-    counted = usage(cql, v1.keyspace)
-    done = run_cli("schema", "apply", "--contact-points", cassandra, "--keyspace", v1.keyspace)
-    assert done.stdout.splitlines() == [
-        f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
+        *(
+            f"cassfs: upgraded keyspace {v1.keyspace} from version {v} to {v + 1}"
+            for v in range(previous, SCHEMA_VERSION)
+        ),
         f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
     ]
     assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
