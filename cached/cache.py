@@ -121,6 +121,9 @@ class LocalCache:
         # handler, which sleeps: 8 reader threads spent most of a cold read there.
         self._limiter = trio.CapacityLimiter(1)
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        #: True from a :meth:`clear` until the memo first drops an entry: every metadata
+        #: entry on disk is then also in the memo, so a key missing there is absent.
+        self._memo_whole = False
         self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
         self._ops_queued = trio.Event()
         # Content kept from eviction: pins (key -> holders) and leases (key -> until,
@@ -250,12 +253,15 @@ class LocalCache:
         self._memo.move_to_end(key)
         while len(self._memo) > MEMO_ENTRIES:
             self._memo.popitem(last=False)
+            self._memo_whole = False
 
     async def _meta_get(self, key: tuple[Any, ...]) -> Any:
         if key in self._memo:
             self._memo.move_to_end(key)
             value = self._memo[key]
             return None if value is _GONE else value
+        if self._memo_whole:
+            return None  # cleared since, and all written since is in the memo
         value = await self._run(self._cache.get, key)
         # Remember misses too: only this daemon writes here, so a key absent on disk
         # stays absent until this daemon puts it (which replaces the tombstone).
@@ -275,11 +281,13 @@ class LocalCache:
         self._ops_queued.set()
 
     def _apply(self, ops: list[tuple[str, tuple[Any, ...], Any]]) -> None:
-        for kind, key, value in ops:
-            if kind in ("set", "land"):
-                self._set_counting(key, value)
-            else:
-                self._cache.delete(key)
+        # One SQLite transaction per batch, not one per entry (commits cost most).
+        with self._cache.transact(retry=True):
+            for kind, key, value in ops:
+                if kind in ("set", "land"):
+                    self._set_counting(key, value)
+                else:
+                    self._cache.delete(key)
 
     async def _apply_pending(self) -> None:
         # In batches, so that reads waiting for the one diskcache thread get a turn.
@@ -673,7 +681,9 @@ class LocalCache:
         self._pending_ops = []
         self._landing.clear()
         self._landing_bytes = 0
-        return await self._run(self._cache.clear)
+        removed = await self._run(self._cache.clear)
+        self._memo_whole = not self._memo  # nothing was put meanwhile
+        return removed
 
     async def usage(self) -> tuple[int, int]:
         """``(entries, bytes)`` held now (bytes as diskcache counts them)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +38,7 @@ from cached.reaper import Reaper
 from cached.recovery import Settled, settle_claim
 from cached.singleflight import SingleFlight
 from cached.stats import Counters
-from cached.store import Store, TenantStore
+from cached.store import INODES_PER_QUERY, Store, TenantStore
 from cached.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ T = TypeVar("T")
 ANNOUNCE_WAIT = 2.0
 #: Most inodes and most names in one ``changed`` notification of other hosts' changes.
 FORGET_BATCH = 256
+#: ``get_inodes`` queries one :meth:`Core.load_inodes` has in flight at most.
+INODE_BATCHES = 4
 
 
 class ContentGone(Exception):
@@ -208,6 +210,44 @@ class Core:
             raise NotFound(f"inode {ino}")
         await self.cache.put_inode(s.tenant, inode, fetched_at=started)
         return inode
+
+    async def load_inodes(self, s: Session, inos: Sequence[int]) -> dict[int, Inode]:
+        """Read the inodes ``inos`` from Cassandra now, many per query, and cache them.
+
+        Returns ``{ino: inode}`` of those read here; an inode with a read already in
+        flight is left to it (a :meth:`get_inode` joins that), and one Cassandra does
+        not have is dropped from the cache and left out.  Queries of
+        :data:`~cached.store.INODES_PER_QUERY` inodes, :data:`INODE_BATCHES` at a time.
+        Raises ``StorageError`` (EIO) when Cassandra fails.
+        """
+        found: dict[int, Inode] = {}
+
+        async def load(keys: list[Hashable]) -> dict[Hashable, Inode]:
+            started = self.cache.clock()
+            wanted = [key[2] for key in keys]  # type: ignore[index]
+            read = await s.store.get_inodes(wanted)
+            for ino in wanted:
+                inode = read.get(ino)
+                if inode is None:
+                    await self.cache.drop_inode(s.tenant, ino)
+                else:
+                    await self.cache.put_inode(s.tenant, inode, fetched_at=started)
+            return {("i", s.tenant, ino): inode for ino, inode in read.items()}
+
+        async def batch(part: Sequence[int]) -> None:
+            async with limiter:
+                got = await self.flights.run_many(
+                    [("i", s.tenant, ino) for ino in part],
+                    load,
+                    missing=lambda key: NotFound(f"inode {key[2]}"),  # type: ignore[index]
+                )
+            found.update((key[2], inode) for key, inode in got.items())  # type: ignore[index]
+
+        limiter = trio.CapacityLimiter(INODE_BATCHES)
+        async with trio.open_nursery() as nursery:
+            for start in range(0, len(inos), INODES_PER_QUERY):
+                nursery.start_soon(batch, inos[start : start + INODES_PER_QUERY])
+        return found
 
     async def directory(self, s: Session, ino: int) -> Inode:
         inode = await self.get_inode(s, ino)

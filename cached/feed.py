@@ -82,6 +82,8 @@ class Feed:
         #: This daemon's id in the rows it writes (a new one each start).
         self.origin = secrets.token_bytes(8)
         self._follows: dict[Tenant, _Follow] = {}
+        #: True once :meth:`run` polls (``--feed-poll`` above 0).
+        self.running = False
         #: What polls applied, to forget again: ``(due (trio clock), tenant, (inos, names))``.
         self._rechecks: deque[tuple[float, Tenant, tuple[list[int], list[tuple[int, bytes]]]]] = (
             deque()
@@ -95,6 +97,12 @@ class Feed:
         """
         if tenant not in self._follows:
             self._follows[tenant] = _Follow(store, time.time())
+
+    def follows(self, tenant: Tenant) -> bool:
+        """True while ``tenant``'s feed is followed and its last read succeeded: another
+        host's change to it is then forgotten here within about a second."""
+        follow = self._follows.get(tenant)
+        return self.running and follow is not None and not follow.failing
 
     async def append(
         self, store: TenantStore, inos: list[int], names: list[tuple[int, bytes]]
@@ -116,6 +124,7 @@ class Feed:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Read the followed tenants' feeds every ``interval`` seconds, forever."""
+        self.running = True
         task_status.started()
         while True:
             for tenant in list(self._follows):

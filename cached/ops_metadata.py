@@ -12,6 +12,7 @@ import trio
 
 from cached.cache import Freshness
 from cached.core import (
+    ContentGone,
     Core,
     Session,
 )
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 LISTING_LIMIT = 4096
 #: Directories up to this many entries get their inodes prefetched when listed.
 PREFETCH_LIMIT = 512
+#: Regular files up to this many bytes get their content fetched as a lookup answers them.
+PREFETCH_CONTENT_LIMIT = 128 * 1024
+#: Content fetches started by lookups running at most (more are not started).
+PREFETCH_CONTENT_TASKS = 8
 
 
 class MetadataOps:
@@ -48,6 +53,8 @@ class MetadataOps:
     def __init__(self, core: Core, contents: Contents) -> None:
         self.core = core
         self.contents = contents
+        #: Content fetches started by lookups and not yet done.
+        self._content_prefetches = 0
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -58,6 +65,8 @@ class MetadataOps:
         has at most :data:`LISTING_LIMIT` entries; it then answers every lookup in
         that directory, negative ones included, for the TTL, and the inodes of a
         small directory are prefetched.  Larger directories are asked name by name.
+        A small file's content is fetched in the background as it is answered
+        (:meth:`_prefetch_content`): an open usually follows.
         """
         check_name(name)
         # The inode answered is never older than the name that led to it (bound_at): one
@@ -72,7 +81,7 @@ class MetadataOps:
                 # Cassandra fails (stale-if-error), a negative answer included.
                 state, cached = Freshness.STALE, stale_index.get(name, (0, 0))
             if state is not Freshness.FRESH:
-                index = await self._listing_index(s, parent)
+                index = await self._listing_index(s, parent, name)
         if index is not None:
             state, cached = Freshness.FRESH, index.get(name, (0, 0))
             bound_at = self.core.cache.fetched_at(("l", *s.tenant, parent))
@@ -100,7 +109,7 @@ class MetadataOps:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
         try:
-            return await self._answer(s, await self.core.get_inode(s, ino, not_before=bound_at))
+            inode = await self.core.get_inode(s, ino, not_before=bound_at)
         except NotFound:
             # The cached entry names an inode that is gone: the name was rebound (a
             # file replaced by a rename over it) or removed.  Ask Cassandra; the inode
@@ -113,7 +122,8 @@ class MetadataOps:
             if entry is None or entry.ino == ino:
                 raise
             inode = await self.core.get_inode(s, entry.ino, not_before=bound_at)
-            return await self._answer(s, inode)
+        self._prefetch_content(s, inode)
+        return await self._answer(s, inode)
 
     async def _get_entry(self, s: Session, parent: int, name: bytes) -> Dentry | None:
         """The entry ``name`` in ``parent`` from Cassandra; a claim on it is settled where
@@ -123,20 +133,27 @@ class MetadataOps:
             return next(iter(await self.core.settle_listed(s, [entry])), None)
         return entry
 
-    async def _listing_index(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
+    async def _listing_index(
+        self, s: Session, parent: int, first: bytes | None = None
+    ) -> dict[bytes, tuple[int, int]] | None:
         """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.
 
         None for a directory over :data:`LISTING_LIMIT` entries (remembered for the
-        TTL) or when Cassandra fails.
+        TTL) or when Cassandra fails.  ``first``: the name the caller looks up next,
+        whose inode the prefetch of a newly loaded listing leaves to the caller.
         """
         state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if state is Freshness.FRESH and index is not None:
             return index
         if self.core.cache.is_large_dir(s.tenant, parent):
             return None
-        return await self.core.flights.run(("L", s.tenant, parent), self._load_listing, s, parent)
+        return await self.core.flights.run(
+            ("L", s.tenant, parent), self._load_listing, s, parent, first
+        )
 
-    async def _load_listing(self, s: Session, parent: int) -> dict[bytes, tuple[int, int]] | None:
+    async def _load_listing(
+        self, s: Session, parent: int, first: bytes | None
+    ) -> dict[bytes, tuple[int, int]] | None:
         self.core.counters.add("misses")
         try:
             await self.core.directory(s, parent)
@@ -152,25 +169,46 @@ class MetadataOps:
         items = [(e.name, e.ino, e.kind) for e in entries]
         await self.core.cache.put_listing(s.tenant, parent, items)
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
-            self.core.background.start_soon(self._prefetch_inodes, s, [e.ino for e in entries])
+            rest = [e.ino for e in entries if e.name != first]
+            self.core.background.start_soon(self._prefetch_inodes, s, rest)
         return {name: (ino, kind) for name, ino, kind in items}
 
     async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
-        """Warm the cache with the inodes of a directory just listed (errors ignored)."""
-        limiter = trio.CapacityLimiter(8)
+        """Warm the cache with the inodes of a directory just listed, many per query
+        (:meth:`~cached.core.Core.load_inodes`); errors ignored."""
+        with contextlib.suppress(CassfsError):
+            await self._load_stale_inodes(s, inos)
 
-        async def one(ino: int) -> None:
-            async with limiter:
-                state, _ = await self.core.cache.get_inode(s.tenant, ino)
-                if state is not Freshness.FRESH:
-                    with contextlib.suppress(CassfsError):
-                        await self.core.flights.run(
-                            ("i", s.tenant, ino), self.core.load_inode, s, ino
-                        )
+    def _prefetch_content(self, s: Session, inode: Inode) -> None:
+        """Start fetching a small file's content in the background, as its lookup is
+        answered: a lookup by name is mostly followed by an open (a PHP include, a
+        script), which then joins that fetch instead of starting its own.
 
-        async with trio.open_nursery() as nursery:
-            for ino in inos:
-                nursery.start_soon(one, ino)
+        Only for regular files of at most :data:`PREFETCH_CONTENT_LIMIT` bytes whose
+        content is neither cached nor being fetched, at most
+        :data:`PREFETCH_CONTENT_TASKS` at a time (others are not queued); errors are
+        ignored (the open fetches again and reports them).
+        """
+        background = self.core.background
+        if (
+            background is None
+            or inode.kind != REGULAR
+            or not 0 < inode.size <= PREFETCH_CONTENT_LIMIT
+            or self._content_prefetches >= PREFETCH_CONTENT_TASKS
+            or self.core.flights.in_flight(("c", s.tenant, inode.content_id))
+        ):
+            return
+        self._content_prefetches += 1
+        background.start_soon(self._fetch_content, s, inode)
+
+    async def _fetch_content(self, s: Session, inode: Inode) -> None:
+        try:
+            if await self.core.cache.has_content(s.tenant, inode.content_id):
+                return
+            with contextlib.suppress(CassfsError, ContentGone):
+                await self.contents.fetch_once(s, inode)
+        finally:
+            self._content_prefetches -= 1
 
     async def rpc_getattr(self, s: Session, ino: int) -> dict[str, Any]:
         """The inode ``ino``; ENOENT.
@@ -196,10 +234,12 @@ class MetadataOps:
 
         Counted in the listing this daemon caches, when fresh: kept up to date by its
         own mkdir, rmdir and rename, so right at once on this host, and other hosts'
-        changes show within the TTL.  Otherwise the entries are read (one partition,
-        at most :data:`LISTING_LIMIT` + 1 rows) and only their count is kept, in
-        memory for the TTL or until this daemon changes the directory: caching the
-        listing would have it answer lookups (negative ones too) from a mere stat on.
+        changes show within the TTL.  Otherwise, while the change feed is followed,
+        the listing is loaded (:meth:`_listing_index`), shared with the lookups in
+        that directory that usually follow a stat of it: the feed drops it within a
+        second of another host's change, as any listing.  Without the feed only the
+        entries' count is kept (:meth:`_count_subdirectories`), so that a mere stat
+        does not have a listing answer lookups, negative ones too, for the TTL.
         1, which ``find`` and ``fts`` take as "unknown" (btrfs answers 1 for every
         directory), for a directory over :data:`LISTING_LIMIT` entries without a
         fresh whole listing (``readdir`` caches one), and when Cassandra fails with
@@ -211,14 +251,17 @@ class MetadataOps:
             return 2 + _subdirectories(items)
         count = cache.subdirectories(s.tenant, ino)
         if count is None and not cache.is_large_dir(s.tenant, ino):
-            try:
-                count = await self.core.flights.run(
-                    ("N", s.tenant, ino), self._count_subdirectories, s, ino
-                )
-            except StorageError:
-                if items is None:
-                    return 1
-                self.core.counters.add("stale_served")
+            if self.core.feed.follows(s.tenant):
+                index = await self._listing_index(s, ino)
+                if index is not None:
+                    return 2 + sum(kind == DIRECTORY for _ino, kind in index.values())
+            else:
+                with contextlib.suppress(StorageError):
+                    count = await self.core.flights.run(
+                        ("N", s.tenant, ino), self._count_subdirectories, s, ino
+                    )
+            if count is None and items is not None and not cache.is_large_dir(s.tenant, ino):
+                self.core.counters.add("stale_served")  # Cassandra failed: the expired one
                 return 2 + _subdirectories(items)
         return 1 if count is None else 2 + count
 
@@ -253,6 +296,7 @@ class MetadataOps:
                 await self.core.cache.put_listing(s.tenant, ino, items)
         else:
             self.core.counters.add("hits")
+        await self._load_stale_inodes(s, [child for _name, child, _kind in items])
         results: list[list[Any] | None] = [None] * len(items)
         limiter = trio.CapacityLimiter(16)
 
@@ -268,6 +312,18 @@ class MetadataOps:
             for index, (name, child, _kind) in enumerate(items):
                 nursery.start_soon(one, index, name, child)
         return [r for r in results if r is not None]
+
+    async def _load_stale_inodes(self, s: Session, inos: list[int]) -> None:
+        """Read those of ``inos`` not fresh in the cache, many per query; a failure is
+        left to the reads one by one that follow (stale-if-error, or EIO)."""
+        wanted = []
+        for ino in inos:
+            state, _ = await self.core.cache.get_inode(s.tenant, ino)
+            if state is not Freshness.FRESH:
+                wanted.append(ino)
+        if wanted:
+            with contextlib.suppress(StorageError):
+                await self.core.load_inodes(s, wanted)
 
     async def rpc_readlink(self, s: Session, ino: int) -> bytes:
         """The target of symlink ``ino``; EINVAL if it is not a symlink."""

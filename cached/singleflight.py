@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -93,9 +93,60 @@ class SingleFlight:
             flight.ok, flight.result = True, result
             return result
         finally:
-            del self._flights[key]
-            self._finished[key] = self.clock()
-            self._finished.move_to_end(key)
-            if len(self._finished) > FINISHED_KEPT:
-                self._finished.popitem(last=False)
-            flight.done.set()
+            self._land(key, flight)
+
+    def in_flight(self, key: Hashable) -> bool:
+        """True while a flight of ``key`` runs."""
+        return key in self._flights
+
+    async def run_many(
+        self,
+        keys: Sequence[Hashable],
+        fn: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, Any]]],
+        missing: Callable[[Hashable], Exception] = KeyError,
+    ) -> dict[Hashable, Any]:
+        """One flight for every key of ``keys`` not in flight, all served by one
+        ``await fn(those keys)``; returns ``{key: result}`` for those keys.
+
+        ``fn`` returns a result per key it was given; a key it leaves out fails its
+        flight with ``missing(key)`` (a caller that joined it sees that).  Keys already in
+        flight are left to their own flights and are not in the result: this is for
+        work done ahead of need (prefetch), which a later :meth:`run` of a key joins.
+        An exception from ``fn`` is raised here and in every caller that joined.
+        """
+        mine: dict[Hashable, _Flight[Any]] = {}
+        for key in keys:
+            if key not in self._flights and key not in mine:
+                mine[key] = self._flights[key] = _Flight[Any](self.clock())
+        if not mine:
+            return {}
+        self.calls += 1
+        results: Mapping[Hashable, Any] = {}
+        error: BaseException | None = None
+        finished = False
+        try:
+            results = await fn(list(mine))
+            finished = True
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            # Cancelled (neither finished nor failed): the waiters try again themselves.
+            for key, flight in mine.items():
+                if key in results:
+                    flight.ok, flight.result = True, results[key]
+                elif error is not None:
+                    flight.error = error
+                elif finished:
+                    flight.error = missing(key)
+                self._land(key, flight)
+        return {key: results[key] for key in mine if key in results}
+
+    def _land(self, key: Hashable, flight: _Flight[Any]) -> None:
+        """End ``flight`` of ``key``: forget it, note when it ended, wake its waiters."""
+        del self._flights[key]
+        self._finished[key] = self.clock()
+        self._finished.move_to_end(key)
+        if len(self._finished) > FINISHED_KEPT:
+            self._finished.popitem(last=False)
+        flight.done.set()

@@ -467,3 +467,28 @@ def _disk_keys(path: Path) -> set[bytes]:
     """Content ids diskcache holds at ``path`` (read by a separate diskcache handle)."""
     with diskcache.Cache(str(path / "store")) as disk:
         return {key[-1] for key in disk.iterkeys() if key[0] == "c"}
+
+
+async def test_after_a_clear_a_missing_key_costs_no_disk_read(
+    cache: LocalCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cache.put_inode(T1, make_inode(1))
+    await cache.flush()
+    await cache.clear()
+    await cache.put_inode(T1, make_inode(2))
+    reads: list[object] = []
+    real_get = cache._cache.get
+
+    def counted_get(key: object, *args: object, **kwargs: object) -> object:
+        reads.append(key)
+        return real_get(key, *args, **kwargs)
+
+    monkeypatch.setattr(cache._cache, "get", counted_get)
+    assert await cache.get_inode(T1, 1) == (Freshness.ABSENT, None)
+    assert (await cache.get_inode(T1, 2))[1] == make_inode(2)
+    assert reads == []
+    # Once the memo has dropped an entry, a key missing from it is looked up on disk.
+    monkeypatch.setattr("cached.cache.MEMO_ENTRIES", 1)
+    await cache.put_inode(T1, make_inode(3))
+    assert await cache.get_inode(T1, 1) == (Freshness.ABSENT, None)
+    assert reads == [("i", *T1, 1)]

@@ -228,3 +228,82 @@ async def test_finished_since_tells_a_caller_whose_miss_a_flight_ended_after() -
         await flights.run(index, work)
     assert not flights.finished_since("k", 0.0)  # forgotten: the oldest of FINISHED_KEPT + 1
     assert flights.finished_since(FINISHED_KEPT - 1, 10.0)
+
+
+async def test_run_many_serves_each_key_and_callers_of_one_key_join_it() -> None:
+    """One call of the batch work for the keys not in flight; a ``run`` of one of them
+    joins the batch; a key already in flight is left to its flight; a key the work does
+    not answer fails its joiners with ``missing(key)``."""
+    flights = SingleFlight()
+    release = trio.Event()
+    batches: list[list[object]] = []
+    joined: dict[object, object] = {}
+
+    async def batch(keys: list[object]) -> dict[object, str]:
+        batches.append(keys)
+        await release.wait()
+        return {key: f"got-{key}" for key in keys if key != "gone"}
+
+    async def join(key: object) -> None:
+        try:
+            joined[key] = await flights.run(key, Work().gated, key)  # must not run
+        except LookupError as exc:
+            joined[key] = exc
+
+    own = Work()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flights.run, "busy", own.gated, "busy")
+        await trio.testing.wait_all_tasks_blocked()
+        result: dict[object, object] = {}
+
+        async def many() -> None:
+            result.update(
+                await flights.run_many(
+                    ["a", "busy", "gone", "a"], batch, missing=lambda k: LookupError(k)
+                )
+            )
+
+        nursery.start_soon(many)
+        await trio.testing.wait_all_tasks_blocked()
+        assert flights.in_flight("a") and flights.in_flight("gone")
+        nursery.start_soon(join, "a")
+        nursery.start_soon(join, "gone")
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+        own.release.set()
+    assert batches == [["a", "gone"]]
+    assert result == {"a": "got-a"}
+    assert joined["a"] == "got-a"
+    assert isinstance(joined["gone"], LookupError)
+    assert flights.calls == 2  # the batch and "busy"'s own run
+    assert not flights.in_flight("a")
+
+
+async def test_run_many_cancelled_lets_a_joiner_run_the_work_itself() -> None:
+    flights = SingleFlight()
+    work = Work()
+    work.release.set()
+    results: list[object] = []
+
+    async def stuck(keys: list[object]) -> dict[object, object]:
+        await trio.sleep_forever()
+        raise AssertionError("not reached")
+
+    async def join() -> None:
+        results.append(await flights.run("k", work.gated, "k"))
+
+    async with trio.open_nursery() as nursery:
+        cancel = trio.CancelScope()
+
+        async def many() -> None:
+            with cancel:
+                await flights.run_many(["k"], stuck)
+
+        nursery.start_soon(many)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(join)
+        await trio.testing.wait_all_tasks_blocked()
+        assert work.started == []  # joined the batch
+        cancel.cancel()
+    assert results == ["result-k"]
+    assert work.started == ["k"]
