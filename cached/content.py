@@ -20,6 +20,9 @@ from collections.abc import Iterable
 
 #: Bytes per chunk for new content.
 CHUNK_SIZE = 1024 * 1024
+#: Content up to this many bytes is kept whole in its ``versions`` row and in the inode's
+#: row (schema version 6), not in chunks: one read of the inode gives a small file's bytes.
+INLINE_CONTENT_LIMIT = 64 * 1024
 #: SHA-256 of the empty content: the content identity of every empty file.
 EMPTY_ID = hashlib.sha256(b"").digest()
 #: One chunk of zero bytes: what a hole of :data:`CHUNK_SIZE` bytes reads as.

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from cached.cache import Freshness, LocalCache
+from cached.content import content_id
 from cached.errors import (
     CassfsError,
     NotADirectory,
@@ -202,37 +203,50 @@ class Core:
         """The inode read from Cassandra now, and cached; NotFound (ENOENT).
 
         Cached as fetched when the read began (what it returns is at least that new).
+        The same read brings a small file's content when its row keeps it (schema 6):
+        cached too once its SHA-256 matches, so the open that follows reads nothing.
         """
         started = self.cache.clock()
-        inode = await s.store.get_inode(ino)
+        inode, data = await s.store.get_inode_content(ino)
         if inode is None:
             await self.cache.drop_inode(s.tenant, ino)
             raise NotFound(f"inode {ino}")
         await self.cache.put_inode(s.tenant, inode, fetched_at=started)
+        await self._keep_content(s, inode, data)
         return inode
 
-    async def load_inodes(self, s: Session, inos: Sequence[int]) -> dict[int, Inode]:
+    async def load_inodes(
+        self, s: Session, inos: Sequence[int], content: bool = False
+    ) -> dict[int, Inode]:
         """Read the inodes ``inos`` from Cassandra now, many per query, and cache them.
 
         Returns ``{ino: inode}`` of those read here; an inode with a read already in
         flight is left to it (a :meth:`get_inode` joins that), and one Cassandra does
-        not have is dropped from the cache and left out.  Queries of
-        :data:`~cached.store.INODES_PER_QUERY` inodes, :data:`INODE_BATCHES` at a time.
-        Raises ``StorageError`` (EIO) when Cassandra fails.
+        not have is dropped from the cache and left out.  With ``content``, the bytes
+        the rows keep (small files, schema 6) are read too and cached (see
+        :meth:`load_inode`).  Queries of :data:`~cached.store.INODES_PER_QUERY`
+        inodes, :data:`INODE_BATCHES` at a time.  Raises ``StorageError`` (EIO) when
+        Cassandra fails.
         """
         found: dict[int, Inode] = {}
 
         async def load(keys: list[Hashable]) -> dict[Hashable, Inode]:
             started = self.cache.clock()
             wanted = [key[2] for key in keys]  # type: ignore[index]
-            read = await s.store.get_inodes(wanted)
+            if content:
+                read = await s.store.get_inodes_content(wanted)
+            else:
+                read = {
+                    ino: (inode, None) for ino, inode in (await s.store.get_inodes(wanted)).items()
+                }
             for ino in wanted:
-                inode = read.get(ino)
-                if inode is None:
+                if ino not in read:
                     await self.cache.drop_inode(s.tenant, ino)
-                else:
-                    await self.cache.put_inode(s.tenant, inode, fetched_at=started)
-            return {("i", s.tenant, ino): inode for ino, inode in read.items()}
+            for inode, _data in read.values():
+                await self.cache.put_inode(s.tenant, inode, fetched_at=started)
+            for inode, data in read.values():
+                await self._keep_content(s, inode, data)
+            return {("i", s.tenant, ino): inode for ino, (inode, _data) in read.items()}
 
         async def batch(part: Sequence[int]) -> None:
             async with limiter:
@@ -248,6 +262,18 @@ class Core:
             for start in range(0, len(inos), INODES_PER_QUERY):
                 nursery.start_soon(batch, inos[start : start + INODES_PER_QUERY])
         return found
+
+    async def _keep_content(self, s: Session, inode: Inode, data: bytes | None) -> None:
+        """Cache ``data``, read with ``inode`` from its row, if it is that inode's whole
+        content (SHA-256) and not cached yet."""
+        if (
+            data
+            and len(data) == inode.size
+            and content_id(data) == inode.content_id
+            and not await self.cache.has_content(s.tenant, inode.content_id)
+        ):
+            await self.cache.put_content_behind(s.tenant, inode.content_id, data)
+            self.counters.add("bytes_fetched", len(data))
 
     async def directory(self, s: Session, ino: int) -> Inode:
         inode = await self.get_inode(s, ino)
@@ -321,7 +347,8 @@ class Core:
         self, s: Session, *inos: int, names: Sequence[tuple[int, bytes]] = ()
     ) -> None:
         """A change of ``inos`` (and of the ``(parent, name)`` pairs ``names``) is applied:
-        add it to the change feed for other hosts (:mod:`cached.feed`), tell the tenant's
+        add it to the change feed for other hosts (:mod:`cached.feed`; in the background
+        when the daemon runs one, so the reply does not wait for it), tell the tenant's
         other sessions on this daemon, and wait until the fronts that acknowledge (see
         :class:`Session`) acted on it: at most :data:`ANNOUNCE_WAIT` seconds in all.
 
@@ -334,9 +361,23 @@ class Core:
         changed = [ino for ino in inos if ino]
         if not changed and not names:
             return
+        if self.background is not None:
+            # Off the reply path: the row follows the change it names either way, and a
+            # host that misses it sees the change at its TTL (as for a failed append).
+            self.background.start_soon(self._append_shielded, s, changed, list(names))
+            await self._tell_sessions(s, changed, names)
+            return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.feed.append, s.store, changed, list(names))
             await self._tell_sessions(s, changed, names)
+
+    async def _append_shielded(
+        self, s: Session, changed: list[int], names: list[tuple[int, bytes]]
+    ) -> None:
+        """:meth:`Feed.append`, not cancelled by a shutdown once begun (a query timeout
+        bounds it)."""
+        with trio.CancelScope(shield=True):
+            await self.feed.append(s.store, changed, names)
 
     async def _tell_sessions(
         self, s: Session, changed: list[int], names: Sequence[tuple[int, bytes]]

@@ -108,6 +108,11 @@ class MetadataOps:
             if entry is None:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
+        kind = cached[1] if state is Freshness.FRESH and cached is not None else 0
+        if kind == REGULAR and self.core.flights.in_flight(("i", s.tenant, ino)):
+            # A prefetch's batch reads no content: a read of its own brings a small
+            # file's bytes with its inode, for the open that usually follows.
+            bound_at = max(bound_at, self.core.flights.clock())
         try:
             inode = await self.core.get_inode(s, ino, not_before=bound_at)
         except NotFound:
@@ -174,10 +179,11 @@ class MetadataOps:
         return {name: (ino, kind) for name, ino, kind in items}
 
     async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
-        """Warm the cache with the inodes of a directory just listed, many per query
+        """Warm the cache with the inodes of a directory a lookup just listed, and the
+        bytes of its small files, many per query
         (:meth:`~cached.core.Core.load_inodes`); errors ignored."""
         with contextlib.suppress(CassfsError):
-            await self._load_stale_inodes(s, inos)
+            await self._load_stale_inodes(s, inos, content=True)
 
     def _prefetch_content(self, s: Session, inode: Inode) -> None:
         """Start fetching a small file's content in the background, as its lookup is
@@ -313,9 +319,10 @@ class MetadataOps:
                 nursery.start_soon(one, index, name, child)
         return [r for r in results if r is not None]
 
-    async def _load_stale_inodes(self, s: Session, inos: list[int]) -> None:
-        """Read those of ``inos`` not fresh in the cache, many per query; a failure is
-        left to the reads one by one that follow (stale-if-error, or EIO)."""
+    async def _load_stale_inodes(self, s: Session, inos: list[int], content: bool = False) -> None:
+        """Read those of ``inos`` not fresh in the cache, many per query (``content``:
+        with the bytes of small files); a failure is left to the reads one by one that
+        follow (stale-if-error, or EIO)."""
         wanted = []
         for ino in inos:
             state, _ = await self.core.cache.get_inode(s.tenant, ino)
@@ -323,7 +330,7 @@ class MetadataOps:
                 wanted.append(ino)
         if wanted:
             with contextlib.suppress(StorageError):
-                await self.core.load_inodes(s, wanted)
+                await self.core.load_inodes(s, wanted, content)
 
     async def rpc_readlink(self, s: Session, ino: int) -> bytes:
         """The target of symlink ``ino``; EINVAL if it is not a symlink."""

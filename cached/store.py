@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Inodes one ``get_inodes`` query asks for at most (partitions in its ``IN``).
 INODES_PER_QUERY = 64
 #: Buckets of ``inode_index`` per tenant (a row's bucket is ``ino % INDEX_BUCKETS``).
@@ -111,7 +111,11 @@ STATEMENTS: dict[str, str] = {
     },
     "flip_content": (
         "UPDATE {ks}.inodes SET version = ?, content_id = ?, size = ?, chunk_size = ?, "
-        f"mtime_ns = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ? IF version = ?"
+        f"data = ?, mtime_ns = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ? IF version = ?"
+    ),
+    # The inode and, when small (schema 6), the bytes of its current version.
+    "get_inode_content": (
+        f"SELECT {_INODE_COLUMNS}, data FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ?"
     ),
     "touch": f"UPDATE {{ks}}.inodes SET mtime_ns = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?",
     "set_link": (
@@ -157,7 +161,10 @@ STATEMENTS: dict[str, str] = {
     # -- versions and chunks --------------------------------------------------------------
     "put_version": (
         "INSERT INTO {ks}.versions (owner, environment, ino, version, content_id, size, "
-        "chunk_size, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        "chunk_size, created_ns, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    "get_version_data": (
+        f"SELECT data FROM {{ks}}.versions WHERE {_TENANT} AND ino = ? AND version = ?"
     ),
     "list_versions": (
         "SELECT version, content_id, size, chunk_size, created_ns FROM {ks}.versions "
@@ -274,6 +281,9 @@ STATEMENTS: dict[str, str] = {
     ),
     # Many partitions in one request (IN on the partition key): one directory's worth.
     "get_inodes": f"SELECT {_INODE_COLUMNS} FROM {{ks}}.inodes WHERE {_TENANT} AND ino IN ?",
+    "get_inodes_content": (
+        f"SELECT {_INODE_COLUMNS}, data FROM {{ks}}.inodes WHERE {_TENANT} AND ino IN ?"
+    ),
     "list_versions_of": (
         "SELECT ino, version, content_id, size, chunk_size, created_ns FROM {ks}.versions "
         f"WHERE {_TENANT} AND ino IN ?"
@@ -683,9 +693,14 @@ class Store:
         self, what: str, conn: _Connection, statement: Any, params: Any, lwt: bool
     ) -> list[dict[str, Any]]:
         metrics = self.metrics
-        if metrics is None:
+        if metrics is None and not log.isEnabledFor(logging.DEBUG):
             return await self._execute_sent(what, conn, statement, params, lwt)
         started = time.perf_counter()
+        if metrics is None:
+            try:
+                return await self._execute_sent(what, conn, statement, params, lwt)
+            finally:
+                log.debug("query %s took %.2f ms", what, (time.perf_counter() - started) * 1e3)
         try:
             rows = await self._execute_sent(what, conn, statement, params, lwt)
         except Unreachable as exc:
@@ -897,6 +912,9 @@ class Version:
     size: int
     chunk_size: int
     created_ns: int
+    #: The whole content when kept in the row (at most ``INLINE_CONTENT_LIMIT`` bytes,
+    #: schema 6; such a version has no chunks), else None.
+    data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -1055,6 +1073,16 @@ class TenantStore:
         rows = await self._store.run("get_inode", (*self._t, ino))
         return _inode(rows[0]) if rows and rows[0]["kind"] is not None else None
 
+    async def get_inode_content(self, ino: int) -> tuple[Inode | None, bytes | None]:
+        """``(inode, bytes)``: the inode ``ino`` (None when there is no such row) and the
+        bytes of its current version when the row keeps them (schema 6: content of at
+        most ``INLINE_CONTENT_LIMIT`` bytes), else None.  Unverified: check them against
+        the inode's ``content_id`` before use."""
+        rows = await self._store.run("get_inode_content", (*self._t, ino))
+        if not rows or rows[0]["kind"] is None:
+            return None, None
+        return _inode(rows[0]), rows[0]["data"]
+
     def _put_inode_params(self, i: Inode) -> tuple[Any, ...]:
         return (
             *self._t, i.ino, i.kind, i.mode, id_to_cql(i.uid), id_to_cql(i.gid), i.size,
@@ -1107,10 +1135,14 @@ class TenantStore:
                 ]
             )
 
-    async def flip_content(self, inode: Inode, expected_version: bytes) -> bytes | None:
+    async def flip_content(
+        self, inode: Inode, expected_version: bytes, data: bytes | None = None
+    ) -> bytes | None:
         """LWT: point ``inode`` at its written version if it is still at ``expected_version``.
 
-        Writes version, content_id, size, chunk_size, mtime and ctime.  Returns
+        Writes version, content_id, size, chunk_size, mtime, ctime, and ``data``: the
+        version's bytes when kept inline (at most ``INLINE_CONTENT_LIMIT``), else None,
+        which clears what a smaller earlier version left there.  Returns
         None when applied, else the version the inode is at now (``b""``: none;
         also when the inode row is gone: the caller rereads it).  An unknown outcome is
         settled by sending it again (:meth:`_settled`); ``OutcomeUnknown`` (EIO) if that
@@ -1118,8 +1150,8 @@ class TenantStore:
         """
         i = inode
         params = (
-            _blob(i.version), i.content_id, i.size, i.chunk_size, i.mtime_ns, i.ctime_ns,
-            *self._t, i.ino, _blob(expected_version),
+            _blob(i.version), i.content_id, i.size, i.chunk_size, data, i.mtime_ns,
+            i.ctime_ns, *self._t, i.ino, _blob(expected_version),
         )  # fmt: skip
         rows, resent = await self._settled(
             f"flip_content of {i.ino}", lambda: self._store.run("flip_content", params)
@@ -1229,11 +1261,13 @@ class TenantStore:
     # -- versions and chunks --------------------------------------------------------------
 
     async def put_version(self, v: Version) -> None:
-        """Record a content version before its first chunk is written."""
+        """Record a content version before its first chunk is written (with its bytes,
+        and then no chunks, when ``v.data`` holds them)."""
         await self._store.run(
             "put_version",
-            (*self._t, v.ino, v.version, v.content_id, v.size, v.chunk_size, v.created_ns),
-        )
+            (*self._t, v.ino, v.version, v.content_id, v.size, v.chunk_size, v.created_ns,
+             v.data),
+        )  # fmt: skip
 
     async def list_versions(self, ino: int) -> list[Version]:
         """Every recorded content version of ``ino``."""
@@ -1251,6 +1285,13 @@ class TenantStore:
     async def put_chunk(self, ino: int, version: bytes, index: int, data: bytes) -> None:
         """Write chunk ``index`` of content version ``(ino, version)``."""
         await self._store.run("put_chunk", (*self._t, ino, version, index, data))
+
+    async def get_version_data(self, ino: int, version: bytes) -> bytes | None:
+        """The bytes kept in the ``versions`` row of ``(ino, version)`` (schema 6, content
+        of at most ``INLINE_CONTENT_LIMIT`` bytes); None when that version keeps its
+        content in chunks, or when the row is gone."""
+        rows = await self._store.run("get_version_data", (*self._t, ino, version))
+        return rows[0]["data"] if rows else None
 
     async def get_chunk(self, ino: int, version: bytes, index: int) -> bytes | None:
         """Chunk ``index`` of ``(ino, version)``, or None when it is gone."""
@@ -1589,6 +1630,14 @@ class TenantStore:
         """
         rows = await self._store.run("get_inodes", (*self._t, list(inos)))
         return {r["ino"]: _inode(r) for r in rows if r["kind"] is not None}
+
+    async def get_inodes_content(
+        self, inos: Sequence[int]
+    ) -> dict[int, tuple[Inode, bytes | None]]:
+        """As :meth:`get_inodes`, with the bytes each row keeps (see
+        :meth:`get_inode_content`): ``{ino: (inode, bytes or None)}``."""
+        rows = await self._store.run("get_inodes_content", (*self._t, list(inos)))
+        return {r["ino"]: (_inode(r), r["data"]) for r in rows if r["kind"] is not None}
 
     async def list_versions_of(self, inos: Sequence[int]) -> dict[int, list[Version]]:
         """``{ino: [version, ...]}`` of the recorded versions of ``inos`` (none: absent), in

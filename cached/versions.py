@@ -123,6 +123,8 @@ class Contents:
     async def fetch(self, s: Session, inode: Inode) -> bytes | None:
         """Read every chunk of ``inode``'s content, verify its SHA-256, and cache it.
 
+        Content of at most :data:`~cached.content.INLINE_CONTENT_LIMIT` bytes is read
+        from its ``versions`` row when kept there (schema 6), else from its chunks.
         Absent chunks are holes (zeros); the SHA-256 tells them from lost ones.
         Returns the content when it was assembled in memory (up to
         :data:`MEMORY_FETCH_LIMIT` bytes), else None: larger content goes through a
@@ -130,6 +132,14 @@ class Contents:
         read is not that content (the version was deleted), ``StorageError`` (EIO).
         """
         self.core.counters.add("misses")
+        if 0 < inode.size <= content.INLINE_CONTENT_LIMIT:
+            kept = await s.store.get_version_data(inode.ino, inode.version)
+            if kept is not None:  # written by a version-6 daemon: no chunks
+                if len(kept) != inode.size or content.content_id(kept) != inode.content_id:
+                    raise ContentGone(f"version row of inode {inode.ino} holds other content")
+                await self.core.cache.put_content_behind(s.tenant, inode.content_id, kept)
+                self.core.counters.add("bytes_fetched", inode.size)
+                return kept
         chunk_size = inode.chunk_size or content.CHUNK_SIZE
         count = content.chunk_count(inode.size, chunk_size)
         if inode.size <= MEMORY_FETCH_LIMIT:
@@ -213,6 +223,12 @@ class Contents:
         ``StorageError`` (EIO).
         """
         content_id, size, stored = await self.identify(data, spool)
+        if data is None and 0 < size <= content.INLINE_CONTENT_LIMIT:
+            assert spool is not None
+            data, spool = await self.core.thread(spool.read_bytes), None  # kept inline
+            if len(data) != size:
+                raise StorageError(f"spool file of inode {inode.ino} changed while written")
+        inline = data if data is not None and 0 < size <= content.INLINE_CONTENT_LIMIT else None
         now = time.time_ns()
         uploaded = b""
         try:
@@ -237,7 +253,7 @@ class Contents:
                     version=version, content_id=content_id, size=size,
                     chunk_size=content.CHUNK_SIZE, mtime_ns=now, ctime_ns=now,
                 )  # fmt: skip
-                found = await s.store.flip_content(updated, inode.version)
+                found = await s.store.flip_content(updated, inode.version, inline)
                 if found is None:
                     break
                 # Another writer flipped first (or the cached inode was old): reread.
@@ -294,14 +310,19 @@ class Contents:
     ) -> bytes:
         """Write a new version of ``ino``: its ``versions`` row, then its chunks; its id.
 
-        Only the chunks listed in ``stored`` (those not all zeros) are written; the
+        Content of at most :data:`~cached.content.INLINE_CONTENT_LIMIT` bytes given
+        inline goes in the ``versions`` row itself, and no chunk is written.  Else only
+        the chunks listed in ``stored`` (those not all zeros) are written; the
         others are holes.  A chunk read from the spool that turns out all zeros is
         not written either.  ``StorageError`` (EIO).
         """
         version = new_op_id()
+        inline = data if data is not None and size <= content.INLINE_CONTENT_LIMIT else None
         await s.store.put_version(
-            Version(ino, version, content_id, size, content.CHUNK_SIZE, time.time_ns())
+            Version(ino, version, content_id, size, content.CHUNK_SIZE, time.time_ns(), inline)
         )
+        if inline is not None:
+            return version  # kept in the versions row: no chunks
         chunk_size = content.CHUNK_SIZE
 
         async def put(index: int) -> None:

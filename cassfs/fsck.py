@@ -62,7 +62,14 @@ from typing import IO, ParamSpec, TypeVar
 import trio
 
 from cached.connection import ConnectionSettings
-from cached.content import CHUNK_SIZE, EMPTY_ID, chunk_count, expected_length, zeros
+from cached.content import (
+    CHUNK_SIZE,
+    EMPTY_ID,
+    INLINE_CONTENT_LIMIT,
+    chunk_count,
+    expected_length,
+    zeros,
+)
 from cached.errors import CassfsError, StorageError
 from cached.model import (
     BLOCKDEV,
@@ -570,7 +577,8 @@ class Checker:
         return fresh
 
     async def _verify(self, inode: Inode) -> Problem | None:
-        """Check the current version of ``inode`` chunk by chunk; the problem, or None."""
+        """Check the current version of ``inode``: the bytes its ``versions`` row keeps
+        (small content, schema 6), else chunk by chunk; the problem, or None."""
         ino, size, version, chunk_size = inode.ino, inode.size, inode.version, inode.chunk_size
         if not version:
             if size:
@@ -582,6 +590,19 @@ class Checker:
             return None
         if size < 0 or (size and chunk_size <= 0):
             return Problem("bad-inode", ino, "", f"size {size} B, chunk size {chunk_size} B")
+        if size <= INLINE_CONTENT_LIMIT:
+            kept = await self._read(self.store.get_version_data, ino, version)
+            if kept is not None:  # schema 6: the bytes in the version's row, no chunks
+                self.stats.bytes_read += len(kept)
+                if len(kept) == size and hashlib.sha256(kept).digest() == inode.content_id:
+                    return None
+                return Problem(
+                    "bad-content",
+                    ino,
+                    "",
+                    f"the {len(kept)} B kept in the row of version {version.hex()[:12]} "
+                    "are not the content the inode names",
+                )
         count = chunk_count(size, chunk_size if chunk_size > 0 else CHUNK_SIZE)
         digest = hashlib.sha256()
         missing: list[int] = []  # absent: holes if the checksum matches with zeros there

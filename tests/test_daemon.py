@@ -18,6 +18,7 @@ import trio
 from cached import protocol
 from cached.api import DaemonApi, Renamed
 from cached.client import DaemonClient, open_client, socket_path
+from cached.content import INLINE_CONTENT_LIMIT
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
 from cached.model import ROOT_INO
 from cached.store import ContactPoints, make_cluster
@@ -52,6 +53,60 @@ def chunk_rows(cassandra: str, tenant: tuple[int, str], ino: int) -> list[Any]:
         return list(rows)
     finally:
         cluster.shutdown()
+
+
+def kept_bytes(
+    cassandra: str, tenant: tuple[int, str], ino: int
+) -> tuple[bytes | None, dict[bytes, bytes | None]]:
+    """The bytes the inode row of ``ino`` keeps, and those of each of its ``versions``
+    rows by version, read straight from Cassandra."""
+    cluster = make_cluster(ContactPoints.parse(cassandra))
+    try:
+        cql = cluster.connect()
+        where = "WHERE owner = %s AND environment = %s AND ino = %s"
+        inode = cql.execute(f"SELECT data FROM {KEYSPACE}.inodes {where}", (*tenant, ino)).one()
+        versions = cql.execute(
+            f"SELECT version, data FROM {KEYSPACE}.versions {where}", (*tenant, ino)
+        )
+        return inode["data"], {r["version"]: r["data"] for r in versions}
+    finally:
+        cluster.shutdown()
+
+
+async def test_small_content_is_kept_in_its_rows_and_a_cold_open_reads_nothing_more(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+) -> None:
+    here, there = start_daemon("here"), start_daemon("there")
+    small = b"<?php echo 'small';\n" * 100
+    big = os.urandom(INLINE_CONTENT_LIMIT + 1)
+    async with session(here, tenant) as a:
+        first = await make_file(a, ROOT_INO, b"page.php", small)
+    ino = first["ino"]
+    assert await trio.to_thread.run_sync(kept_bytes, cassandra, tenant, ino) == (
+        small,
+        {first["version"]: small},
+    )
+    assert await trio.to_thread.run_sync(chunk_rows, cassandra, tenant, ino) == []
+    # Another host, cold: the lookup's read of the inode brings the bytes; the open
+    # that follows fetches nothing.
+    async with session(there, tenant) as b:
+        found = await b.call("lookup", parent=ROOT_INO, name=b"page.php")
+        before = there.stats()
+        opened = await b.call("open", ino=found["ino"])
+        assert opened["data"] == small
+        assert there.stats()["misses"] == before["misses"]
+        assert there.stats()["bytes_fetched"] == len(small)
+    # Rewritten over the limit: chunks, and the inode row keeps no bytes any more.
+    async with session(here, tenant) as a:
+        second = await a.call("write", ino=ino, data=big)
+    inode_bytes, versions = await trio.to_thread.run_sync(kept_bytes, cassandra, tenant, ino)
+    assert inode_bytes is None and versions[second["version"]] is None
+    chunks = await trio.to_thread.run_sync(chunk_rows, cassandra, tenant, ino)
+    assert [r["chunk"] for r in chunks if r["version"] == second["version"]] == [0]
+    async with session(there, tenant) as b:
+        await b.call("purge")
+        opened = await b.call("open", ino=ino)
+        assert opened["data"] == big  # read from its chunk
 
 
 async def test_hello_creates_root_and_lookup_misses(

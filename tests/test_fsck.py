@@ -115,24 +115,29 @@ class Tree:
         await self.name(parent, name, inode)
         return inode
 
-    async def write_version(self, ino: int, data: bytes) -> bytes:
-        """Write a new content version of ``ino`` (its versions row, then its chunks)."""
+    async def write_version(self, ino: int, data: bytes, inline: bool = False) -> bytes:
+        """Write a new content version of ``ino``: its versions row, then its chunks, or
+        with ``inline`` the bytes in the row and no chunks (schema 6)."""
         version = new_op_id()
         await self.ts.put_version(
             Version(ino, version, hashlib.sha256(data).digest(), len(data), CHUNK_SIZE,
-                    time.time_ns())
+                    time.time_ns(), data if inline else None)
         )  # fmt: skip
+        if inline:
+            return version
         for index in range(0, len(data), CHUNK_SIZE):
             await self.ts.put_chunk(
                 ino, version, index // CHUNK_SIZE, data[index : index + CHUNK_SIZE]
             )
         return version
 
-    async def file(self, parent: int, name: bytes | None, data: bytes) -> Inode:
+    async def file(
+        self, parent: int, name: bytes | None, data: bytes, inline: bool = False
+    ) -> Inode:
         """A regular file holding ``data``; nameless when ``name`` is None."""
         inode = self.inode(REGULAR, parent, content_id=EMPTY_ID, chunk_size=CHUNK_SIZE)
         if data:
-            version = await self.write_version(inode.ino, data)
+            version = await self.write_version(inode.ino, data, inline)
             inode = inode.evolve(
                 version=version, content_id=hashlib.sha256(data).digest(), size=len(data)
             )
@@ -581,6 +586,17 @@ async def test_a_checksum_mismatch_cannot_be_repaired(clean: Clean, ts: TenantSt
     assert only(repaired, "bad-content").outcome == "not repairable"
     assert repaired.exit_status == 1
     assert (await check(ts, content=False)).problems == []  # a structural check misses it
+
+
+async def test_content_kept_in_the_version_row_is_checked_there(
+    clean: Clean, ts: TenantStore
+) -> None:
+    kept = await clean.tree.file(clean.docs.ino, b"kept.php", b"<?php echo 1;", inline=True)
+    assert (await check(ts)).problems == []
+    other = Version(kept.ino, kept.version, kept.content_id, kept.size, CHUNK_SIZE, 0, b"x" * 13)
+    await ts.put_version(other)  # the same version's row, other bytes
+    problem = only(await check(ts), "bad-content")
+    assert problem.where == "/docs/kept.php" and "13 B kept in the row" in problem.detail
 
 
 async def test_a_short_chunk_is_found(clean: Clean, ts: TenantStore) -> None:

@@ -257,10 +257,14 @@ def snapshot(cql: Session, keyspace: str) -> dict[str, set[tuple[Any, ...]]]:
 
 
 def check_upgraded(cql: Session, tree: V1Tree) -> None:
-    """Version 5 recorded; every inode indexed; versions and chunks under the new key; the
-    usage counters equal to the data; the change feed's table there."""
+    """Version 6 recorded; every inode indexed; versions and chunks under the new key; the
+    usage counters equal to the data; the change feed's table there; inodes and versions
+    able to keep small content (none kept: what was written stays in its chunks)."""
     ks = tree.keyspace
-    assert recorded(cql, ks) == SCHEMA_VERSION == 5
+    assert recorded(cql, ks) == SCHEMA_VERSION == 6
+    for table in ("inodes", "versions"):
+        assert "data" in table_columns(cql, ks, table)
+        assert all(r["data"] is None for r in cql.execute(f"SELECT data FROM {ks}.{table}"))
     assert feed_columns(cql, ks) == {
         "owner",
         "environment",
@@ -328,7 +332,7 @@ def test_version_1_keyspace_is_upgraded_in_place(
         on_step=reports.append,
         on_progress=lambda v, done: progress.append((v, done)),
     )
-    assert version == 5
+    assert version == 6
     check_upgraded(cql, v1)
     assert [str(r) for r in reports] == [
         f"upgraded keyspace {v1.keyspace} from version 1 to 2: "
@@ -336,6 +340,7 @@ def test_version_1_keyspace_is_upgraded_in_place(
         f"upgraded keyspace {v1.keyspace} from version 2 to 3: {v1.usage_detail()}",
         f"upgraded keyspace {v1.keyspace} from version 3 to 4",
         f"upgraded keyspace {v1.keyspace} from version 4 to 5",
+        f"upgraded keyspace {v1.keyspace} from version 5 to 6",
     ]
     scanned = [done for v, done in progress if v == 2]
     assert len(scanned) >= 3 and scanned == sorted(scanned) and scanned[-1] == 9
@@ -349,7 +354,7 @@ def test_version_1_keyspace_is_upgraded_in_place(
     monkeypatch.setitem(schema.DATA_STEPS, 2, must_not_run)
     monkeypatch.setitem(schema.DATA_STEPS, 3, must_not_run)
     reports.clear()
-    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 5
+    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 6
     assert reports == []
     assert snapshot(cql, v1.keyspace) == before
     check_upgraded(cql, v1)
@@ -386,7 +391,8 @@ def test_interrupted_upgrade_resumes_where_it_stopped(
         f"cassfs: upgraded keyspace {v1.keyspace} from version 2 to 3: {v1.usage_detail()}",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 5 to 6",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 6",
     ]
     check_upgraded(cql, v1)
 
@@ -419,9 +425,10 @@ def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
         f"cassfs: upgraded keyspace {v1.keyspace} from version 2 to 3: {detail}",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 5 to 6",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 6",
     ]
-    assert recorded(cql, v1.keyspace) == 5
+    assert recorded(cql, v1.keyspace) == 6
     assert usage(cql, v1.keyspace) == expected
     assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
 
@@ -444,19 +451,18 @@ def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
     assert usage(cql, v1.keyspace) == {**expected, (OTHER[0], "no-inodes"): (0, 0)}
 
 
-@pytest.mark.parametrize("previous", [3, 4])
+@pytest.mark.parametrize("previous", [4, 5])
 def test_the_previous_versions_keyspace_is_upgraded_by_the_cli_and_keeps_its_data(
     cassandra: str, cql: Session, v1: V1Tree, monkeypatch: pytest.MonkeyPatch, previous: int
 ) -> None:
-    """A keyspace of version 3 (no change feed) or 4 (no move markers), with its data,
-    upgraded in place by the CLI: no row rewritten, the feed table made, the dentries
-    table's comment set."""
+    """A keyspace of version 4 (no move markers) or 5 (no inline content), with its data,
+    upgraded in place by the CLI: no row rewritten, the dentries table's comment set,
+    the data columns added."""
     with monkeypatch.context() as patch:
         patch.setattr(schema, "SCHEMA_VERSION", previous)
         assert schema.apply(ContactPoints.parse(cassandra), v1.keyspace) == previous
     assert recorded(cql, v1.keyspace) == previous
-    if previous == 3:
-        assert feed_columns(cql, v1.keyspace) == set()
+    assert "data" not in table_columns(cql, v1.keyspace, "versions")
     before = snapshot(cql, v1.keyspace)
     counted = usage(cql, v1.keyspace)
     done = run_cli("schema", "apply", "--contact-points", cassandra, "--keyspace", v1.keyspace)
@@ -465,7 +471,7 @@ def test_the_previous_versions_keyspace_is_upgraded_by_the_cli_and_keeps_its_dat
             f"cassfs: upgraded keyspace {v1.keyspace} from version {v} to {v + 1}"
             for v in range(previous, SCHEMA_VERSION)
         ),
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 5",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 6",
     ]
     assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
     assert usage(cql, v1.keyspace) == counted
@@ -480,12 +486,17 @@ def test_the_previous_versions_keyspace_is_upgraded_by_the_cli_and_keeps_its_dat
 
 def feed_columns(cql: Session, keyspace: str) -> set[str]:
     """The columns of ``keyspace.changes`` (none: no such table)."""
+    return table_columns(cql, keyspace, "changes")
+
+
+def table_columns(cql: Session, keyspace: str, table: str) -> set[str]:
+    """The columns of ``keyspace.table`` (none: no such table)."""
     return {
         r["column_name"]
         for r in cql.execute(
             "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s "
-            "AND table_name = 'changes'",
-            (keyspace,),
+            "AND table_name = %s",
+            (keyspace, table),
         )
     }
 
@@ -497,7 +508,14 @@ def test_tables_without_a_version_row_count_as_version_1(
     cql.execute(f"DELETE FROM {v1.keyspace}.schema_version WHERE component = 'cassfs'")
     reports: list[StepReport] = []
     schema.apply(ContactPoints.parse(cassandra), v1.keyspace, on_step=reports.append)
-    assert [(r.previous, r.version) for r in reports] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert [(r.previous, r.version) for r in reports] == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4),
+        (4, 5),
+        (5, 6),
+    ]
     check_upgraded(cql, v1)
 
 
@@ -513,24 +531,25 @@ def test_fresh_keyspace_goes_through_every_step(
         "usage of 0 tenants counted: 0 inodes, 0 bytes",
         f"upgraded keyspace {keyspace} from version 3 to 4",
         f"upgraded keyspace {keyspace} from version 4 to 5",
+        f"upgraded keyspace {keyspace} from version 5 to 6",
     ]
-    assert recorded(cql, keyspace) == 5
+    assert recorded(cql, keyspace) == 6
     assert "content_id" not in chunk_key_columns(cql, keyspace)
 
 
 def test_keyspace_of_a_newer_cassfs_is_refused(cassandra: str, cql: Session, keyspace: str) -> None:
     schema.apply(ContactPoints.parse(cassandra), keyspace)
-    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 6)")
+    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 7)")
     with pytest.raises(SchemaTooNew) as info:
         schema.apply(ContactPoints.parse(cassandra), keyspace)
-    message = f"keyspace {keyspace} has schema version 6, newer than this cassfs (5)"
+    message = f"keyspace {keyspace} has schema version 7, newer than this cassfs (6)"
     assert message in str(info.value) and "nothing was changed" in str(info.value)
     result = run_cli(
         "schema", "apply", "--contact-points", cassandra, "--keyspace", keyspace, check=False
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"cassfs: {info.value}"
-    assert recorded(cql, keyspace) == 6
+    assert recorded(cql, keyspace) == 7
 
 
 async def _read_whole(client: DaemonClient, ino: int) -> bytes:
