@@ -594,7 +594,7 @@ class LocalCache:
         """Cache ``data`` (whose SHA-256 is ``content_id``) now."""
         await self._run(self._set_counting, self._content_key(tenant, content_id), data)
 
-    async def put_content_behind(self, tenant: Tenant, content_id: bytes, data: bytes) -> None:
+    async def put_content_behind(self, tenant: Tenant, content_id: bytes, data: bytes) -> bool:
         """Cache ``data`` (whose SHA-256 is ``content_id``), written behind the caller.
 
         ``data`` is held in memory, and read from there, until the writer
@@ -603,16 +603,18 @@ class LocalCache:
         measured on a cold read of 300 small files).  Past :data:`LANDING_BYTES` held,
         it is written before this returns.  A crash loses only what a later read
         fetches again: content is keyed by its SHA-256 and verified when fetched.
+        False when that content was already on its way to disk (nothing done).
         """
         key = self._content_key(tenant, content_id)
         if key in self._landing:
-            return
+            return False
         if self._landing_bytes + len(data) > LANDING_BYTES:
             await self._run(self._set_counting, key, data)
-            return
+            return True
         self._landing[key] = data
         self._landing_bytes += len(data)
         self._queue(("land", key, data))
+        return True
 
     async def put_content_file(self, tenant: Tenant, content_id: bytes, path: Path) -> None:
         """Cache the content of the file at ``path`` (streamed, not loaded in memory)."""

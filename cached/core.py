@@ -271,8 +271,8 @@ class Core:
             and len(data) == inode.size
             and content_id(data) == inode.content_id
             and not await self.cache.has_content(s.tenant, inode.content_id)
+            and await self.cache.put_content_behind(s.tenant, inode.content_id, data)
         ):
-            await self.cache.put_content_behind(s.tenant, inode.content_id, data)
             self.counters.add("bytes_fetched", len(data))
 
     async def directory(self, s: Session, ino: int) -> Inode:

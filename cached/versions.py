@@ -137,8 +137,8 @@ class Contents:
             if kept is not None:  # written by a version-6 daemon: no chunks
                 if len(kept) != inode.size or content.content_id(kept) != inode.content_id:
                     raise ContentGone(f"version row of inode {inode.ino} holds other content")
-                await self.core.cache.put_content_behind(s.tenant, inode.content_id, kept)
-                self.core.counters.add("bytes_fetched", inode.size)
+                if await self.core.cache.put_content_behind(s.tenant, inode.content_id, kept):
+                    self.core.counters.add("bytes_fetched", inode.size)
                 return kept
         chunk_size = inode.chunk_size or content.CHUNK_SIZE
         count = content.chunk_count(inode.size, chunk_size)

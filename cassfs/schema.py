@@ -38,7 +38,6 @@ from cached.errors import StorageError
 from cached.model import REGULAR
 from cached.store import (
     SCHEMA_VERSION,
-    STATEMENTS,
     ContactPoints,
     connect_cluster,
     index_bucket,
@@ -351,8 +350,18 @@ def upgrade_to_2(session: Session, keyspace: str, progress: Callable[[int], None
         fetch_size=SCAN_PAGE,
         consistency_level=ConsistencyLevel.LOCAL_QUORUM,
     )
-    put_index = _prepare(session, STATEMENTS["put_index"].format(ks=keyspace))
-    put_version = _prepare(session, STATEMENTS["put_version"].format(ks=keyspace))
+    # This step's own statements, as the tables stood at version 2: the daemon's (STATEMENTS)
+    # may name columns a later version adds (``versions.data``, version 6).
+    put_index = _prepare(
+        session,
+        f"INSERT INTO {keyspace}.inode_index (owner, environment, bucket, ino, kind, "
+        "created_ns) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    put_version = _prepare(
+        session,
+        f"INSERT INTO {keyspace}.versions (owner, environment, ino, version, content_id, "
+        "size, chunk_size, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
     set_version = _prepare(
         session,
         f"UPDATE {keyspace}.inodes SET version = ? "
@@ -472,7 +481,11 @@ def upgrade_to_3(session: Session, keyspace: str, progress: Callable[[int], None
         )
         for row in rows
     }
-    add = _prepare(session, STATEMENTS["add_usage"].format(ks=keyspace))
+    add = _prepare(  # as the table stood at version 3 (see upgrade_to_2)
+        session,
+        f"UPDATE {keyspace}.usage SET bytes = bytes + ?, inodes = inodes + ? "
+        "WHERE owner = ? AND environment = ?",
+    )
     updates: list[tuple[PreparedStatement, Sequence[Any]]] = []
     for tenant in sorted(totals.keys() | counted.keys()):
         used_bytes, inodes = totals.get(tenant, (0, 0))

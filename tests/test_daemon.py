@@ -22,7 +22,7 @@ from cached.content import INLINE_CONTENT_LIMIT
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
 from cached.model import ROOT_INO
 from cached.store import ContactPoints, make_cluster
-from tests.conftest import KEYSPACE, Daemon
+from tests.conftest import KEYSPACE, Daemon, wait_for
 
 pytestmark = pytest.mark.cassandra
 
@@ -107,6 +107,34 @@ async def test_small_content_is_kept_in_its_rows_and_a_cold_open_reads_nothing_m
         await b.call("purge")
         opened = await b.call("open", ino=ino)
         assert opened["data"] == big  # read from its chunk
+
+
+async def test_a_lookup_prefetches_its_directorys_inodes_with_their_small_content(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    here, there = start_daemon("here"), start_daemon("there")
+    files = {f"f{i}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(5)}
+    async with session(here, tenant) as a:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        for name, data in files.items():
+            await make_file(a, d["ino"], name, data)
+    async with session(there, tenant) as b:
+        await b.call("lookup", parent=ROOT_INO, name=b"d")
+        await b.call("lookup", parent=d["ino"], name=b"f0.php")
+        # The other four come in the background, many per query, with their bytes.
+        total = sum(map(len, files.values()))
+        assert await trio.to_thread.run_sync(
+            wait_for, lambda: there.stats()["bytes_fetched"] >= total
+        )
+        before = there.stats()
+        for name, data in files.items():
+            found = await b.call("lookup", parent=d["ino"], name=name)
+            assert (await b.call("open", ino=found["ino"]))["data"] == data
+        after = there.stats()
+        assert (after["misses"], after["bytes_fetched"]) == (
+            before["misses"],
+            before["bytes_fetched"],
+        )
 
 
 async def test_hello_creates_root_and_lookup_misses(

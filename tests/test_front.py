@@ -29,9 +29,21 @@ KERNEL_KEEPS = ["--cache-ttl", "0.1", "--entry-ttl", "60", "--negative-ttl", "60
 
 
 def poll_until(check: Callable[[], bool], seconds: float, what: str) -> None:
-    """Call ``check`` until it returns True; fail the test after ``seconds``."""
+    """Call ``check`` until it returns True; fail the test after ``seconds``.
+
+    A name another host just made may not be there yet (ENOENT) on this one: its
+    directory's listing may be a few hundred milliseconds old (the change feed's bound,
+    or the TTL); that counts as not yet.
+    """
     deadline = time.monotonic() + seconds
-    while not check():
+
+    def done() -> bool:
+        try:
+            return check()
+        except FileNotFoundError:
+            return False
+
+    while not done():
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {seconds} s", pytrace=False)
         time.sleep(0.02)

@@ -603,23 +603,24 @@ async def test_other_hosts_read_replaced_and_unlinked_files_whole_for_the_purge_
     (deleted at once, B got ESTALE or EIO: the race harness's commonest finding).
     """
     delay = 3.0
+    # Over the 64 KiB kept inline: these versions have chunks, which must wait too.
     host_a, host_b = start_daemon("a", purge_delay=delay), start_daemon("b", cache_ttl=60)
     async with session(host_a, tenant) as a, session(host_b, tenant) as b:
-        gone = await make_file(a, ROOT_INO, b"gone.php", b"unlinked on A" * 100)
-        kept = await make_file(a, ROOT_INO, b"kept.php", b"first version" * 100)
+        gone = await make_file(a, ROOT_INO, b"gone.php", b"unlinked on A" * 6000)
+        kept = await make_file(a, ROOT_INO, b"kept.php", b"first version" * 6000)
         assert (await b.call("lookup", parent=ROOT_INO, name=b"gone.php"))["ino"] == gone["ino"]
         seen = await b.call("lookup", parent=ROOT_INO, name=b"kept.php")
         assert await a.call("unlink", parent=ROOT_INO, name=b"gone.php") == gone["ino"]
         assert await a.call("purge_inode", ino=gone["ino"]) is False  # queued
-        rewritten = await a.call("write", ino=kept["ino"], data=b"second version")
+        rewritten = await a.call("write", ino=kept["ino"], data=b"second version" * 6000)
         assert rewritten["content_id"] != seen["content_id"]
         # B holds the name of one, the first version of the other, neither's content
-        assert (await b.call("open", ino=gone["ino"]))["data"] == b"unlinked on A" * 100
+        assert (await b.call("open", ino=gone["ino"]))["data"] == b"unlinked on A" * 6000
         old = await b.call(
             "read", ino=kept["ino"], content_id=seen["content_id"], file_size=seen["size"],
             offset=0, size=seen["size"],
         )  # fmt: skip
-        assert old == b"first version" * 100
+        assert old == b"first version" * 6000
     host_a.process.terminate()  # with both deletions queued
     assert host_a.process.wait(20) == 0
     start_daemon("a", purge_delay=delay)  # carries the queue over

@@ -50,7 +50,11 @@ def test_warmup_fetches_a_subtree_that_then_reads_without_fetching(
     assert report["bytes"] == sum(len(d) for d in included.values())
     assert report["failed"] == 0 and report["errors"] == []
     warmed = b.stats()
-    assert warmed["bytes_fetched"] - before["bytes_fetched"] == report["bytes"]
+    # Every warmed byte was fetched, by the warmup or by the prefetch of a directory a
+    # lookup went into (the mount's first stat of its root already lists and prefetches
+    # it, with its small files), and none twice.  B's daemon started with its mount.
+    assert before["bytes_fetched"] <= len(files["index.php"])
+    assert report["bytes"] <= warmed["bytes_fetched"] <= sum(map(len, files.values()))
     # everything warmed now reads from the cache: no byte fetched, and right
     for rel, data in included.items():
         assert (b.path / rel).read_bytes() == data
@@ -58,7 +62,7 @@ def test_warmup_fetches_a_subtree_that_then_reads_without_fetching(
     # the whole mount: the rest is fetched, the FIFO and the symlink are not opened
     report = json.loads(run_cli("cache", "warmup", str(b.path), "--json").stdout)
     assert report["files"] == len(files)
-    assert b.stats()["bytes_fetched"] - before["bytes_fetched"] == sum(map(len, files.values()))
+    assert b.stats()["bytes_fetched"] == sum(map(len, files.values()))
 
 
 def test_warmup_refuses_a_path_that_is_not_on_a_mount(tmp_path: Path) -> None:
