@@ -996,6 +996,60 @@ def settle_swap(
     return None if nlink < expected else found
 
 
+@dataclass(frozen=True)
+class Removal:
+    """What a conditional batch that removes a name was sent to do, to settle its
+    unknown outcome (:func:`settle_removal`).
+
+    It removes ``name``, naming ``ino``, and sets the directory's ``changed_ns`` to
+    ``now_ns`` (nanoseconds, made once per call).  A rename within the directory also
+    sets its new name to ``lands`` (0: an unlink), and ``counts`` when that replaces a
+    name whose inode the caller then counts one name fewer.
+    """
+
+    name: bytes
+    ino: int
+    now_ns: int
+    lands: int = 0
+    counts: bool = False
+
+
+def settle_removal(
+    outcome: LwtOutcome, rows: list[dict[str, Any]], removal: Removal, changed_ns: int
+) -> LwtOutcome | None:
+    """The outcome of a name-removing batch (``removal``) whose first send's outcome was
+    unknown, sent again and not applied (``outcome``, from ``rows``), read with the
+    directory's ``changed_ns`` after; None when nothing tells (then EIO).
+
+    - The name it removes still there: never applied (the caller reads again, as after
+      any lost race).
+    - ``changed_ns`` at the call's own time: applied (the batch is atomic, and no other
+      call writes that time).
+    - A rename whose new name does not name the moved inode: taken as not applied (if an
+      earlier send had moved it, another change has moved it since; the caller then
+      finds the source gone, ENOENT, and the replaced inode keeps one name too many at
+      worst, which fsck repairs, never one too few).  Naming it, with no name replaced:
+      applied (at worst another host made the very same rename at the same moment, and
+      both succeed; nothing is counted).
+    - Otherwise (an unlink's name gone, or a rename over a name that lands but replaced
+      one): unknown.  Taking it as applied could count a name off twice (another host's
+      unlink or the same rename did it), and as not applied would answer ENOENT for a
+      change that was made.
+    """
+    r = removal
+    if any(row.get("name") == r.name and row.get("ino") == r.ino for row in rows):
+        return outcome
+    if changed_ns == r.now_ns:
+        return LwtOutcome(applied=True)
+    if r.lands:
+        holder = outcome.holder
+        if holder is None or holder.ino != r.lands:
+            return outcome
+        if not r.counts:
+            return LwtOutcome(applied=True)
+    return None
+
+
 class ReadOnlyStatements:
     """The reads of ``store`` only, for a read-only :class:`TenantStore`: a statement that
     is not a ``SELECT``, and any batch, raises ``ReadOnly`` (EROFS) before it is sent.
@@ -1450,7 +1504,7 @@ class TenantStore:
 
         ``now_ns`` (nanoseconds, made once per call) becomes the directory's
         ``changed_ns`` in the same batch.  An unknown outcome is settled by sending it
-        again (see :meth:`_settled_batch`).  ``OutcomeUnknown`` (EIO) if no send answers,
+        again (see :func:`settle_removal`).  ``OutcomeUnknown`` (EIO) if no send answers,
         or when the answer cannot tell (the name gone, and another change of the
         directory came between).
         """
@@ -1458,8 +1512,9 @@ class TenantStore:
             ("delete_dentry", (*self._t, parent, name, expected_ino)),
             ("dir_changed", (now_ns, *self._t, parent)),
         ]
+        removal = Removal(name, expected_ino, now_ns)
         return await self._settled_batch(
-            f"delete of {name!r} in {parent}", parts, parent, name, (name, expected_ino), now_ns
+            f"delete of {name!r} in {parent}", parts, parent, name, removal
         )
 
     async def _settled_batch(
@@ -1468,34 +1523,28 @@ class TenantStore:
         parts: Sequence[tuple[str, Sequence[Any]]],
         parent: int,
         name: bytes,
-        gone: tuple[bytes, int],
-        now_ns: int,
+        removal: Removal,
     ) -> LwtOutcome:
-        """Send the conditional batch ``parts`` of directory ``parent`` that removes the
-        entry ``gone`` (``(name, ino)``) and sets the directory's ``changed_ns`` to
-        ``now_ns``; its outcome for the entry ``name``.
+        """Send the conditional batch ``parts`` of directory ``parent`` that removes a
+        name (``removal``); its outcome for the entry ``name``.
 
-        An unknown outcome is settled by sending it again (:meth:`_settled`).  Not
-        applied then: with ``gone`` still there, the batch never was (the caller reads
-        again, as after any lost race; were it there again, the earlier send would be
-        counted at most once too few, never twice); else ``changed_ns`` is read, and at
-        ``now_ns`` the earlier send was applied.  Otherwise another change of the
-        directory came between and nothing tells: ``OutcomeUnknown`` (EIO), rather than
-        counting a name off twice or answering ENOENT for a change that was made.
+        An unknown outcome is settled by sending it again (:meth:`_settled`); not applied
+        then, the directory's ``changed_ns`` is read and :func:`settle_removal` tells.
+        ``OutcomeUnknown`` (EIO) when it cannot.
         """
         rows, resent = await self._settled(what, lambda: self._store.run_batch(parts))
         outcome = _outcome(rows, parent, name)
         if not resent or outcome.applied:
             return outcome
-        if any(r.get("name") == gone[0] and r.get("ino") == gone[1] for r in rows):
-            return outcome
         _sealed, changed_ns = await self.directory_state(parent)
-        if changed_ns == now_ns:
-            return LwtOutcome(applied=True)
-        raise OutcomeUnknown(
-            f"{what}: sent again after an unknown outcome, not applied, and another change "
-            "of the directory came between: whether the first send was applied is unknown"
-        )
+        settled = settle_removal(outcome, rows, removal, changed_ns)
+        if settled is None:
+            raise OutcomeUnknown(
+                f"{what}: sent again after an unknown outcome, not applied, and another "
+                "change of the directory came between: whether the first send was applied "
+                "is unknown"
+            )
+        return settled
 
     async def rename_in_dir(
         self, parent: int, old: Dentry, new_name: bytes, replaced_ino: int, now_ns: int
@@ -1520,10 +1569,10 @@ class TenantStore:
             ("delete_dentry", (*t, parent, old.name, old.ino)),
             ("dir_open", (now_ns, *t, parent)),
         ]
+        removal = Removal(old.name, old.ino, now_ns, lands=old.ino, counts=bool(replaced_ino))
         return await self._settled_batch(
-            f"rename of {old.name!r} to {new_name!r} in {parent}",
-            parts, parent, new_name, (old.name, old.ino), now_ns,
-        )  # fmt: skip
+            f"rename of {old.name!r} to {new_name!r} in {parent}", parts, parent, new_name, removal
+        )
 
     async def claim_dentry(self, parent: int, name: bytes, ino: int, intent: bytes) -> bool:
         """LWT: mark ``name`` (naming ``ino``, unclaimed) as being moved by ``intent``.

@@ -210,6 +210,38 @@ async def test_a_rename_in_one_directory_whose_answer_was_lost_is_found_applied(
     assert {e.name: e.ino for e in await other.list_dentries(7)} == {b"b": 41}
 
 
+async def test_the_loser_of_one_source_renamed_by_two_hosts_with_its_answer_lost_is_told(
+    stores: tuple[Lossy, TenantStore, TenantStore],
+) -> None:
+    """The cluster's EIO instead of ENOENT: two hosts rename one source in one directory;
+    the loser's answer is lost.  It is told "not applied" (then ENOENT), the winner's
+    rename stands."""
+    lossy, mine, other = stores
+    assert (await mine.insert_dentry(Dentry(7, b"a", 41, REGULAR), time.time_ns())).applied
+    source = Dentry(7, b"a", 41, REGULAR)
+
+    assert (await other.rename_in_dir(7, source, b"x", 0, time.time_ns())).applied
+    lossy.lose = {"insert_dentry"}  # the loser's first send: not applied, answer lost
+    assert not (await mine.rename_in_dir(7, source, b"y", 0, time.time_ns())).applied
+    assert lossy.lost == 1
+    assert {e.name: e.ino for e in await other.list_dentries(7)} == {b"x": 41}
+
+
+async def test_a_rename_lost_then_another_change_in_the_directory_is_still_told(
+    stores: tuple[Lossy, TenantStore, TenantStore],
+) -> None:
+    lossy, mine, other = stores
+    assert (await mine.insert_dentry(Dentry(7, b"a", 41, REGULAR), time.time_ns())).applied
+
+    async def another_create() -> None:
+        assert (await other.insert_dentry(Dentry(7, b"g", 42, REGULAR), time.time_ns())).applied
+
+    lossy.lose, lossy.between = {"insert_dentry"}, another_create
+    source = Dentry(7, b"a", 41, REGULAR)
+    assert (await mine.rename_in_dir(7, source, b"b", 0, time.time_ns())).applied
+    assert lossy.lost == 1
+
+
 async def test_claims_seals_markers_and_intents_lost_are_settled(
     stores: tuple[Lossy, TenantStore, TenantStore],
 ) -> None:

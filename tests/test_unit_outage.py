@@ -25,6 +25,7 @@ from cached.store import (
     CAS_WRITE_UNKNOWN,
     STATEMENTS,
     LwtOutcome,
+    Removal,
     SafeRetryPolicy,
     Store,
     _Connection,
@@ -32,6 +33,7 @@ from cached.store import (
     _settle,
     new_take_token,
     outcome_unknown,
+    settle_removal,
     settle_swap,
 )
 
@@ -455,6 +457,7 @@ async def test_an_unlink_sent_again_is_applied_only_with_its_own_directory_time(
         timed_out(H1), [{"[applied]": False}], [{"sealed": None, "changed_ns": 78}],
         # the name still there (claimed by a rename): the earlier send was not applied
         timed_out(H1), [{"[applied]": False, "name": b"f", "ino": 5, "pending": b"c"}],
+        [{"sealed": None, "changed_ns": 78}],
     ]  # fmt: skip
     store = scripted(driver, script, [H1, H2], alive={H2})
     tenant = store.tenant(1, "e")
@@ -463,4 +466,24 @@ async def test_an_unlink_sent_again_is_applied_only_with_its_own_directory_time(
         await tenant.delete_dentry(3, b"f", 5, 77)
     outcome = await tenant.delete_dentry(3, b"f", 5, 77)
     assert not outcome.applied and outcome.holder == Dentry(3, b"f", 5, 0, b"c")
-    assert driver.sent.count("dir_state") == 2
+    assert driver.sent.count("dir_state") == 3
+
+
+def test_a_removal_sent_again_is_settled_by_what_is_left_and_the_directory_time() -> None:
+    not_applied = LwtOutcome(False)
+    unlink = Removal(b"f", 5, now_ns=77)
+    still_there = [{"[applied]": False, "name": b"f", "ino": 5, "pending": b"c"}]
+    assert settle_removal(not_applied, still_there, unlink, changed_ns=78) == not_applied
+    assert settle_removal(not_applied, [], unlink, changed_ns=77) == LwtOutcome(True)
+    assert settle_removal(not_applied, [], unlink, changed_ns=78) is None  # unknown
+    # a rename of f to g: the new name naming another inode, or none: not applied
+    rename = Removal(b"f", 5, now_ns=77, lands=5)
+    elsewhere = LwtOutcome(False, Dentry(3, b"g", 9, 1))
+    assert settle_removal(elsewhere, [], rename, changed_ns=78) == elsewhere
+    assert settle_removal(not_applied, [], rename, changed_ns=78) == not_applied
+    # naming the moved inode: applied, unless a replaced name is at stake (unknown)
+    landed = LwtOutcome(False, Dentry(3, b"g", 5, 1))
+    assert settle_removal(landed, [], rename, changed_ns=78) == LwtOutcome(True)
+    over = Removal(b"f", 5, now_ns=77, lands=5, counts=True)
+    assert settle_removal(landed, [], over, changed_ns=78) is None
+    assert settle_removal(landed, [], over, changed_ns=77) == LwtOutcome(True)
