@@ -583,6 +583,12 @@ class NamespaceOps:
             # Conditional: of several purges of this inode at once (two daemons' queues)
             # exactly one takes it off the usage counters.
             if not await s.store.delete_unlinked(ino):
+                # Another purge deleted it (or an earlier send of this one, whose outcome
+                # was unknown): its other rows go too, idempotently, but it is not counted
+                # off again (see TenantStore.delete_unlinked).
+                if await s.store.get_inode(ino) is None:
+                    await s.store.delete_inode(ino)
+                    await self.core.cache.drop_xattrs(s.tenant, ino)
                 await self.core.cache.drop_inode(s.tenant, ino)
                 return False
             await self.core.usage.count(s, -inode.size if inode.kind == REGULAR else 0, -1)

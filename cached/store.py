@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import socket
 import ssl
 import time
@@ -238,8 +239,11 @@ STATEMENTS: dict[str, str] = {
     # The one step of a cross-directory rename that is not idempotent (one name fewer for
     # the replaced inode) runs only for whoever takes the intent's ``replaced`` away; an
     # intent touched by this LWT is deleted by an LWT too (no plain write after an LWT).
+    # The taker writes a token of its own (negative: an inode number is positive), so that
+    # sending it again after an unknown outcome tells whether it took it; ``replaced <= 0``
+    # reads as taken (none left to count).
     "take_replaced": (
-        f"UPDATE {{ks}}.intents SET replaced = 0 WHERE {_TENANT} AND bucket = ? AND id = ? "
+        f"UPDATE {{ks}}.intents SET replaced = ? WHERE {_TENANT} AND bucket = ? AND id = ? "
         "IF replaced = ?"
     ),
     "delete_intent_lwt": (
@@ -919,7 +923,11 @@ class Version:
 
 @dataclass(frozen=True)
 class Intent:
-    """A cross-directory rename in progress (a row of ``intents``)."""
+    """A cross-directory rename in progress (a row of ``intents``).
+
+    ``replaced``: the inode the new name held before, whose name is still to be counted
+    off; 0 when there was none or it was taken (:meth:`TenantStore.take_replaced`).
+    """
 
     id: bytes
     old_parent: int
@@ -985,6 +993,81 @@ def _settle(outcome: LwtOutcome, resent: bool, ino: int) -> LwtOutcome:
         if holder.ino == ino and not holder.pending and not outcome.sealed:
             return LwtOutcome(applied=True)
     return outcome
+
+
+def settle_swap(
+    nlink: int, expected: int, ctime_ns: int, found: int, ctime_now: int | None
+) -> int | None:
+    """The answer of a compare-and-set of nlink (``expected`` to ``nlink``, ctime
+    ``ctime_ns``) sent again after an unknown outcome and not applied: None when an
+    earlier send counts as applied, else the nlink now (``found``; -1: no such inode).
+
+    ``ctime_now`` is the inode's ctime read when ``found`` is ``nlink`` (None: not read).
+    At ``ctime_ns`` (this call's time in nanoseconds, which no other change writes) the
+    earlier send was applied.  Otherwise it cannot be told, and the direction decides, so
+    that a count ends one too high at worst (fsck repairs that), never too low: a
+    decrement counts as applied, an increment as not applied (the caller counts again
+    from ``found``).
+    """
+    if found == nlink and ctime_now == ctime_ns:
+        return None
+    if found < 0:
+        return found
+    return None if nlink < expected else found
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What a conditional batch that removes a name was sent to do, to settle its
+    unknown outcome (:func:`settle_removal`).
+
+    It removes ``name``, naming ``ino``, and sets the directory's ``changed_ns`` to
+    ``now_ns`` (nanoseconds, made once per call).  A rename within the directory also
+    sets its new name to ``lands`` (0: an unlink), and ``counts`` when that replaces a
+    name whose inode the caller then counts one name fewer.
+    """
+
+    name: bytes
+    ino: int
+    now_ns: int
+    lands: int = 0
+    counts: bool = False
+
+
+def settle_removal(
+    outcome: LwtOutcome, rows: list[dict[str, Any]], removal: Removal, changed_ns: int
+) -> LwtOutcome | None:
+    """The outcome of a name-removing batch (``removal``) whose first send's outcome was
+    unknown, sent again and not applied (``outcome``, from ``rows``), read with the
+    directory's ``changed_ns`` after; None when nothing tells (then EIO).
+
+    - The name it removes still there: never applied (the caller reads again, as after
+      any lost race).
+    - ``changed_ns`` at the call's own time: applied (the batch is atomic, and no other
+      call writes that time).
+    - A rename whose new name does not name the moved inode: taken as not applied (if an
+      earlier send had moved it, another change has moved it since; the caller then
+      finds the source gone, ENOENT, and the replaced inode keeps one name too many at
+      worst, which fsck repairs, never one too few).  Naming it, with no name replaced:
+      applied (at worst another host made the very same rename at the same moment, and
+      both succeed; nothing is counted).
+    - Otherwise (an unlink's name gone, or a rename over a name that lands but replaced
+      one): unknown.  Taking it as applied could count a name off twice (another host's
+      unlink or the same rename did it), and as not applied would answer ENOENT for a
+      change that was made.
+    """
+    r = removal
+    if any(row.get("name") == r.name and row.get("ino") == r.ino for row in rows):
+        return outcome
+    if changed_ns == r.now_ns:
+        return LwtOutcome(applied=True)
+    if r.lands:
+        holder = outcome.holder
+        if holder is None or holder.ino != r.lands:
+            return outcome
+        if not r.counts:
+            return LwtOutcome(applied=True)
+    return None
 
 
 class ReadOnlyStatements:
@@ -1108,12 +1191,22 @@ class TenantStore:
 
     async def create_root(self, root: Inode) -> bool:
         """Write the tenant's root inode (its index row, then the inode ``IF NOT EXISTS``);
-        True when this call made it, False when another host did first."""
+        True when this call made it, False when another host did first.
+
+        An unknown outcome is settled by sending it again: the root then found with this
+        call's ``ctime_ns`` (a time in nanoseconds, made once) means an earlier send made
+        it.  ``OutcomeUnknown`` (EIO) if no send answers.
+        """
         await self._store.run(
             "put_index", (*self._t, index_bucket(root.ino), root.ino, root.kind, root.ctime_ns)
         )
-        rows = await self._store.run("put_root", self._put_inode_params(root))
-        return bool(rows[0]["[applied]"])
+        params = self._put_inode_params(root)
+        rows, resent = await self._settled(
+            "root inode", lambda: self._store.run("put_root", params)
+        )
+        if rows[0]["[applied]"]:
+            return True
+        return resent and rows[0].get("ctime_ns") == root.ctime_ns
 
     async def set_attrs(self, ino: int, changes: dict[str, int], ctime_ns: int) -> None:
         """Write the attributes in ``changes`` (keys among mode, uid, gid, atime_ns,
@@ -1178,9 +1271,17 @@ class TenantStore:
 
     async def move_parent(self, ino: int, parent: int, expected: int) -> bool:
         """LWT: set the ``parent`` of directory ``ino`` if it is ``expected`` (a move from
-        there); False when it is not (moved since, or already set)."""
-        rows = await self._store.run("move_parent", (parent, *self._t, ino, expected))
-        return bool(rows[0]["[applied]"])
+        there); False when it is not (moved since, or already set).
+
+        An unknown outcome is settled by sending it again: every finisher of one rename
+        writes the same value, so ``parent`` found already at ``parent`` is the move done
+        (True), by this call or another.  ``OutcomeUnknown`` (EIO) if no send answers.
+        """
+        rows, resent = await self._settled(
+            f"parent of {ino}",
+            lambda: self._store.run("move_parent", (parent, *self._t, ino, expected)),
+        )
+        return bool(rows[0]["[applied]"]) or (resent and rows[0].get("parent") == parent)
 
     async def set_atime_only(self, ino: int, atime_ns: int) -> None:
         """Write only ``atime_ns`` of ``ino`` (a read access under relatime)."""
@@ -1198,12 +1299,27 @@ class TenantStore:
         """LWT: set ``ino``'s nlink (and ctime) to ``nlink`` if it is still ``expected``.
 
         Returns None when applied, else the nlink the inode has now (-1: no such inode).
+
+        An unknown outcome is settled by sending it again; when that finds nlink already
+        at ``nlink``, the inode is read: its ctime at ``ctime_ns`` (nanoseconds, this
+        call's) means an earlier send was applied.  When the answer cannot tell (another
+        change of the inode came between), a decrement counts as applied and an increment
+        as not applied (see :func:`settle_swap`): a count may end one too high, which fsck
+        repairs, never too low (a purge while a name is left).  ``OutcomeUnknown`` (EIO)
+        if no send answers.
         """
-        rows = await self._store.run("swap_nlink", (nlink, ctime_ns, *self._t, ino, expected))
+        params = (nlink, ctime_ns, *self._t, ino, expected)
+        rows, resent = await self._settled(
+            f"nlink of {ino}", lambda: self._store.run("swap_nlink", params)
+        )
         if rows[0]["[applied]"]:
             return None
         current = rows[0].get("nlink")
-        return -1 if current is None and "nlink" not in rows[0] else (current or 0)
+        found = -1 if current is None and "nlink" not in rows[0] else (current or 0)
+        if not resent:
+            return found
+        now = await self.get_inode(ino) if found == nlink else None
+        return settle_swap(nlink, expected, ctime_ns, found, now.ctime_ns if now else None)
 
     async def delete_inode(self, ino: int) -> None:
         """Delete the inode row, its versions rows, its extended attributes and its index row
@@ -1227,8 +1343,14 @@ class TenantStore:
         Of several purges of one inode at once, exactly one gets True (the one that
         takes it off the usage counters).  The versions and index rows are left to
         :meth:`delete_inode`.
+        An unknown outcome is settled by sending it again; a resend that finds the row
+        gone cannot tell whether this call or another purge deleted it, and answers False:
+        the usage counters may keep the inode (they are approximate), never lose it twice.
+        ``OutcomeUnknown`` (EIO) if no send answers.
         """
-        rows = await self._store.run("delete_unlinked", (*self._t, ino))
+        rows, _resent = await self._settled(
+            f"purge of {ino}", lambda: self._store.run("delete_unlinked", (*self._t, ino))
+        )
         return bool(rows[0]["[applied]"])
 
     # -- usage (statfs) -------------------------------------------------------------------
@@ -1386,10 +1508,15 @@ class TenantStore:
         (its move marker), so exactly one of them wins, whatever the timing: a settler
         may fence a rename whose daemon is still alive (that rename then fails its
         new-name step, and retries).  StorageError (EIO).
+
+        An unknown outcome is settled by sending it again: the marker's kind answers it
+        whoever wrote it (a fence is the same value from every settler).
         """
         name = marker_name(intent.id)
         params = (*self._t, intent.new_parent, name, FENCED, FENCED_MARKER_TTL)
-        rows = await self._store.run("put_marker", params)
+        rows, _resent = await self._settled(
+            f"fence of {intent.new_name!r}", lambda: self._store.run("put_marker", params)
+        )
         if rows[0]["[applied]"]:
             return FENCED
         return MOVED if rows[0].get("kind") == MOVED else FENCED
@@ -1402,20 +1529,65 @@ class TenantStore:
 
     async def clear_move_marker(self, parent: int, move: bytes) -> None:
         """LWT: delete the :data:`MOVED` marker of a finished rename (a :data:`FENCED` one
-        stays for its TTL: it keeps the rename's new-name step from ever landing)."""
-        await self._store.run("delete_marker", (*self._t, parent, marker_name(move), MOVED))
+        stays for its TTL: it keeps the rename's new-name step from ever landing).
+
+        An unknown outcome is settled by sending it again: not applied then means no
+        MOVED marker is left, which is all this asks (idempotent).  ``OutcomeUnknown`` (EIO)
+        if no send answers.
+        """
+        params = (*self._t, parent, marker_name(move), MOVED)
+        await self._settled(
+            f"move marker in {parent}", lambda: self._store.run("delete_marker", params)
+        )
 
     async def delete_dentry(
         self, parent: int, name: bytes, expected_ino: int, now_ns: int
     ) -> LwtOutcome:
-        """LWT: delete ``name`` from ``parent`` if it names ``expected_ino``, unclaimed."""
-        rows = await self._store.run_batch(
-            [
-                ("delete_dentry", (*self._t, parent, name, expected_ino)),
-                ("dir_changed", (now_ns, *self._t, parent)),
-            ]
+        """LWT: delete ``name`` from ``parent`` if it names ``expected_ino``, unclaimed.
+
+        ``now_ns`` (nanoseconds, made once per call) becomes the directory's
+        ``changed_ns`` in the same batch.  An unknown outcome is settled by sending it
+        again (see :func:`settle_removal`).  ``OutcomeUnknown`` (EIO) if no send answers,
+        or when the answer cannot tell (the name gone, and another change of the
+        directory came between).
+        """
+        parts: list[tuple[str, Sequence[Any]]] = [
+            ("delete_dentry", (*self._t, parent, name, expected_ino)),
+            ("dir_changed", (now_ns, *self._t, parent)),
+        ]
+        removal = Removal(name, expected_ino, now_ns)
+        return await self._settled_batch(
+            f"delete of {name!r} in {parent}", parts, parent, name, removal
         )
-        return _outcome(rows, parent, name)
+
+    async def _settled_batch(
+        self,
+        what: str,
+        parts: Sequence[tuple[str, Sequence[Any]]],
+        parent: int,
+        name: bytes,
+        removal: Removal,
+    ) -> LwtOutcome:
+        """Send the conditional batch ``parts`` of directory ``parent`` that removes a
+        name (``removal``); its outcome for the entry ``name``.
+
+        An unknown outcome is settled by sending it again (:meth:`_settled`); not applied
+        then, the directory's ``changed_ns`` is read and :func:`settle_removal` tells.
+        ``OutcomeUnknown`` (EIO) when it cannot.
+        """
+        rows, resent = await self._settled(what, lambda: self._store.run_batch(parts))
+        outcome = _outcome(rows, parent, name)
+        if not resent or outcome.applied:
+            return outcome
+        _sealed, changed_ns = await self.directory_state(parent)
+        settled = settle_removal(outcome, rows, removal, changed_ns)
+        if settled is None:
+            raise OutcomeUnknown(
+                f"{what}: sent again after an unknown outcome, not applied, and another "
+                "change of the directory came between: whether the first send was applied "
+                "is unknown"
+            )
+        return settled
 
     async def rename_in_dir(
         self, parent: int, old: Dentry, new_name: bytes, replaced_ino: int, now_ns: int
@@ -1423,7 +1595,9 @@ class TenantStore:
         """One conditional batch in ``parent``: ``old`` moves to ``new_name``.
 
         ``new_name`` must be free (``replaced_ino`` 0) or name ``replaced_ino``
-        (unclaimed); ``old`` must still name ``old.ino``, unclaimed.  Atomic.
+        (unclaimed); ``old`` must still name ``old.ino``, unclaimed.  Atomic.  ``now_ns``
+        (nanoseconds, made once per call) becomes the directory's ``changed_ns``.  An
+        unknown outcome is settled as :meth:`delete_dentry` settles it.
         """
         t = self._t
         if replaced_ino:
@@ -1433,14 +1607,15 @@ class TenantStore:
             )
         else:
             first = ("insert_dentry", (*t, parent, new_name, old.ino, old.kind))
-        rows = await self._store.run_batch(
-            [
-                first,
-                ("delete_dentry", (*t, parent, old.name, old.ino)),
-                ("dir_open", (now_ns, *t, parent)),
-            ]
-        )  # fmt: skip
-        return _outcome(rows, parent, new_name)
+        parts = [
+            first,
+            ("delete_dentry", (*t, parent, old.name, old.ino)),
+            ("dir_open", (now_ns, *t, parent)),
+        ]
+        removal = Removal(old.name, old.ino, now_ns, lands=old.ino, counts=bool(replaced_ino))
+        return await self._settled_batch(
+            f"rename of {old.name!r} to {new_name!r} in {parent}", parts, parent, new_name, removal
+        )
 
     async def claim_dentry(self, parent: int, name: bytes, ino: int, intent: bytes) -> bool:
         """LWT: mark ``name`` (naming ``ino``, unclaimed) as being moved by ``intent``.
@@ -1455,17 +1630,35 @@ class TenantStore:
         return bool(rows[0]["[applied]"]) or (resent and rows[0].get("pending") == intent)
 
     async def release_claim(self, parent: int, name: bytes, intent: bytes) -> bool:
-        """LWT: drop the claim of ``intent`` on ``name`` (a rename undone)."""
-        rows = await self._store.run("release_claim", (*self._t, parent, name, intent))
+        """LWT: drop the claim of ``intent`` on ``name`` (a rename undone); True if this
+        call dropped it, False when ``name`` is not claimed by ``intent`` (anymore).
+
+        An unknown outcome is settled by sending it again: not applied then means the
+        claim is gone, by an earlier send or another settler (False; releasing counts
+        nothing, so who did it does not matter).  ``OutcomeUnknown`` (EIO) if no send
+        answers.
+        """
+        params = (*self._t, parent, name, intent)
+        rows, _resent = await self._settled(
+            f"release of {name!r} in {parent}", lambda: self._store.run("release_claim", params)
+        )
         return bool(rows[0]["[applied]"])
 
     async def delete_claimed(self, parent: int, name: bytes, intent: bytes, now_ns: int) -> bool:
-        """LWT: delete ``name`` if ``intent`` claims it (the last name step of a rename)."""
-        rows = await self._store.run_batch(
-            [
-                ("delete_claimed", (*self._t, parent, name, intent)),
-                ("dir_changed", (now_ns, *self._t, parent)),
-            ]
+        """LWT: delete ``name`` if ``intent`` claims it (the last name step of a rename);
+        True if this call deleted it.
+
+        An unknown outcome is settled by sending it again: not applied then means the
+        claimed name is gone (False), by an earlier send or another finisher of the same
+        rename; deleting it counts nothing, so who did it does not matter.
+        ``OutcomeUnknown`` (EIO) if no send answers.
+        """
+        parts: list[tuple[str, Sequence[Any]]] = [
+            ("delete_claimed", (*self._t, parent, name, intent)),
+            ("dir_changed", (now_ns, *self._t, parent)),
+        ]
+        rows, _resent = await self._settled(
+            f"claimed {name!r} in {parent}", lambda: self._store.run_batch(parts)
         )
         return bool(rows[0]["[applied]"])
 
@@ -1484,9 +1677,18 @@ class TenantStore:
         return None if resent and holder == op else holder
 
     async def unseal_dir(self, ino: int, op: bytes) -> bool:
-        """LWT: lift the seal of ``op`` from directory ``ino`` (an rmdir that failed)."""
-        rows = await self._store.run("unseal_dir", (*self._t, ino, op))
-        return bool(rows[0]["[applied]"])
+        """LWT: lift the seal of ``op`` from directory ``ino`` (an rmdir that failed); True
+        if this call lifted it.
+
+        An unknown outcome is settled by sending it again: not applied with no seal left
+        means the seal is lifted (True: by an earlier send, or by another settler of the
+        same stale seal; either way the directory is open); sealed by another op, False.
+        ``OutcomeUnknown`` (EIO) if no send answers.
+        """
+        rows, resent = await self._settled(
+            f"unseal of {ino}", lambda: self._store.run("unseal_dir", (*self._t, ino, op))
+        )
+        return bool(rows[0]["[applied]"]) or (resent and not rows[0].get("sealed"))
 
     # -- intents and locks ----------------------------------------------------------------
 
@@ -1510,18 +1712,45 @@ class TenantStore:
 
     async def delete_intent(self, intent: Intent) -> None:
         """Delete a completed or undone intent: an LWT, as :meth:`take_replaced` may have
-        changed it by one (a plain delete could lose to the LWT's timestamp)."""
-        await self._store.run("delete_intent_lwt", (*self._t, intent.bucket, intent.id))
+        changed it by one (a plain delete could lose to the LWT's timestamp).
+
+        An unknown outcome is settled by sending it again: not applied then means the
+        row is gone, which is all this asks (idempotent).  ``OutcomeUnknown`` (EIO) if no
+        send answers.
+        """
+        params = (*self._t, intent.bucket, intent.id)
+        await self._settled(
+            f"intent {intent.id.hex()}", lambda: self._store.run("delete_intent_lwt", params)
+        )
 
     async def take_replaced(self, intent: Intent) -> bool:
-        """LWT: clear the intent's ``replaced``; True for the one caller that did.
+        """LWT: take the intent's ``replaced`` away (it was ``intent.replaced``, an inode);
+        True for the one caller that did.
 
-        That caller, alone, takes one name from the replaced inode.
+        That caller, alone, takes one name from the replaced inode.  It writes a token of
+        its own (:func:`new_take_token`, negative) in its place; an unknown outcome is
+        settled by sending it again: its token found there means an earlier send took it.
+        A resend that finds the intent gone (another finisher of the rename deleted it
+        meanwhile) cannot tell, and answers False: the replaced inode then keeps one name
+        too many (fsck repairs the count), never loses one twice.  ``OutcomeUnknown``
+        (EIO) if no send answers.
         """
-        rows = await self._store.run(
-            "take_replaced", (*self._t, intent.bucket, intent.id, intent.replaced)
+        token = new_take_token()
+        params = (token, *self._t, intent.bucket, intent.id, intent.replaced)
+        rows, resent = await self._settled(
+            f"take of {intent.replaced} from intent {intent.id.hex()}",
+            lambda: self._store.run("take_replaced", params),
         )
-        return bool(rows[0]["[applied]"])
+        if rows[0]["[applied]"]:
+            return True
+        if resent and "replaced" not in rows[0]:
+            log.warning(
+                "intent %s was deleted before its take could be settled: inode %d may keep "
+                "one name too many (cassfs fsck repairs it)",
+                intent.id.hex(),
+                intent.replaced,
+            )
+        return resent and rows[0].get("replaced") == token
 
     async def acquire_lock(self, name: str, holder: bytes, ttl: int) -> bool:
         """LWT: take the tenant's lease ``name`` for ``ttl`` seconds; False when held.
@@ -1536,8 +1765,16 @@ class TenantStore:
         return bool(rows[0]["[applied]"]) or (resent and rows[0].get("holder") == holder)
 
     async def release_lock(self, name: str, holder: bytes) -> bool:
-        """LWT: give the lease ``name`` back if ``holder`` still has it."""
-        rows = await self._store.run("release_lock", (*self._t, name, holder))
+        """LWT: give the lease ``name`` back if ``holder`` still has it; True if this call
+        gave it back.
+
+        An unknown outcome is settled by sending it again: not applied then means
+        ``holder`` holds it no longer (False: given back by an earlier send, or expired),
+        which is all this asks.  ``OutcomeUnknown`` (EIO) if no send answers.
+        """
+        rows, _resent = await self._settled(
+            f"lease {name}", lambda: self._store.run("release_lock", (*self._t, name, holder))
+        )
         return bool(rows[0]["[applied]"])
 
     # -- the change feed (cached/feed.py) -------------------------------------------------
@@ -1581,21 +1818,48 @@ class TenantStore:
         """LWT: add attribute ``name`` = ``value`` to ``ino`` if it has none of that name.
 
         None when applied, else the value the attribute has now.
+
+        An unknown outcome is settled by sending it again: the attribute then found with
+        ``value`` means an earlier send made it.  (Another host creating that name with
+        the very same value at the same time is taken for it too: both get None, and the
+        attribute holds what both asked for.)  ``OutcomeUnknown`` (EIO) if no send answers.
         """
-        rows = await self._store.run("create_xattr", (*self._t, ino, name, value))
+        rows, resent = await self._settled(
+            f"xattr {name!r} of {ino}",
+            lambda: self._store.run("create_xattr", (*self._t, ino, name, value)),
+        )
         if rows[0]["[applied]"]:
             return None
-        return rows[0].get("value") or b""
+        held: bytes = rows[0].get("value") or b""
+        return None if resent and held == value else held
 
     async def replace_xattr(self, ino: int, name: bytes, value: bytes) -> bool:
-        """LWT: set the value of ``ino``'s attribute ``name`` if it exists; False if not."""
-        rows = await self._store.run("replace_xattr", (value, *self._t, ino, name))
+        """LWT: set the value of ``ino``'s attribute ``name`` if it exists; False if not.
+
+        An unknown outcome is settled by sending it again, which writes the same value
+        (idempotent); False then means the attribute was removed meanwhile, after this
+        call's earlier send or before it, and is answered as if before (ENODATA, or a
+        create by the caller).  ``OutcomeUnknown`` (EIO) if no send answers.
+        """
+        rows, _resent = await self._settled(
+            f"xattr {name!r} of {ino}",
+            lambda: self._store.run("replace_xattr", (value, *self._t, ino, name)),
+        )
         return bool(rows[0]["[applied]"])
 
     async def remove_xattr(self, ino: int, name: bytes) -> bool:
-        """LWT: delete ``ino``'s attribute ``name`` if it exists; False if not."""
-        rows = await self._store.run("remove_xattr", (*self._t, ino, name))
-        return bool(rows[0]["[applied]"])
+        """LWT: delete ``ino``'s attribute ``name`` if it exists; False if not.
+
+        An unknown outcome is settled by sending it again: the attribute then gone means
+        the removal is done (True), by an earlier send or, at the same moment, another
+        host's (both then succeed; the attribute is gone as both asked).
+        ``OutcomeUnknown`` (EIO) if no send answers.
+        """
+        rows, resent = await self._settled(
+            f"xattr {name!r} of {ino}",
+            lambda: self._store.run("remove_xattr", (*self._t, ino, name)),
+        )
+        return bool(rows[0]["[applied]"]) or resent
 
     # -- fsck (cassfs/fsck.py) ------------------------------------------------------------
 
@@ -1655,7 +1919,8 @@ def _intent(r: dict[str, Any]) -> Intent:
     return Intent(
         id=r["id"], old_parent=r["old_parent"], old_name=r["old_name"],
         new_parent=r["new_parent"], new_name=r["new_name"], ino=r["ino"], kind=r["kind"],
-        replaced=r["replaced"] or 0, started_ns=r["started_ns"] or 0,
+        # a token (negative) in ``replaced``: taken (see ``TenantStore.take_replaced``)
+        replaced=max(r["replaced"] or 0, 0), started_ns=r["started_ns"] or 0,
     )  # fmt: skip
 
 
@@ -1696,6 +1961,12 @@ def marker_name(move: bytes) -> bytes:
     """The clustering name of the move marker of the rename with id ``move``: a NUL byte
     (which no name holds, and which sorts before every name) and the id."""
     return b"\0" + move
+
+
+def new_take_token() -> int:
+    """A new token for :meth:`TenantStore.take_replaced`: a random negative 63-bit number
+    (inode numbers are positive, 0 is "none")."""
+    return -1 - secrets.randbits(62)
 
 
 def new_op_id() -> bytes:

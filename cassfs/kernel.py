@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: Worker threads writing inode invalidations at once.
 INVALIDATION_THREADS = 4
+#: Worker threads dropping dentries at once, abandoned ones included: a thread the kernel
+#: keeps waiting for a directory's lock holds its slot until the kernel lets it go.
+ENTRY_INVALIDATION_THREADS = 8
 
 
 class KernelCache(Protocol):
@@ -50,6 +53,11 @@ class FuseKernelCache:
 
     def __init__(self) -> None:
         self._limiter = trio.CapacityLimiter(INVALIDATION_THREADS)
+        # Not trio's default limiter (40 threads, shared with the handles' file I/O): 40
+        # abandoned dentry drops held it all, so a flush could not get a thread to answer
+        # the request whose directory lock those drops waited for (a race run's mount
+        # hung for good, its worker threads in fuse_reverse_inval_entry).
+        self._entry_limiter = trio.CapacityLimiter(ENTRY_INVALIDATION_THREADS)
 
     async def invalidate_attributes(self, ino: int) -> None:
         """Drop ``ino``'s cached attributes; returns once the kernel has.
@@ -83,12 +91,18 @@ class FuseKernelCache:
 
         Blocks in a worker thread: the kernel locks ``parent`` first, so a request in
         flight there (or a rename holding it) delays it.  Past ``wait`` the thread is
-        abandoned and finishes on its own; False.  Other errors are logged, not raised.
+        abandoned and finishes on its own, holding one of
+        :data:`ENTRY_INVALIDATION_THREADS` until then (none free: False after ``wait``
+        too); False.  Other errors are logged, not raised.
         """
         with trio.move_on_after(wait):
             try:
                 await trio.to_thread.run_sync(
-                    pyfuse3.invalidate_entry, parent, name, abandon_on_cancel=True
+                    pyfuse3.invalidate_entry,
+                    parent,
+                    name,
+                    abandon_on_cancel=True,
+                    limiter=self._entry_limiter,
                 )
             except FileNotFoundError:
                 pass  # the kernel holds no such dentry

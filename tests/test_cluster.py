@@ -54,13 +54,14 @@ from tests.conftest import (
     unmount,
 )
 
-# Run again here, against the cluster.  Not the rename race of one source on two hosts: on
-# this cluster its loser sometimes gets EIO instead of ENOENT, when Cassandra answers its
-# conditional batch "CAS operation result is unknown - proposal accepted by 1 but not a
-# quorum" (Paxos contention) and the daemon does not yet settle such an outcome by reading
-# the names again (a known defect, see the README's cluster paragraph).
+# Run again here, against the cluster, with the rename races of test_integrity: their
+# conditional batches meet Paxos contention here ("CAS operation result is unknown -
+# proposal accepted by 1 but not a quorum"), which the store settles by sending them again
+# (before, the loser of one source renamed by two hosts sometimes got EIO, not ENOENT).
 from tests.test_integrity import (  # noqa: F401
+    test_one_source_renamed_by_two_hosts_ends_under_one_name,
     test_other_hosts_read_replaced_and_unlinked_files_whole_for_the_purge_delay,
+    test_two_sources_renamed_onto_one_target_never_eexist,
     truth,
 )
 

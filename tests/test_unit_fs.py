@@ -27,7 +27,7 @@ import trio.testing
 from cached.errors import CassfsError, Exists, NotFound, StorageError
 from cached.model import DIRECTORY, REGULAR, Inode
 from cassfs.fs import FrontConfig, Operations
-from cassfs.kernel import FuseKernelCache
+from cassfs.kernel import ENTRY_INVALIDATION_THREADS, FuseKernelCache
 
 DIR_INO = 1
 FILE_INO = 100
@@ -689,6 +689,39 @@ async def test_kernel_invalidations_run_in_threads_and_treat_not_cached_as_done(
     assert [record.getMessage() for record in caplog.records] == [
         "could not invalidate inode 8 in the kernel: [Errno 5] kernel said no"
     ]
+
+
+async def test_dentry_drops_the_kernel_keeps_waiting_leave_threads_for_file_io(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More dentry drops stuck in the kernel (waiting for a directory lock) than trio's
+    default thread limiter holds (40): each gives up after its wait, and the handles'
+    file I/O (``trio.to_thread`` with the default limiter) still gets a thread.  A race
+    run's mount hung for good when 40 abandoned drops held them all."""
+    released = threading.Event()
+    stuck: list[tuple[int, bytes]] = []
+
+    def invalidate_entry(parent: int, name: bytes) -> None:
+        stuck.append((parent, name))
+        released.wait()
+
+    monkeypatch.setattr(pyfuse3, "invalidate_entry", invalidate_entry)
+    cache = FuseKernelCache()
+    try:
+        results: list[bool] = []
+
+        async def drop(n: int) -> None:
+            results.append(await cache.invalidate_entry(1, b"n%d" % n, 0.05))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(50):
+                nursery.start_soon(drop, n)
+        assert results == [False] * 50
+        assert len(stuck) <= ENTRY_INVALIDATION_THREADS
+        with trio.fail_after(5):
+            assert await trio.to_thread.run_sync(lambda: 42) == 42
+    finally:
+        released.set()
 
 
 async def listed(ops: Operations) -> list[bytes]:

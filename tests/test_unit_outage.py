@@ -25,11 +25,16 @@ from cached.store import (
     CAS_WRITE_UNKNOWN,
     STATEMENTS,
     LwtOutcome,
+    Removal,
     SafeRetryPolicy,
     Store,
     _Connection,
+    _intent,
     _settle,
+    new_take_token,
     outcome_unknown,
+    settle_removal,
+    settle_swap,
 )
 
 
@@ -385,3 +390,100 @@ async def test_a_dropped_connection_of_a_lone_node_is_an_outage(driver: Driver) 
     with pytest.raises(Unreachable):
         await store.run("get_inode", (1, "e", 5))
     assert driver.sent == ["get_inode"] and store.outage.down
+
+
+def test_a_resent_nlink_swap_is_settled_by_its_ctime_else_by_its_direction() -> None:
+    # found at the new count with this call's ctime: the earlier send was applied
+    assert settle_swap(1, 2, ctime_ns=77, found=1, ctime_now=77) is None
+    assert settle_swap(3, 2, ctime_ns=77, found=3, ctime_now=77) is None
+    # cannot tell: a decrement counts as applied (one too high at worst)...
+    assert settle_swap(1, 2, ctime_ns=77, found=1, ctime_now=78) is None
+    assert settle_swap(1, 2, ctime_ns=77, found=0, ctime_now=None) is None
+    # ...an increment as not applied: counted again from what is there
+    assert settle_swap(3, 2, ctime_ns=77, found=3, ctime_now=78) == 3
+    assert settle_swap(3, 2, ctime_ns=77, found=5, ctime_now=None) == 5
+    assert settle_swap(3, 2, ctime_ns=77, found=-1, ctime_now=None) == -1  # gone
+    assert settle_swap(1, 2, ctime_ns=77, found=-1, ctime_now=None) == -1
+
+
+def test_take_tokens_are_negative_and_read_as_taken() -> None:
+    tokens = {new_take_token() for _ in range(1000)}
+    assert len(tokens) == 1000 and all(-(2**63) <= t < 0 for t in tokens)
+    row = {
+        "id": b"i", "old_parent": 1, "old_name": b"a", "new_parent": 2, "new_name": b"b",
+        "ino": 5, "kind": 1, "started_ns": 9,
+    }  # fmt: skip
+    assert _intent({**row, "replaced": min(tokens)}).replaced == 0
+    assert _intent({**row, "replaced": None}).replaced == 0
+    assert _intent({**row, "replaced": 42}).replaced == 42
+
+
+async def test_a_take_sent_again_finds_its_own_token_or_another(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cached.store import Intent
+
+    monkeypatch.setattr(cached.store, "new_take_token", lambda: -7)
+    script: list[Any] = [
+        timed_out(H1), [{"[applied]": False, "replaced": -7}],  # mine: taken
+        timed_out(H1), [{"[applied]": False, "replaced": -8}],  # another's
+        timed_out(H1), [{"[applied]": False}],  # the intent gone: cannot tell
+        [{"[applied]": False, "replaced": -7}],  # sent once: never mine
+    ]  # fmt: skip
+    store = scripted(driver, script, [H1, H2], alive={H2})
+    intent = Intent(b"i" * 16, 1, b"a", 2, b"b", 5, 1, 42, 0)
+    tenant = store.tenant(1, "e")
+    assert [await tenant.take_replaced(intent) for _ in range(4)] == [True, False, False, False]
+
+
+class Batch:
+    """Stands for the driver's BatchStatement in the scripted store (sent as "batch")."""
+
+    name = "batch"
+
+    def __init__(self, **_settings: Any) -> None:
+        self.parts: list[str] = []
+
+    def add(self, statement: Any, params: Any) -> None:
+        self.parts.append(statement.name)
+
+
+async def test_an_unlink_sent_again_is_applied_only_with_its_own_directory_time(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cached.store, "BatchStatement", Batch)
+    script: list[Any] = [
+        timed_out(H1), [{"[applied]": False}], [{"sealed": None, "changed_ns": 77}],
+        timed_out(H1), [{"[applied]": False}], [{"sealed": None, "changed_ns": 78}],
+        # the name still there (claimed by a rename): the earlier send was not applied
+        timed_out(H1), [{"[applied]": False, "name": b"f", "ino": 5, "pending": b"c"}],
+        [{"sealed": None, "changed_ns": 78}],
+    ]  # fmt: skip
+    store = scripted(driver, script, [H1, H2], alive={H2})
+    tenant = store.tenant(1, "e")
+    assert (await tenant.delete_dentry(3, b"f", 5, 77)).applied
+    with pytest.raises(OutcomeUnknown):
+        await tenant.delete_dentry(3, b"f", 5, 77)
+    outcome = await tenant.delete_dentry(3, b"f", 5, 77)
+    assert not outcome.applied and outcome.holder == Dentry(3, b"f", 5, 0, b"c")
+    assert driver.sent.count("dir_state") == 3
+
+
+def test_a_removal_sent_again_is_settled_by_what_is_left_and_the_directory_time() -> None:
+    not_applied = LwtOutcome(False)
+    unlink = Removal(b"f", 5, now_ns=77)
+    still_there = [{"[applied]": False, "name": b"f", "ino": 5, "pending": b"c"}]
+    assert settle_removal(not_applied, still_there, unlink, changed_ns=78) == not_applied
+    assert settle_removal(not_applied, [], unlink, changed_ns=77) == LwtOutcome(True)
+    assert settle_removal(not_applied, [], unlink, changed_ns=78) is None  # unknown
+    # a rename of f to g: the new name naming another inode, or none: not applied
+    rename = Removal(b"f", 5, now_ns=77, lands=5)
+    elsewhere = LwtOutcome(False, Dentry(3, b"g", 9, 1))
+    assert settle_removal(elsewhere, [], rename, changed_ns=78) == elsewhere
+    assert settle_removal(not_applied, [], rename, changed_ns=78) == not_applied
+    # naming the moved inode: applied, unless a replaced name is at stake (unknown)
+    landed = LwtOutcome(False, Dentry(3, b"g", 5, 1))
+    assert settle_removal(landed, [], rename, changed_ns=78) == LwtOutcome(True)
+    over = Removal(b"f", 5, now_ns=77, lands=5, counts=True)
+    assert settle_removal(landed, [], over, changed_ns=78) is None
+    assert settle_removal(landed, [], over, changed_ns=77) == LwtOutcome(True)
