@@ -28,6 +28,13 @@ How to build it (Go 1.26; what was done for the figures in the README)
     Its ``-server`` takes ``HOST:PORT`` (gocql parses the port), so it reaches a node on a
     port other than 9042 without a change.
 
+What it gets wrong (seen in the benchmark)
+    Its ``filedata`` table is keyed by the content hash alone while it writes a file in
+    1 MiB chunks, so every chunk overwrites the one before: a file over 1 MiB reads back as
+    its last chunk, and a read past that chunk's end panics (``slice bounds out of range``
+    in ``CassFileHandle.Read``), which ends the process and leaves the mount dead (ENOTCONN).
+    Whether the kernel's reads get there varies from run to run.
+
 How it runs
     ``BINARY mount -s HOST:PORT -k KEYSPACE -o OWNER -e ENV -f 1 -t 1 -n 1 MOUNTPOINT`` runs
     in the foreground until ``fusermount -u MOUNTPOINT``.  Its file cache (``-f``,
