@@ -101,11 +101,35 @@ race: schema
 pjdfstest *ARGS: schema
     python -m pytest tests/test_pjdfstest.py "$@"
 
-# Run the benchmarks against the local node: cold and warm against native, then the warm paths
-# beside a minimal pyfuse3 passthrough.
-bench: schema
-    python -m tests.bench
+# Issue 10's table (cold read, cold request, cold stat walk, copy in, rewrite, overwrite; 3
+# rounds, cassfs beside native) on the standard library, then on the WordPress tree (see
+# wordpress-tree); then the warm paths beside a minimal pyfuse3 passthrough.
+# The benchmarks against the local node; ARGS go to tests.bench (e.g. --go-ancestor BINARY).
+bench *ARGS: schema
+    python -m tests.bench "$@"
+    if tree="$(just --justfile "{{justfile()}}" wordpress-tree)"; then python -m tests.bench --tree "$tree" "$@"; else echo "bench: no WordPress tree (apt-get download wordpress failed): its table is skipped" >&2; fi
     python -m tests.warm_bench
+
+# Fetched once into $CASSFS_WORDPRESS_DIR (default /tmp/wpdeb) with `apt-get download` +
+# `dpkg -x`, never into the checkout.
+# Print the path of the WordPress tree of Debian's `wordpress` package (fetched if missing).
+wordpress-tree:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir="${CASSFS_WORDPRESS_DIR:-/tmp/wpdeb}"
+    tree="$dir/x/usr/share/wordpress"
+    if [ ! -f "$tree/wp-settings.php" ]; then
+        mkdir -p "$dir"
+        cd "$dir"
+        if ! ls wordpress_*.deb >/dev/null 2>&1; then apt-get download wordpress >&2; fi
+        dpkg -x "$(ls wordpress_*.deb | tail -n 1)" x
+    fi
+    echo "$tree"
+
+# A generated Drupal-core-shaped tree (20,000 files; `--files N`) copied in, read cold, read warm.
+# Memory: the daemon's and the mount's RSS, peaks and growth per file.
+bench-rss *ARGS: schema
+    python -m tests.rss_bench "$@"
 
 # The warm paths alone: stat walk, read, PHP-like requests (1 and 4 readers) on native, a
 # minimal pyfuse3 passthrough and cassfs; `--tree DIR` measures another tree.

@@ -1,98 +1,156 @@
-"""Benchmark: cassfs against a native directory, on the installed Python standard library.
+"""Benchmark: issue 10's table, cassfs beside a native directory (and the Go ancestor), cold.
 
 What it measures
-    The tree is the installed standard library (``sysconfig.get_paths()["stdlib"]`` without
-    ``site-packages``, ``__pycache__`` and symlinks: ~2450 files, ~100 MB), a stand-in for a
-    PHP site of many small, mostly read files.  In one run, in a fresh temporary directory, it
-    mounts cassfs (``cassfs up``, a fresh tenant ``1/bench-<hex>`` and a fresh cache dir) and
-    creates a native directory beside it on the same disk, then times with
-    ``time.perf_counter`` each operation over every file, for both targets, one target right
-    after the other:
+    A tree (``--tree DIR``, default the installed standard library, ~2,450 files, ~100 MB;
+    ``just bench`` also runs the WordPress tree, ~2,500 files, ~50 MB) is read into memory
+    with the SHA-256 of every file, then, in one run, on each target:
 
-    1. copy in: ``shutil.copyfile`` from the stdlib (directories created as needed).  On cassfs
-       ``close`` returns once the file is in Cassandra; the native copy is not fsynced.
-    2. warm stat: ``os.stat`` of every file.
-    3. warm read: every file read whole (cassfs: from the local cache).
-    4. cold stat and cold read.  cassfs: after ``cassfs cache purge`` (empties the local cache
-       and makes the mount drop the kernel's caches), so metadata and data come from Cassandra.
-       Native: after ``fsync`` + ``posix_fadvise(POSIX_FADV_DONTNEED)`` on every file, which
-       drops the file's page cache (the residency left over is measured with ``mincore`` and
-       printed) but not the kernel's dentry/inode caches: native "cold stat" stays a
-       cached-metadata stat, and native "cold read" is a local-disk read without page cache.
-       ``/proc/sys/vm/drop_caches`` is deliberately not used (shared machine).
-    5. warm stat and read once more; the best of the two warm passes is reported.
+    - **native**: a directory on the local disk (``/tmp``);
+    - **cassfs**: a fresh tenant ``1/bench-<hex>`` mounted with ``cassfs up`` (default flags,
+      so the change feed runs) with a fresh cache dir;
+    - **go** (``--go-ancestor BINARY``): the 2017 Go program cgt212/cassfs mounted against
+      the same node in its own keyspace (``--go-keyspace``), a fresh environment; see
+      :mod:`tests.go_ancestor` for how to build it.
 
-    Before each cold pass it waits ``--settle`` seconds (default 2 s, untimed, for both
-    targets) so that the kernel's 1 s entry/attribute timeouts run out and the mount has
-    finished the invalidation the purge asked for.
+    ``--rounds`` rounds (default 3); each round works in a fresh directory ``roundN`` of every
+    target, the targets taking turns within each workload (the first target rotates from
+    round to round).  The workloads, each timed with ``time.perf_counter`` over every file:
 
-    Every read is checked: the bytes of every file (SHA-256) and every ``st_size`` must equal
-    the source's, hashed outside the timed loops; the daemon counters (``cassfs cache stats
-    --json``) are taken across the cold pass and ``bytes_fetched`` must cover every distinct
-    content of the tree (the daemon caches content by SHA-256, so of files with identical bytes
-    only the first is fetched; ``bytes_fetched`` is below the tree's total by those bytes).
-    Any difference exits with status 1.
+    1. **copy in**: for every file, ``open(O_CREAT|O_EXCL|O_WRONLY)`` + ``write`` + ``close``
+       from the bytes in memory (files/s).  The directories are made beforehand, untimed.
+       On cassfs ``close`` returns once the file is in Cassandra; the native copy is not
+       fsynced.
+    2. **cold read**: every file opened, read whole, closed (files/s).
+    3. **cold request**: a PHP-like request, ``stat`` + ``open`` + ``read`` + ``close`` of
+       ``--request-files`` (300) files in a fixed random order (``--seed``), timed whole (ms).
+    4. **cold stat walk**: ``os.walk`` of the round's directory and ``os.stat`` of every file
+       (files/s).
+    5. **rewrite**: for ``--mutate`` (300) files (a fixed random sample): a temporary name
+       in the same directory created, written, closed, then ``os.rename`` over the file
+       (files/s).
+    6. **overwrite**: the same files opened ``O_WRONLY|O_TRUNC``, written, closed (files/s).
 
-Why ratios to native in the same run
-    The machine is shared and noisy (other jobs, CPU steal, disk contention), so absolute
-    seconds drift from run to run.  Native and cassfs figures of one operation are taken
-    back to back in the same run on the same disk, so the ratio cassfs/native is the figure to
-    compare between runs; the absolute seconds only describe this run.
+    Cold means, before each of 2-4 and for every target alike: ``cassfs cache purge`` (the
+    cassfs target only: empties its daemon's cache and makes its mount drop the kernel's
+    caches), then ``sync; echo 3 > /proc/sys/vm/drop_caches`` (page cache, dentries and
+    inodes of every filesystem: the native directory's too), then the same ``--settle``
+    wait (2 s: the 1 s kernel timeouts of the mounts and the Go ancestor's 1 s file cache
+    run out).  If ``drop_caches`` is not writable the report says so and the native files
+    are fsynced and ``POSIX_FADV_DONTNEED``-ed instead (their dentries and inodes then stay
+    cached).  The Go ancestor has nothing to purge; its caches last 1 s.
+
+    Every read is checked, untimed: the bytes of every file read (SHA-256) and every
+    ``st_size`` must equal the source's, the stat walk must find every file, and after the
+    overwrite (and one more drop) the changed files must read back as written.  On cassfs
+    the daemon's ``bytes_fetched`` across each cold read must cover the tree's distinct
+    content (its local cache is content-addressed, so of identical files only one is
+    fetched): otherwise the read was not cold.  A failed check on native or cassfs exits
+    with status 1; on the Go ancestor it is printed as a finding.
+
+The table
+    Per workload: the median over the rounds of native, cassfs and Go, with the spread
+    (min-max); the ratios cassfs/native and cassfs/Go, each the median (min-max) of the
+    per-round ratios (one round's targets run back to back, so their ratio is the figure that
+    survives a noisy shared machine); the goal of issue 10 and whether the median meets it.
+    files/s ratios are speed over speed (higher is better), ms ratios time over time (lower
+    is better).  The goals compare with Go when it is measured (cold read: also with
+    native); without Go, the issue's "≈ native" equivalents apply.
 
 How to run it
     Needs the Cassandra node with the schema applied and FUSE (root, ``/dev/fuse``)::
 
-        just bench                       # = python -m tests.bench
-        python -m tests.bench --files 200               # quick run on the first 200 files
-        python -m tests.bench --json /tmp/bench.json    # also write the figures as JSON
+        just bench                                  # stdlib, then WordPress (fetched)
+        python -m tests.bench --files 200 --rounds 1            # quick
+        python -m tests.bench --tree /tmp/wpdeb/x/usr/share/wordpress \\
+            --go-ancestor /work/goanc-bin/cassfs-go --json /tmp/bench.json
+
+    The Go ancestor keeps only the last 1 MiB chunk of a larger file and may crash (a panic
+    in its Read) when such a file is read; ``--max-size 1048576`` leaves the files over 1 MiB
+    out of the tree, for every target, so that it runs to the end.  A target whose mount dies
+    (ENOTCONN, ECONNABORTED) is left out of the rest of the run, its figures missing.
 
     ``--contact-points`` and ``--keyspace`` default to ``$CASSFS_CONTACT_POINTS`` /
-    ``$CASSFS_KEYSPACE`` (else ``127.0.0.1:9042`` / ``cassfs``).  The mount and the temporary
-    directories are removed at the end, also on failure or Ctrl-C; the tenant's rows stay in
-    Cassandra.
+    ``$CASSFS_KEYSPACE``.  The mounts and temporary directories are removed at the end, also
+    on failure or Ctrl-C; the tenants' rows stay in Cassandra.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
+import errno
+import functools
 import hashlib
 import json
 import logging
-import mmap
 import os
+import random
 import secrets
 import shutil
-import signal
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from cached.stats import NAMES
-from tests.stdlib_tree import STDLIB, stdlib_files
+from tests import go_ancestor
+from tests.benchkit import (
+    OWNER,
+    BenchError,
+    Cold,
+    cache_stats,
+    is_mounted,
+    mounted_cassfs,
+    sigterm_as_interrupt,
+)
+from tests.stdlib_tree import STDLIB
+from tests.warm_bench import tree_files
 
 log = logging.getLogger("bench")
 
 MB = 1_000_000
-OWNER = 1
-CLI_TIMEOUT = 180.0  # seconds for one `cassfs` command
-COUNTERS = NAMES
-GAUGES = ("entries", "bytes_cached")
+TARGETS = ("native", "cassfs", "go")
 
 
-class BenchError(Exception):
-    """A failure that ends the run with a one-line message."""
+@dataclass(frozen=True)
+class Workload:
+    """One row of the table.
+
+    ``unit`` is ``files/s`` (higher is better) or ``ms`` (lower is better); ``go_goal`` is
+    the bound on cassfs/Go, ``native_goal`` on cassfs/native (the "≈ native" equivalent,
+    used without Go, or always when ``native_always``).
+    """
+
+    key: str
+    label: str
+    unit: str
+    go_goal: float
+    native_goal: float
+    native_always: bool = False
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.unit == "files/s"
+
+    def meets(self, ratio: float, goal: float) -> bool:
+        """True if ``ratio`` (cassfs over the other target) meets ``goal``."""
+        return ratio >= goal if self.higher_is_better else ratio <= goal
+
+
+WORKLOADS = (
+    Workload("cold read", "cold read, every file", "files/s", 2.0, 0.10, native_always=True),
+    Workload("cold request", "cold PHP-like request", "ms", 0.5, 13.0),
+    Workload("cold stat walk", "cold stat walk (os.walk + stat)", "files/s", 2.0, 0.18),
+    Workload("copy in", "copy in (create+write+close)", "files/s", 3.0, 0.010),
+    Workload("rewrite", "rewrite (temp name + rename over)", "files/s", 2.0, 0.020),
+    Workload("overwrite", "overwrite in place (O_TRUNC)", "files/s", 4.0, 0.05),
+)
 
 
 # -- the tree -------------------------------------------------------------------------------
@@ -100,23 +158,106 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file of the tree: its path relative to the stdlib, size and SHA-256."""
+    """One file of the tree: its path relative to the tree, its bytes and their SHA-256."""
 
     rel: Path
-    size: int
+    data: bytes
     sha256: bytes
 
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
-def describe(files: list[Path]) -> list[SourceFile]:
-    """Size and SHA-256 of each source file (untimed)."""
+
+def load_tree(tree: Path, limit: int | None, max_size: int | None = None) -> list[SourceFile]:
+    """The regular files of ``tree`` (sorted; without those over ``max_size`` bytes; the
+    first ``limit`` of them) read into memory."""
+    rels = tree_files(tree)
+    if max_size is not None:
+        rels = [rel for rel in rels if (tree / rel).stat().st_size <= max_size]
+    if limit is not None:
+        rels = rels[:limit]
     out = []
-    for rel in files:
-        data = (STDLIB / rel).read_bytes()
-        out.append(SourceFile(rel, len(data), hashlib.sha256(data).digest()))
+    for rel in rels:
+        data = (tree / rel).read_bytes()
+        out.append(SourceFile(rel, data, hashlib.sha256(data).digest()))
     return out
 
 
-# -- timed operations -----------------------------------------------------------------------
+# -- the timed operations -------------------------------------------------------------------
+
+
+def write_file(path: str, data: bytes, flags: int) -> None:
+    """``open(path, flags)``, write all of ``data``, close."""
+    fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def read_whole(path: str) -> bytes:
+    """Open, read to the end, close."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while chunk := os.read(fd, 1 << 20):
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def copy_in(items: list[tuple[str, bytes]]) -> None:
+    """Create, write and close each ``(path, bytes)``; the file must not exist yet."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for path, data in items:
+        write_file(path, data, flags)
+
+
+def read_all(paths: list[str]) -> list[bytes]:
+    """Every path read whole."""
+    return [read_whole(p) for p in paths]
+
+
+def request(paths: list[str]) -> list[tuple[int, bytes]]:
+    """One PHP-like request: ``(st_size, bytes)`` of each path after stat, open, read, close."""
+    return [(os.stat(p).st_size, read_whole(p)) for p in paths]
+
+
+def raise_error(exc: OSError) -> None:
+    """``os.walk``'s ``onerror``: a directory it cannot list is an error, not an empty one."""
+    raise exc
+
+
+def stat_walk(root: str) -> dict[str, int]:
+    """``os.walk`` + ``os.stat`` of every file: path relative to ``root`` -> ``st_size``."""
+    sizes = {}
+    for dirpath, _dirs, names in os.walk(root, onerror=raise_error):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            sizes[os.path.relpath(path, root)] = os.stat(path).st_size
+    return sizes
+
+
+def rewrite(items: list[tuple[str, bytes]]) -> None:
+    """For each ``(path, bytes)``: write a temporary name in the same directory, then
+    ``os.rename`` it over ``path``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for path, data in items:
+        head, tail = os.path.split(path)
+        tmp = os.path.join(head, f".{tail}.bench-tmp")
+        write_file(tmp, data, flags)
+        os.rename(tmp, path)
+
+
+def overwrite(items: list[tuple[str, bytes]]) -> None:
+    """For each ``(path, bytes)``: open ``O_WRONLY|O_TRUNC``, write, close."""
+    flags = os.O_WRONLY | os.O_TRUNC
+    for path, data in items:
+        write_file(path, data, flags)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -126,173 +267,43 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def copy_in(files: list[SourceFile], root: Path) -> None:
-    """Copy every file below ``root``, creating each directory once."""
-    made: set[Path] = set()
-    for f in files:
-        target = root / f.rel
-        parent = target.parent
-        if parent not in made:
-            parent.mkdir(parents=True, exist_ok=True)
-            made.add(parent)
-        shutil.copyfile(STDLIB / f.rel, target)
-
-
-def stat_all(paths: list[Path]) -> list[int]:
-    """``os.stat`` every path; returns the sizes (checked after the timing)."""
-    return [os.stat(p).st_size for p in paths]
-
-
-def read_all(paths: list[Path]) -> list[bytes]:
-    """Read every path whole; returns the contents (hashed after the timing)."""
-    out = []
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            out.append(f.readall())
-    return out
-
-
-# -- native page cache ----------------------------------------------------------------------
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-_MAP_FAILED = ctypes.c_void_p(-1).value
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_pages(path: Path) -> tuple[int, int]:
-    """``(resident, total)`` pages of ``path`` in the page cache (mincore; no read, no fault)."""
-    size = path.stat().st_size
-    if size == 0:
-        return 0, 0
-    pages = (size + PAGE - 1) // PAGE
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr == _MAP_FAILED:
-            raise OSError(ctypes.get_errno(), f"mmap {path}")
-        try:
-            vec = (ctypes.c_ubyte * pages)()
-            if _libc.mincore(addr, size, vec) != 0:
-                raise OSError(ctypes.get_errno(), f"mincore {path}")
-            return sum(b & 1 for b in vec), pages
-        finally:
-            _libc.munmap(addr, size)
-    finally:
-        os.close(fd)
-
-
-def residency(paths: list[Path]) -> float:
-    """Fraction of the pages of ``paths`` that are in the page cache."""
-    resident = total = 0
-    for p in paths:
-        r, t = resident_pages(p)
-        resident, total = resident + r, total + t
-    return resident / total if total else 0.0
-
-
-def drop_native_cache(paths: list[Path]) -> None:
-    """fsync (so no page stays dirty) then POSIX_FADV_DONTNEED every file."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-# -- cassfs ---------------------------------------------------------------------------------
-
-
-def cassfs_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m cassfs ARGS``; with ``check``, BenchError on a non-zero exit."""
-    command = [sys.executable, "-m", "cassfs", *args]
-    log.debug("run %s", " ".join(command))
-    try:
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"`cassfs {' '.join(args)}` did not finish in {CLI_TIMEOUT} s") from exc
-    if check and result.returncode != 0:
-        raise BenchError(
-            f"`cassfs {' '.join(args)}` exited {result.returncode}: "
-            f"{(result.stderr or result.stdout).strip()}"
-        )
-    return result
-
-
-def cache_stats(cache_dir: Path) -> dict[str, int]:
-    """The daemon's counters and gauges (``cassfs cache stats --json``)."""
-    out = cassfs_cli("cache", "stats", "--cache-dir", str(cache_dir), "--json").stdout
-    figures: dict[str, Any] = json.loads(out)
-    if not figures.get("daemon_running"):
-        raise BenchError(f"no cache daemon answers for {cache_dir}")
-    return {k: int(v) for k, v in figures.items() if isinstance(v, int | bool)}
-
-
-def unmount(mnt: Path) -> None:
-    """``cassfs down MNT``; ``fusermount3 -u -z MNT`` if that fails (logged, never raised)."""
-    result = cassfs_cli("down", str(mnt), check=False)
-    if result.returncode == 0:
-        return
-    log.warning(
-        "cassfs down %s failed (%d): %s",
-        mnt,
-        result.returncode,
-        (result.stderr or result.stdout).strip(),
-    )
-    if os.path.ismount(mnt):
-        lazy = subprocess.run(
-            ["fusermount3", "-u", "-z", str(mnt)], capture_output=True, text=True, check=False
-        )
-        if lazy.returncode != 0:
-            log.error("fusermount3 -u -z %s failed: %s", mnt, lazy.stderr.strip())
-
-
 # -- the run --------------------------------------------------------------------------------
 
 
-@dataclass
-class Figures:
-    """Seconds per operation and target; warm operations keep every pass."""
+@dataclass(frozen=True)
+class Target:
+    """Where a target's rounds go, and the cassfs cache dir to purge (None: nothing to)."""
 
-    native: dict[str, list[float]] = field(default_factory=dict)
-    cassfs: dict[str, list[float]] = field(default_factory=dict)
+    name: str
+    root: Path
+    cache: Path | None = None
 
-    def add(self, target: str, op: str, seconds: float) -> None:
-        getattr(self, target).setdefault(op, []).append(seconds)
-        log.info("%-6s %-10s %8.3f s", target, op, seconds)
 
-    def best(self, target: str, op: str) -> float:
-        return min(getattr(self, target)[op])
+def spread(values: list[float]) -> dict[str, float] | None:
+    """``{"median", "min", "max"}`` of ``values``; None when there are none."""
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 @dataclass
 class Run:
-    """Everything one run measured, checked and printed."""
+    """The tree, the targets and everything measured; :meth:`round` runs one round."""
 
     files: list[SourceFile]
-    mnt: Path
-    cache: Path
-    native: Path
-    settle: float
-    figures: Figures = field(default_factory=Figures)
+    targets: list[Target]
+    cold: Cold
+    request_files: int
+    mutate: int
+    seed: int
+    #: target -> workload -> one value per round (files/s or ms; None: that round failed)
+    figures: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    #: target -> workload -> one value per round, seconds
+    seconds: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
-    native_residency: dict[str, float] = field(default_factory=dict)
-    before: dict[str, int] = field(default_factory=dict)
-    after: dict[str, int] = field(default_factory=dict)
+    fetched: list[int] = field(default_factory=list)
+    #: targets whose mount died (left out of the rest of the run)
+    dead: set[str] = field(default_factory=set)
 
     @property
     def total_bytes(self) -> int:
@@ -300,170 +311,257 @@ class Run:
 
     @property
     def unique_bytes(self) -> int:
-        """Bytes of distinct content: the daemon caches content by SHA-256, so a file whose
-        bytes equal an earlier file's is served from the cache without a fetch."""
+        """Bytes of distinct content (the cassfs daemon's cache is content-addressed)."""
         return sum({f.sha256: f.size for f in self.files}.values())
 
-    def paths(self, root: Path) -> list[Path]:
-        return [root / f.rel for f in self.files]
+    def sample(self, count: int, salt: int) -> list[int]:
+        """A fixed random sample of ``count`` file indices (seeded; sorted for mutations)."""
+        return random.Random(self.seed + salt).sample(range(len(self.files)), count)
 
-    def check_sizes(self, what: str, sizes: list[int]) -> None:
-        bad = [str(f.rel) for f, s in zip(self.files, sizes, strict=True) if s != f.size]
-        if bad:
-            self.errors.append(f"{what}: {len(bad)} wrong st_size, e.g. {bad[:5]}")
+    def record(self, target: str, key: str, seconds: float | None, count: int) -> None:
+        """Keep ``seconds`` and the figure of ``key`` (files/s or ms) for this round."""
+        unit = next(w.unit for w in WORKLOADS if w.key == key)
+        value = None
+        if seconds is not None:
+            value = seconds * 1000 if unit == "ms" else count / seconds
+            log.info("%-6s %-15s %9.3f s  %10.1f %s", target, key, seconds, value, unit)
+        self.figures.setdefault(target, {}).setdefault(key, []).append(value)
+        self.seconds.setdefault(target, {}).setdefault(key, []).append(seconds)
 
-    def check_contents(self, what: str, contents: list[bytes]) -> None:
+    def fail(self, target: str, what: str) -> None:
+        message = f"{target}: {what}"
+        log.error("%s", message)
+        self.errors.append(message)
+
+    def check_contents(self, target: str, what: str, indices: list[int], got: list[bytes]) -> None:
         bad = [
-            str(f.rel)
-            for f, data in zip(self.files, contents, strict=True)
-            if hashlib.sha256(data).digest() != f.sha256
+            str(self.files[i].rel)
+            for i, data in zip(indices, got, strict=True)
+            if hashlib.sha256(data).digest() != self.files[i].sha256
         ]
         if bad:
-            self.errors.append(f"{what}: {len(bad)} files differ from the source, e.g. {bad[:5]}")
+            self.fail(target, f"{what}: {len(bad)} files differ from the source, e.g. {bad[:3]}")
 
-    def stat(self, target: str, root: Path, op: str) -> None:
-        paths = self.paths(root)
-        seconds, sizes = timed(lambda: stat_all(paths))
-        self.figures.add(target, op, seconds)
-        self.check_sizes(f"{target} {op}", sizes)
+    def make_cold(self, target: Target, base: Path) -> None:
+        """Purge (cassfs), drop the kernel's caches, settle; without drop_caches only the
+        native target's files are fadvised (opening files on a mount would warm it)."""
+        native = target.name == "native"
+        self.cold.drop(target.cache, (base / f.rel for f in self.files) if native else ())
 
-    def read(self, target: str, root: Path, op: str) -> None:
-        paths = self.paths(root)
-        seconds, contents = timed(lambda: read_all(paths))
-        self.figures.add(target, op, seconds)
-        self.check_contents(f"{target} {op}", contents)
-        del contents
+    def failed_call(self, target: Target, what: str, exc: OSError) -> None:
+        """A failed check; a dead mount (ENOTCONN, ECONNABORTED: its process exited) is
+        left out of the rest of the run."""
+        self.fail(target.name, f"{what}: {exc}")
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            self.dead.add(target.name)
+            self.fail(target.name, "the mount died: left out of the rest of the run")
 
-    def execute(self) -> None:
-        """copy, warm stat, warm read, purge/drop, cold stat, cold read, warm stat, warm read."""
-        targets = (("native", self.native), ("cassfs", self.mnt))
-        for target, root in targets:
-            start = time.perf_counter()
-            copy_in(self.files, root)
-            self.figures.add(target, "copy", time.perf_counter() - start)
-        for target, root in targets:
-            self.stat(target, root, "warm stat")
-        for target, root in targets:
-            self.read(target, root, "warm read")
+    def guarded(self, target: Target, key: str, count: int, fn: Callable[[], Any]) -> Any:
+        """Time ``fn`` and record it; an OSError is a failed check and records no figure,
+        and so does a dead target (None)."""
+        if target.name in self.dead:
+            self.record(target.name, key, None, count)
+            return None
+        try:
+            seconds, result = timed(fn)
+        except OSError as exc:
+            self.failed_call(target, key, exc)
+            self.record(target.name, key, None, count)
+            return None
+        self.record(target.name, key, seconds, count)
+        return result
 
-        # cold: native first (drop its page cache), then cassfs (purge), each settled
-        native_paths = self.paths(self.native)
-        self.native_residency["after warm read"] = residency(native_paths)
-        drop_native_cache(native_paths)
-        self.native_residency["after fadvise"] = residency(native_paths)
-        time.sleep(self.settle)
-        self.stat("native", self.native, "cold stat")
-        self.read("native", self.native, "cold read")
+    def round(self, number: int) -> None:
+        """Copy in, cold read, cold request, cold stat walk, rewrite, overwrite, check."""
+        turn = number % len(self.targets)
+        targets = self.targets[turn:] + self.targets[:turn]
+        bases = {t.name: t.root / f"round{number}" for t in targets}
+        count = len(self.files)
+        everything = list(range(count))
 
-        self.before = cache_stats(self.cache)
-        log.info("%s", cassfs_cli("cache", "purge", "--cache-dir", str(self.cache)).stdout.strip())
-        time.sleep(self.settle)
-        self.stat("cassfs", self.mnt, "cold stat")
-        self.read("cassfs", self.mnt, "cold read")
-        self.after = cache_stats(self.cache)
-        fetched = self.after["bytes_fetched"] - self.before["bytes_fetched"]
-        if fetched < self.unique_bytes:
-            self.errors.append(
-                f"cold pass fetched {fetched:,} bytes from Cassandra, less than the tree's "
-                f"{self.unique_bytes:,} bytes of distinct content: it was not cold"
+        for t in targets:  # copy in
+            base = bases[t.name]
+            try:
+                if t.name not in self.dead:  # untimed
+                    for d in sorted({(base / f.rel).parent for f in self.files}):
+                        d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.failed_call(t, "making the directories", exc)
+            items = [(str(base / f.rel), f.data) for f in self.files]
+            self.guarded(t, "copy in", count, functools.partial(copy_in, items))
+
+        for t in targets:  # cold read
+            base = bases[t.name]
+            paths = [str(base / f.rel) for f in self.files]
+            self.make_cold(t, base)
+            before = cache_stats(t.cache) if t.cache is not None else None
+            got = self.guarded(t, "cold read", count, functools.partial(read_all, paths))
+            if got is not None:
+                self.check_contents(t.name, "cold read", everything, got)
+            del got
+            if t.cache is not None and before is not None:
+                fetched = cache_stats(t.cache)["bytes_fetched"] - before["bytes_fetched"]
+                self.fetched.append(fetched)
+                if fetched < self.unique_bytes:
+                    self.fail(
+                        t.name,
+                        f"cold read fetched {fetched:,} bytes from Cassandra, less than the "
+                        f"tree's {self.unique_bytes:,} bytes of distinct content: not cold",
+                    )
+
+        order = self.sample(min(self.request_files, count), salt=0)
+        for t in targets:  # cold request
+            base = bases[t.name]
+            paths = [str(base / self.files[i].rel) for i in order]
+            self.make_cold(t, base)
+            result = self.guarded(t, "cold request", len(order), functools.partial(request, paths))
+            if result is not None:
+                sizes = [size for size, _ in result]
+                if sizes != [self.files[i].size for i in order]:
+                    self.fail(t.name, "cold request: a st_size differs from the source")
+                self.check_contents(t.name, "cold request", order, [d for _, d in result])
+
+        for t in targets:  # cold stat walk
+            base = bases[t.name]
+            self.make_cold(t, base)
+            sizes = self.guarded(
+                t, "cold stat walk", count, functools.partial(stat_walk, str(base))
             )
+            if sizes is not None:
+                want = {str(f.rel): f.size for f in self.files}
+                wrong = sorted(k for k in want.keys() | sizes.keys() if want.get(k) != sizes.get(k))
+                if wrong:
+                    self.fail(
+                        t.name,
+                        f"cold stat walk: {len(wrong)} files missing, extra or of the wrong "
+                        f"size, e.g. {wrong[:3]}",
+                    )
 
-        for target, root in targets:
-            self.stat(target, root, "warm stat")
-        for target, root in targets:
-            self.read(target, root, "warm read")
+        changed = sorted(self.sample(min(self.mutate, count), salt=1))
+        mutations = (("rewrite", rewrite, b"rewritten"), ("overwrite", overwrite, b"overwritten"))
+        for key, fn, mark in mutations:
+            for t in targets:
+                base = bases[t.name]
+                items = [
+                    (str(base / self.files[i].rel), self.mutated(i, mark, number)) for i in changed
+                ]
+                self.guarded(t, key, len(items), functools.partial(fn, items))
+
+        for t in targets:  # the overwritten files read back as written (untimed, after a drop)
+            base = bases[t.name]
+            if t.name in self.dead:
+                continue
+            self.make_cold(t, base)
+            try:
+                got = [read_whole(str(base / self.files[i].rel)) for i in changed]
+            except OSError as exc:
+                self.failed_call(t, "reading back the overwritten files", exc)
+                continue
+            bad = [
+                str(self.files[i].rel)
+                for i, data in zip(changed, got, strict=True)
+                if data != self.mutated(i, b"overwritten", number)
+            ]
+            if bad:
+                self.fail(t.name, f"{len(bad)} overwritten files read back wrong, e.g. {bad[:3]}")
+
+    def mutated(self, index: int, mark: bytes, number: int) -> bytes:
+        """The new bytes of file ``index`` for a rewrite/overwrite in round ``number``."""
+        return self.files[index].data + b"\n/* bench " + mark + b" round %d */\n" % number
 
     # -- report -----------------------------------------------------------------------------
 
+    def ratios(self, key: str, other: str) -> list[float]:
+        """cassfs over ``other`` per round (where both have a figure)."""
+        mine = self.figures.get("cassfs", {}).get(key, [])
+        theirs = self.figures.get(other, {}).get(key, [])
+        return [c / o for c, o in zip(mine, theirs, strict=False) if c and o]
+
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per operation: seconds, ratio, cassfs files/s and MB/s."""
-        count, total = len(self.files), self.total_bytes
+        """One dict per workload: figures, ratios (median/min/max), goal and verdict."""
+        names = {t.name for t in self.targets}
         out = []
-        for op in ("copy", "warm stat", "warm read", "cold stat", "cold read"):
-            native, cassfs = self.figures.best("native", op), self.figures.best("cassfs", op)
-            moves_bytes = op in ("copy", "warm read", "cold read")
-            out.append(
-                {
-                    "operation": op,
-                    "native_s": native,
-                    "cassfs_s": cassfs,
-                    "ratio": cassfs / native if native > 0 else float("inf"),
-                    "cassfs_files_per_s": count / cassfs if cassfs > 0 else float("inf"),
-                    "cassfs_mb_per_s": total / MB / cassfs if moves_bytes and cassfs > 0 else None,
-                    "native_passes": self.figures.native[op],
-                    "cassfs_passes": self.figures.cassfs[op],
-                }
-            )
+        for w in WORKLOADS:
+            row: dict[str, Any] = {"workload": w.key, "label": w.label, "unit": w.unit}
+            for name in TARGETS:
+                values = [v for v in self.figures.get(name, {}).get(w.key, []) if v is not None]
+                row[name] = spread(values) if name in names else None
+                row[f"{name}_rounds"] = self.figures.get(name, {}).get(w.key)
+            row["vs_native"] = spread(self.ratios(w.key, "native"))
+            row["vs_go"] = spread(self.ratios(w.key, "go")) if "go" in names else None
+            checks = []
+            if row["vs_go"] is not None:
+                checks.append(("go", w.go_goal, row["vs_go"]["median"]))
+            if row["vs_go"] is None or w.native_always:
+                if row["vs_native"] is not None:
+                    checks.append(("native", w.native_goal, row["vs_native"]["median"]))
+            sign = "≥" if w.higher_is_better else "≤"
+            row["goal"] = " and ".join(f"{sign} {goal:g}x {other}" for other, goal, _ in checks)
+            row["met"] = bool(checks) and all(w.meets(r, g) for _, g, r in checks)
+            out.append(row)
         return out
 
-    def counter_delta(self) -> dict[str, int]:
-        return {name: self.after.get(name, 0) - self.before.get(name, 0) for name in COUNTERS}
-
-    def print_report(self, console: Console, elapsed: float) -> None:
-        count, total = len(self.files), self.total_bytes
+    def print_report(self, console: Console, tree: Path, rounds: int, elapsed: float) -> None:
+        names = [t for t in TARGETS if t in {x.name for x in self.targets}]
         table = Table(
-            title=f"cassfs vs native: {count:,} files, {total:,} bytes "
-            f"({total / MB:.1f} MB) of {STDLIB}"
+            title=f"issue 10: {len(self.files):,} files, {self.total_bytes / MB:.1f} MB of "
+            f"{tree}; median (min-max) of {rounds} rounds"
         )
-        table.add_column("operation")
-        table.add_column("native s", justify="right")
-        table.add_column("cassfs s", justify="right")
+        table.add_column("workload")
+        table.add_column("unit")
+        for name in names:
+            table.add_column(name, justify="right")
         table.add_column("cassfs/native", justify="right")
-        table.add_column("cassfs files/s", justify="right")
-        table.add_column("cassfs MB/s", justify="right")
+        if "go" in names:
+            table.add_column("cassfs/Go", justify="right")
+        table.add_column("goal")
+        table.add_column("met")
+
+        def fmt(s: dict[str, float] | None, digits: int) -> str:
+            if s is None:
+                return "-"
+            return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}-{s['max']:,.{digits}f})"
+
         for row in self.rows():
-            mbps = row["cassfs_mb_per_s"]
-            table.add_row(
-                row["operation"],
-                f"{row['native_s']:.3f}",
-                f"{row['cassfs_s']:.3f}",
-                f"{row['ratio']:.1f}x",
-                f"{row['cassfs_files_per_s']:,.0f}",
-                "-" if mbps is None else f"{mbps:,.1f}",
-            )
+            digits = 1 if row["unit"] == "ms" else 0
+            cells = [row["label"], row["unit"], *(fmt(row[n], digits) for n in names)]
+            cells.append(fmt(row["vs_native"], 3))
+            if "go" in names:
+                cells.append(fmt(row["vs_go"], 2))
+            cells += [row["goal"], "[green]yes[/]" if row["met"] else "[red]no[/]"]
+            table.add_row(*cells)
         console.print(table)
         console.print(
-            "warm = best of 2 passes. cold cassfs = after `cassfs cache purge` (from "
-            "Cassandra); cold native = after fsync + POSIX_FADV_DONTNEED per file "
-            "(page cache dropped; dentry/inode caches stay warm). MB = 10^6 bytes."
+            f"cold = `cassfs cache purge` (cassfs) + {self.cold.method}, then "
+            f"{self.cold.settle:g} s settle, for every target. request = stat+open+read+close "
+            f"of {min(self.request_files, len(self.files))} files in a fixed random order; "
+            f"rewrite/overwrite: {min(self.mutate, len(self.files))} files. Ratios are "
+            "per-round cassfs/target (files/s: higher is better; ms: lower is better)."
         )
-        res = self.native_residency
-        console.print(
-            f"native page-cache residency: {res['after warm read']:.1%} after the warm "
-            f"read, {res['after fadvise']:.1%} after fadvise (before the cold read)"
-        )
-
-        counters = Table(title="daemon counters across the cold pass (purge, cold stat, cold read)")
-        counters.add_column("counter")
-        counters.add_column("delta", justify="right")
-        for name, value in self.counter_delta().items():
-            counters.add_row(name, f"{value:,}")
-        for name in GAUGES:
-            counters.add_row(f"{name} (after)", f"{self.after.get(name, 0):,}")
-        console.print(counters)
-        fetched = self.counter_delta()["bytes_fetched"]
-        unique = self.unique_bytes
-        verdict = "ok" if fetched >= unique else "TOO FEW: the cold pass was not cold"
-        console.print(
-            f"bytes_fetched {fetched:,} vs tree {total:,} bytes ({unique:,} bytes of distinct "
-            f"content; {total - unique:,} bytes are files identical to another file, which the "
-            f"daemon's content-addressed cache serves without a second fetch): {verdict}"
-        )
+        if self.fetched:
+            console.print(
+                f"cassfs bytes_fetched per cold read: {', '.join(f'{b:,}' for b in self.fetched)}"
+                f" (tree: {self.unique_bytes:,} bytes of distinct content)"
+            )
         console.print(f"total run time {elapsed:.1f} s")
 
-    def as_json(self, elapsed: float, environment: str) -> dict[str, Any]:
+    def as_json(self, tree: Path, rounds: int, elapsed: float, tenants: dict[str, str]) -> Any:
         return {
+            "tree": str(tree),
+            "dead_targets": sorted(self.dead),
             "files": len(self.files),
             "total_bytes": self.total_bytes,
             "unique_content_bytes": self.unique_bytes,
-            "stdlib": str(STDLIB),
-            "tenant": {"owner": OWNER, "environment": environment},
-            "settle_s": self.settle,
-            "operations": self.rows(),
-            "native_residency": self.native_residency,
-            "counters_before_cold": self.before,
-            "counters_after_cold": self.after,
-            "counters_cold_delta": self.counter_delta(),
+            "rounds": rounds,
+            "settle_s": self.cold.settle,
+            "cold_method": self.cold.method,
+            "request_files": min(self.request_files, len(self.files)),
+            "mutate_files": min(self.mutate, len(self.files)),
+            "tenants": tenants,
+            "rows": self.rows(),
+            "figures": self.figures,
+            "seconds": self.seconds,
+            "cassfs_bytes_fetched_per_cold_read": self.fetched,
             "errors": self.errors,
             "elapsed_s": elapsed,
         }
@@ -475,16 +573,23 @@ class Run:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
-        description="Copy, stat and read the Python standard library on cassfs and on a native "
-        "directory; print each figure with its ratio to native.",
+        description="Issue 10's table: cold read, cold request, cold stat walk, copy in, "
+        "rewrite, overwrite on native, cassfs and (optionally) the Go ancestor.",
     )
+    parser.add_argument("--tree", type=Path, default=STDLIB, help="source tree (default: stdlib)")
+    parser.add_argument("--files", type=int, default=None, metavar="N", help="first N files only")
     parser.add_argument(
-        "--files",
+        "--max-size",
         type=int,
         default=None,
-        metavar="N",
-        help="only the first N files (sorted), for a quick run",
+        metavar="BYTES",
+        help="leave files over BYTES out of the tree, for every target (the Go ancestor "
+        "garbles files over 1 MiB and may crash reading them: 1048576 keeps it running)",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--request-files", type=int, default=300, metavar="N")
+    parser.add_argument("--mutate", type=int, default=300, metavar="N", help="files rewritten")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the request order")
     parser.add_argument(
         "--contact-points",
         default=os.environ.get("CASSFS_CONTACT_POINTS", "127.0.0.1:9042"),
@@ -496,84 +601,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keyspace (env CASSFS_KEYSPACE)",
     )
     parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="also write the figures as JSON to FILE",
+        "--go-ancestor", type=Path, default=None, metavar="BINARY", help="the Go ancestor"
     )
+    parser.add_argument("--go-keyspace", default="cassfs_go", help="its keyspace (cassfs_go)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="figures")
     parser.add_argument(
-        "--settle",
-        type=float,
-        default=2.0,
-        metavar="S",
-        help="untimed wait before each cold pass, seconds (default 2)",
+        "--settle", type=float, default=2.0, metavar="S", help="wait after each drop (2 s)"
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.files is not None and args.files < 1:
         parser.error("--files must be at least 1")
+    if args.rounds < 1 or args.request_files < 1 or args.mutate < 1:
+        parser.error("--rounds, --request-files and --mutate must be at least 1")
     if args.settle < 0:
         parser.error("--settle must not be negative")
+    if args.go_ancestor is not None and not os.access(args.go_ancestor, os.X_OK):
+        parser.error(f"--go-ancestor {args.go_ancestor} is not an executable file")
     return args
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt, so the cleanup runs for them too."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
-@contextmanager
-def workspace(args: argparse.Namespace, environment: str) -> Iterator[tuple[Path, Path, Path]]:
-    """A temp dir with MNT (cassfs mounted), CACHE and NATIVE; all removed on the way out."""
-    tmp = Path(tempfile.mkdtemp(prefix="cassfs-bench-", dir="/tmp"))
-    mnt, cache, native = tmp / "mnt", tmp / "cache", tmp / "native"
-    for d in (mnt, cache, native):
-        d.mkdir()
-    mounted = False
-    try:
-        log.info("mounting %d/%s at %s (cache %s)", OWNER, environment, mnt, cache)
-        mounted = True  # `up` may have mounted even if it then failed: always try to unmount
-        cassfs_cli(
-            "up",
-            str(mnt),
-            "--cache-dir",
-            str(cache),
-            "--owner",
-            str(OWNER),
-            "--environment",
-            environment,
-            "--contact-points",
-            args.contact_points,
-            "--keyspace",
-            args.keyspace,
+def mounted_targets(
+    args: argparse.Namespace, tmp: Path, tenants: dict[str, str]
+) -> Iterator[list[Target]]:
+    """native, cassfs and (with ``--go-ancestor``) go, mounted below ``tmp``; unmounted on
+    the way out.  ``tenants`` gets each mounted tenant's ``OWNER/environment``."""
+    with ExitStack() as stack:
+        native, mnt, cache = tmp / "native", tmp / "cassfs", tmp / "cache"
+        for d in (native, mnt, cache):
+            d.mkdir()
+        environment = f"bench-{secrets.token_hex(6)}"
+        stack.enter_context(
+            mounted_cassfs(mnt, cache, environment, args.contact_points, args.keyspace)
         )
-        if not os.path.ismount(mnt):
-            raise BenchError(f"`cassfs up` succeeded but {mnt} is not a mount point")
-        yield mnt, cache, native
-    finally:
-        # a second Ctrl-C must not leave the mount behind
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            if mounted and os.path.ismount(mnt):
-                log.info("unmounting %s", mnt)
-                unmount(mnt)
-            if os.path.ismount(mnt):
-                log.error("%s is still mounted: leaving %s in place", mnt, tmp)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        tenants["cassfs"] = f"{OWNER}/{environment}"
+        targets = [Target("native", native), Target("cassfs", mnt, cache)]
+        if args.go_ancestor is not None:
+            go_ancestor.apply_schema(args.contact_points, args.go_keyspace)
+            gomnt = tmp / "go"
+            gomnt.mkdir()
+            go_env = f"bench-{secrets.token_hex(6)}"
+            try:
+                stack.enter_context(
+                    go_ancestor.mounted(
+                        args.go_ancestor, gomnt, args.contact_points, args.go_keyspace,
+                        OWNER, go_env, tmp / "go.log",
+                    )
+                )  # fmt: skip
+            except RuntimeError as exc:
+                raise BenchError(str(exc)) from exc
+            tenants["go"] = f"{args.go_keyspace} {OWNER}/{go_env}"
+            targets.append(Target("go", gomnt))
+        yield targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,34 +662,48 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    console = Console()
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    console = Console(width=200)
     started = time.perf_counter()
-    rels = stdlib_files()
-    if args.files is not None:
-        rels = rels[: args.files]
-    log.info("hashing %d source files of %s", len(rels), STDLIB)
-    files = describe(rels)
-    environment = f"bench-{secrets.token_hex(6)}"
+    log.info("reading the files of %s", args.tree)
+    files = load_tree(args.tree, args.files, args.max_size)
+    if not files:
+        log.error("no files in %s", args.tree)
+        return 1
+    cold = Cold(args.settle)
+    if not cold.drop_caches:
+        log.warning("/proc/sys/vm/drop_caches is not writable: native cold = fadvise only")
+    tmp = Path(tempfile.mkdtemp(prefix="cassfs-bench-", dir="/tmp"))
+    tenants: dict[str, str] = {}
     try:
-        with sigterm_as_interrupt(), workspace(args, environment) as (mnt, cache, native):
-            run = Run(files, mnt, cache, native, args.settle)
-            run.execute()
+        with sigterm_as_interrupt(), mounted_targets(args, tmp, tenants) as targets:
+            run = Run(files, targets, cold, args.request_files, args.mutate, args.seed)
+            for number in range(args.rounds):
+                log.info("round %d of %d", number + 1, args.rounds)
+                run.round(number)
     except BenchError as exc:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
         log.error("interrupted; cleaned up")
         return 130
+    finally:
+        if any(is_mounted(tmp / d) for d in ("cassfs", "go")):
+            log.error("a mount below %s is still there: leaving it in place", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    run.print_report(console, elapsed)
+    run.print_report(console, args.tree, args.rounds, elapsed)
     if args.json is not None:
-        args.json.write_text(json.dumps(run.as_json(elapsed, environment), indent=2) + "\n")
+        report = run.as_json(args.tree, args.rounds, elapsed, tenants)
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
         log.info("figures written to %s", args.json)
-    if run.errors:
-        for error in run.errors:
-            console.print(f"[bold red]FAIL[/] {error}")
-        return 1
-    return 0
+    failed = False
+    for error in run.errors:
+        go = error.startswith("go:")
+        failed = failed or not go
+        console.print(f"[bold {'yellow' if go else 'red'}]{'GO' if go else 'FAIL'}[/] {error}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ from rich.table import Table
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError
 from cassfs.node import launcher
-from tests.bench import sigterm_as_interrupt
+from tests.benchkit import sigterm_as_interrupt
 
 log = logging.getLogger("faults")
 

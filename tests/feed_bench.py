@@ -31,7 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tests.bench import BenchError, cache_stats, cassfs_cli, sigterm_as_interrupt, unmount
+from tests.benchkit import BenchError, cache_stats, cassfs_cli, sigterm_as_interrupt, unmount
 
 log = logging.getLogger("feed_bench")
 

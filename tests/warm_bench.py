@@ -62,7 +62,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tests.bench import OWNER, BenchError, cassfs_cli, sigterm_as_interrupt, unmount
+from tests.benchkit import OWNER, BenchError, cassfs_cli, sigterm_as_interrupt, unmount
 from tests.stdlib_tree import STDLIB, stdlib_files
 
 log = logging.getLogger("warm_bench")
