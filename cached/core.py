@@ -249,18 +249,25 @@ class Core:
             return {("i", s.tenant, ino): inode for ino, (inode, _data) in read.items()}
 
         async def batch(part: Sequence[int]) -> None:
-            async with limiter:
-                got = await self.flights.run_many(
-                    [("i", s.tenant, ino) for ino in part],
-                    load,
-                    missing=lambda key: NotFound(f"inode {key[2]}"),  # type: ignore[index]
-                )
+            try:
+                async with limiter:
+                    got = await self.flights.run_many(
+                        [("i", s.tenant, ino) for ino in part],
+                        load,
+                        missing=lambda key: NotFound(f"inode {key[2]}"),  # type: ignore[index]
+                    )
+            except StorageError as exc:
+                failures.append(exc)  # raised below as itself, not in an exception group
+                return
             found.update((key[2], inode) for key, inode in got.items())  # type: ignore[index]
 
+        failures: list[StorageError] = []
         limiter = trio.CapacityLimiter(INODE_BATCHES)
         async with trio.open_nursery() as nursery:
             for start in range(0, len(inos), INODES_PER_QUERY):
                 nursery.start_soon(batch, inos[start : start + INODES_PER_QUERY])
+        if failures:
+            raise failures[0]
         return found
 
     async def _keep_content(self, s: Session, inode: Inode, data: bytes | None) -> None:

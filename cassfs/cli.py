@@ -498,13 +498,16 @@ def _check_mountpoint(mountpoint: Path) -> None:
 
 
 def _dead_mount_error(mountpoint: Path) -> OSError | None:
-    """The error stat(2) of ``mountpoint`` fails with when it is a dead FUSE mount, else None.
+    """The error an opendir(3) of ``mountpoint`` fails with when it is a dead FUSE mount,
+    else None.
 
-    A FUSE mount whose process died (``kill -9``) stays mounted, and every access
-    to it fails with ENOTCONN (ECONNABORTED once aborted through /sys/fs/fuse).
+    A FUSE mount whose process died (``kill -9``) stays mounted, and every request
+    to it fails with ENOTCONN (ECONNABORTED once aborted through /sys/fs/fuse).  An
+    opendir always reaches the connection; a ``stat`` of the root does not while the
+    kernel's attributes of it last (``--entry-ttl``, 60 s by default).
     """
     try:
-        os.stat(mountpoint)
+        os.scandir(mountpoint).close()
     except OSError as exc:
         if exc.errno in DEAD_MOUNT_ERRNOS:
             return exc

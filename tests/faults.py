@@ -179,9 +179,10 @@ def mounted(mnt: Path) -> bool:
 
 
 def dead(mnt: Path) -> bool:
-    """True if ``mnt`` is a FUSE mount whose process died (stat fails ENOTCONN)."""
+    """True if ``mnt`` is a FUSE mount whose process died (a listing fails ENOTCONN; a
+    ``stat`` of its root is answered from the kernel's cached attributes for a while)."""
     try:
-        os.stat(mnt)
+        os.listdir(mnt)
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False

@@ -159,6 +159,9 @@ def test_password_and_tls_mount_round_trip(
         assert code == 0, err
         data = os.urandom(300_000)
         (first.path / "f.bin").write_bytes(data)
+        # Another host's new name: there within a poll of its change feed (its mount's
+        # first stat of the root may have listed the root already).
+        assert wait_for(lambda: (second.path / "f.bin").exists(), 10)
         assert (second.path / "f.bin").read_bytes() == data
         run_cli("cache", "purge", "--cache-dir", str(first.cache_dir))
         assert (first.path / "f.bin").read_bytes() == data  # read again over TLS

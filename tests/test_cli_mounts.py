@@ -43,8 +43,14 @@ def fstype(path: Path) -> str | None:
 
 
 def is_dead(path: Path) -> bool:
+    """True once ``path``'s FUSE connection is gone (ENOTCONN).
+
+    Asked with a listing, which the kernel always sends to the connection: a ``stat``
+    of the mount's root is answered from the kernel's cached attributes for the attr
+    timeout (60 s by default) even after the front died.
+    """
     try:
-        os.stat(path)
+        os.listdir(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False

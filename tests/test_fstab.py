@@ -295,6 +295,8 @@ def test_mount_fuse3_with_options_then_umount(
     other_entry = mount_entry(other.path)
     assert other_entry is not None and other_entry[0] == f"cassfs:{owner}/{environment}"
     (mnt / "from-form").write_bytes(b"written through the mount(8) form")
+    # Within a poll of the other host's change feed (it may have listed the root already).
+    assert wait_for(lambda: (other.path / "from-form").exists(), 10)
     assert (other.path / "from-form").read_bytes() == b"written through the mount(8) form"
     (other.path / "from-up").write_bytes(b"written through cassfs up")
     assert (mnt / "from-up").read_bytes() == b"written through cassfs up"  # cache_ttl=0
