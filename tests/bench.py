@@ -107,6 +107,7 @@ from tests.benchkit import (
     cache_stats,
     is_mounted,
     mounted_cassfs,
+    read_whole,
     sigterm_as_interrupt,
 )
 from tests.stdlib_tree import STDLIB
@@ -194,18 +195,6 @@ def write_file(path: str, data: bytes, flags: int) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def read_whole(path: str) -> bytes:
-    """Open, read to the end, close."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        parts = []
-        while chunk := os.read(fd, 1 << 20):
-            parts.append(chunk)
-        return b"".join(parts)
     finally:
         os.close(fd)
 

@@ -202,3 +202,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+def read_whole(path: str) -> bytes:
+    """Open ``path``, read it to the end and close it, as PHP's include does after its
+    stat; the bytes."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while chunk := os.read(fd, 1 << 20):
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)

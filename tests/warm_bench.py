@@ -62,7 +62,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tests.benchkit import OWNER, BenchError, cassfs_cli, sigterm_as_interrupt, unmount
+from tests.benchkit import (
+    OWNER,
+    BenchError,
+    cassfs_cli,
+    read_whole,
+    sigterm_as_interrupt,
+    unmount,
+)
 from tests.stdlib_tree import STDLIB, stdlib_files
 
 log = logging.getLogger("warm_bench")
@@ -94,18 +101,6 @@ def stat_walk(root: Path) -> dict[str, int]:
             path = os.path.join(dirpath, name)
             sizes[os.path.relpath(path, root)] = os.lstat(path).st_size
     return sizes
-
-
-def read_whole(path: str) -> bytes:
-    """Open, read to the end and close, as PHP's include does after its stat."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        parts = []
-        while chunk := os.read(fd, 1 << 20):
-            parts.append(chunk)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
 
 
 def read_all(paths: list[str]) -> list[bytes]:
