@@ -13,7 +13,10 @@ pyfuse3 ``EntryAttributes`` and libfuse ``fuse_lowlevel.h``.
 
 What the front keeps per inode (lookup count, open handles, write buffer, the
 version in the kernel's page cache, the reusable open answer) is one
-:class:`~cassfs.inodes.InodeState` in :attr:`Operations.inodes`.
+:class:`~cassfs.inodes.InodeState` in :attr:`Operations.inodes`, per kernel node:
+handlers get node ids from the kernel and name inode numbers to the daemon
+(``self.inodes.ino_of``); a file's newer version may get an alias node while older
+handles read through the page cache (see :mod:`cassfs.inodes`).
 
 Operation -> RPC: lookup/getattr/setattr/readlink -> the same name;
 opendir -> readdir; mkdir/create/symlink/unlink/rmdir/rename -> the same name;
@@ -67,7 +70,7 @@ from cached.errors import (
     ReadOnly,
     TooBig,
 )
-from cached.model import NAME_MAX, ROOT_INO, Inode, needs_atime
+from cached.model import NAME_MAX, REGULAR, ROOT_INO, Inode, needs_atime
 from cassfs.handles import OpenFile, WriteBuffer, check_size
 from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
 from cassfs.kernel import FuseKernelCache, KernelCache
@@ -86,6 +89,9 @@ R = TypeVar("R")
 MOVED_DENTRY_WAIT = 1.0
 #: Seconds the front waits for the kernel to drop one dentry another host changed.
 REMOTE_ENTRY_WAIT = 0.5
+#: Seconds during which an open by the same caller coming back to a node it was sent
+#: away from (ESTALE) is taken for the VFS's retry that cannot go elsewhere.
+STALE_RETRY_WINDOW = 2.0
 
 
 def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -265,15 +271,16 @@ class Operations(pyfuse3.Operations):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
-        """EntryAttributes of the daemon's ``inode``, with the mount's timeouts.
+    def _entry(self, inode: Inode, node: int | None = None) -> pyfuse3.EntryAttributes:
+        """EntryAttributes of the daemon's ``inode`` as node ``node`` (default: its current
+        node), with the mount's timeouts.
 
-        Size and mtime are what the inode's record says the kernel must see
+        Size and mtime are what the node's record says the kernel must see
         (:meth:`InodeState.reported`): a write buffer's size, or the size of the
         version handles read through the page cache.
         """
         attrs = pyfuse3.EntryAttributes()
-        ino = inode.ino
+        ino = self.inodes.node_of(inode.ino) if node is None else node
         state = self.inodes.get(ino)
         if state is not None:
             size, mtime_ns = state.reported(inode, self.epoch)
@@ -296,10 +303,40 @@ class Operations(pyfuse3.Operations):
         attrs.st_ctime_ns = inode.ctime_ns
         return attrs
 
-    def _remember(self, inode: Inode) -> pyfuse3.EntryAttributes:
-        """An entry reply: the kernel now holds one more reference."""
-        self.inodes.remember(inode.ino)
-        return self._entry(inode)
+    def _remember(
+        self, inode: Inode, parent: int | None = None, name: bytes | None = None
+    ) -> pyfuse3.EntryAttributes:
+        """An entry reply (as ``name`` in ``parent`` when given): the kernel now holds one
+        more reference to the node :meth:`_node_for` chose."""
+        node = self._node_for(inode)
+        state = self.inodes.remember(node)
+        if parent is not None and name is not None and inode.kind == REGULAR:
+            state.named(parent, name)
+        return self._entry(inode, node)
+
+    def _node_for(self, inode: Inode) -> int:
+        """The node to give the kernel for the daemon's ``inode``.
+
+        Its current node, unless handles there read another version through the page
+        cache: then ``inode``'s version gets a new alias node (:meth:`_supersede`).
+        """
+        node = self.inodes.node_of(inode.ino)
+        if inode.kind != REGULAR:
+            return node
+        state = self.inodes.get(node)
+        if state is not None and state.outdated_by(Version.of(inode, self.epoch)):
+            node = self._supersede(state).node
+        return node
+
+    def _supersede(self, state: InodeState) -> InodeState:
+        """Give ``state``'s inode a new alias node; have the kernel drop the names it
+        holds for ``state``'s node, so that walks look them up again and get the new one."""
+        alias = self.inodes.supersede(state.ino)
+        log.debug("inode %d: node %d superseded by %d", state.ino, state.node, alias.node)
+        for parent, name in state.names:
+            self.kernel.invalidate_entry_soon(parent, name)
+        state.names.clear()
+        return alias
 
     async def _dentry_told(
         self, parent: int, name: bytes, inode: Inode, wait: float | None = MOVED_DENTRY_WAIT
@@ -332,20 +369,29 @@ class Operations(pyfuse3.Operations):
         handle = self.inodes.handle(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return handle, self.inodes.state(handle.ino)
+        return handle, self.inodes.state(handle.node)
 
     def _unlinked(self, ino: int) -> None:
-        """``ino`` lost its last name: purge it now, or once the kernel forgets it."""
+        """``ino`` lost its last name: purge it now, or once the kernel forgets all its nodes."""
         if not ino:
             return
-        state = self.inodes.get(ino)
-        if state is None or (state.lookups == 0 and not state.handles):
+        records = self.inodes.records_of(ino)
+        if not self.inodes.in_use(ino):
             self._start_purge(ino)
-            if state is not None:
+            for state in records:
                 self.inodes.discard_if_idle(state)
-        else:
+            return
+        for state in records:
             state.unlinked = True
             state.reusable = None
+
+    def _purge_if_unused(self, state: InodeState) -> None:
+        """Purge ``state``'s unlinked inode once no node of it is held or open."""
+        if not state.unlinked or self.inodes.in_use(state.ino):
+            return
+        for record in self.inodes.records_of(state.ino):
+            record.unlinked = False
+        self._start_purge(state.ino)
 
     def _accessed(self, inode: Inode) -> Inode:
         """A read access to ``inode``: record it in the background if relatime asks to.
@@ -443,7 +489,7 @@ class Operations(pyfuse3.Operations):
                 negative.st_ino = 0
                 negative.entry_timeout = self.config.negative_ttl
                 return negative
-            entry = self._remember(inode)
+            entry = self._remember(inode, parent_inode, name)
             await self._dentry_told(parent_inode, name, inode)
             return entry
         return self._remember(inode)
@@ -453,7 +499,7 @@ class Operations(pyfuse3.Operations):
         """Attributes of ``inode`` (see :meth:`_entry` for size and mtime).  ESTALE when gone."""
         log.debug("getattr %d", inode)
         with _stale_if_gone(inode):
-            return self._entry(await self.daemon.getattr(inode))
+            return self._entry(await self.daemon.getattr(self.inodes.ino_of(inode)), inode)
 
     @_fuse_errors
     @_drops_listings
@@ -498,11 +544,12 @@ class Operations(pyfuse3.Operations):
                     if "size" in changes:  # the daemon made the other changes too
                         changes = {}
                 if changes:
-                    result = await self.daemon.setattr(inode, **changes)
+                    result = await self.daemon.setattr(state.ino, **changes)
                 elif result is None:
-                    result = await self.daemon.getattr(inode)
-            state.reusable = None
-            return self._entry(result)
+                    result = await self.daemon.getattr(state.ino)
+            for record in self.inodes.records_of(state.ino):
+                record.reusable = None
+            return self._entry(result, inode)
         finally:
             self.inodes.discard_if_idle(state)
 
@@ -540,7 +587,7 @@ class Operations(pyfuse3.Operations):
         """The symlink's target.  ESTALE when the inode is gone."""
         log.debug("readlink %d", inode)
         with _stale_if_gone(inode):
-            return await self.daemon.readlink(inode)
+            return await self.daemon.readlink(self.inodes.ino_of(inode))
 
     @_fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -592,11 +639,14 @@ class Operations(pyfuse3.Operations):
         directory, entries = opened
         for index in range(start_id, len(entries)):
             name, inode = entries[index]
-            state = self.inodes.remember(inode.ino)
-            if not pyfuse3.readdir_reply(token, name, self._entry(inode), index + 1):
-                self.inodes.forget(inode.ino, 1)  # not sent: the kernel takes no reference
+            node = self._node_for(inode)
+            state = self.inodes.remember(node)
+            if not pyfuse3.readdir_reply(token, name, self._entry(inode, node), index + 1):
+                self.inodes.forget(node, 1)  # not sent: the kernel takes no reference
                 self.inodes.discard_if_idle(state)
                 return
+            if inode.kind == REGULAR:
+                state.named(directory, name)
             await self._dentry_told(directory, name, inode, wait=None)
 
     @_fuse_errors
@@ -677,9 +727,12 @@ class Operations(pyfuse3.Operations):
         result = await self.daemon.rename(
             parent_inode_old, name_old, parent_inode_new, name_new, flags
         )
-        moved = self.inodes.get(result.ino)
-        if moved is not None and moved.dentry is not None:
-            moved.dentry = (parent_inode_new, name_new)  # the kernel moves its dentry itself
+        for moved in self.inodes.records_of(result.ino):
+            if moved.dentry is not None:
+                moved.dentry = (parent_inode_new, name_new)  # the kernel moves its dentry itself
+            if (parent_inode_old, name_old) in moved.names:
+                moved.names.discard((parent_inode_old, name_old))
+                moved.named(parent_inode_new, name_new)
         self._unlinked(result.replaced)
 
     @_fuse_errors
@@ -692,15 +745,15 @@ class Operations(pyfuse3.Operations):
         log.debug("link %d -> %d %r", inode, new_parent_inode, new_name)
         self._refuse_if_read_only("link")
         self._check_name(new_name)
+        ino = self.inodes.ino_of(inode)
         try:
-            linked = await self.daemon.link(inode, new_parent_inode, new_name)
+            linked = await self.daemon.link(ino, new_parent_inode, new_name)
         except Exists:
             self._name_taken(new_parent_inode, new_name)
             raise
-        state = self.inodes.get(inode)
-        if state is not None:
+        for state in self.inodes.records_of(ino):
             state.reusable = None  # its nlink and ctime changed
-        return self._remember(linked)
+        return self._remember(linked, new_parent_inode, new_name)
 
     @_fuse_errors
     @_drops_listings
@@ -725,18 +778,16 @@ class Operations(pyfuse3.Operations):
 
         Never raises (pyfuse3 must not see an exception from ``forget``).
         """
-        for ino, nlookup in inode_list:
+        for node, nlookup in inode_list:
             try:
-                state = self.inodes.forget(ino, nlookup)
+                state = self.inodes.forget(node, nlookup)
                 if state is None:
                     continue
                 state.reusable = None
-                if state.unlinked and not state.handles:
-                    state.unlinked = False
-                    self._start_purge(ino)
+                self._purge_if_unused(state)
                 self.inodes.discard_if_idle(state)
             except Exception:
-                log.exception("forget of inode %d failed", ino)
+                log.exception("forget of node %d failed", node)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -768,8 +819,13 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EISDIR) from None
             if not _may_open(existing, flags, ctx):  # the kernel checked a create, not this
                 raise pyfuse3.FUSEError(errno.EACCES) from None
-            info = await self.open(existing.ino, flags & ~os.O_CREAT, ctx)
-            return info, self._remember(existing)
+            entry = self._remember(existing, parent_inode, name)
+            try:
+                info = await self.open(entry.st_ino, flags & ~os.O_CREAT, ctx)
+            except BaseException:
+                self.forget_one(entry.st_ino)
+                raise
+            return info, entry
         ino = inode.ino
         state = self.inodes.state(ino)
         async with state.lock:
@@ -788,17 +844,26 @@ class Operations(pyfuse3.Operations):
             writable=True,
         )
         self.inodes.add_handle(handle, Placement.KEEP)
-        return pyfuse3.FileInfo(fh=handle.fh), self._remember(inode)
+        return pyfuse3.FileInfo(fh=handle.fh), self._remember(inode, parent_inode, name)
+
+    def forget_one(self, node: int) -> None:
+        """Take back one reference counted for a reply that was not sent."""
+        state = self.inodes.forget(node, 1)
+        if state is not None:
+            self._purge_if_unused(state)
+            self.inodes.discard_if_idle(state)
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         """Open a file: its version from the daemon (or its last answer, while it holds).
 
-        The kernel keeps its page cache only for the version it holds; an open of
-        another version drops pages and cached attributes, or, while handles of the
-        held version are open, waits for them and then reads with ``direct_io``
-        (see :meth:`InodeState.placement`).  A truncating open empties the write
-        buffer at once.  ESTALE when the inode is gone, EISDIR for a directory.
+        The kernel keeps its page cache and size per node, for the version it holds;
+        an open of another version drops pages and cached attributes, or, while
+        handles of the held version read through the page cache, answers ESTALE
+        after giving the new version a node of its own: the VFS then walks the path
+        again (``LOOKUP_REVAL``) and opens that node (see :meth:`_place`).  A
+        truncating open empties the write buffer at once.  ESTALE when the inode is
+        gone, EISDIR for a directory.
         """
         log.debug("open %d flags %#o", inode, flags)
         access = flags & os.O_ACCMODE
@@ -815,7 +880,7 @@ class Operations(pyfuse3.Operations):
             if info is None:
                 with _stale_if_gone(inode):
                     reply = await self.daemon.open(
-                        inode, fetch=not truncating, inline=state.pages is None
+                        state.ino, fetch=not truncating, inline=state.pages is None
                     )
                 info = reply.inode
                 if info.is_dir:
@@ -834,17 +899,18 @@ class Operations(pyfuse3.Operations):
             version = Version.of(info, self.epoch)
             handle = OpenFile(
                 next(self._fh),
-                inode,
+                state.ino,
                 version.content_id,
                 version.size,
                 version.mtime_ns,
                 self.epoch,
                 data=data,
                 writable=writable,
+                node=inode,
             )
             if truncating:
                 await self._truncate_at_open(state, handle)
-            placement = await self._place(state, handle, version, writable)
+            placement = await self._place(state, handle, version, writable, ctx.pid)
             if reusable is not None:
                 state.reusable = reusable
             return pyfuse3.FileInfo(
@@ -872,14 +938,28 @@ class Operations(pyfuse3.Operations):
             handle.dirtied = changed
 
     async def _place(
-        self, state: InodeState, handle: OpenFile, version: Version, writable: bool
+        self, state: InodeState, handle: OpenFile, version: Version, writable: bool, pid: int
     ) -> Placement:
         """Register ``handle`` (of ``version``) where it may use the page cache; its placement.
 
-        Waits up to ``switch_wait`` seconds for handles of another version to close;
-        a SWITCH returns only once the kernel dropped the cached attributes, and so
-        does a KEEP that found another open's switch in progress.
+        While handles of another version read through the page cache of this node,
+        the open goes to a node of its own: :class:`InodeGone` (ESTALE) after
+        :meth:`_supersede` (or because it happened already).  The VFS retries the
+        open once, walking the path with ``LOOKUP_REVAL``, whose lookup gets the new
+        node (Linux ``fs/namei.c``, ``do_filp_open``).  An open by ``pid`` that comes
+        back to this node within :data:`STALE_RETRY_WINDOW` seconds (a walk that
+        cannot reach another node, e.g. through ``/proc/PID/fd``) waits up to
+        ``switch_wait`` seconds for those handles to close, then bypasses the page
+        cache (``direct_io``): its data is right, but ``st_size`` stays the older
+        version's.  A SWITCH returns only once the kernel dropped the cached
+        attributes, and so does a KEEP that found another open's switch in progress.
         """
+        conflict = state.placement(version, writable=writable, may_wait=True)
+        if conflict is Placement.WAIT and self._send_elsewhere(state, pid):
+            raise InodeGone(
+                f"inode {state.ino}: node {state.node} holds another version; "
+                f"the open goes to node {self.inodes.node_of(state.ino)}"
+            )
         deadline = trio.current_time() + self.config.switch_wait
         while True:
             placement = state.placement(
@@ -894,14 +974,26 @@ class Operations(pyfuse3.Operations):
             try:
                 if not state.attributes_told_for(version):
                     state.attributes_dropped()
-                    await self.kernel.invalidate_attributes(state.ino)
+                    await self.kernel.invalidate_attributes(state.node)
             finally:
                 state.finish_switch()
         elif placement is Placement.KEEP:
             await state.wait_for_switch()
         else:
-            log.debug("inode %d: handle %d reads with direct_io", state.ino, handle.fh)
+            log.debug("node %d: handle %d reads with direct_io", state.node, handle.fh)
         return placement
+
+    def _send_elsewhere(self, state: InodeState, pid: int) -> bool:
+        """Whether an open by ``pid`` of ``state``'s node, which holds another version,
+        is answered ESTALE to reach a newer node (made now if there is none)."""
+        now = trio.current_time()
+        told = state.stale_told
+        if told is not None and told[0] == pid and now - told[1] < STALE_RETRY_WINDOW:
+            return False  # the retry came back here
+        if not self.inodes.superseded(state):
+            self._supersede(state)
+        state.stale_told = (pid, now)
+        return True
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -1023,9 +1115,7 @@ class Operations(pyfuse3.Operations):
         handle, state = removed
         if state.buffer is not None:
             await self._release_buffer(state, handle)
-        if state.unlinked and state.lookups == 0 and not state.handles:
-            state.unlinked = False
-            self._start_purge(state.ino)
+        self._purge_if_unused(state)
         self.inodes.discard_if_idle(state)
 
     async def _release_buffer(self, state: InodeState, handle: OpenFile) -> None:
@@ -1085,12 +1175,13 @@ class Operations(pyfuse3.Operations):
         if check_xattr_name(name) == b"trusted." and ctx.uid != 0:
             raise NoAttribute(f"{name!r} is for root only")
         now = trio.current_time()
-        if self.xattrs_absent.known(inode, name, now):  # see cassfs.xattrs
+        if self.xattrs_absent.known(self.inodes.ino_of(inode), name, now):  # cassfs.xattrs
             raise pyfuse3.FUSEError(errno.ENODATA)
         generation = self.xattrs_absent.generation
-        reply = await self.daemon.getxattr(inode, name)
+        ino = self.inodes.ino_of(inode)
+        reply = await self.daemon.getxattr(ino, name)
         if reply.value is None:
-            self.xattrs_absent.remember(inode, name, now + reply.fresh_for, generation)
+            self.xattrs_absent.remember(ino, name, now + reply.fresh_for, generation)
             raise pyfuse3.FUSEError(errno.ENODATA)
         return reply.value
 
@@ -1115,17 +1206,18 @@ class Operations(pyfuse3.Operations):
             raise NotPermitted(f"{name!r} is for root only")
         if len(value) > XATTR_SIZE_MAX:
             raise TooBig(f"a value of {len(value)} bytes")
+        ino = self.inodes.ino_of(inode)
         try:
             with _stale_if_gone(inode):
-                await self.daemon.setxattr(inode, name, value, flags)
+                await self.daemon.setxattr(ino, name, value, flags)
         finally:  # also after EEXIST/ENODATA: another host changed them
-            self._xattrs_changed(inode)
+            self._xattrs_changed(ino)
 
     @_fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         """The attribute names of ``inode``; ``trusted.*`` only for root (as Linux lists)."""
         log.debug("listxattr %d", inode)
-        names = await self.daemon.listxattr(inode)
+        names = await self.daemon.listxattr(self.inodes.ino_of(inode))
         if ctx.uid != 0:
             names = [n for n in names if not n.startswith(b"trusted.")]
         return names
@@ -1138,19 +1230,19 @@ class Operations(pyfuse3.Operations):
         self._refuse_if_read_only("removexattr")
         if check_xattr_name(name) == b"trusted." and ctx.uid != 0:
             raise NotPermitted(f"{name!r} is for root only")
+        ino = self.inodes.ino_of(inode)
         try:
             with _stale_if_gone(inode):
-                await self.daemon.removexattr(inode, name)
+                await self.daemon.removexattr(ino, name)
         finally:  # also after ENODATA: another host may have removed it
-            self._xattrs_changed(inode)
+            self._xattrs_changed(ino)
 
     def _xattrs_changed(self, ino: int) -> None:
         """This mount changed, or tried to change, an attribute of ``ino``: forget what is
         kept of them (also answers in flight), and the reusable answer (its ctime changed;
         the kernel drops its cached ctime itself)."""
         self.xattrs_absent.forget(ino)
-        state = self.inodes.get(ino)
-        if state is not None:
+        for state in self.inodes.records_of(ino):
             state.reusable = None
 
     # -- daemon notifications -------------------------------------------------------------
@@ -1170,17 +1262,22 @@ class Operations(pyfuse3.Operations):
         if event == "changed":
             inos = params.get("inos", ())
             self.listings.drop(inos, [(parent, name) for parent, name in params.get("names", ())])
-            for ino in inos:
-                self.xattrs_absent.forget(ino)
-                state = self.inodes.get(ino)
-                if state is not None:
-                    state.reusable = None
-            known = [ino for ino in inos if self.inodes.get(ino) is not None]
+            known: list[int] = []  # nodes
             names = [
                 (parent, name)
                 for parent, name in params.get("names", ())
                 if parent == ROOT_INO or self.inodes.get(parent) is not None
             ]
+            for ino in inos:
+                self.xattrs_absent.forget(ino)
+                for state in self.inodes.records_of(ino):
+                    state.reusable = None
+                    known.append(state.node)
+                    if state.page_handles() and state.names:
+                        # it may hold another version now: walks must look the names
+                        # up again, to get it as a node of its own (see _node_for)
+                        names.extend(state.names)
+                        state.names.clear()
             if known or names:
                 return functools.partial(self._invalidate_changed, known, names)
         elif event == "purged":
@@ -1194,7 +1291,7 @@ class Operations(pyfuse3.Operations):
         return None
 
     async def _invalidate_changed(self, inos: list[int], names: list[tuple[int, bytes]]) -> None:
-        """Drop the kernel's attributes of ``inos`` and its dentries of ``names`` (another
+        """Drop the kernel's attributes of nodes ``inos`` and its dentries of ``names`` (another
         mount or host changed them); never raises.  Dentries are dropped from worker threads, one
         at a time and at most :data:`REMOTE_ENTRY_WAIT` seconds each (a busy directory
         keeps its dentry until its entry timeout), never through pyfuse3's one
@@ -1217,6 +1314,6 @@ class Operations(pyfuse3.Operations):
 
     async def destroy(self) -> None:
         """After unmount: purge the inodes still waiting for their last forget."""
-        for state in self.inodes.unlinked():
-            await self._purge(state.ino)
+        for ino in {state.ino for state in self.inodes.unlinked()}:
+            await self._purge(ino)
         self.inodes.clear()

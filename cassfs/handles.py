@@ -33,6 +33,9 @@ SPILL_BYTES = INLINE_LIMIT
 class OpenFile:
     """One open(2) of a regular file, by its FUSE file handle ``fh``.
 
+    ``ino`` is the inode number, ``node`` the kernel's node id it was opened through
+    (the inode number unless an alias: see :mod:`cassfs.inodes`; 0 means ``ino``).
+
     The handle reads the content version it opened (``content_id``, ``size`` in
     bytes, ``mtime_ns``, under the daemon's cache ``epoch``) unless its inode has a
     write buffer; ``data`` holds that whole version when the daemon sent it inline.
@@ -56,6 +59,11 @@ class OpenFile:
     page_cache: bool = True
     dirtied: bool = False
     failed: bool = False
+    node: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.node:
+            self.node = self.ino
 
     def move_to(self, content_id: bytes, size: int, mtime_ns: int, epoch: int) -> None:
         """Read version ``content_id`` (``size`` bytes) from now on; drops inline data."""

@@ -27,6 +27,18 @@ A :class:`InodeState` gathers everything the front keeps about one inode number:
 - ``dentry``: for a directory, the ``(parent, name)`` under which the front last
   gave it to the kernel.  The kernel holds one dentry per directory; when another
   host moved it, the old one must go (see ``Operations._dentry_told``).
+- ``names``: for a regular file, the ``(parent, name)`` pairs under which the front
+  gave it to the kernel (at most :data:`NAMES_KEPT`), so that its dentries can be
+  dropped once a newer version has a node of its own.
+
+Node ids and aliases.  The kernel knows an inode by its FUSE node id, and caches
+pages and ``st_size`` per node.  A node id is the inode number, except for an
+*alias*: when another version of a file must be given to the kernel while handles
+of the version its node holds read through the page cache, the front gives the
+newer version a node of its own (:meth:`InodeTable.supersede`, ids from
+:data:`ALIAS_BASE` up, above every inode number).  Each node then has its own pages
+and size, so old readers read their version whole and new ones see the new size.
+A record's ``node`` is its node id and ``ino`` the inode number the daemon knows.
 
 Invariants between checkpoints (every ``await``):
 
@@ -42,6 +54,7 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+import itertools
 from dataclasses import dataclass
 
 import trio
@@ -49,6 +62,14 @@ import trio
 from cached.errors import CassfsError
 from cached.model import REGULAR, ROOT_INO, Inode
 from cassfs.handles import OpenFile, WriteBuffer
+
+#: Node ids from here up are aliases (see the module docstring); inode numbers are
+#: below 2**63 (``cached.core.new_inode_number``).
+ALIAS_BASE = 1 << 63
+
+#: Names kept per file record (hard links beyond these keep their dentries until the
+#: entry timeout).
+NAMES_KEPT = 8
 
 
 class InodeGone(CassfsError):
@@ -124,14 +145,18 @@ class InodeState:
         "ino",
         "lock",
         "lookups",
+        "names",
+        "node",
         "pages",
         "reusable",
+        "stale_told",
         "told",
         "unlinked",
     )
 
-    def __init__(self, ino: int) -> None:
-        self.ino = ino
+    def __init__(self, node: int, ino: int | None = None) -> None:
+        self.node = node
+        self.ino = node if ino is None else ino
         self.lookups = 0
         self.handles: dict[int, OpenFile] = {}
         self.buffer: WriteBuffer | None = None
@@ -140,6 +165,10 @@ class InodeState:
         self.unlinked = False
         self.told: set[tuple[bytes, int]] | None = None
         self.dentry: tuple[int, bytes] | None = None
+        self.names: set[tuple[int, bytes]] = set()
+        #: ``(pid, trio time)`` of the last open answered ESTALE to send its caller to a
+        #: newer node (see ``Operations._place``).
+        self.stale_told: tuple[int, float] | None = None
         self.lock = trio.Lock()
         self._page_handles_closed: trio.Event | None = None
         self._switched: trio.Event | None = None
@@ -147,8 +176,9 @@ class InodeState:
 
     def __repr__(self) -> str:
         return (
-            f"InodeState(ino={self.ino}, lookups={self.lookups}, handles={len(self.handles)}, "
-            f"buffer={self.buffer is not None}, pages={self.pages}, unlinked={self.unlinked})"
+            f"InodeState(node={self.node}, ino={self.ino}, lookups={self.lookups}, "
+            f"handles={len(self.handles)}, buffer={self.buffer is not None}, "
+            f"pages={self.pages}, unlinked={self.unlinked})"
         )
 
     # -- page cache ---------------------------------------------------------------------
@@ -156,6 +186,21 @@ class InodeState:
     def page_handles(self) -> int:
         """How many open handles read through the kernel's page cache."""
         return sum(1 for handle in self.handles.values() if handle.page_cache)
+
+    def outdated_by(self, version: Version) -> bool:
+        """True when handles read ``self.pages`` through the page cache and ``version``
+        has other content: the kernel must get ``version`` as another node."""
+        return (
+            self.buffer is None
+            and self.pages is not None
+            and not self.pages.same_content(version)
+            and self.page_handles() > 0
+        )
+
+    def named(self, parent: int, name: bytes) -> None:
+        """The kernel got this file as ``name`` in ``parent`` (kept up to :data:`NAMES_KEPT`)."""
+        if len(self.names) < NAMES_KEPT:
+            self.names.add((parent, name))
 
     def placement(self, version: Version, *, writable: bool, may_wait: bool) -> Placement:
         """How an open that found ``version`` must use the page cache.
@@ -312,65 +357,124 @@ class InodeState:
 
 
 class InodeTable:
-    """Every :class:`InodeState`, by inode number, and every open handle, by ``fh``."""
+    """Every :class:`InodeState`, by node id, and every open handle, by ``fh``.
+
+    A node id is the inode number, or an alias made by :meth:`supersede` (see the
+    module docstring); :meth:`node_of` gives the node the kernel should get for an
+    inode now, :meth:`ino_of` the inode number behind a node id.
+    """
 
     def __init__(self) -> None:
         self._states: dict[int, InodeState] = {}
         self._handles: dict[int, OpenFile] = {}
+        #: inode number -> its newest alias, while that alias has a record.
+        self._current: dict[int, int] = {}
+        #: inode number -> the node ids of its alias records.
+        self._aliases: dict[int, set[int]] = {}
+        self._next_alias = itertools.count(ALIAS_BASE)
 
-    def get(self, ino: int) -> InodeState | None:
-        """The record of ``ino``, or None when the front knows nothing about it."""
-        return self._states.get(ino)
+    def get(self, node: int) -> InodeState | None:
+        """The record of node ``node``, or None when the front knows nothing about it."""
+        return self._states.get(node)
 
-    def state(self, ino: int) -> InodeState:
-        """The record of ``ino``, created empty if missing."""
-        state = self._states.get(ino)
+    def state(self, node: int) -> InodeState:
+        """The record of node ``node``, created empty if missing.
+
+        Raises :class:`InodeGone` (ESTALE) for an alias without a record: the kernel
+        forgot it, so no request should name it.
+        """
+        state = self._states.get(node)
         if state is None:
-            state = self._states[ino] = InodeState(ino)
+            if node >= ALIAS_BASE:
+                raise InodeGone(f"node {node} is no longer known")
+            state = self._states[node] = InodeState(node)
         return state
 
-    def remember(self, ino: int, n: int = 1) -> InodeState:
-        """The kernel takes ``n`` more references to ``ino``; returns its record.
+    def node_of(self, ino: int) -> int:
+        """The node id under which the kernel should get inode ``ino`` now."""
+        return self._current.get(ino, ino)
+
+    def ino_of(self, node: int) -> int:
+        """The inode number behind node id ``node``; :class:`InodeGone` for an unknown alias."""
+        if node < ALIAS_BASE:
+            return node
+        return self.state(node).ino
+
+    def records_of(self, ino: int) -> list[InodeState]:
+        """Every record of inode ``ino``: its own node's and its aliases'."""
+        nodes = [ino, *self._aliases.get(ino, ())]
+        return [state for node in nodes if (state := self._states.get(node)) is not None]
+
+    def supersede(self, ino: int) -> InodeState:
+        """Give inode ``ino`` a new alias node, from now on its current node; its record.
+
+        The record starts counting the sizes told to the kernel, as :meth:`remember`'s.
+        """
+        node = next(self._next_alias)
+        state = self._states[node] = InodeState(node, ino)
+        state.told = set()
+        self._current[ino] = node
+        self._aliases.setdefault(ino, set()).add(node)
+        return state
+
+    def superseded(self, state: InodeState) -> bool:
+        """True when ``state``'s inode has a newer node than ``state``'s."""
+        return self.node_of(state.ino) != state.node
+
+    def remember(self, node: int, n: int = 1) -> InodeState:
+        """The kernel takes ``n`` more references to node ``node``; returns its record.
 
         Call it before building the entry reply: a record made here starts to count
         the sizes told to the kernel (it learns the inode from that reply).
         """
-        state = self._states.get(ino)
+        state = self._states.get(node)
         if state is None:
-            state = self._states[ino] = InodeState(ino)
+            state = self.state(node)
             state.told = set()
         state.lookups += n
         return state
 
-    def forget(self, ino: int, n: int) -> InodeState | None:
-        """The kernel dropped ``n`` references to ``ino``.
+    def forget(self, node: int, n: int) -> InodeState | None:
+        """The kernel dropped ``n`` references to node ``node``.
 
         Returns the record when the kernel now holds none (the root never counts as
         forgotten), else None.  Dropping more than were counted clamps at zero (unmount
         skips some forgets), never an error.  The record stays in the table while it is
         not :meth:`InodeState.idle`; call :meth:`discard_if_idle` when done with it.
         """
-        state = self._states.get(ino)
+        state = self._states.get(node)
         if state is None:
             return None
         state.lookups = max(0, state.lookups - n)
-        if state.lookups > 0 or ino == ROOT_INO:
+        if state.lookups > 0 or node == ROOT_INO:
             return None
         return state
 
-    def lookups(self, ino: int) -> int:
-        """References the kernel holds to ``ino``."""
-        state = self._states.get(ino)
+    def lookups(self, node: int) -> int:
+        """References the kernel holds to node ``node``."""
+        state = self._states.get(node)
         return state.lookups if state is not None else 0
 
     def known(self) -> list[int]:
-        """Every inode the kernel holds a reference to."""
-        return [ino for ino, state in self._states.items() if state.lookups > 0]
+        """Every node the kernel holds a reference to."""
+        return [node for node, state in self._states.items() if state.lookups > 0]
 
     def discard_if_idle(self, state: InodeState) -> None:
         """Drop ``state`` from the table if nothing needs it any more."""
-        if state.idle() and self._states.get(state.ino) is state:
-            del self._states[state.ino]
+        if not state.idle() or self._states.get(state.node) is not state:
+            return
+        del self._states[state.node]
+        if state.node != state.ino:
+            aliases = self._aliases.get(state.ino, set())
+            aliases.discard(state.node)
+            if not aliases:
+                self._aliases.pop(state.ino, None)
+            if self._current.get(state.ino) == state.node:
+                del self._current[state.ino]
+
+    def in_use(self, ino: int) -> bool:
+        """True while the kernel holds a node of inode ``ino`` or a handle is open on one."""
+        return any(state.lookups or state.handles for state in self.records_of(ino))
 
     def unlinked(self) -> list[InodeState]:
         """Records of inodes that lost their last name and wait for a purge."""
@@ -384,7 +488,7 @@ class InodeTable:
 
     def add_handle(self, handle: OpenFile, placement: Placement) -> InodeState:
         """Register an open handle as :meth:`InodeState.open_handle` does; returns its record."""
-        state = self.state(handle.ino)
+        state = self.state(handle.node)
         state.open_handle(handle, placement)
         self._handles[handle.fh] = handle
         return state
@@ -394,7 +498,7 @@ class InodeTable:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return None
-        state = self.state(handle.ino)
+        state = self.state(handle.node)
         state.close_handle(fh)
         return handle, state
 
@@ -406,3 +510,5 @@ class InodeTable:
         """Forget everything (after unmount)."""
         self._states.clear()
         self._handles.clear()
+        self._current.clear()
+        self._aliases.clear()

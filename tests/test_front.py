@@ -153,6 +153,51 @@ def test_handles_open_on_two_versions_of_one_file_each_read_their_own_whole(
         assert os.fstat(third.fileno()).st_size == new_size
 
 
+def read_as_php_does(path: Path) -> tuple[int, int, bytes]:
+    """``(st_ino, st_size, bytes)``: open, fstat, then read exactly ``st_size`` bytes, as
+    PHP's include does (it trusts the size)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        data = b""
+        while len(data) < st.st_size:
+            chunk = os.read(fd, st.st_size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return st.st_ino, st.st_size, data
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("old_size", "new_size"), [(100_000, 150_000), (150_000, 100_000)])
+def test_a_reader_trusting_st_size_gets_the_new_version_whole_while_an_old_one_is_open(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str], old_size: int, new_size: int
+) -> None:
+    """A handle of the old version stays open on B (a long download, a slow request):
+    the kernel's pages and size of that inode are the old version's.  A PHP include of
+    the new version must still get it whole, with its own size (before: cut at the old
+    size).  The new version gets a node of its own on B, so its st_ino differs there."""
+    a = mount_cassfs("writer", *tenant, None, *FAST)
+    b = mount_cassfs("reader", *tenant, None, *KERNEL_KEEPS)
+    old, new = b"o" * old_size, b"n" * new_size
+    (a.path / "plugin.php").write_bytes(old)
+    poll_until(lambda: (b.path / "plugin.php").read_bytes() == old, 10, "the first version")
+    with open(b.path / "plugin.php", "rb") as held:
+        head = held.read(50_000)
+        old_ino = os.fstat(held.fileno()).st_ino
+        (a.path / "plugin.php").write_bytes(new)
+        poll_until(lambda: read_as_php_does(b.path / "plugin.php")[2] != old, 20, "the new version")
+        for _ in range(20):
+            ino, size, data = read_as_php_does(b.path / "plugin.php")
+            assert (size, data) == (new_size, new)
+            assert os.stat(b.path / "plugin.php").st_size == new_size
+        assert ino != old_ino
+        assert head + held.read() == old  # the old handle reads its version whole
+        assert os.fstat(held.fileno()).st_size == old_size
+    assert read_as_php_does(b.path / "plugin.php")[1:] == (new_size, new)
+
+
 def test_a_file_replaced_by_rename_on_another_host_never_goes_missing(
     mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
 ) -> None:

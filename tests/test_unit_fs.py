@@ -27,6 +27,7 @@ import trio.testing
 from cached.errors import CassfsError, Exists, NotFound, StorageError
 from cached.model import DIRECTORY, REGULAR, Inode
 from cassfs.fs import FrontConfig, Operations
+from cassfs.inodes import ALIAS_BASE
 from cassfs.kernel import ENTRY_INVALIDATION_THREADS, FuseKernelCache
 
 DIR_INO = 1
@@ -496,35 +497,72 @@ async def test_a_new_version_with_no_old_reader_drops_pages_and_size(
     assert await ops.read(info.fh, 0, 100) == b"a much longer new version"
 
 
-async def test_a_new_version_while_an_old_reader_is_open_bypasses_the_page_cache(
+async def test_a_new_version_while_an_old_reader_is_open_gets_a_node_of_its_own(
+    ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
+) -> None:
+    """Pages and st_size are per kernel inode: two versions read at once need two nodes.
+
+    The open of the new version is sent away (ESTALE); the VFS's retry looks the name
+    up again and opens the new node, whose size is the new version's.
+    """
+    ino = await looked_up(ops)
+    old = await ops.open(ino, os.O_RDONLY, CTX)
+    daemon.rewrite(b"short")
+    with pytest.raises(pyfuse3.FUSEError) as stale:
+        await ops.open(ino, os.O_RDONLY, CTX)
+    assert stale.value.errno == errno.ESTALE
+    assert kernel.entries == [(DIR_INO, b"page.php")]  # other walks look it up again too
+    entry = await ops.lookup(DIR_INO, b"page.php", CTX)  # the retry's LOOKUP_REVAL
+    alias = entry.st_ino
+    assert alias >= ALIAS_BASE and entry.st_size == 5
+    new = await ops.open(alias, os.O_RDONLY, CTX)
+    assert (new.keep_cache, new.direct_io) == (False, False)
+    assert (await ops.getattr(alias, CTX)).st_size == 5
+    # the old node keeps the old reader's size and pages: its reads are not cut
+    assert (await ops.getattr(ino, CTX)).st_size == 10
+    assert await ops.read(new.fh, 0, 100) == b"short"
+    assert await ops.read(old.fh, 0, 100) == b"0123456789"
+    assert (await ops.lookup(DIR_INO, b"page.php", CTX)).st_ino == alias
+    # every daemon call names the inode number, never the alias
+    assert {params["ino"] for method, params in daemon.calls if method != "lookup"} == {ino}
+    await ops.release(old.fh)
+    await ops.forget([(ino, 1)])
+    assert ops.inodes.get(ino) is None
+    assert (await ops.lookup(DIR_INO, b"page.php", CTX)).st_ino == alias
+
+
+async def test_an_open_that_comes_back_to_the_old_node_bypasses_the_page_cache(
     daemon: FakeDaemon, kernel: FakeKernel, tmp_path: Path
 ) -> None:
+    """A walk that cannot reach the new node (``/proc/PID/fd/N``) still reads its version."""
     ops = make_ops(daemon, kernel, tmp_path, switch_wait=0.0)
     ino = await looked_up(ops)
     old = await ops.open(ino, os.O_RDONLY, CTX)
     daemon.rewrite(b"short")
-    new = await ops.open(ino, os.O_RDONLY, CTX)
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.open(ino, os.O_RDONLY, CTX)
+    new = await ops.open(ino, os.O_RDONLY, CTX)  # the same caller's retry, here again
     assert (new.keep_cache, new.direct_io) == (True, True)
     assert kernel.attributes == []
-    # the kernel keeps the old reader's size, so it does not cut the old reader's reads
     assert (await ops.getattr(ino, CTX)).st_size == 10
-    assert (await ops.lookup(DIR_INO, b"page.php", CTX)).st_size == 10
     assert await ops.read(new.fh, 0, 100) == b"short"
     assert await ops.read(old.fh, 0, 100) == b"0123456789"
     await ops.release(old.fh)
     assert (await ops.getattr(ino, CTX)).st_size == 5
-    third = await ops.open(ino, os.O_RDONLY, CTX)
+    other = SimpleNamespace(uid=0, gid=0, pid=2, umask=0o022)
+    third = await ops.open(ino, os.O_RDONLY, other)
     assert (third.keep_cache, third.direct_io) == (False, False)
     assert kernel.attributes == [ino]
-    assert await ops.read(new.fh, 0, 100) == b"short"
 
 
-async def test_a_new_version_waits_for_the_old_readers_to_close(
+async def test_a_retry_that_comes_back_waits_for_the_old_readers_to_close(
     ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
 ) -> None:
     ino = await looked_up(ops)
     old = await ops.open(ino, os.O_RDONLY, CTX)
     daemon.rewrite(b"new")
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.open(ino, os.O_RDONLY, CTX)
     opened: list[pyfuse3.FileInfo] = []
 
     async def open_new() -> None:
@@ -537,6 +575,26 @@ async def test_a_new_version_waits_for_the_old_readers_to_close(
         await ops.release(old.fh)
     assert (opened[0].keep_cache, opened[0].direct_io) == (False, False)
     assert kernel.attributes == [ino]
+
+
+async def test_an_unlinked_file_is_purged_once_every_node_of_it_is_forgotten(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    ino = await looked_up(ops)
+    old = await ops.open(ino, os.O_RDONLY, CTX)
+    daemon.rewrite(b"new")
+    alias = (await ops.lookup(DIR_INO, b"page.php", CTX)).st_ino
+    assert alias != ino
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        await ops.unlink(DIR_INO, b"page.php", CTX)
+        await ops.forget([(alias, 1)])
+        await ops.release(old.fh)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not any(method == "purge_inode" for method, _ in daemon.calls)
+        await ops.forget([(ino, 1)])
+        await trio.testing.wait_all_tasks_blocked()
+    assert [params["ino"] for method, params in daemon.calls if method == "purge_inode"] == [ino]
 
 
 async def test_a_reused_open_answer_is_dropped_once_a_newer_version_is_seen(
