@@ -85,8 +85,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Seconds a lookup waits for the kernel to drop a moved directory's old dentry.
-MOVED_DENTRY_WAIT = 1.0
 #: Seconds the front waits for the kernel to drop one dentry another host changed.
 REMOTE_ENTRY_WAIT = 0.5
 #: Seconds during which an open by the same caller coming back to a node it was sent
@@ -308,24 +306,37 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         """An entry reply (as ``name`` in ``parent`` when given): the kernel now holds one
         more reference to the node :meth:`_node_for` chose."""
-        node = self._node_for(inode)
+        node = self._node_for(inode, parent, name)
         state = self.inodes.remember(node)
-        if parent is not None and name is not None and inode.kind == REGULAR:
-            state.named(parent, name)
+        if parent is not None and name is not None:
+            if inode.kind == REGULAR:
+                state.named(parent, name)
+            elif inode.is_dir:
+                state.dentry = (parent, name)
         return self._entry(inode, node)
 
-    def _node_for(self, inode: Inode) -> int:
-        """The node to give the kernel for the daemon's ``inode``.
+    def _node_for(self, inode: Inode, parent: int | None = None, name: bytes | None = None) -> int:
+        """The node to give the kernel for the daemon's ``inode`` (as ``name`` in node
+        ``parent`` when given): its current node, unless that node cannot take it, in which
+        case ``inode`` gets a new alias node (:meth:`_supersede`):
 
-        Its current node, unless handles there read another version through the page
-        cache: then ``inode``'s version gets a new alias node (:meth:`_supersede`).
+        - a file whose node holds another version that handles read through the page
+          cache (pages and ``st_size`` are per node);
+        - a directory given as another name than its node's dentry: another host moved
+          it.  The kernel holds one dentry per directory inode; attaching a second one
+          moves the first (``__d_unalias`` in Linux's ``fs/dcache.c``), which fails with
+          ESTALE when it cannot take the old parent's lock at once.
         """
         node = self.inodes.node_of(inode.ino)
-        if inode.kind != REGULAR:
-            return node
         state = self.inodes.get(node)
-        if state is not None and state.outdated_by(Version.of(inode, self.epoch)):
-            node = self._supersede(state).node
+        if state is None:
+            return node
+        if inode.kind == REGULAR:
+            if state.outdated_by(Version.of(inode, self.epoch)):
+                node = self._supersede(state).node
+        elif inode.is_dir and name is not None and inode.ino != ROOT_INO:
+            if state.dentry is not None and state.dentry != (parent, name):
+                node = self._supersede(state).node
         return node
 
     def _supersede(self, state: InodeState) -> InodeState:
@@ -336,33 +347,10 @@ class Operations(pyfuse3.Operations):
         for parent, name in state.names:
             self.kernel.invalidate_entry_soon(parent, name)
         state.names.clear()
+        if state.dentry is not None:
+            self.kernel.invalidate_entry_soon(*state.dentry)
+            state.dentry = None
         return alias
-
-    async def _dentry_told(
-        self, parent: int, name: bytes, inode: Inode, wait: float | None = MOVED_DENTRY_WAIT
-    ) -> None:
-        """Record that the kernel gets ``name`` in ``parent`` for ``inode`` (before the reply).
-
-        A directory has one dentry in the kernel.  When another host moved it, the
-        kernel still holds the old one, and attaching the new one fails with ESTALE
-        whenever the old parent or the superblock's rename lock is busy
-        (``__d_unalias`` in Linux's ``fs/dcache.c`` only try-locks them).  So the old
-        dentry is dropped first, waiting up to ``wait`` seconds (None: queued, no
-        wait).  One not dropped in time stays recorded, so the VFS's retry of the
-        walk (``LOOKUP_REVAL``) tries again.
-        """
-        if not inode.is_dir or inode.ino == ROOT_INO:
-            return
-        state = self.inodes.get(inode.ino)
-        if state is None:
-            return
-        old = state.dentry
-        if old is not None and old != (parent, name):
-            if wait is None:
-                self.kernel.invalidate_entry_soon(*old)
-            elif not await self.kernel.invalidate_entry(*old, wait=wait):
-                return
-        state.dentry = (parent, name)
 
     def _handle(self, fh: int) -> tuple[OpenFile, InodeState]:
         """The open handle ``fh`` and its inode's record; EBADF when unknown."""
@@ -472,16 +460,17 @@ class Operations(pyfuse3.Operations):
         """
         log.debug("lookup %d %r", parent_inode, name)
         self._check_name(name)
+        parent_ino = self.inodes.ino_of(parent_inode)
         if name == b".":
             with _stale_if_gone(parent_inode):
-                inode = await self.daemon.getattr(parent_inode)
+                inode = await self.daemon.getattr(parent_ino)
         elif name == b"..":
             with _stale_if_gone(parent_inode):
-                parent = await self.daemon.getattr(parent_inode)
+                parent = await self.daemon.getattr(parent_ino)
                 inode = await self.daemon.getattr(parent.parent or ROOT_INO)
         else:
             try:
-                inode = await self.daemon.lookup(parent_inode, name)
+                inode = await self.daemon.lookup(parent_ino, name)
             except NotFound:
                 if self.config.negative_ttl <= 0:
                     raise
@@ -489,9 +478,7 @@ class Operations(pyfuse3.Operations):
                 negative.st_ino = 0
                 negative.entry_timeout = self.config.negative_ttl
                 return negative
-            entry = self._remember(inode, parent_inode, name)
-            await self._dentry_told(parent_inode, name, inode)
-            return entry
+            return self._remember(inode, parent_inode, name)
         return self._remember(inode)
 
     @_fuse_errors
@@ -617,16 +604,17 @@ class Operations(pyfuse3.Operations):
         """
         log.debug("opendir %d", inode)
         fh = next(self._fh)
-        listing = self.listings.get(inode, trio.current_time())
+        ino = self.inodes.ino_of(inode)
+        listing = self.listings.get(ino, trio.current_time())
         if listing is None:
             generation = self.listings.generation
             with _stale_if_gone(inode):
-                listing = await self.daemon.readdir(inode)
-            self.listings.put(inode, listing, trio.current_time(), generation)
+                listing = await self.daemon.readdir(ino)
+            self.listings.put(ino, listing, trio.current_time(), generation)
             # A reused listing records no access: relatime records one per change of the
             # directory (which drops the listing) or per day, longer than its lifetime.
             if self._records_atime:
-                self._start(self._touch_atime, inode, time.time_ns())
+                self._start(self._touch_atime, ino, time.time_ns())
         self._dirs[fh] = (inode, listing)
         return fh
 
@@ -639,7 +627,7 @@ class Operations(pyfuse3.Operations):
         directory, entries = opened
         for index in range(start_id, len(entries)):
             name, inode = entries[index]
-            node = self._node_for(inode)
+            node = self._node_for(inode, directory, name)
             state = self.inodes.remember(node)
             if not pyfuse3.readdir_reply(token, name, self._entry(inode, node), index + 1):
                 self.inodes.forget(node, 1)  # not sent: the kernel takes no reference
@@ -647,7 +635,8 @@ class Operations(pyfuse3.Operations):
                 return
             if inode.kind == REGULAR:
                 state.named(directory, name)
-            await self._dentry_told(directory, name, inode, wait=None)
+            elif inode.is_dir:
+                state.dentry = (directory, name)
 
     @_fuse_errors
     async def releasedir(self, fh: int) -> None:
@@ -665,14 +654,12 @@ class Operations(pyfuse3.Operations):
         self._check_name(name)
         try:
             inode = await self.daemon.mkdir(
-                parent_inode, name, stat.S_IMODE(mode), ctx.uid, ctx.gid
+                self.inodes.ino_of(parent_inode), name, stat.S_IMODE(mode), ctx.uid, ctx.gid
             )
         except Exists:
             self._name_taken(parent_inode, name)
             raise
-        entry = self._remember(inode)
-        await self._dentry_told(parent_inode, name, inode)  # a new directory: no old dentry
-        return entry
+        return self._remember(inode, parent_inode, name)
 
     @_fuse_errors
     @_drops_listings
@@ -681,7 +668,7 @@ class Operations(pyfuse3.Operations):
         log.debug("rmdir %d %r", parent_inode, name)
         self._refuse_if_read_only("rmdir")
         self._check_name(name)
-        self._unlinked(await self.daemon.rmdir(parent_inode, name))
+        self._unlinked(await self.daemon.rmdir(self.inodes.ino_of(parent_inode), name))
 
     @_fuse_errors
     @_drops_listings
@@ -693,11 +680,13 @@ class Operations(pyfuse3.Operations):
         self._refuse_if_read_only("symlink")
         self._check_name(name)
         try:
-            inode = await self.daemon.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+            inode = await self.daemon.symlink(
+                self.inodes.ino_of(parent_inode), name, target, ctx.uid, ctx.gid
+            )
         except Exists:
             self._name_taken(parent_inode, name)
             raise
-        return self._remember(inode)
+        return self._remember(inode, parent_inode, name)
 
     @_fuse_errors
     @_drops_listings
@@ -706,7 +695,7 @@ class Operations(pyfuse3.Operations):
         log.debug("unlink %d %r", parent_inode, name)
         self._refuse_if_read_only("unlink")
         self._check_name(name)
-        self._unlinked(await self.daemon.unlink(parent_inode, name))
+        self._unlinked(await self.daemon.unlink(self.inodes.ino_of(parent_inode), name))
 
     @_fuse_errors
     @_drops_listings
@@ -725,7 +714,11 @@ class Operations(pyfuse3.Operations):
         self._check_name(name_old)
         self._check_name(name_new)
         result = await self.daemon.rename(
-            parent_inode_old, name_old, parent_inode_new, name_new, flags
+            self.inodes.ino_of(parent_inode_old),
+            name_old,
+            self.inodes.ino_of(parent_inode_new),
+            name_new,
+            flags,
         )
         for moved in self.inodes.records_of(result.ino):
             if moved.dentry is not None:
@@ -747,7 +740,7 @@ class Operations(pyfuse3.Operations):
         self._check_name(new_name)
         ino = self.inodes.ino_of(inode)
         try:
-            linked = await self.daemon.link(ino, new_parent_inode, new_name)
+            linked = await self.daemon.link(ino, self.inodes.ino_of(new_parent_inode), new_name)
         except Exists:
             self._name_taken(new_parent_inode, new_name)
             raise
@@ -767,11 +760,13 @@ class Operations(pyfuse3.Operations):
         self._refuse_if_read_only("mknod")
         self._check_name(name)
         try:
-            inode = await self.daemon.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+            inode = await self.daemon.mknod(
+                self.inodes.ino_of(parent_inode), name, mode, rdev, ctx.uid, ctx.gid
+            )
         except Exists:
             self._name_taken(parent_inode, name)
             raise
-        return self._remember(inode)
+        return self._remember(inode, parent_inode, name)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         """Drop kernel references; purge unlinked inodes nobody holds any more.
@@ -808,13 +803,13 @@ class Operations(pyfuse3.Operations):
         self._check_name(name)
         try:
             inode = await self.daemon.create(
-                parent_inode, name, stat.S_IMODE(mode), ctx.uid, ctx.gid
+                self.inodes.ino_of(parent_inode), name, stat.S_IMODE(mode), ctx.uid, ctx.gid
             )
         except Exists:
             self._name_taken(parent_inode, name)
             if flags & os.O_EXCL:
                 raise
-            existing = await self.daemon.lookup(parent_inode, name)
+            existing = await self.daemon.lookup(self.inodes.ino_of(parent_inode), name)
             if stat.S_ISDIR(existing.mode):
                 raise pyfuse3.FUSEError(errno.EISDIR) from None
             if not _may_open(existing, flags, ctx):  # the kernel checked a create, not this
@@ -1264,9 +1259,13 @@ class Operations(pyfuse3.Operations):
             self.listings.drop(inos, [(parent, name) for parent, name in params.get("names", ())])
             known: list[int] = []  # nodes
             names = [
-                (parent, name)
+                (node, name)
                 for parent, name in params.get("names", ())
-                if parent == ROOT_INO or self.inodes.get(parent) is not None
+                for node in (
+                    [ROOT_INO]
+                    if parent == ROOT_INO
+                    else [record.node for record in self.inodes.records_of(parent)]
+                )
             ]
             for ino in inos:
                 self.xattrs_absent.forget(ino)

@@ -24,20 +24,27 @@ A :class:`InodeState` gathers everything the front keeps about one inode number:
   cache's must drop the kernel's cached size unless only that version's was told.
 - ``lock``: serialises loading, writing, truncating, committing and dropping the
   buffer, so a ``setattr`` cannot truncate a buffer that ``release`` is closing.
-- ``dentry``: for a directory, the ``(parent, name)`` under which the front last
-  gave it to the kernel.  The kernel holds one dentry per directory; when another
-  host moved it, the old one must go (see ``Operations._dentry_told``).
+- ``dentry``: for a directory, the ``(parent node, name)`` under which the front
+  last gave it to the kernel.  The kernel holds one dentry per directory inode;
+  when another host moved it, the new name gets a node of its own (see
+  ``Operations._node_for``).
 - ``names``: for a regular file, the ``(parent, name)`` pairs under which the front
   gave it to the kernel (at most :data:`NAMES_KEPT`), so that its dentries can be
   dropped once a newer version has a node of its own.
 
 Node ids and aliases.  The kernel knows an inode by its FUSE node id, and caches
-pages and ``st_size`` per node.  A node id is the inode number, except for an
-*alias*: when another version of a file must be given to the kernel while handles
-of the version its node holds read through the page cache, the front gives the
-newer version a node of its own (:meth:`InodeTable.supersede`, ids from
-:data:`ALIAS_BASE` up, above every inode number).  Each node then has its own pages
-and size, so old readers read their version whole and new ones see the new size.
+pages and ``st_size`` per node, and one dentry per directory node.  A node id is the
+inode number, except for an *alias* (:meth:`InodeTable.supersede`, ids from
+:data:`ALIAS_BASE` up, above every inode number), which the front makes when the
+kernel's node cannot take what must be given to it:
+
+- another version of a file, while handles of the version the node holds read
+  through the page cache: each node then has its own pages and size, so old readers
+  read their version whole and new ones see the new size;
+- a directory under another name than its node's dentry (another host moved it):
+  attaching a second dentry to a directory node fails with ESTALE whenever the
+  kernel cannot take the old parent's lock at once.
+
 A record's ``node`` is its node id and ``ino`` the inode number the daemon knows.
 
 Invariants between checkpoints (every ``await``):
