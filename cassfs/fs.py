@@ -348,8 +348,9 @@ class Operations(pyfuse3.Operations):
             self.kernel.invalidate_entry_soon(parent, name)
         state.names.clear()
         if state.dentry is not None:
+            # kept: while anything holds it (a current directory), the kernel keeps the
+            # old dentry even once dropped, so this node must not get another name
             self.kernel.invalidate_entry_soon(*state.dentry)
-            state.dentry = None
         return alias
 
     def _handle(self, fh: int) -> tuple[OpenFile, InodeState]:
@@ -721,8 +722,9 @@ class Operations(pyfuse3.Operations):
             flags,
         )
         for moved in self.inodes.records_of(result.ino):
-            if moved.dentry is not None:
-                moved.dentry = (parent_inode_new, name_new)  # the kernel moves its dentry itself
+            # the kernel moves the dentry of the node it renamed itself
+            if moved.dentry == (parent_inode_old, name_old):
+                moved.dentry = (parent_inode_new, name_new)
             if (parent_inode_old, name_old) in moved.names:
                 moved.names.discard((parent_inode_old, name_old))
                 moved.named(parent_inode_new, name_new)
