@@ -982,11 +982,17 @@ class Operations(pyfuse3.Operations):
 
     def _send_elsewhere(self, state: InodeState, pid: int) -> bool:
         """Whether an open by ``pid`` of ``state``'s node, which holds another version,
-        is answered ESTALE to reach a newer node (made now if there is none)."""
+        is answered ESTALE to reach a newer node (made now if there is none).
+
+        Not when a node of the inode answered ``pid`` so within
+        :data:`STALE_RETRY_WINDOW` seconds: this is the VFS's one retry, which came back
+        here, or found the node it was sent to holding yet another version.
+        """
         now = trio.current_time()
-        told = state.stale_told
-        if told is not None and told[0] == pid and now - told[1] < STALE_RETRY_WINDOW:
-            return False  # the retry came back here
+        for record in self.inodes.records_of(state.ino):
+            told = record.stale_told
+            if told is not None and told[0] == pid and now - told[1] < STALE_RETRY_WINDOW:
+                return False
         if not self.inodes.superseded(state):
             self._supersede(state)
         state.stale_told = (pid, now)

@@ -90,6 +90,7 @@ from typing import Any
 from cached import protocol
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError
+from cassfs.inodes import ALIAS_BASE
 
 # -- configuration --------------------------------------------------------------------------
 
@@ -1022,6 +1023,8 @@ class Race:
                 params = {"ino": st.st_ino, "data": make_content(vid, self.cfg.size)}
         except OSError:
             return  # the names moved under us: try another time
+        if any(v >= ALIAS_BASE for k, v in params.items() if k in ("parent", "new_parent", "ino")):
+            return  # a node of its own on that mount (cassfs.inodes), not an inode number
         op = self.history.begin(f"drop_{method}", h, rel, dst)
         try:
             reply = send_and_hang_up(

@@ -561,6 +561,42 @@ async def test_an_open_that_comes_back_to_the_old_node_bypasses_the_page_cache(
     assert kernel.attributes == [ino]
 
 
+async def test_a_retry_is_never_sent_away_twice(
+    daemon: FakeDaemon, kernel: FakeKernel, tmp_path: Path
+) -> None:
+    """The VFS retries an open once: a third version arriving before the retry reaches the
+    new node must not make that node answer ESTALE too."""
+    ops = make_ops(daemon, kernel, tmp_path, switch_wait=0.0)
+    ino = await looked_up(ops)
+    first = await ops.open(ino, os.O_RDONLY, CTX)
+    daemon.rewrite(b"second")
+    other = SimpleNamespace(uid=0, gid=0, pid=2, umask=0o022)
+    alias = (await ops.lookup(DIR_INO, b"page.php", other)).st_ino
+    second = await ops.open(alias, os.O_RDONLY, other)  # a reader of the second version
+    daemon.rewrite(b"third!")
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.open(ino, os.O_RDONLY, CTX)  # sent to the newest node
+    newest = (await ops.lookup(DIR_INO, b"page.php", CTX)).st_ino
+    assert newest not in (ino, alias)
+    third = await ops.open(newest, os.O_RDONLY, CTX)
+    assert await ops.read(third.fh, 0, 100) == b"third!"
+    assert await ops.read(second.fh, 0, 100) == b"second"
+    assert await ops.read(first.fh, 0, 100) == b"0123456789"
+    # pid 2 is sent from the second version's node to a new one; before its retry gets
+    # there, pid 3 reads the fourth version on it and a fifth arrives
+    daemon.rewrite(b"fourth")
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.open(alias, os.O_RDONLY, other)
+    target = (await ops.lookup(DIR_INO, b"page.php", other)).st_ino
+    reader = SimpleNamespace(uid=0, gid=0, pid=3, umask=0o022)
+    fourth = await ops.open(target, os.O_RDONLY, reader)
+    daemon.rewrite(b"fifth")
+    retried = await ops.open(target, os.O_RDONLY, other)  # no second ESTALE: direct_io
+    assert retried.direct_io
+    assert await ops.read(retried.fh, 0, 100) == b"fifth"
+    assert await ops.read(fourth.fh, 0, 100) == b"fourth"
+
+
 async def test_a_retry_that_comes_back_waits_for_the_old_readers_to_close(
     ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
 ) -> None:
