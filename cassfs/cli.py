@@ -952,6 +952,11 @@ def cache_evict(paths: tuple[Path, ...], as_json: bool) -> None:
         click.echo(json.dumps(total.to_json(), sort_keys=True))
     else:
         vanished = f"; {total.vanished} vanished meanwhile" if total.vanished else ""
+        if total.skipped:
+            vanished += (
+                f"; {total.skipped} skipped: the mount holds another version of them open"
+                " (or another host moved them); evict again once those are closed"
+            )
         click.echo(
             f"cassfs: evicted {total.inodes:,} files and directories ({total.contents:,} cached"
             f" contents) from the cache{vanished}"

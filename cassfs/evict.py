@@ -6,7 +6,8 @@ paths.  The mount a path lies on gives the tenant (its ``fsname``,
 ``cassfs up`` keeps (:mod:`cassfs.state`), the cache dir whose daemon serves it.
 The CLI stats every file and directory under the paths (``lstat``, never following
 symlinks); on a cassfs mount ``st_ino`` is the daemon's inode number.  It sends those
-numbers to the daemon in ``evict`` requests of at most :data:`cached.api.EVICT_BATCH`,
+numbers to the daemon (all but a mount's own node numbers, see :class:`EvictReport`)
+in ``evict`` requests of at most :data:`cached.api.EVICT_BATCH`,
 an administrative call on its own connection, which drops their metadata and
 content and tells the tenant's mounts to stop reusing answers about them
 (:meth:`cached.service.Service.rpc_evict`).  So the daemon needs no path lookup
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cached.api import EVICT_BATCH
+from cassfs.inodes import ALIAS_BASE
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +40,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvictReport:
     """What an eviction did: inodes sent to the daemon, contents it removed, files
-    whose kernel pages were dropped (those with cached content), and paths that
-    vanished while walked."""
+    whose kernel pages were dropped (those with cached content), paths that
+    vanished while walked, and paths skipped because the mount gives them a node of
+    their own, whose ``st_ino`` is no inode number (a newer version while an older
+    one is open there, a directory another host moved: see :mod:`cassfs.inodes`)."""
 
     inodes: int = 0
     contents: int = 0
     files: int = 0
     vanished: int = 0
+    skipped: int = 0
 
     def to_json(self) -> dict[str, int]:
         """The report as a JSON object."""
@@ -127,6 +132,9 @@ def evict(
     for root in roots:
         for ino, path, mode in walk_inodes(root, report):
             if ino in seen:  # hard links, overlapping roots
+                continue
+            if ino >= ALIAS_BASE:
+                report.skipped += 1
                 continue
             seen.add(ino)
             batch[ino] = path if stat.S_ISREG(mode) else None

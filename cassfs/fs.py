@@ -820,7 +820,7 @@ class Operations(pyfuse3.Operations):
             try:
                 info = await self.open(entry.st_ino, flags & ~os.O_CREAT, ctx)
             except BaseException:
-                self.forget_one(entry.st_ino)
+                self._forget_one(entry.st_ino)
                 raise
             return info, entry
         ino = inode.ino
@@ -843,7 +843,7 @@ class Operations(pyfuse3.Operations):
         self.inodes.add_handle(handle, Placement.KEEP)
         return pyfuse3.FileInfo(fh=handle.fh), self._remember(inode, parent_inode, name)
 
-    def forget_one(self, node: int) -> None:
+    def _forget_one(self, node: int) -> None:
         """Take back one reference counted for a reply that was not sent."""
         state = self.inodes.forget(node, 1)
         if state is not None:

@@ -135,7 +135,13 @@ def test_evict_makes_the_next_read_fetch_while_other_files_stay_cached(
     assert m.stats()["bytes_fetched"] == before
 
     result = run_cli("cache", "evict", str(m.path / "one.bin"), "--json")
-    assert json.loads(result.stdout) == {"inodes": 1, "contents": 1, "files": 1, "vanished": 0}
+    assert json.loads(result.stdout) == {
+        "inodes": 1,
+        "contents": 1,
+        "files": 1,
+        "vanished": 0,
+        "skipped": 0,
+    }
     assert (m.path / "one.bin").read_bytes() == files["one.bin"]
     assert m.stats()["bytes_fetched"] - before == len(files["one.bin"])
     assert (m.path / "keep.bin").read_bytes() == files["keep.bin"]  # still cached
