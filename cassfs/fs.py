@@ -442,7 +442,15 @@ class Operations(pyfuse3.Operations):
         another host created it); without this, the next stat would say ENOENT
         again until ``negative_ttl`` runs out.
         """
-        self.kernel.invalidate_entry_soon(parent, name)
+        for node in self._nodes_of_parent(parent):
+            self.kernel.invalidate_entry_soon(node, name)
+
+    def _nodes_of_parent(self, parent: int) -> list[int]:
+        """Node ``parent`` and every other node of its directory: the kernel may hold a
+        dentry of a name under each (see :mod:`cassfs.inodes`)."""
+        ino = self.inodes.ino_of(parent)
+        nodes = [record.node for record in self.inodes.records_of(ino)]
+        return nodes if parent in nodes else [parent, *nodes]
 
     @staticmethod
     def _check_name(name: bytes) -> None:

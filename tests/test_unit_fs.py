@@ -447,6 +447,22 @@ async def test_a_directory_moved_elsewhere_gets_a_node_of_its_own(
     assert kernel.entries == [(DIR_INO, b"sub")]
 
 
+async def test_a_name_found_taken_is_dropped_under_every_node_of_its_directory(
+    ops: Operations, daemon: FakeDaemon, kernel: FakeKernel
+) -> None:
+    """Either node of a moved directory may hold a negative dentry of the name."""
+    daemon.add_dir(b"sub", 300)
+    await ops.lookup(DIR_INO, b"sub", CTX)
+    daemon.names[b"moved"] = daemon.names.pop(b"sub")
+    alias = (await ops.lookup(DIR_INO, b"moved", CTX)).st_ino
+    daemon.add_file(b"taken.php", b"x", 301)
+    kernel.entries.clear()
+    with pytest.raises(pyfuse3.FUSEError) as exists:
+        await ops.create(alias, b"taken.php", 0o644, os.O_CREAT | os.O_EXCL, CTX)
+    assert exists.value.errno == errno.EEXIST
+    assert sorted(kernel.entries) == sorted([(alias, b"taken.php"), (300, b"taken.php")])
+
+
 # -- the page cache's version ---------------------------------------------------------------
 
 
