@@ -33,6 +33,7 @@ import contextlib
 import enum
 import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -64,6 +65,10 @@ MAX_LEASES = 4096
 LANDING_BYTES = 32 * 1024 * 1024
 #: Rows read per query while looking for an entry that may be evicted.
 EVICT_PAGE = 16
+#: Directories whose last change :meth:`LocalCache.listing_changed_since` keeps, at least;
+#: past that, records older than :data:`ENTRY_CHANGES_KEPT` seconds go.
+ENTRY_CHANGES_MAX = 10_000
+ENTRY_CHANGES_KEPT = 120.0
 _GONE = object()  # memo tombstone: deleted, the diskcache delete may still be queued
 Tenant = tuple[int, str]
 
@@ -126,6 +131,9 @@ class LocalCache:
         self._memo_whole = False
         self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
         self._ops_queued = trio.Event()
+        #: ``(tenant..., directory) -> clock`` of the last change to its entries heard of
+        #: (made here or told by the feed), for :meth:`listing_changed_since`.
+        self._entries_changed: dict[tuple[Any, ...], float] = {}
         # Content kept from eviction: pins (key -> holders) and leases (key -> until,
         # time.monotonic(), in expiry order).  Changed only on the trio thread; the
         # diskcache thread only looks keys up (_protected), which the GIL keeps atomic.
@@ -433,6 +441,7 @@ class LocalCache:
         """Forget the cached listing of ``parent`` and what was counted of it (its
         subdirectories, whether it is too large to list)."""
         self._forget_counts(tenant, parent)
+        self._entries_changed_now(tenant, parent)
         await self._meta_delete(("l", *tenant, parent))
 
     def _forget_counts(self, tenant: Tenant, parent: int) -> None:
@@ -457,9 +466,11 @@ class LocalCache:
         keys: list[tuple[Any, ...]] = []
         for ino in inos:
             self._forget_counts(tenant, ino)
+            self._entries_changed_now(tenant, ino)
             keys += [("i", *tenant, ino), ("x", *tenant, ino), ("l", *tenant, ino)]
         for parent, name in names:
             self._forget_counts(tenant, parent)
+            self._entries_changed_now(tenant, parent)
             keys += [("d", *tenant, parent, name), ("l", *tenant, parent)]
         for key in dict.fromkeys(keys):
             entry = await self._meta_get(key)
@@ -477,11 +488,42 @@ class LocalCache:
         return self._freshness(fetched_at), items
 
     async def put_listing(
-        self, tenant: Tenant, parent: int, items: list[tuple[bytes, int, int]]
-    ) -> None:
-        """Cache the listing of ``parent`` (sorted by name) as fetched now."""
+        self,
+        tenant: Tenant,
+        parent: int,
+        items: list[tuple[bytes, int, int]],
+        started_at: float | None = None,
+    ) -> bool:
+        """Cache the listing of ``parent`` (sorted by name) as fetched now; True if cached.
+
+        ``started_at`` (this cache's clock) is when the read that gave ``items`` began:
+        when a change to ``parent``'s entries was heard of since (made here, or told
+        by the feed while the read was in flight), ``items`` may miss it, and are not
+        cached (they would answer lookups, negative ones too, for the TTL).
+        """
+        if started_at is not None and self.listing_changed_since(tenant, parent, started_at):
+            return False
         self._memo.pop(("L", *tenant, parent), None)
         await self._meta_set(("l", *tenant, parent), (self.clock(), items))
+        return True
+
+    def listing_changed_since(self, tenant: Tenant, parent: int, since: float) -> bool:
+        """True when a change to ``parent``'s entries was heard of at or after ``since``
+        (seconds, this cache's clock)."""
+        return self._entries_changed.get((*tenant, parent), -math.inf) >= since
+
+    def _entries_changed_now(self, tenant: Tenant, parent: int) -> None:
+        """Record that ``parent``'s entries changed now (for :meth:`listing_changed_since`).
+
+        Only changes of the last :data:`ENTRY_CHANGES_KEPT` seconds matter (a listing
+        read lasts far less), so older records go once there are many.
+        """
+        now = self.clock()
+        changed = self._entries_changed
+        changed[(*tenant, parent)] = now
+        if len(changed) > ENTRY_CHANGES_MAX:
+            for key in [k for k, at in changed.items() if at < now - ENTRY_CHANGES_KEPT]:
+                del changed[key]
 
     async def get_listing_index(
         self, tenant: Tenant, parent: int
@@ -562,6 +604,7 @@ class LocalCache:
         when the old kind is known (from the caller or the cached listing), else it is
         forgotten.
         """
+        self._entries_changed_now(tenant, parent)
         entry = await self._meta_get(("l", *tenant, parent))
         if entry is not None:
             old_kind = next((item[2] for item in entry[1] if item[0] == name), 0)

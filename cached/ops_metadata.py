@@ -152,14 +152,25 @@ class MetadataOps:
             return index
         if self.core.cache.is_large_dir(s.tenant, parent):
             return None
-        return await self.core.flights.run(
+        loaded = await self.core.flights.run(
             ("L", s.tenant, parent), self._load_listing, s, parent, first
         )
+        if loaded is None:
+            return None
+        started, index = loaded
+        if self.core.cache.listing_changed_since(s.tenant, parent, started):
+            # a change was heard of while the listing was read: it may lack it (a
+            # name another host just made, which a lost create here confirmed)
+            return None
+        return index
 
     async def _load_listing(
         self, s: Session, parent: int, first: bytes | None
-    ) -> dict[bytes, tuple[int, int]] | None:
+    ) -> tuple[float, dict[bytes, tuple[int, int]]] | None:
+        """Read and cache ``parent``'s listing: ``(read start, {name: (ino, kind)})``
+        (start on the cache's clock), or None when too large or Cassandra failed."""
         self.core.counters.add("misses")
+        started = self.core.cache.clock()
         try:
             await self.core.directory(s, parent)
             entries = await s.store.list_dentries(parent, limit=LISTING_LIMIT + 1)
@@ -172,11 +183,11 @@ class MetadataOps:
             return None
         entries = await self.core.settle_listed(s, entries)
         items = [(e.name, e.ino, e.kind) for e in entries]
-        await self.core.cache.put_listing(s.tenant, parent, items)
+        await self.core.cache.put_listing(s.tenant, parent, items, started)
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
             rest = [e.ino for e in entries if e.name != first]
             self.core.background.start_soon(self._prefetch_inodes, s, rest)
-        return {name: (ino, kind) for name, ino, kind in items}
+        return started, {name: (ino, kind) for name, ino, kind in items}
 
     async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
         """Warm the cache with the inodes of a directory a lookup just listed, and the
@@ -293,13 +304,14 @@ class MetadataOps:
         state, items = await self.core.cache.get_listing(s.tenant, ino)
         if state is not Freshness.FRESH or items is None:
             self.core.counters.add("revalidations" if state is Freshness.STALE else "misses")
+            started = self.core.cache.clock()
             try:
                 entries = await self.core.settle_listed(s, await s.store.list_dentries(ino))
             except StorageError as exc:
                 items = self.core.stale_if_error(items, exc, f"listing of {ino}")
             else:
                 items = [(e.name, e.ino, e.kind) for e in entries]
-                await self.core.cache.put_listing(s.tenant, ino, items)
+                await self.core.cache.put_listing(s.tenant, ino, items, started)
         else:
             self.core.counters.add("hits")
         await self._load_stale_inodes(s, [child for _name, child, _kind in items])

@@ -174,6 +174,28 @@ async def test_listings(cache: LocalCache, clock: FakeClock) -> None:
     assert [tuple(item) for item in got] == items
 
 
+async def test_a_listing_read_across_a_change_to_its_directory_is_not_cached(
+    cache: LocalCache, clock: FakeClock
+) -> None:
+    """A listing read began, another host made a name there, a create here lost to it
+    (or the feed told of it), then the read ended: its entries may lack the name, and
+    cached they would answer "no such name" for the TTL (EEXIST, then ENOENT)."""
+    started = clock()
+    clock.advance(0.01)
+    await cache.update_listing(T1, 1, b"new", 42, REGULAR)  # the lost create's refresh
+    clock.advance(0.01)
+    assert not await cache.put_listing(T1, 1, [(b"old", 41, REGULAR)], started)
+    assert await cache.get_listing(T1, 1) == (Freshness.ABSENT, None)
+    started = clock()
+    clock.advance(0.01)
+    await cache.expire(T1, names=[(7, b"x")])  # the feed, about directory 7
+    assert not await cache.put_listing(T1, 7, [], started)
+    assert await cache.put_listing(T1, 1, [(b"new", 42, REGULAR)], clock())
+    assert (await cache.get_listing(T1, 1))[0] is Freshness.FRESH
+    assert cache.listing_changed_since(T1, 7, started)
+    assert not cache.listing_changed_since(T2, 7, started)  # tenants apart
+
+
 async def test_expire_makes_named_entries_stale_but_keeps_them(cache: LocalCache) -> None:
     """Another host's change (the change feed) makes what it names stale: read again at
     the next use, still there to serve while Cassandra fails; the rest stays fresh."""
