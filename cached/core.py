@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -454,6 +454,20 @@ async def gather_indexed(fn: Callable[[int], Any], count: int) -> None:
     except BaseExceptionGroup as group:
         first = _first_leaf(group)
         raise first from group
+
+
+async def gather(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Await every ``call()`` concurrently; their results in order.
+
+    The first error cancels the rest and is re-raised alone (see :func:`gather_indexed`).
+    """
+    results: list[Any] = [None] * len(calls)
+
+    async def run(index: int) -> None:
+        results[index] = await calls[index]()
+
+    await gather_indexed(run, len(calls))
+    return results
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

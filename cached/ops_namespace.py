@@ -10,9 +10,11 @@ errno the race does not explain.
 
 from __future__ import annotations
 
+import functools
 import logging
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -22,6 +24,7 @@ from cached.api import Renamed
 from cached.core import (
     Core,
     Session,
+    gather,
     new_inode_number,
 )
 from cached.errors import (
@@ -396,17 +399,23 @@ class NamespaceOps:
             # leaves what a killed daemon leaves: an intent later requests settle).
             with trio.CancelScope() as hold:
                 for _attempt in range(ATTEMPTS):
-                    source = await self._entry(s, old_parent, old_name)
+                    if (old_parent, old_name) == (new_parent, new_name):
+                        source = await self._entry(s, old_parent, old_name)
+                        if source is None:
+                            raise NotFound(_text(old_name))
+                        return Renamed(source.ino, 0).to_wire()
+                    # both names at once: the move's LWTs check them again
+                    source, target = await gather(
+                        functools.partial(self._entry, s, old_parent, old_name),
+                        functools.partial(self._entry, s, new_parent, new_name),
+                    )
                     if source is None:
                         raise NotFound(_text(old_name))
-                    if (old_parent, old_name) == (new_parent, new_name):
-                        return Renamed(source.ino, 0).to_wire()
                     if source.kind == DIRECTORY and old_parent != new_parent:
                         if not lease:
                             lease = await self._take_rename_lease(s)
                             hold.deadline = trio.current_time() + LEASE_HOLD
                         await self._check_not_below(s, source.ino, new_parent)
-                    target = await self._entry(s, new_parent, new_name)
                     if target is not None:
                         if target.ino == source.ino:
                             return Renamed(source.ino, 0).to_wire()
@@ -461,9 +470,21 @@ class NamespaceOps:
                     await s.store.unseal_dir(target.ino, op)
         if not moved:
             return None
-        if source.parent == new_parent and replaced:
-            counted = await uncount_link(s.store, replaced, now)
-        await s.store.set_ctime(source.ino, now)
+
+        async def uncount() -> Inode | None:
+            if source.parent == new_parent and replaced:
+                return await uncount_link(s.store, replaced, now)
+            return counted
+
+        # what follows the move depends on nothing but the move: at once
+        after: list[Callable[[], Awaitable[Any]]] = [
+            uncount,
+            functools.partial(s.store.set_ctime, source.ino, now),
+            functools.partial(self.core.touch_dir, s, source.parent, now),
+        ]
+        if new_parent != source.parent:
+            after.append(functools.partial(self.core.touch_dir, s, new_parent, now))
+        counted = (await gather(*after))[0]
         await self.core.cache.drop_inode(s.tenant, source.ino)
         if replaced:
             await self.core.cache.drop_inode(s.tenant, replaced)
@@ -471,9 +492,6 @@ class NamespaceOps:
         await self.core.dentries_changed(
             s, new_parent, new_name, source.ino, source.kind, target.kind if target else 0
         )
-        await self.core.touch_dir(s, source.parent, now)
-        if new_parent != source.parent:
-            await self.core.touch_dir(s, new_parent, now)
         await self.core.announce(
             s, source.parent, new_parent, source.ino, replaced,
             names=[(source.parent, source.name), (new_parent, new_name)],
