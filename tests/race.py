@@ -542,12 +542,11 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
 }
 #: ``Op.detail`` of a successful rename that moved a directory.
 MOVED_DIRECTORY = "directory"
-#: The known limit (README, "Known limits"): a path walk through a directory that another
-#: host moved lately may fail with ESTALE.  The kernel holds one dentry per directory; the
-#: front drops the old one before it answers the lookup of the new name, but while the old
-#: parent stays locked (a rename in it) the drop waits, and the kernel's attempt to move the
-#: old dentry (``__d_unalias``, try-locks only) fails twice.  Counted and shown, never
-#: hidden; not a violation.
+#: A former known limit: a path walk through a directory that another host moved lately
+#: failed with ESTALE now and then.  The kernel holds one dentry per directory node, and its
+#: attempt to move the old dentry to the new name (``__d_unalias``, try-locks only) failed
+#: while the old parent was locked.  The front now gives such a directory a node of its own
+#: (``cassfs.inodes``), so the kernel never moves a dentry: the short run fails on any.
 ESTALE_AFTER_REMOTE_DIR_MOVE = "estale-after-remote-dir-move"
 #: ``Op.kind`` of a rename, seen by the checker, that moved a directory its own host's
 #: kernel did not know was there (another host had just moved it onto the source name).

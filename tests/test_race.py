@@ -58,6 +58,7 @@ def test_race_short_run(cassandra: str, fuse_available: None, tmp_path: Path) ->
     print(details)
     print(report.summary())
     assert report.violations == [], f"{report.summary()}\n{details}"
+    assert report.limits == [], f"no known limit is left: {report.summary()}\n{details}"
     scale = min(1.0, seconds / 60)
     short = {kind: report.ok(kind) for kind, n in MIN_OK.items() if report.ok(kind) < n * scale}
     assert short == {}, f"too few successful operations: {short}\n{details}"
