@@ -65,7 +65,7 @@ MAX_LEASES = 4096
 LANDING_BYTES = 32 * 1024 * 1024
 #: Rows read per query while looking for an entry that may be evicted.
 EVICT_PAGE = 16
-#: Directories whose last change :meth:`LocalCache.listing_changed_since` keeps, at least;
+#: Directories whose last change :meth:`LocalCache.changed_since` keeps, at least;
 #: past that, records older than :data:`ENTRY_CHANGES_KEPT` seconds go.
 ENTRY_CHANGES_MAX = 10_000
 ENTRY_CHANGES_KEPT = 120.0
@@ -131,8 +131,9 @@ class LocalCache:
         self._memo_whole = False
         self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
         self._ops_queued = trio.Event()
-        #: ``(tenant..., directory) -> clock`` of the last change to its entries heard of
-        #: (made here or told by the feed), for :meth:`listing_changed_since`.
+        #: ``(tenant..., ino) -> clock`` of the last change heard of to a directory's
+        #: entries (made here or told by the feed) or to an inode (told by the feed),
+        #: for :meth:`changed_since`.
         self._entries_changed: dict[tuple[Any, ...], float] = {}
         # Content kept from eviction: pins (key -> holders) and leases (key -> until,
         # time.monotonic(), in expiry order).  Changed only on the trio thread; the
@@ -369,9 +370,13 @@ class LocalCache:
         """Cache ``inode`` as fetched at ``fetched_at`` (seconds; default now).
 
         A read that began before the one cached (a slow prefetch finishing after a
-        lookup's reload) does not replace it: the cache only moves forward.
+        lookup's reload) does not replace it: the cache only moves forward.  A read
+        that began before the feed told of a change to the inode (:meth:`expire`)
+        is cached stale: it may predate the change, so its next use reads it again.
         """
         when = self.clock() if fetched_at is None else fetched_at
+        if fetched_at is not None and self.changed_since(tenant, inode.ino, fetched_at):
+            when = 0.0
         key = ("i", *tenant, inode.ino)
         held = self._memo.get(key)
         if fetched_at is not None and held is not None and held is not _GONE:
@@ -501,19 +506,20 @@ class LocalCache:
         by the feed while the read was in flight), ``items`` may miss it, and are not
         cached (they would answer lookups, negative ones too, for the TTL).
         """
-        if started_at is not None and self.listing_changed_since(tenant, parent, started_at):
+        if started_at is not None and self.changed_since(tenant, parent, started_at):
             return False
         self._memo.pop(("L", *tenant, parent), None)
         await self._meta_set(("l", *tenant, parent), (self.clock(), items))
         return True
 
-    def listing_changed_since(self, tenant: Tenant, parent: int, since: float) -> bool:
-        """True when a change to ``parent``'s entries was heard of at or after ``since``
-        (seconds, this cache's clock)."""
-        return self._entries_changed.get((*tenant, parent), -math.inf) >= since
+    def changed_since(self, tenant: Tenant, ino: int, since: float) -> bool:
+        """True when a change to ``ino`` was heard of at or after ``since`` (seconds,
+        this cache's clock): to its entries for a directory (made here, or told by the
+        feed), or to the inode itself (told by the feed, :meth:`expire`)."""
+        return self._entries_changed.get((*tenant, ino), -math.inf) >= since
 
     def _entries_changed_now(self, tenant: Tenant, parent: int) -> None:
-        """Record that ``parent``'s entries changed now (for :meth:`listing_changed_since`).
+        """Record that ``parent``'s entries changed now (for :meth:`changed_since`).
 
         Only changes of the last :data:`ENTRY_CHANGES_KEPT` seconds matter (a listing
         read lasts far less), so older records go once there are many.

@@ -158,7 +158,7 @@ class MetadataOps:
         if loaded is None:
             return None
         started, index = loaded
-        if self.core.cache.listing_changed_since(s.tenant, parent, started):
+        if self.core.cache.changed_since(s.tenant, parent, started):
             # a change was heard of while the listing was read: it may lack it (a
             # name another host just made, which a lost create here confirmed)
             return None
