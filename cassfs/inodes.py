@@ -1,6 +1,7 @@
-"""What the FUSE front knows about each inode the kernel holds: one record per inode.
+"""What the FUSE front knows about each inode the kernel holds: one record per node.
 
-A :class:`InodeState` gathers everything the front keeps about one inode number:
+A :class:`InodeState` gathers everything the front keeps about one kernel node (an
+inode number, or an alias of one: see "Node ids and aliases" below):
 
 - ``lookups``: the kernel's lookup count (+1 per ``lookup``, ``create``, ``mkdir``,
   ``symlink`` and accepted readdirplus entry, -n per ``forget``; pyfuse3
@@ -31,6 +32,8 @@ A :class:`InodeState` gathers everything the front keeps about one inode number:
 - ``names``: for a regular file, the ``(parent, name)`` pairs under which the front
   gave it to the kernel (at most :data:`NAMES_KEPT`), so that its dentries can be
   dropped once a newer version has a node of its own.
+- ``stale_told``: ``(pid, trio time)`` of the last open this node answered ESTALE to
+  send it to a newer node, so that the VFS's one retry is never sent away again.
 
 Node ids and aliases.  The kernel knows an inode by its FUSE node id, and caches
 pages and ``st_size`` per node, and one dentry per directory node.  A node id is the
