@@ -363,6 +363,11 @@ async def test_a_rename_whose_daemon_died_is_settled_by_the_next_request(
         assert unlinked == [fresh["ino"]]
 
 
+#: Renames timed whole, then renames cut by kill -9, at moments in one of KILL_SLICES
+#: slices of the (median) time a whole rename took.
+ROUNDS_TIMED, KILL_ROUNDS, KILL_SLICES = 3, 48, 12
+
+
 async def test_a_rename_cut_by_kill_9_leaves_one_name_and_no_eio(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str], truth: TenantStore
 ) -> None:
@@ -377,8 +382,8 @@ async def test_a_rename_cut_by_kill_9_leaves_one_name_and_no_eio(
     async with session(checker, tenant) as c:
         src = (await c.call("mkdir", parent=ROOT_INO, name=b"s", mode=0o755, uid=0, gid=0))["ino"]
         dst = (await c.call("mkdir", parent=ROOT_INO, name=b"t", mode=0o755, uid=0, gid=0))["ino"]
-        took = 0.0  # how long a whole rename takes on a warm daemon here (round 0)
-        for round_ in range(40):
+        timed: list[float] = []  # how long whole renames take on a warm daemon here
+        for round_ in range(ROUNDS_TIMED + KILL_ROUNDS):
             name = b"f%d" % round_
             f = await make_file(c, src, name, b"x")
             mover = start_daemon(f"a{round_}", cache_ttl=60)
@@ -387,16 +392,21 @@ async def test_a_rename_cut_by_kill_9_leaves_one_name_and_no_eio(
                 await a.call("getattr", ino=dst)
                 with pytest.raises(NotFound):  # a negative lookup: the listing cached
                     await a.call("lookup", parent=dst, name=b"warm")
-                if round_ == 0:
+                if round_ < ROUNDS_TIMED:
                     started = trio.current_time()
                     await rename(a, name, name, dst, src)()
-                    took = trio.current_time() - started
+                    timed.append(trio.current_time() - started)
                 else:
-                    with trio.move_on_after(random.uniform(0.0, took)):
+                    # moments spread evenly over the rename's time, each in its own slice
+                    # (a uniform draw could miss the steps' short middle for 39 rounds)
+                    took = sorted(timed)[len(timed) // 2]
+                    slice_ = (round_ - ROUNDS_TIMED) % KILL_SLICES
+                    at = took * (slice_ + random.random()) / KILL_SLICES
+                    with trio.move_on_after(at):
                         await rename(a, name, name, dst, src)()
                     mover.process.kill()  # SIGKILL, the rename cut wherever it was
                     await trio.to_thread.run_sync(mover.process.wait)
-            if round_ == 0:
+            if round_ < ROUNDS_TIMED:
                 continue
             old = await truth.get_dentry(src, name)
             new = await truth.get_dentry(dst, name)
