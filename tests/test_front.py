@@ -49,6 +49,18 @@ def poll_until(check: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def writer_and_reader(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str], name: str, first: bytes
+) -> tuple[Mount, Mount]:
+    """Two hosts: A writes ``name`` (content ``first``), B's kernel keeps entries and
+    attributes for a minute; returns ``(a, b)`` once B reads ``first``."""
+    a = mount_cassfs("writer", *tenant, None, *FAST)
+    b = mount_cassfs("reader", *tenant, None, *KERNEL_KEEPS)
+    (a.path / name).write_bytes(first)
+    poll_until(lambda: (b.path / name).read_bytes() == first, 10, "the first version")
+    return a, b
+
+
 def read_whole(path: Path, versions: list[bytes]) -> bytes:
     """Read ``path``; fail the test if the bytes are not exactly one of ``versions``."""
     data = path.read_bytes()
@@ -134,11 +146,8 @@ def test_another_hosts_new_version_is_read_whole_not_cut_at_the_old_size(
 def test_handles_open_on_two_versions_of_one_file_each_read_their_own_whole(
     mount_cassfs: Callable[..., Mount], tenant: tuple[int, str], old_size: int, new_size: int
 ) -> None:
-    a = mount_cassfs("writer", *tenant, None, *FAST)
-    b = mount_cassfs("reader", *tenant, None, *KERNEL_KEEPS)
     old, new = b"o" * old_size, b"n" * new_size
-    (a.path / "big.php").write_bytes(old)
-    poll_until(lambda: (b.path / "big.php").read_bytes() == old, 10, "the first version")
+    a, b = writer_and_reader(mount_cassfs, tenant, "big.php", old)
     with open(b.path / "big.php", "rb") as first:
         head = first.read(100_000)  # the page cache holds the old version's first pages
         (a.path / "big.php").write_bytes(new)
@@ -178,11 +187,8 @@ def test_a_reader_trusting_st_size_gets_the_new_version_whole_while_an_old_one_i
     the kernel's pages and size of that inode are the old version's.  A PHP include of
     the new version must still get it whole, with its own size (before: cut at the old
     size).  The new version gets a node of its own on B, so its st_ino differs there."""
-    a = mount_cassfs("writer", *tenant, None, *FAST)
-    b = mount_cassfs("reader", *tenant, None, *KERNEL_KEEPS)
     old, new = b"o" * old_size, b"n" * new_size
-    (a.path / "plugin.php").write_bytes(old)
-    poll_until(lambda: (b.path / "plugin.php").read_bytes() == old, 10, "the first version")
+    a, b = writer_and_reader(mount_cassfs, tenant, "plugin.php", old)
     with open(b.path / "plugin.php", "rb") as held:
         head = held.read(50_000)
         old_ino = os.fstat(held.fileno()).st_ino
