@@ -1718,6 +1718,7 @@ def run(cfg: RaceConfig, log: Callable[[str], None] = print) -> RaceReport:
     fsck = "not run"
     pending: list[Violation] = []
     final: Walk | None = None
+    violations: list[Violation] = []
     started = time.monotonic()
     try:
         log(f"race: seed {cfg.seed}, {cfg.hosts} hosts, tenant {race.tenant}, in {workdir}")
@@ -1763,7 +1764,10 @@ def run(cfg: RaceConfig, log: Callable[[str], None] = print) -> RaceReport:
             unmount_host(host)
         with contextlib.suppress(OSError):
             history.dump(workdir / "history.jsonl")
-        if not cfg.keep and cfg.workdir is None:
+        found_some = bool(violations or history.limits or sys.exc_info()[0] is not None)
+        if found_some and not cfg.keep and cfg.workdir is None:
+            log(f"race: findings; kept {workdir} (history.jsonl, hosts' logs) for a post-mortem")
+        elif not cfg.keep and cfg.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     kinds: dict[str, Counter[str]] = defaultdict(Counter)
     operations = 0
@@ -1808,7 +1812,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-ttl", type=float, default=1.0)
     parser.add_argument("--grace", type=float, default=60.0, help="rename grace period (s)")
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run")
-    parser.add_argument("--keep", action="store_true", help="keep the temp work dir")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp work dir (kept after findings anyway)"
+    )
     parser.add_argument("--no-fsck", action="store_true")
     parser.add_argument("--debug", action="store_true", help="mounts and daemons log every call")
     parser.add_argument(
