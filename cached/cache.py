@@ -574,10 +574,13 @@ class LocalCache:
         """Remember (in memory, for the TTL from ``fetched_at``, seconds) that ``parent``
         has ``count`` subdirectories, for a directory's nlink without caching its listing
         (which would answer lookups).  Ignored when this daemon changed the entries of
-        ``parent`` after ``fetched_at`` (:meth:`update_listing`)."""
+        ``parent`` after ``fetched_at`` (:meth:`update_listing`) or heard of a change
+        to them since (:meth:`changed_since`)."""
         key = ("N", *tenant, parent)
         held = self._memo.get(key)
-        if held is not None and held[2] > fetched_at:
+        if (held is not None and held[2] > fetched_at) or self.changed_since(
+            tenant, parent, fetched_at
+        ):
             return
         self._memo_put(key, (fetched_at, count, fetched_at))
 

@@ -257,6 +257,8 @@ class MetadataOps:
         second of another host's change, as any listing.  Without the feed only the
         entries' count is kept (:meth:`_count_subdirectories`), so that a mere stat
         does not have a listing answer lookups, negative ones too, for the TTL.
+        A listing read while a change to the directory was heard of is not used (it
+        may lack the change): the entries are then counted as without the feed.
         1, which ``find`` and ``fts`` take as "unknown" (btrfs answers 1 for every
         directory), for a directory over :data:`LISTING_LIMIT` entries without a
         fresh whole listing (``readdir`` caches one), and when Cassandra fails with
@@ -272,7 +274,9 @@ class MetadataOps:
                 index = await self._listing_index(s, ino)
                 if index is not None:
                     return 2 + sum(kind == DIRECTORY for _ino, kind in index.values())
-            else:
+            if not cache.is_large_dir(s.tenant, ino):
+                # Without the feed; or with it, a listing read across a change (which
+                # may lack it) or a failure (the breaker then fails this one at once).
                 with contextlib.suppress(StorageError):
                     count = await self.core.flights.run(
                         ("N", s.tenant, ino), self._count_subdirectories, s, ino

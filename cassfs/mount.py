@@ -85,7 +85,9 @@ async def serve(opts: MountOptions) -> None:
 
     async with open_client(socket_path(opts.cache_dir), on_notification=notify) as client:
         hello = await client.hello(opts.owner, opts.environment, read_only=opts.read_only)
-        client.restart = functools.partial(restart_daemon, opts.cache_dir, hello["config"])
+        # a debug mount (`cassfs up --debug`) restarts its daemon with per-operation logs too
+        debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+        client.restart = functools.partial(restart_daemon, opts.cache_dir, hello["config"], debug)
         ops = Operations(
             client,
             FrontConfig(
@@ -133,14 +135,17 @@ def _write_record(path: Path, record: MountRecord) -> None:
     path.write_text(json.dumps(record.__dict__))
 
 
-async def restart_daemon(cache_dir: Path, config: dict[str, Any]) -> trio.SocketStream:
-    """Start the cache daemon again with ``config`` and connect to it (60 s at most).
+async def restart_daemon(
+    cache_dir: Path, config: dict[str, Any], debug: bool = False
+) -> trio.SocketStream:
+    """Start the cache daemon again with ``config`` and connect to it (60 s at most);
+    ``debug``: it logs every operation, as the daemon it replaces did.
 
     For a daemon that died under a live mount (crash, OOM kill): the mount goes on
     with a new daemon on the same cache dir.  Raises ``DaemonUnavailable``.
     """
     log_path = cache_dir / LOG_NAME
-    await trio.to_thread.run_sync(spawn_daemon, cache_dir, daemon_command(cache_dir, config))
+    await trio.to_thread.run_sync(spawn_daemon, cache_dir, daemon_command(cache_dir, config, debug))
     with trio.move_on_after(60):
         while True:
             try:
