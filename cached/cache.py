@@ -272,6 +272,12 @@ class LocalCache:
         if self._memo_whole:
             return None  # cleared since, and all written since is in the memo
         value = await self._run(self._cache.get, key)
+        if key in self._memo:
+            # Set or deleted while the read was in the thread: that is newer than the
+            # disk's value, which must not replace it (a lost create's refresh of a
+            # name, undone by a lookup's read begun before it, answered ENOENT).
+            value = self._memo[key]
+            return None if value is _GONE else value
         # Remember misses too: only this daemon writes here, so a key absent on disk
         # stays absent until this daemon puts it (which replaces the tombstone).
         self._memo_put(key, _GONE if value is None else value)

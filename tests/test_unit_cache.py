@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import diskcache
 import pytest
+import trio
 
 from cached import cache as cache_module
 from cached.cache import Freshness, LocalCache, freshness, sha256_file
@@ -172,6 +174,43 @@ async def test_listings(cache: LocalCache, clock: FakeClock) -> None:
     fresh, got = await cache.get_listing(T1, 1)
     assert fresh is Freshness.STALE
     assert [tuple(item) for item in got] == items
+
+
+async def test_a_read_from_disk_does_not_undo_a_change_made_while_it_ran(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    """A new daemon (after a kill) reads an entry from disk in a thread; meanwhile a lost
+    create caches what the name names now: the disk's older answer must not replace it
+    (the next lookup said ENOENT after the create said EEXIST)."""
+    first = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    await first.put_dentry(T1, 7, b"n6", 0, 0)  # a negative entry, on disk
+    first.close()
+    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    in_thread, release = threading.Event(), threading.Event()
+    disk_get = cache._cache.get
+
+    def slow_get(key: object, *args: object, **kwargs: object) -> object:
+        in_thread.set()
+        release.wait(10)
+        return disk_get(key, *args, **kwargs)
+
+    cache._cache.get = slow_get  # type: ignore[method-assign]
+    got: list[object] = []
+
+    async def lookup() -> None:
+        got.append(await cache.get_dentry(T1, 7, b"n6"))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lookup)
+            await trio.to_thread.run_sync(in_thread.wait, 10)
+            await cache.put_dentry(T1, 7, b"n6", 42, REGULAR)  # the lost LWT's holder
+            release.set()
+        assert got == [(Freshness.FRESH, (42, REGULAR))]
+        assert await cache.get_dentry(T1, 7, b"n6") == (Freshness.FRESH, (42, REGULAR))
+    finally:
+        release.set()
+        cache.close()
 
 
 async def test_a_listing_read_across_a_change_to_its_directory_is_not_cached(
