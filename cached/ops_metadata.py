@@ -6,6 +6,7 @@ import contextlib
 import logging
 import stat
 import time
+from collections import OrderedDict
 from typing import Any
 
 import trio
@@ -45,6 +46,9 @@ PREFETCH_LIMIT = 512
 PREFETCH_CONTENT_LIMIT = 128 * 1024
 #: Content fetches started by lookups running at most (more are not started).
 PREFETCH_CONTENT_TASKS = 8
+#: Directories remembered as listed without their files' content (see
+#: :meth:`MetadataOps._prefetch_siblings`); the oldest are forgotten past it.
+SIBLINGS_PENDING_MAX = 4096
 
 
 class MetadataOps:
@@ -55,6 +59,9 @@ class MetadataOps:
         self.contents = contents
         #: Content fetches started by lookups and not yet done.
         self._content_prefetches = 0
+        #: ``(tenant..., parent)`` of directories whose listing was loaded to count
+        #: subdirectories: their files' content waits for the first lookup of one.
+        self._siblings_pending: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -127,6 +134,8 @@ class MetadataOps:
             if entry is None or entry.ino == ino:
                 raise
             inode = await self.core.get_inode(s, entry.ino, not_before=bound_at)
+        if inode.kind == REGULAR:
+            self._prefetch_siblings(s, parent, inode.ino)
         self._prefetch_content(s, inode)
         return await self._answer(s, inode)
 
@@ -139,13 +148,16 @@ class MetadataOps:
         return entry
 
     async def _listing_index(
-        self, s: Session, parent: int, first: bytes | None = None
+        self, s: Session, parent: int, first: bytes | None = None, lookup: bool = True
     ) -> dict[bytes, tuple[int, int]] | None:
         """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.
 
         None for a directory over :data:`LISTING_LIMIT` entries (remembered for the
         TTL) or when Cassandra fails.  ``first``: the name the caller looks up next,
         whose inode the prefetch of a newly loaded listing leaves to the caller.
+        ``lookup``: a lookup in ``parent`` asks (an open usually follows), so the
+        prefetch brings small files' bytes too; else (a directory's stat counting its
+        subdirectories, as a walk does) only their inodes.
         """
         state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if state is Freshness.FRESH and index is not None:
@@ -153,7 +165,7 @@ class MetadataOps:
         if self.core.cache.is_large_dir(s.tenant, parent):
             return None
         loaded = await self.core.flights.run(
-            ("L", s.tenant, parent), self._load_listing, s, parent, first
+            ("L", s.tenant, parent), self._load_listing, s, parent, first, lookup
         )
         if loaded is None:
             return None
@@ -165,10 +177,11 @@ class MetadataOps:
         return index
 
     async def _load_listing(
-        self, s: Session, parent: int, first: bytes | None
+        self, s: Session, parent: int, first: bytes | None, lookup: bool
     ) -> tuple[float, dict[bytes, tuple[int, int]]] | None:
         """Read and cache ``parent``'s listing: ``(read start, {name: (ino, kind)})``
-        (start on the cache's clock), or None when too large or Cassandra failed."""
+        (start on the cache's clock), or None when too large or Cassandra failed.
+        Its inodes are prefetched, with small files' bytes when ``lookup``."""
         self.core.counters.add("misses")
         started = self.core.cache.clock()
         try:
@@ -186,15 +199,55 @@ class MetadataOps:
         await self.core.cache.put_listing(s.tenant, parent, items, started)
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
             rest = [e.ino for e in entries if e.name != first]
-            self.core.background.start_soon(self._prefetch_inodes, s, rest)
+            self.core.background.start_soon(self._prefetch_inodes, s, rest, lookup)
+            key = (*s.tenant, parent)
+            self._siblings_pending.pop(key, None)
+            if not lookup:
+                self._siblings_pending[key] = None
+                while len(self._siblings_pending) > SIBLINGS_PENDING_MAX:
+                    self._siblings_pending.popitem(last=False)
         return started, {name: (ino, kind) for name, ino, kind in items}
 
-    async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
-        """Warm the cache with the inodes of a directory a lookup just listed, and the
-        bytes of its small files, many per query
+    async def _prefetch_inodes(self, s: Session, inos: list[int], content: bool) -> None:
+        """Warm the cache with the inodes of a directory just listed, and (``content``)
+        the bytes of its small files, many per query
         (:meth:`~cached.core.Core.load_inodes`); errors ignored."""
         with contextlib.suppress(CassfsError):
-            await self._load_stale_inodes(s, inos, content=True)
+            await self._load_stale_inodes(s, inos, content=content)
+
+    def _prefetch_siblings(self, s: Session, parent: int, ino: int) -> None:
+        """At the first lookup of a file in a directory listed without its files' bytes
+        (a stat of the directory counted its subdirectories first, as a path walk
+        does), start fetching the bytes of the other small files there, many per
+        query: a script's includes mostly sit beside it.  A stat walk, which looks
+        nothing up (readdir gives the kernel every entry's attributes), never pays
+        for the bytes."""
+        key = (*s.tenant, parent)
+        if key not in self._siblings_pending or self.core.background is None:
+            return
+        del self._siblings_pending[key]
+        self.core.background.start_soon(self._fetch_siblings, s, parent, ino)
+
+    async def _fetch_siblings(self, s: Session, parent: int, ino: int) -> None:
+        cache = self.core.cache
+        _state, index = await cache.get_listing_index(s.tenant, parent)
+        if index is None:
+            return
+        wanted = []
+        for child, kind in index.values():
+            if kind != REGULAR or child == ino:
+                continue
+            _state, inode = await cache.get_inode(s.tenant, child)
+            if (
+                inode is not None
+                and 0 < inode.size <= PREFETCH_CONTENT_LIMIT
+                and not self.core.flights.in_flight(("c", s.tenant, inode.content_id))
+                and not await cache.has_content(s.tenant, inode.content_id)
+            ):
+                wanted.append(child)
+        if wanted:
+            with contextlib.suppress(CassfsError):
+                await self.core.load_inodes(s, wanted, content=True)
 
     def _prefetch_content(self, s: Session, inode: Inode) -> None:
         """Start fetching a small file's content in the background, as its lookup is
@@ -271,7 +324,7 @@ class MetadataOps:
         count = cache.subdirectories(s.tenant, ino)
         if count is None and not cache.is_large_dir(s.tenant, ino):
             if self.core.feed.follows(s.tenant):
-                index = await self._listing_index(s, ino)
+                index = await self._listing_index(s, ino, lookup=False)
                 if index is not None:
                     return 2 + sum(kind == DIRECTORY for _ino, kind in index.values())
             if not cache.is_large_dir(s.tenant, ino):

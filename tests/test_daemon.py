@@ -140,6 +140,35 @@ async def test_a_lookup_prefetches_its_directorys_inodes_with_their_small_conten
         )
 
 
+async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_bytes(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """A stat walk (readdir, whose answer counts each subdirectory's subdirectories)
+    reads inodes only; a script's first lookup in a directory brings the bytes of the
+    small files beside it, many per query, so that the opens that follow read nothing."""
+    here, there = start_daemon("here"), start_daemon("there")  # "there" follows the feed
+    files = {f"f{i}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(5)}
+    async with session(here, tenant) as a:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        for name, data in files.items():
+            await make_file(a, d["ino"], name, data)
+    async with session(there, tenant) as b:
+        listed = await b.call("readdir", ino=ROOT_INO)  # counts d's subdirectories
+        assert [entry[0] for entry in listed if entry[0] == b"d"] == [b"d"]
+        assert sorted(entry[0] for entry in await b.call("readdir", ino=d["ino"])) == sorted(files)
+        assert there.stats()["bytes_fetched"] == 0
+        await b.call("lookup", parent=d["ino"], name=b"f0.php")
+        total = sum(map(len, files.values()))
+        assert await trio.to_thread.run_sync(
+            wait_for, lambda: there.stats()["bytes_fetched"] >= total
+        )
+        before = there.stats()
+        for name, data in files.items():
+            found = await b.call("lookup", parent=d["ino"], name=name)
+            assert (await b.call("open", ino=found["ino"]))["data"] == data
+        assert there.stats()["bytes_fetched"] == before["bytes_fetched"]
+
+
 async def test_hello_creates_root_and_lookup_misses(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
 ) -> None:
