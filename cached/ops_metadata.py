@@ -233,7 +233,7 @@ class MetadataOps:
         _state, index = await cache.get_listing_index(s.tenant, parent)
         if index is None:
             return
-        wanted = []
+        small: dict[bytes, int] = {}
         for child, kind in index.values():
             if kind != REGULAR or child == ino:
                 continue
@@ -242,9 +242,10 @@ class MetadataOps:
                 inode is not None
                 and 0 < inode.size <= PREFETCH_CONTENT_LIMIT
                 and not self.core.flights.in_flight(("c", s.tenant, inode.content_id))
-                and not await cache.has_content(s.tenant, inode.content_id)
             ):
-                wanted.append(child)
+                small[inode.content_id] = child
+        missing = await cache.missing_contents(s.tenant, list(small))
+        wanted = [small[cid] for cid in missing]
         if wanted:
             with contextlib.suppress(CassfsError):
                 await self.core.load_inodes(s, wanted, content=True)

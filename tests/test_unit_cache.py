@@ -311,6 +311,9 @@ async def test_tenants_are_isolated(cache: LocalCache) -> None:
     assert await cache.has_content(T1, cid) is True
     assert await cache.has_content(T2, cid) is False
     assert await cache.has_content(T3, cid) is False
+    other = content_id(b"other")
+    assert await cache.missing_contents(T1, [cid, other]) == {other}
+    assert await cache.missing_contents(T2, [cid]) == {cid}
     assert await cache.read_content(T2, cid, 0, 100) is None
     assert await cache.copy_content(T3, cid, io.BytesIO()) is False
 
