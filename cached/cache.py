@@ -487,6 +487,12 @@ class LocalCache:
             entry = await self._meta_get(key)
             if entry is not None and entry[0] >= self.opened_at:
                 await self._meta_set(key, (0.0, *entry[1:]))
+        # Again: a lookup may have rebuilt a listing's index from the listing, still
+        # fresh then, while a read above was in its thread.
+        for ino in inos:
+            self._forget_counts(tenant, ino)
+        for parent, _name in names:
+            self._forget_counts(tenant, parent)
 
     async def get_listing(
         self, tenant: Tenant, parent: int

@@ -419,6 +419,7 @@ class Core:
         still served while Cassandra fails), and tell the tenant's sessions, at
         most :data:`FORGET_BATCH` of each per notification (their fronts drop what they
         reuse and the kernel's caches; not waited for)."""
+        log.debug("the feed of %s/%s: inodes %s, names %s changed", *tenant, inos, names)
         await self.cache.expire(tenant, inos, names)
         sessions = [session for session in self.sessions if session.tenant == tenant]
         for start in range(0, max(len(inos), len(names)), FORGET_BATCH):

@@ -376,7 +376,13 @@ class Server:
                 log.exception("%.60s failed unexpectedly", request.method)
                 error = [errno.EIO, f"{type(exc).__name__}: {exc}"]
             elapsed = time.perf_counter() - started
-            log.debug("rpc %.60s took %.2f ms", request.method, elapsed * 1e3)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "rpc %.60s took %.2f ms: %s",
+                    request.method,
+                    elapsed * 1e3,
+                    _outcome(error, result),
+                )
             if self.metrics is not None and request.method in REQUESTS:  # known labels only
                 self.metrics.observe_rpc(request.method, elapsed)
             try:
@@ -499,3 +505,12 @@ def _brief(params: dict[str, Any]) -> str:
         f"{k}=<{len(v)} bytes>" if isinstance(v, bytes) and len(v) > 64 else f"{k}={v!r}"
         for k, v in params.items()
     )
+
+
+def _outcome(error: Any, result: Any) -> str:
+    """A reply in brief for the debug log: the errno's name, or the inode it names."""
+    if error is not None:
+        return errno.errorcode.get(error[0], str(error[0])) if error else "error"
+    if isinstance(result, dict) and "ino" in result:
+        return f"ino {result['ino']}"
+    return "ok"

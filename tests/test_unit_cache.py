@@ -213,6 +213,36 @@ async def test_a_read_from_disk_does_not_undo_a_change_made_while_it_ran(
         cache.close()
 
 
+async def test_a_listing_index_rebuilt_while_the_feed_expires_it_is_stale(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    """The feed tells of a name made in directory 7 while a lookup rebuilds 7's index:
+    that index must not answer "no such name" as fresh once the listing is stale."""
+    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    await cache.put_listing(T1, 7, [(b"old", 41, REGULAR)])
+    in_thread, release = threading.Event(), threading.Event()
+    disk_get = cache._cache.get
+
+    def slow_get(key: object, *args: object, **kwargs: object) -> object:
+        in_thread.set()
+        release.wait(10)
+        return disk_get(key, *args, **kwargs)
+
+    cache._cache.get = slow_get  # type: ignore[method-assign]
+    try:
+        async with trio.open_nursery() as nursery:
+            # the new name's dentry is on no disk: expire's read of it waits in the thread
+            nursery.start_soon(cache.expire, T1, (), [(7, b"new")])
+            await trio.to_thread.run_sync(in_thread.wait, 10)
+            state, index = await cache.get_listing_index(T1, 7)  # a lookup, meanwhile
+            assert state is Freshness.FRESH and index is not None and b"new" not in index
+            release.set()
+        assert (await cache.get_listing_index(T1, 7))[0] is Freshness.STALE
+    finally:
+        release.set()
+        cache.close()
+
+
 async def test_a_listing_read_across_a_change_to_its_directory_is_not_cached(
     cache: LocalCache, clock: FakeClock
 ) -> None:
