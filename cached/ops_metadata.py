@@ -49,6 +49,10 @@ PREFETCH_CONTENT_TASKS = 8
 #: Directories remembered as listed without their files' content (see
 #: :meth:`MetadataOps._prefetch_siblings`); the oldest are forgotten past it.
 SIBLINGS_PENDING_MAX = 4096
+#: Listings of a listed directory's grandchildren loaded ahead by one ``readdir`` at most
+#: (see :meth:`MetadataOps._list_ahead`), and at most this many at a time per daemon.
+LIST_AHEAD_MAX = 256
+LIST_AHEAD_TASKS = 8
 
 
 class MetadataOps:
@@ -62,6 +66,7 @@ class MetadataOps:
         #: ``(tenant..., parent)`` of directories whose listing was loaded to count
         #: subdirectories: their files' content waits for the first lookup of one.
         self._siblings_pending: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._list_ahead = trio.CapacityLimiter(LIST_AHEAD_TASKS)
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -98,6 +103,13 @@ class MetadataOps:
             ino = cached[0]
             if ino == 0:
                 self.core.counters.add("hits")
+                log.debug(
+                    "lookup %d %r: absent from the cached %s (fetched at %.3f)",
+                    parent,
+                    name,
+                    "listing" if index is not None else "entry",
+                    bound_at,
+                )
                 raise NotFound(name.decode(errors="replace"))
         else:
             await self.core.directory(s, parent)
@@ -387,7 +399,37 @@ class MetadataOps:
         async with trio.open_nursery() as nursery:
             for index, (name, child, _kind) in enumerate(items):
                 nursery.start_soon(one, index, name, child)
+        await self._list_ahead_of(s, [child for _name, child, kind in items if kind == DIRECTORY])
         return [r for r in results if r is not None]
+
+    async def _list_ahead_of(self, s: Session, subdirectories: list[int]) -> None:
+        """Start loading the listings of the subdirectories of ``subdirectories`` (the
+        listed directory's grandchildren), at most :data:`LIST_AHEAD_MAX`, in the
+        background.
+
+        A ``readdir`` waits for its subdirectories' listings (their nlink counts their
+        own subdirectories); a walk (``find``, ``du``, ``os.walk``) lists each of them
+        next and would wait, one directory after another, for the listings of their
+        subdirectories in turn.  Loaded ahead, they are cached by then.  Only while the
+        feed is followed (listings are cached then); lookups never start this.
+        """
+        background = self.core.background
+        if background is None or not subdirectories or not self.core.feed.follows(s.tenant):
+            return
+        ahead: list[int] = []
+        for child in subdirectories:
+            _state, index = await self.core.cache.get_listing_index(s.tenant, child)
+            if index is not None:
+                ahead += [ino for ino, kind in index.values() if kind == DIRECTORY]
+            if len(ahead) >= LIST_AHEAD_MAX:
+                break
+        for grandchild in ahead[:LIST_AHEAD_MAX]:
+            background.start_soon(self._load_ahead, s, grandchild)
+
+    async def _load_ahead(self, s: Session, ino: int) -> None:
+        async with self._list_ahead:
+            with contextlib.suppress(CassfsError):
+                await self._listing_index(s, ino, lookup=False)
 
     async def _load_stale_inodes(self, s: Session, inos: list[int], content: bool = False) -> None:
         """Read those of ``inos`` not fresh in the cache, many per query (``content``:
