@@ -169,6 +169,36 @@ async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_by
         assert there.stats()["bytes_fetched"] == before["bytes_fetched"]
 
 
+async def test_a_readdir_loads_its_grandchildrens_listings_ahead(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """readdir(/) counts d's subdirectories (d's listing) and loads e's listing ahead, in
+    the background, as a walk will list d next and count e's subdirectories then."""
+    here, there = start_daemon("here"), start_daemon("there")  # "there" follows the feed
+    async with session(here, tenant) as a:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        e = await a.call("mkdir", parent=d["ino"], name=b"e", mode=0o755, uid=0, gid=0)
+        await a.call("mkdir", parent=e["ino"], name=b"f", mode=0o755, uid=0, gid=0)
+    async with session(there, tenant) as b:
+        # Once two polls of the feed are done, "here"'s changes are applied: they will
+        # not make what follows read again.
+        polls = there.stats()["feed_reads"]
+        assert await trio.to_thread.run_sync(
+            wait_for, lambda: there.stats()["feed_reads"] >= polls + 2, 10.0
+        )
+        before = there.stats()["misses"]
+        await b.call("readdir", ino=ROOT_INO)
+        # The listings of / and d (counted): 2 misses; e's listing ahead (and e's inode
+        # unless d's prefetch brought it first): 1 or 2 more.
+        assert await trio.to_thread.run_sync(
+            wait_for, lambda: there.stats()["misses"] >= before + 3, 10.0
+        ), there.stats()["misses"] - before
+        settled = there.stats()["misses"]
+        with pytest.raises(NotFound):  # answered by e's listing, loaded ahead
+            await b.call("lookup", parent=e["ino"], name=b"nothing")
+        assert there.stats()["misses"] == settled
+
+
 async def test_hello_creates_root_and_lookup_misses(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
 ) -> None:
