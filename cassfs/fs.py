@@ -481,13 +481,16 @@ class Operations(pyfuse3.Operations):
             try:
                 inode = await self.daemon.lookup(parent_ino, name)
             except NotFound:
+                log.debug("lookup %d %r: absent", parent_inode, name)
                 if self.config.negative_ttl <= 0:
                     raise
                 negative = pyfuse3.EntryAttributes()
                 negative.st_ino = 0
                 negative.entry_timeout = self.config.negative_ttl
                 return negative
-            return self._remember(inode, parent_inode, name)
+            entry = self._remember(inode, parent_inode, name)
+            log.debug("lookup %d %r: node %d", parent_inode, name, entry.st_ino)
+            return entry
         return self._remember(inode)
 
     @_fuse_errors
