@@ -369,6 +369,10 @@ class History:
                     "problem": verdict.problem if verdict else None,
                 }  # fmt: skip
                 out.write(json.dumps(row) + "\n")
+            for f in self.followups:
+                row = {"followup": f.path, "host": f.host, "t0": rel(f.t0), "t1": rel(f.t1),
+                       "err": f.err}  # fmt: skip
+                out.write(json.dumps(row) + "\n")
             for ino, events in self.events.items():
                 for e in events:
                     row = {"ino": ino, "vid": e.vid, "t0": rel(e.t0), "t1": rel(e.t1)}
@@ -1274,6 +1278,19 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
                         return True
         return False
 
+    def removed_elsewhere(rel: str, host: int, t0: float, t1: float) -> bool:
+        """True if another host (or a dropped connection's request, which no kernel saw)
+        may have removed ``rel`` (or a parent) in ``[t0 - bound, t1]``: a host may still
+        see it up to ``bound`` seconds later (the README's consistency model)."""
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        return any(
+            r.t0 <= t1 and t0 - bound <= r.t1
+            for p in prefixes
+            for r in removers.get(p, [])
+            if r.host != host or r.kind.startswith("drop_")
+        )
+
     def may_be_removed(rel: str, t0: float, t1: float, stale: float = 0.0) -> bool:
         """True if the name ``rel`` (or a parent) may have been removed in ``[t0 - stale, t1]``.
 
@@ -1329,7 +1346,7 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
                 f"{op.step} {op.outcome} ({op.detail}) at +{op.t0 - history.start:.2f} s",
             )
         )
-    found += _check_names(ops, history, may_be_removed, bound)
+    found += _check_names(ops, history, may_be_removed, removed_elsewhere, bound)
     found += _check_reads(cfg, history, history.start)
     found += _check_lanes_final(cfg, history, final)
     if final is not None:
@@ -1341,14 +1358,18 @@ def _check_names(
     ops: list[Op],
     history: History,
     may_be_removed: Callable[[str, float, float, float], bool],
+    removed_elsewhere: Callable[[str, int, float, float], bool],
     bound: float,
 ) -> list[Violation]:
     """EEXIST then ENOENT; two exclusive creates both winning; directory cycles."""
     found: list[Violation] = []
     for f in history.followups:
         parent = f.path.rpartition("/")[0]
+        # This host's own removals show at once; another host's may show up to the
+        # bound late, so the EEXIST may come from a view of the name before one.
         if not may_be_removed(f.path, f.t0, f.t1, 0.0) and not (
-            parent and may_be_removed(parent, f.t0, f.t1, bound)  # a stale view of a parent
+            removed_elsewhere(f.path, f.host, f.t0, f.t1)
+            or (parent and may_be_removed(parent, f.t0, f.t1, bound))  # a stale parent
         ):
             found.append(
                 Violation(

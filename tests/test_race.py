@@ -111,6 +111,25 @@ def test_two_exclusive_creates_of_one_name_are_a_violation_unless_it_was_removed
     assert race.analyze(cfg, history, None) == []
 
 
+def test_eexist_then_enoent_unless_a_removal_could_explain_both() -> None:
+    """This host's own removals show at once; another host's up to the staleness bound
+    late (README), so an EEXIST right after one may come from the name's older view."""
+    cfg = race.RaceConfig()
+    bound = cfg.cache_ttl + cfg.entry_ttl + cfg.slack
+    history = race.History()
+    _op(history, "create", 2, "d0/n0", 20.0, 20.01, err="EEXIST", step="open")
+    start = history.start
+    history.followups.append(race.Followup(2, "d0/n0", start + 20.0, start + 20.1, "ENOENT"))
+    kinds = [v.kind for v in race.analyze(cfg, history, None)]
+    assert kinds == ["eexist-then-enoent"]
+    _op(history, "rename_same", 2, "d0/n0", 19.0, 19.5, dst="d0/n1")  # seen here at once
+    assert [v.kind for v in race.analyze(cfg, history, None)] == ["eexist-then-enoent"]
+    _op(history, "unlink", 1, "d0/n0", 20.0 - bound - 0.2, 20.0 - bound - 0.1)  # too old
+    assert [v.kind for v in race.analyze(cfg, history, None)] == ["eexist-then-enoent"]
+    _op(history, "rename_same", 1, "d0/n0", 19.0, 19.5, dst="d0/n7")  # within the bound
+    assert race.analyze(cfg, history, None) == []
+
+
 def test_two_top_directories_moved_into_each_other_at_once_unless_one_was_made_again() -> None:
     cfg = race.RaceConfig()
     history = race.History()
