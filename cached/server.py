@@ -511,6 +511,13 @@ def _outcome(error: Any, result: Any) -> str:
     """A reply in brief for the debug log: the errno's name, or the inode it names."""
     if error is not None:
         return errno.errorcode.get(error[0], str(error[0])) if error else "error"
-    if isinstance(result, dict) and "ino" in result:
-        return f"ino {result['ino']}"
+    if isinstance(result, dict):
+        inode = result.get("inode", result)
+        if isinstance(inode, dict) and "ino" in inode:
+            data = result.get("data")
+            return (
+                f"ino {inode['ino']} size {inode.get('size')} "
+                f"content {bytes(inode.get('content_id') or b'')[:4].hex()}"
+                + (f" data {len(data)}" if isinstance(data, bytes) else "")
+            )
     return "ok"
