@@ -50,7 +50,7 @@ PREFETCH_CONTENT_TASKS = 8
 #: :meth:`MetadataOps._prefetch_siblings`); the oldest are forgotten past it.
 SIBLINGS_PENDING_MAX = 4096
 #: Listings of a listed directory's grandchildren loaded ahead by one ``readdir`` at most
-#: (see :meth:`MetadataOps._list_ahead`), and at most this many at a time per daemon.
+#: (see :meth:`MetadataOps._list_ahead_of`), and at most this many at a time per daemon.
 LIST_AHEAD_MAX = 256
 LIST_AHEAD_TASKS = 8
 
