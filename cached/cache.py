@@ -381,13 +381,16 @@ class LocalCache:
         is cached stale: it may predate the change, so its next use reads it again.
         """
         when = self.clock() if fetched_at is None else fetched_at
-        if fetched_at is not None and self.changed_since(tenant, inode.ino, fetched_at):
-            when = 0.0
         key = ("i", *tenant, inode.ino)
         held = self._memo.get(key)
         if fetched_at is not None and held is not None and held is not _GONE:
-            if held[0] > when:
+            if held[0] > fetched_at:
                 return
+        if fetched_at is not None and self.changed_since(tenant, inode.ino, fetched_at):
+            # Compared above by when its read began: marked stale first, a reload was
+            # refused in favour of an older read still held fresh (a temp file's empty
+            # state, prefetched, served after the rename over a name and its rewrite).
+            when = 0.0
         await self._meta_set(key, (when, inode.to_wire()))
 
     async def drop_inode(self, tenant: Tenant, ino: int) -> None:

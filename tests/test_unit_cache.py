@@ -295,6 +295,41 @@ async def test_an_inode_read_across_a_change_told_by_the_feed_is_cached_stale(
     assert await cache.get_inode(T1, 42) == (Freshness.FRESH, make_inode(42, size=7))
 
 
+async def test_a_reload_told_of_a_change_replaces_an_older_read_while_expire_runs(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    """A prefetch read a temp file empty; the file got its content and was renamed over a
+    name; a lookup reloads it while the feed's expire of that change is under way: the
+    reload (stale, as it crossed the change) must replace the empty state, which must not
+    answer an open as fresh (another host read the file empty)."""
+    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    await cache.put_inode(T1, make_inode(42, size=0), fetched_at=clock())  # the prefetch
+    clock.advance(0.2)
+    started = clock()  # the lookup's reload begins
+    clock.advance(0.01)
+    in_thread, release = threading.Event(), threading.Event()
+    disk_get = cache._cache.get
+
+    def slow_get(key: object, *args: object, **kwargs: object) -> object:
+        in_thread.set()
+        release.wait(10)
+        return disk_get(key, *args, **kwargs)
+
+    cache._cache.get = slow_get  # type: ignore[method-assign]
+    try:
+        async with trio.open_nursery() as nursery:
+            # inode 7 is on no disk: expire waits in the thread before it reaches 42
+            nursery.start_soon(cache.expire, T1, [7, 42])
+            await trio.to_thread.run_sync(in_thread.wait, 10)
+            await cache.put_inode(T1, make_inode(42, size=11), fetched_at=started)
+            assert await cache.get_inode(T1, 42) == (Freshness.STALE, make_inode(42, size=11))
+            release.set()
+        assert (await cache.get_inode(T1, 42))[0] is Freshness.STALE
+    finally:
+        release.set()
+        cache.close()
+
+
 async def test_expire_makes_named_entries_stale_but_keeps_them(cache: LocalCache) -> None:
     """Another host's change (the change feed) makes what it names stale: read again at
     the next use, still there to serve while Cassandra fails; the rest stays fresh."""
