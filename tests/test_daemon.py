@@ -111,16 +111,31 @@ async def test_small_content_is_kept_in_its_rows_and_a_cold_open_reads_nothing_m
         assert opened["data"] == big  # read from its chunk
 
 
+async def make_php_dir(
+    daemon: Daemon, tenant: tuple[int, str]
+) -> tuple[dict[str, Any], dict[bytes, bytes]]:
+    """Directory ``d`` with five small files, made through ``daemon``: ``(d, {name: data})``."""
+    files = {f"f{i}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(5)}
+    async with session(daemon, tenant) as a:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        for name, data in files.items():
+            await make_file(a, d["ino"], name, data)
+    return d, files
+
+
+async def open_each(client: DaemonClient, parent: int, files: dict[bytes, bytes]) -> None:
+    """Look up and open every file of ``files`` in ``parent``; each reads whole."""
+    for name, data in files.items():
+        found = await client.call("lookup", parent=parent, name=name)
+        assert (await client.call("open", ino=found["ino"]))["data"] == data
+
+
 async def test_a_lookup_prefetches_its_directorys_inodes_with_their_small_content(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
 ) -> None:
     # No change feed on "there" (see the test above).
     here, there = start_daemon("here"), start_daemon("there", 60.0, "2G", "--feed-poll", "0")
-    files = {f"f{i}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(5)}
-    async with session(here, tenant) as a:
-        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
-        for name, data in files.items():
-            await make_file(a, d["ino"], name, data)
+    d, files = await make_php_dir(here, tenant)
     async with session(there, tenant) as b:
         await b.call("lookup", parent=ROOT_INO, name=b"d")
         await b.call("lookup", parent=d["ino"], name=b"f0.php")
@@ -130,9 +145,7 @@ async def test_a_lookup_prefetches_its_directorys_inodes_with_their_small_conten
             wait_for, lambda: there.stats()["bytes_fetched"] >= total
         )
         before = there.stats()
-        for name, data in files.items():
-            found = await b.call("lookup", parent=d["ino"], name=name)
-            assert (await b.call("open", ino=found["ino"]))["data"] == data
+        await open_each(b, d["ino"], files)
         after = there.stats()
         assert (after["misses"], after["bytes_fetched"]) == (
             before["misses"],
@@ -147,11 +160,7 @@ async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_by
     reads inodes only; a script's first lookup in a directory brings the bytes of the
     small files beside it, many per query, so that the opens that follow read nothing."""
     here, there = start_daemon("here"), start_daemon("there")  # "there" follows the feed
-    files = {f"f{i}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(5)}
-    async with session(here, tenant) as a:
-        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
-        for name, data in files.items():
-            await make_file(a, d["ino"], name, data)
+    d, files = await make_php_dir(here, tenant)
     async with session(there, tenant) as b:
         listed = await b.call("readdir", ino=ROOT_INO)  # counts d's subdirectories
         assert [entry[0] for entry in listed if entry[0] == b"d"] == [b"d"]
@@ -163,9 +172,7 @@ async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_by
             wait_for, lambda: there.stats()["bytes_fetched"] >= total
         )
         before = there.stats()
-        for name, data in files.items():
-            found = await b.call("lookup", parent=d["ino"], name=name)
-            assert (await b.call("open", ino=found["ino"]))["data"] == data
+        await open_each(b, d["ino"], files)
         assert there.stats()["bytes_fetched"] == before["bytes_fetched"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -159,6 +160,41 @@ async def test_dentries_positive_and_negative(cache: LocalCache, clock: FakeCloc
     assert await cache.get_dentry(T1, 1, b"missing") == (Freshness.STALE, (0, 0))
 
 
+class HeldDiskReads:
+    """Holds a :class:`LocalCache`'s reads from disk in their thread until released, to
+    run something else while one is in flight (the interleavings of a loaded daemon)."""
+
+    def __init__(self, cache: LocalCache) -> None:
+        self._in_thread, self._release = threading.Event(), threading.Event()
+        disk_get = cache._cache.get
+
+        def held_get(key: object, *args: object, **kwargs: object) -> object:
+            self._in_thread.set()
+            self._release.wait(10)
+            return disk_get(key, *args, **kwargs)
+
+        cache._cache.get = held_get  # type: ignore[method-assign]
+
+    async def reached(self) -> None:
+        """Wait until a read from disk is held."""
+        assert await trio.to_thread.run_sync(self._in_thread.wait, 10)
+
+    def release(self) -> None:
+        """Let held reads (and every later one) through."""
+        self._release.set()
+
+
+@contextlib.contextmanager
+def held_disk_reads(cache: LocalCache) -> Iterator[HeldDiskReads]:
+    """:class:`HeldDiskReads` over ``cache``; released and ``cache`` closed at the end."""
+    held = HeldDiskReads(cache)
+    try:
+        yield held
+    finally:
+        held.release()
+        cache.close()
+
+
 async def test_listings(cache: LocalCache, clock: FakeClock) -> None:
     items = [(b"a", 10, REGULAR), (b"b\xff", 11, DIRECTORY), (b"c", 12, 3)]
     assert await cache.get_listing(T1, 1) == (Freshness.ABSENT, None)
@@ -186,31 +222,19 @@ async def test_a_read_from_disk_does_not_undo_a_change_made_while_it_ran(
     await first.put_dentry(T1, 7, b"n6", 0, 0)  # a negative entry, on disk
     first.close()
     cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
-    in_thread, release = threading.Event(), threading.Event()
-    disk_get = cache._cache.get
-
-    def slow_get(key: object, *args: object, **kwargs: object) -> object:
-        in_thread.set()
-        release.wait(10)
-        return disk_get(key, *args, **kwargs)
-
-    cache._cache.get = slow_get  # type: ignore[method-assign]
     got: list[object] = []
 
     async def lookup() -> None:
         got.append(await cache.get_dentry(T1, 7, b"n6"))
 
-    try:
+    with held_disk_reads(cache) as held:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lookup)
-            await trio.to_thread.run_sync(in_thread.wait, 10)
+            await held.reached()
             await cache.put_dentry(T1, 7, b"n6", 42, REGULAR)  # the lost LWT's holder
-            release.set()
+            held.release()
         assert got == [(Freshness.FRESH, (42, REGULAR))]
         assert await cache.get_dentry(T1, 7, b"n6") == (Freshness.FRESH, (42, REGULAR))
-    finally:
-        release.set()
-        cache.close()
 
 
 async def test_a_listing_index_rebuilt_while_the_feed_expires_it_is_stale(
@@ -220,27 +244,15 @@ async def test_a_listing_index_rebuilt_while_the_feed_expires_it_is_stale(
     that index must not answer "no such name" as fresh once the listing is stale."""
     cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
     await cache.put_listing(T1, 7, [(b"old", 41, REGULAR)])
-    in_thread, release = threading.Event(), threading.Event()
-    disk_get = cache._cache.get
-
-    def slow_get(key: object, *args: object, **kwargs: object) -> object:
-        in_thread.set()
-        release.wait(10)
-        return disk_get(key, *args, **kwargs)
-
-    cache._cache.get = slow_get  # type: ignore[method-assign]
-    try:
+    with held_disk_reads(cache) as held:
         async with trio.open_nursery() as nursery:
             # the new name's dentry is on no disk: expire's read of it waits in the thread
             nursery.start_soon(cache.expire, T1, (), [(7, b"new")])
-            await trio.to_thread.run_sync(in_thread.wait, 10)
+            await held.reached()
             state, index = await cache.get_listing_index(T1, 7)  # a lookup, meanwhile
             assert state is Freshness.FRESH and index is not None and b"new" not in index
-            release.set()
+            held.release()
         assert (await cache.get_listing_index(T1, 7))[0] is Freshness.STALE
-    finally:
-        release.set()
-        cache.close()
 
 
 async def test_a_listing_read_across_a_change_to_its_directory_is_not_cached(
@@ -307,27 +319,15 @@ async def test_a_reload_told_of_a_change_replaces_an_older_read_while_expire_run
     clock.advance(0.2)
     started = clock()  # the lookup's reload begins
     clock.advance(0.01)
-    in_thread, release = threading.Event(), threading.Event()
-    disk_get = cache._cache.get
-
-    def slow_get(key: object, *args: object, **kwargs: object) -> object:
-        in_thread.set()
-        release.wait(10)
-        return disk_get(key, *args, **kwargs)
-
-    cache._cache.get = slow_get  # type: ignore[method-assign]
-    try:
+    with held_disk_reads(cache) as held:
         async with trio.open_nursery() as nursery:
             # inode 7 is on no disk: expire waits in the thread before it reaches 42
             nursery.start_soon(cache.expire, T1, [7, 42])
-            await trio.to_thread.run_sync(in_thread.wait, 10)
+            await held.reached()
             await cache.put_inode(T1, make_inode(42, size=11), fetched_at=started)
             assert await cache.get_inode(T1, 42) == (Freshness.STALE, make_inode(42, size=11))
-            release.set()
+            held.release()
         assert (await cache.get_inode(T1, 42))[0] is Freshness.STALE
-    finally:
-        release.set()
-        cache.close()
 
 
 async def test_expire_makes_named_entries_stale_but_keeps_them(cache: LocalCache) -> None:
