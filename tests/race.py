@@ -1213,6 +1213,12 @@ GRACE_KINDS = frozenset({"two-names", "dangling-name", "nlink"})
 # -- analysis -------------------------------------------------------------------------------
 
 
+def path_and_parents(rel: str) -> list[str]:
+    """``rel`` and every directory above it, top first: ``a/b/c`` -> ``a``, ``a/b``, ``a/b/c``."""
+    parts = rel.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Violation]:
     """Check the log (and the final walk's files) against the invariants; the violations."""
     found: list[Violation] = []
@@ -1232,9 +1238,11 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
 
     def touched(index: dict[str, list[Op]], rel: str, t0: float, t1: float, stale: float) -> bool:
         """True if an op of ``index`` on ``rel`` or a parent overlaps ``[t0 - stale, t1]``."""
-        parts = rel.split("/")
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        return any(r.t0 <= t1 and t0 - stale <= r.t1 for p in prefixes for r in index.get(p, []))
+        return any(
+            r.t0 <= t1 and t0 - stale <= r.t1
+            for p in path_and_parents(rel)
+            for r in index.get(p, [])
+        )
 
     dir_moves: dict[str, list[Op]] = defaultdict(list)  # path -> directories moved onto it
     moved_away: dict[str, list[Op]] = defaultdict(list)  # path -> directories moved from it
@@ -1269,9 +1277,7 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
         check had).
         """
         for path in filter(None, (op.src, op.dst)):
-            parts = path.split("/")
-            for i in range(len(parts)):
-                prefix = "/".join(parts[: i + 1])
+            for prefix in path_and_parents(path):
                 for move in (*dir_moves.get(prefix, []), *moved_away.get(prefix, [])):
                     unseen = move.host != op.host or move.kind in ("drop_rename", CHAINED_DIR_MOVE)
                     if unseen and move.t0 <= op.t1:
@@ -1282,11 +1288,9 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
         """True if another host (or a dropped connection's request, which no kernel saw)
         may have removed ``rel`` (or a parent) in ``[t0 - bound, t1]``: a host may still
         see it up to ``bound`` seconds later (the README's consistency model)."""
-        parts = rel.split("/")
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
         return any(
             r.t0 <= t1 and t0 - bound <= r.t1
-            for p in prefixes
+            for p in path_and_parents(rel)
             for r in removers.get(p, [])
             if r.host != host or r.kind.startswith("drop_")
         )
