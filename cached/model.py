@@ -8,7 +8,7 @@ agree on one shape.
 from __future__ import annotations
 
 import stat
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from cached.errors import InvalidArgument, NameTooLong
@@ -89,8 +89,9 @@ class Inode:
         return self.kind == DIRECTORY
 
     def to_wire(self) -> dict[str, Any]:
-        """Return a msgpack-friendly map of every field."""
-        return asdict(self)
+        """Return a msgpack-friendly map of every field (every field is a scalar, so no
+        deep copy as ``dataclasses.asdict`` makes: one is sent per reply)."""
+        return {name: getattr(self, name) for name in _INODE_FIELDS}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Inode:
@@ -101,6 +102,8 @@ class Inode:
         """Return a copy with ``changes`` applied."""
         return replace(self, **changes)
 
+
+_INODE_FIELDS = tuple(f.name for f in fields(Inode))
 
 #: Nanoseconds after which ``relatime`` records an access even without a change since.
 RELATIME_AGE_NS = 24 * 3600 * 1_000_000_000
