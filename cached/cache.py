@@ -173,11 +173,16 @@ class LocalCache:
         (``cull_limit=0``) and eviction happens here, never of ``key`` itself.
         """
         self._cache.set(key, value, read=read)
+        self._evict_to_limit(key)
+
+    def _evict_to_limit(self, keep: tuple[Any, ...]) -> None:
+        """Evict least-recently-used entries, never ``keep``, until the cache's volume
+        (bytes, SQLite pages plus files) is within the limit or nothing else may go."""
         evicted = 0
         while self._cache.volume() > self.size_limit:
-            victim = self._least_recently_used(exclude=key)
+            victim = self._least_recently_used(exclude=keep)
             if victim is None:
-                break  # only `key` is left: it alone is over the limit
+                break  # only `keep` is left: it alone is over the limit
             if self._cache.delete(victim):
                 evicted += 1
         if evicted:
@@ -296,13 +301,19 @@ class LocalCache:
         self._ops_queued.set()
 
     def _apply(self, ops: list[tuple[str, tuple[Any, ...], Any]]) -> None:
-        # One SQLite transaction per batch, not one per entry (commits cost most).
+        # One SQLite transaction per batch, not one per entry (commits cost most), and
+        # one eviction pass after it (a volume check costs two queries): the batch's
+        # entries are its most recently used, so the pass takes them last.
+        last_set: tuple[Any, ...] | None = None
         with self._cache.transact(retry=True):
             for kind, key, value in ops:
                 if kind in ("set", "land"):
-                    self._set_counting(key, value)
+                    self._cache.set(key, value)
+                    last_set = key
                 else:
                     self._cache.delete(key)
+            if last_set is not None:
+                self._evict_to_limit(last_set)
 
     async def _apply_pending(self) -> None:
         # In batches, so that reads waiting for the one diskcache thread get a turn.
