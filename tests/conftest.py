@@ -15,12 +15,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cached.api import daemon_command
 from cached.client import call_once, socket_path
@@ -65,6 +67,26 @@ def local_node_pid() -> int:
             "started by `just node-start`",
             pytrace=False,
         )
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(address: str) -> Samples:
+    """Every sample of ``http://address/metrics``: (name, labels) -> value."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        text = reply.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample ``name{labels}``, 0 when absent (a label value not seen yet)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:

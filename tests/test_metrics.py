@@ -8,39 +8,18 @@ import os
 import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cached.api import parse_metrics_address
 from cached.client import open_client, socket_path
 from cached.errors import CassfsError
 from cached.model import ROOT_INO
-from tests.conftest import KEYSPACE, Daemon, Mount, run_cli
+from tests.conftest import KEYSPACE, Daemon, Mount, run_cli, scrape, value
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(address: str) -> Samples:
-    """Every sample of ``http://address/metrics``: (name, labels) -> value."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
-        assert reply.headers["Content-Type"].startswith("text/plain")
-        text = reply.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sample ``name{labels}``, 0 when absent (a label value not seen yet)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def metrics_address(m: Mount) -> str:
