@@ -92,6 +92,18 @@ def freshness(fetched_at: float | None, now: float, ttl: float) -> Freshness:
     return Freshness.FRESH if 0 <= age < ttl else Freshness.STALE
 
 
+def latest_per_key(
+    ops: list[tuple[str, tuple[Any, ...], Any]],
+) -> list[tuple[str, tuple[Any, ...], Any]]:
+    """``ops`` (queued ``(kind, key, value)`` writes, oldest first) without the metadata
+    sets and deletes that a later one of the same key replaces: applying what is left,
+    in order, leaves diskcache as applying all would.  A directory's listing is set
+    again at every entry made in it; a batch writes it once.  Content landings are
+    kept (the writer releases each from memory once written)."""
+    last = {key: i for i, (kind, key, _value) in enumerate(ops) if kind != "land"}
+    return [op for i, op in enumerate(ops) if op[0] == "land" or last[op[1]] == i]
+
+
 class LocalCache:
     """diskcache under ``directory`` holding at most ``size_limit`` bytes, evicting LRU.
 
@@ -320,7 +332,7 @@ class LocalCache:
         while self._pending_ops:
             ops = self._pending_ops[:WRITE_BATCH]
             del self._pending_ops[:WRITE_BATCH]
-            await self._run(self._apply, ops)
+            await self._run(self._apply, latest_per_key(ops))
             for kind, key, value in ops:
                 landed = self._landing.get(key) if kind == "land" else None
                 if landed is not None and landed is value:

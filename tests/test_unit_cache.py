@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from cached import cache as cache_module
-from cached.cache import Freshness, LocalCache, freshness, sha256_file
+from cached.cache import Freshness, LocalCache, freshness, latest_per_key, sha256_file
 from cached.content import content_id
 from cached.model import DIRECTORY, REGULAR, Inode
 from cached.stats import Counters
@@ -651,3 +651,20 @@ async def test_after_a_clear_a_missing_key_costs_no_disk_read(
     await cache.put_inode(T1, make_inode(3))
     assert await cache.get_inode(T1, 1) == (Freshness.ABSENT, None)
     assert reads == [("i", *T1, 1)]
+
+
+def test_a_batch_of_queued_writes_keeps_each_metadata_keys_last_write_in_order() -> None:
+    listing, inode, content = ("l", *T1, 1), ("i", *T1, 2), ("c", *T1, b"id")
+    queued = [
+        ("set", listing, ["a"]),
+        ("land", content, b"x"),
+        ("set", inode, "i2"),
+        ("delete", listing, None),
+        ("set", listing, ["a", "b"]),
+        ("delete", inode, None),
+    ]
+    assert latest_per_key(queued) == [
+        ("land", content, b"x"),
+        ("set", listing, ["a", "b"]),
+        ("delete", inode, None),
+    ]
