@@ -49,8 +49,6 @@ PREFETCH_CONTENT_TASKS = 8
 #: Directories remembered as listed without their files' content (see
 #: :meth:`MetadataOps._prefetch_siblings`); the oldest are forgotten past it.
 SIBLINGS_PENDING_MAX = 4096
-#: Seconds a file's lookup waits at most for the fetch of its siblings' bytes to end.
-SIBLINGS_WAIT = 2.0
 #: Listings of a listed directory's grandchildren loaded ahead by one ``readdir`` at most
 #: (see :meth:`MetadataOps._list_ahead_of`), and at most this many at a time per daemon.
 LIST_AHEAD_MAX = 256
@@ -68,9 +66,6 @@ class MetadataOps:
         #: ``(tenant..., parent)`` of directories whose listing was loaded to count
         #: subdirectories: their files' content waits for the first lookup of one.
         self._siblings_pending: OrderedDict[tuple[Any, ...], None] = OrderedDict()
-        #: ``(tenant..., parent)`` -> set once the fetch of the small files' bytes that a
-        #: first lookup there started has ended: the lookups of other files wait for it.
-        self._siblings_fetching: dict[tuple[Any, ...], trio.Event] = {}
         self._list_ahead = trio.CapacityLimiter(LIST_AHEAD_TASKS)
 
     # -- metadata -------------------------------------------------------------------------
@@ -133,8 +128,6 @@ class MetadataOps:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
         kind = cached[1] if state is Freshness.FRESH and cached is not None else 0
-        if kind == REGULAR:
-            await self._await_siblings(s, parent)
         if kind == REGULAR and self.core.flights.in_flight(("i", s.tenant, ino)):
             # A prefetch's batch reads no content: a read of its own brings a small
             # file's bytes with its inode, for the open that usually follows.
@@ -245,49 +238,18 @@ class MetadataOps:
         if key not in self._siblings_pending or self.core.background is None:
             return
         del self._siblings_pending[key]
-        done = self._siblings_fetching[key] = trio.Event()
-        self.core.background.start_soon(self._fetch_siblings, s, parent, ino, done)
+        self.core.background.start_soon(self._fetch_siblings, s, parent, ino)
 
-    async def _await_siblings(self, s: Session, parent: int) -> None:
-        """Before a file's lookup in ``parent``: wait (at most :data:`SIBLINGS_WAIT`
-        seconds) for a fetch of the small files' bytes there that is running, so that
-        this file's bytes, very likely in it, are not read a second time."""
-        done = self._siblings_fetching.get((*s.tenant, parent))
-        if done is not None:
-            with trio.move_on_after(SIBLINGS_WAIT):
-                await done.wait()
-
-    async def _fetch_siblings(self, s: Session, parent: int, ino: int, done: trio.Event) -> None:
-        key = (*s.tenant, parent)
-        try:
-            await self._fetch_small_files(s, parent, ino)
-        finally:
-            if self._siblings_fetching.get(key) is done:
-                del self._siblings_fetching[key]
-            done.set()
-
-    async def _fetch_small_files(self, s: Session, parent: int, ino: int) -> None:
-        """Cache the bytes of the small files of ``parent`` but ``ino``, many per query.
-
-        Inodes the listing's prefetch is still reading are waited for; those not cached
-        nor being read are read here, with their bytes.  Errors are ignored (an open
-        fetches again and reports them)."""
+    async def _fetch_siblings(self, s: Session, parent: int, ino: int) -> None:
         cache = self.core.cache
         _state, index = await cache.get_listing_index(s.tenant, parent)
         if index is None:
             return
         small: dict[bytes, int] = {}
-        unread: list[int] = []
         for child, kind in index.values():
             if kind != REGULAR or child == ino:
                 continue
             _state, inode = await cache.get_inode(s.tenant, child)
-            if inode is None:
-                if not self.core.flights.in_flight(("i", s.tenant, child)):
-                    unread.append(child)
-                    continue
-                with contextlib.suppress(CassfsError):
-                    inode = await self.core.get_inode(s, child)  # joins that read
             if (
                 inode is not None
                 and 0 < inode.size <= PREFETCH_CONTENT_LIMIT
@@ -295,7 +257,7 @@ class MetadataOps:
             ):
                 small[inode.content_id] = child
         missing = await cache.missing_contents(s.tenant, list(small))
-        wanted = [small[cid] for cid in missing] + unread
+        wanted = [small[cid] for cid in missing]
         if wanted:
             with contextlib.suppress(CassfsError):
                 await self.core.load_inodes(s, wanted, content=True)

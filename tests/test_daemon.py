@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import os
 import subprocess
@@ -23,14 +22,9 @@ from cached.content import INLINE_CONTENT_LIMIT
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
 from cached.model import ROOT_INO
 from cached.store import ContactPoints, make_cluster
-from tests.conftest import KEYSPACE, Daemon, scrape, value, wait_for
+from tests.conftest import KEYSPACE, Daemon, wait_for
 
 pytestmark = pytest.mark.cassandra
-
-#: The Prometheus count of Cassandra queries, by statement (``--metrics-address``).
-QUERY_COUNT = "cassfs_cassandra_query_duration_seconds_count"
-#: Statements that read one file's bytes: its version row, its inode row, a chunk.
-SINGLE_CONTENT_READS = ("get_version_data", "get_inode_content", "get_chunk")
 
 
 @asynccontextmanager
@@ -180,42 +174,6 @@ async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_by
         before = there.stats()
         await open_each(b, d["ino"], files)
         assert there.stats()["bytes_fetched"] == before["bytes_fetched"]
-
-
-async def test_lookups_after_the_first_in_a_directory_wait_for_its_siblings_bytes(
-    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
-) -> None:
-    """A path walk stats a directory (its listing read for the nlink: inodes only), then
-    looks up a file there, and at once the others (as PHP workers do).  The first lookup
-    fetches the other small files' bytes, many per query; the lookups that follow wait
-    for that fetch instead of each reading their own file's bytes."""
-    here = start_daemon("here")
-    there = start_daemon("there", 60.0, "2G", "--metrics-address", "127.0.0.1:0")
-    d, files = await make_php_dir(here, tenant)
-    async with session(there, tenant) as b:
-        address = (await b.call("status"))["config"]["metrics_address"]
-
-        def reads(statement: str) -> float:
-            return value(scrape(address), QUERY_COUNT, statement=statement)
-
-        # Once two polls of the feed are done, "here"'s changes are applied: they will
-        # not make what follows read again.
-        polls = there.stats()["feed_reads"]
-        assert await trio.to_thread.run_sync(
-            wait_for, lambda: there.stats()["feed_reads"] >= polls + 2, 10.0
-        )
-        await b.call("lookup", parent=ROOT_INO, name=b"d")  # counts d's subdirectories
-        singles = {statement: reads(statement) for statement in SINGLE_CONTENT_READS}
-        batches = reads("get_inodes_content")
-        await b.call("lookup", parent=d["ino"], name=b"f0.php")
-        async with trio.open_nursery() as nursery:
-            for name in files:
-                nursery.start_soon(functools.partial(b.call, "lookup", parent=d["ino"], name=name))
-        await open_each(b, d["ino"], files)
-        # f0.php's bytes, read with its inode or alone; the other four files' came in
-        # the batch its lookup started.
-        assert sum(reads(st) - n for st, n in singles.items()) == 1
-        assert reads("get_inodes_content") == batches + 1
 
 
 async def test_a_readdir_loads_its_grandchildrens_listings_ahead(
