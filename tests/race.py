@@ -333,9 +333,10 @@ class History:
             op.detail = str(error)
 
     def event(self, ino: int, vid: str, t0: float, t1: float, acked: bool) -> None:
-        """Inode ``ino`` may hold ``vid`` from ``[t0, t1]`` on (``ino`` 0: unknown inode)."""
+        """Inode ``ino`` may hold ``vid`` from ``[t0, t1]`` on (``ino`` 0: unknown inode;
+        so is a mount's alias node, whose ``st_ino`` is no inode number)."""
         with self.lock:
-            if ino:
+            if ino and ino < ALIAS_BASE:
                 self.events[ino].append(Event(vid, t0, t1, acked))
             else:
                 self.unknown_ino_vids.add(vid)
@@ -1026,7 +1027,11 @@ class Race:
                 params = {"ino": st.st_ino, "data": make_content(vid, self.cfg.size)}
         except OSError:
             return  # the names moved under us: try another time
-        if any(v >= ALIAS_BASE for k, v in params.items() if k in ("parent", "new_parent", "ino")):
+        if any(
+            v >= ALIAS_BASE
+            for k, v in params.items()
+            if k in ("parent", "old_parent", "new_parent", "ino")
+        ):
             return  # a node of its own on that mount (cassfs.inodes), not an inode number
         op = self.history.begin(f"drop_{method}", h, rel, dst)
         try:
@@ -1518,9 +1523,16 @@ def _check_reads(cfg: RaceConfig, history: History, start: float) -> list[Violat
 
 
 def _written_to(history: History, ino: int, vid: str, before: float) -> bool:
-    """True if some write may have put ``vid`` on inode ``ino`` by ``before``."""
+    """True if some write may have put ``vid`` on inode ``ino`` by ``before``.
+
+    ``ino`` at or above :data:`~cassfs.inodes.ALIAS_BASE` is a node the mount made for a
+    newer version (or a moved directory) of an inode it does not name: ``vid`` written
+    to any inode then passes.
+    """
     if vid in history.unknown_ino_vids:
         return True
+    if ino >= ALIAS_BASE:
+        return any(e.vid == vid and e.t0 <= before for es in history.events.values() for e in es)
     return any(e.vid == vid and e.t0 <= before for e in history.events.get(ino, []))
 
 

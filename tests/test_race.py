@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cassfs.inodes import ALIAS_BASE
 from tests import race
 from tests.conftest import KEYSPACE
 
@@ -284,6 +285,29 @@ def test_lane_reads_torn_stale_or_empty_mid_rewrite() -> None:
     assert [v.kind for v in race.analyze(cfg, history, None)] == ["empty-mid-rewrite"]
     history.reads = [read(5.0, v2[:16384] + v1[16384:])]
     assert [v.kind for v in race.analyze(cfg, history, None)] == ["torn-read"]
+
+
+def test_content_read_through_an_alias_node_is_checked_against_every_inode() -> None:
+    """A mount answers a file's newer version with an alias node (``st_ino`` from
+    ``ALIAS_BASE`` up) while handles of the older one read through the page cache: a read
+    there names no inode, so its version need only have been written to some inode."""
+    cfg = race.RaceConfig(size=SIZE)
+    history = race.History()
+    t = history.start
+    history.event(7, "v1", t + 1, t + 2, acked=True)
+    alias = ALIAS_BASE + 5
+
+    def read(vid: str, ino: int) -> race.Read:
+        content = race.make_content(vid, SIZE)
+        return race.Read(0, "d0/n1", None, t + 3, t + 3.1, race.judge(content, SIZE), ino=ino)
+
+    history.reads = [read("v1", alias), read("v1", 7)]
+    assert race.analyze(cfg, history, None) == []
+    history.reads = [read("v9", alias), read("v1", 8)]
+    assert [v.kind for v in race.analyze(cfg, history, None)] == ["foreign-content"] * 2
+    history.event(alias, "v2", t + 1, t + 2, acked=True)  # written through an alias node
+    history.reads = [read("v2", 7)]
+    assert race.analyze(cfg, history, None) == []
 
 
 def test_the_final_walk_finds_two_names_of_one_inode(tmp_path: Path) -> None:
