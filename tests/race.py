@@ -370,9 +370,9 @@ class History:
                     "problem": verdict.problem if verdict else None,
                 }  # fmt: skip
                 out.write(json.dumps(row) + "\n")
-            for f in self.followups:
-                row = {"followup": f.path, "host": f.host, "t0": rel(f.t0), "t1": rel(f.t1),
-                       "err": f.err}  # fmt: skip
+            for fu in self.followups:
+                row = {"followup": fu.path, "host": fu.host, "t0": rel(fu.t0), "t1": rel(fu.t1),
+                       "err": fu.err}  # fmt: skip
                 out.write(json.dumps(row) + "\n")
             for ino, events in self.events.items():
                 for e in events:
@@ -1241,10 +1241,18 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
         if op.dst and op.kind.startswith(("rename", "drop_rename", "rewrite_rename")):
             replacers[op.dst].append(op)
 
-    def touched(index: dict[str, list[Op]], rel: str, t0: float, t1: float, stale: float) -> bool:
-        """True if an op of ``index`` on ``rel`` or a parent overlaps ``[t0 - stale, t1]``."""
+    def touched(
+        index: dict[str, list[Op]],
+        rel: str,
+        t0: float,
+        t1: float,
+        stale: float,
+        counts: Callable[[Op], bool] = lambda r: True,
+    ) -> bool:
+        """True if an op of ``index`` on ``rel`` or a parent, one that ``counts``, overlaps
+        ``[t0 - stale, t1]``."""
         return any(
-            r.t0 <= t1 and t0 - stale <= r.t1
+            r.t0 <= t1 and t0 - stale <= r.t1 and counts(r)
             for p in path_and_parents(rel)
             for r in index.get(p, [])
         )
@@ -1293,11 +1301,8 @@ def analyze(cfg: RaceConfig, history: History, final: Walk | None) -> list[Viola
         """True if another host (or a dropped connection's request, which no kernel saw)
         may have removed ``rel`` (or a parent) in ``[t0 - bound, t1]``: a host may still
         see it up to ``bound`` seconds later (the README's consistency model)."""
-        return any(
-            r.t0 <= t1 and t0 - bound <= r.t1
-            for p in path_and_parents(rel)
-            for r in removers.get(p, [])
-            if r.host != host or r.kind.startswith("drop_")
+        return touched(
+            removers, rel, t0, t1, bound, lambda r: r.host != host or r.kind.startswith("drop_")
         )
 
     def may_be_removed(rel: str, t0: float, t1: float, stale: float = 0.0) -> bool:
