@@ -35,7 +35,9 @@ install:
     mkdir -p "$CASSFS_NODE_DIR"
     stamp="$CASSFS_NODE_DIR/pip-install.stamp"
     # -P: do not put the checkout on sys.path, so only an installed cassfs/cached counts.
-    if ! python -P -c 'import pyfuse3, cassfs, cached' 2>/dev/null || [ pyproject.toml -nt "$stamp" ]; then
+    # pip also builds cassfs/_openflags.c in place (cassfs/openflags.py): again when it changed
+    if ! python -P -c 'import pyfuse3, cassfs, cached; assert cassfs.openflags.LOADED' 2>/dev/null \
+        || [ pyproject.toml -nt "$stamp" ] || [ cassfs/_openflags.c -nt "$stamp" ]; then
         echo "install: pip install -e '.[test]'"
         python -m pip install -q --root-user-action=ignore -e '.[test]'
         if command -v pyenv >/dev/null; then pyenv rehash; fi  # shims for the new `cassfs` script

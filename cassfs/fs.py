@@ -71,6 +71,7 @@ from cached.errors import (
     TooBig,
 )
 from cached.model import NAME_MAX, REGULAR, ROOT_INO, Inode, needs_atime
+from cassfs import openflags
 from cassfs.handles import OpenFile, WriteBuffer, check_size
 from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
 from cassfs.kernel import FuseKernelCache, KernelCache
@@ -161,6 +162,9 @@ class FrontConfig:
     the access when the access time is not after the last change, or is a day old)
     or ``noatime`` (never).  ``read_only``: every change fails with EROFS before the
     daemon is asked, and no access time is recorded (whatever ``atime`` says).
+    ``kernel_keeps_listings``: the kernel may keep a directory's entries from one opendir
+    to the next (FOPEN_CACHE_DIR); set when the daemon follows the change feed, which tells
+    the front of another host's changes (see :meth:`Operations.opendir`).
     """
 
     entry_ttl: float = 1.0
@@ -168,6 +172,7 @@ class FrontConfig:
     switch_wait: float = 1.0
     atime: str = "relatime"
     read_only: bool = False
+    kernel_keeps_listings: bool = False
 
 
 @dataclass(frozen=True)
@@ -610,12 +615,17 @@ class Operations(pyfuse3.Operations):
         """Take a snapshot of the listing; readdir tokens index into it.  ESTALE when gone.
 
         The daemon's listing is reused for the entry timeout (:mod:`cassfs.listings`).
+        With ``kernel_keeps_listings`` the handle asks the kernel to keep the entries it
+        reads (FOPEN_CACHE_DIR, :mod:`cassfs.openflags`), so the next opendir's readdir
+        asks nobody.  The kernel drops them itself at a change through this mount and when
+        the directory's mtime changes; a change from elsewhere that names an entry of it
+        drops them too (:meth:`_invalidate_changed`), whatever the mtime says.
 
         POSIX leaves it unspecified whether entries added or removed after
         opendir(3) show up, so a per-handle snapshot is a valid, stable cursor.
         """
         log.debug("opendir %d", inode)
-        fh = next(self._fh)
+        fh = openflags.dir_handle(next(self._fh), cache=self.config.kernel_keeps_listings)
         ino = self.inodes.ino_of(inode)
         listing = self.listings.get(ino, trio.current_time())
         if listing is None:
@@ -633,6 +643,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Reply entries from ``start_id`` on; ``next_id`` is the index of the next one."""
+        log.debug("readdir %d from %d", fh, start_id)
         opened = self._dirs.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -653,6 +664,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def releasedir(self, fh: int) -> None:
         """Drop the listing snapshot."""
+        log.debug("releasedir %d", fh)
         self._dirs.pop(fh, None)
 
     @_fuse_errors
@@ -870,8 +882,10 @@ class Operations(pyfuse3.Operations):
         handles of the held version read through the page cache, answers ESTALE
         after giving the new version a node of its own: the VFS then walks the path
         again (``LOOKUP_REVAL``) and opens that node (see :meth:`_place`).  A
-        truncating open empties the write buffer at once.  ESTALE when the inode is
-        gone, EISDIR for a directory.
+        truncating open empties the write buffer at once.  A handle that cannot write
+        asks the kernel for no flush at its close (FOPEN_NOFLUSH, :mod:`cassfs.openflags`):
+        it has nothing to write through.  ESTALE when the inode is gone, EISDIR for a
+        directory.
         """
         log.debug("open %d flags %#o", inode, flags)
         access = flags & os.O_ACCMODE
@@ -906,7 +920,7 @@ class Operations(pyfuse3.Operations):
                     info = accessed
             version = Version.of(info, self.epoch)
             handle = OpenFile(
-                next(self._fh),
+                openflags.file_handle(next(self._fh), writable),
                 state.ino,
                 version.content_id,
                 version.size,
@@ -1099,6 +1113,9 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def flush(self, fh: int) -> None:
         """Write the file through to Cassandra if this handle changed it; EIO reaches close(2).
+
+        Only handles that can write get here: :meth:`open` asks the kernel not to flush
+        the others.
 
         A read-only mount has nothing to write: it answers ENOSYS, on which the kernel
         stops sending flushes for the whole mount and close(2) returns 0 (Linux
@@ -1309,14 +1326,18 @@ class Operations(pyfuse3.Operations):
         return None
 
     async def _invalidate_changed(self, inos: list[int], names: list[tuple[int, bytes]]) -> None:
-        """Drop the kernel's attributes of nodes ``inos`` and its dentries of ``names`` (another
-        mount or host changed them); never raises.  Dentries are dropped from worker threads, one
-        at a time and at most :data:`REMOTE_ENTRY_WAIT` seconds each (a busy directory
-        keeps its dentry until its entry timeout), never through pyfuse3's one
-        notification queue, which this mount's own creates and renames use."""
+        """Drop the kernel's attributes of nodes ``inos``, its dentries of ``names`` and the
+        entries it keeps of their parents (another mount or host changed them); never
+        raises.  Dentries are dropped from worker threads, one at a time and at most
+        :data:`REMOTE_ENTRY_WAIT` seconds each (a busy directory keeps its dentry until its
+        entry timeout), never through pyfuse3's one notification queue, which this mount's
+        own creates and renames use."""
         try:
             for ino in inos:
                 await self.kernel.invalidate_attributes(ino)
+            # the directories' pages: the entries the kernel caches for readdir
+            for parent in dict.fromkeys(parent for parent, _ in names):
+                await self.kernel.invalidate_inode(parent)
             for parent, name in names:
                 await self.kernel.invalidate_entry(parent, name, REMOTE_ENTRY_WAIT)
         except Exception:
@@ -1325,7 +1346,7 @@ class Operations(pyfuse3.Operations):
     async def _invalidate_all(self) -> None:
         """Drop the kernel's caches of every known inode (after a purge); never raises."""
         try:
-            for ino in self.inodes.known():
+            for ino in dict.fromkeys([ROOT_INO, *self.inodes.known()]):
                 await self.kernel.invalidate_inode(ino)
         except Exception:
             log.exception("dropping the kernel's caches after a purge failed")

@@ -25,6 +25,7 @@ from cached.api import daemon_command
 from cached.cachedir import LOG_NAME, spawn_daemon
 from cached.client import open_client, socket_path
 from cached.errors import DaemonUnavailable
+from cassfs import openflags
 from cassfs.fs import FrontConfig, Operations
 from cassfs.state import MountRecord, record_path
 
@@ -79,6 +80,12 @@ async def serve(opts: MountOptions) -> None:
     ``RuntimeError`` when the kernel refuses the mount.
     """
     ops: Operations | None = None
+    if not openflags.LOADED:
+        log.warning(
+            "%s is not loaded (reinstall cassfs with a C compiler and libfuse3-dev): every "
+            "close(2) sends a flush and every opendir reads the directory again",
+            openflags.LIBRARY.name,
+        )
 
     def notify(event: str, params: dict[str, Any]) -> Callable[[], Awaitable[None]] | None:
         return ops.on_notification(event, params) if ops is not None else None
@@ -91,7 +98,11 @@ async def serve(opts: MountOptions) -> None:
         ops = Operations(
             client,
             FrontConfig(
-                opts.entry_ttl, opts.negative_ttl, atime=opts.atime, read_only=opts.read_only
+                opts.entry_ttl,
+                opts.negative_ttl,
+                atime=opts.atime,
+                read_only=opts.read_only,
+                kernel_keeps_listings=hello["config"].get("feed_poll", 0) > 0,
             ),
             opts.cache_dir / "spool",
             hello["epoch"],

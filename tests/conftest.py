@@ -243,6 +243,15 @@ class Mount:
         """Run ``cassfs ARGS``."""
         return run_cli(*args, check=check)
 
+    def operations(self, name: str) -> list[str]:
+        """The ``NAME ...`` lines of this mount's log so far: one per kernel request of
+        that operation, logged as it arrives (the mount must run with ``--debug``)."""
+        logs = sorted((self.cache_dir / "logs").glob(f"mount-{self.path.name}-*.log"))
+        assert logs, f"no log of {self.path} in {self.cache_dir / 'logs'}"
+        marker = f" cassfs.fs DEBUG {name} "
+        lines = logs[-1].read_text().splitlines()
+        return [line.split(" DEBUG ", 1)[1] for line in lines if marker in line]
+
 
 def run_cli(
     *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 180

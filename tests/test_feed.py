@@ -186,6 +186,47 @@ def test_two_mounts_of_one_daemon_see_each_others_changes_once_they_return(
     assert os.listdir(b.path) == ["index.php"]
 
 
+@pytest.mark.cassandra
+@pytest.mark.fuse
+def test_a_listing_the_kernel_keeps_shows_another_hosts_new_moved_and_removed_names(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """Default flags: B's kernel keeps a directory's entries between opendirs
+    (FOPEN_CACHE_DIR, through cassfs/_openflags.c), so a second listing asks the front
+    nothing; a create, a rename across directories, an unlink, and a create after which
+    the directory's mtime is put back, on host A, still show in B's listings within the
+    feed's bound, at the root and in a subdirectory."""
+    a = mount_cassfs("a", *tenant)
+    b = mount_cassfs("b", *tenant, None, "--debug")
+    (a.path / "sub").mkdir()
+    (a.path / "sub" / "one.php").write_bytes(b"1")
+    assert wait_for(lambda: _listing(b.path / "sub") == ["one.php"], SHOWS_WITHIN)
+    assert _listing(b.path) == ["sub"]
+    readdirs = len(b.operations("readdir"))
+    assert _listing(b.path / "sub") == ["one.php"] and _listing(b.path) == ["sub"]
+    assert len(b.operations("readdir")) == readdirs  # both from the kernel's cache
+    (a.path / "sub" / "two.php").write_bytes(b"2")
+    assert wait_for(lambda: _listing(b.path / "sub") == ["one.php", "two.php"], SHOWS_WITHIN)
+    os.rename(a.path / "sub" / "one.php", a.path / "top.php")
+    assert wait_for(lambda: _listing(b.path) == ["sub", "top.php"], SHOWS_WITHIN)
+    assert wait_for(lambda: _listing(b.path / "sub") == ["two.php"], SHOWS_WITHIN)
+    os.unlink(a.path / "top.php")
+    assert wait_for(lambda: _listing(b.path) == ["sub"], SHOWS_WITHIN)
+    # rsync -t and tar put a directory's mtime back after filling it: the kernel must not
+    # take an unchanged mtime for an unchanged listing
+    before = os.stat(a.path / "sub")
+    (a.path / "sub" / "three.php").write_bytes(b"3")
+    os.utime(a.path / "sub", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert wait_for(lambda: _listing(b.path / "sub") == ["three.php", "two.php"], SHOWS_WITHIN)
+
+
+def _listing(path: Path) -> list[str] | None:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return None
+
+
 def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()

@@ -102,6 +102,28 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
+def test_only_a_descriptor_that_can_write_sends_a_flush_at_close(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """close(2) of a read-only descriptor sends no FUSE_FLUSH (FOPEN_NOFLUSH, which pyfuse3
+    cannot set: cassfs/_openflags.c), so a warm open/read/close is two kernel round trips;
+    the close of a descriptor that can write still flushes, since a flush is where a
+    written file reaches Cassandra before close(2) returns."""
+    m = mount_cassfs("host", *tenant, None, "--debug")
+    page = m.path / "page.php"
+    page.write_bytes(b"<?php one();")
+    flushes = len(m.operations("flush"))  # the write's, logged before its close returned
+    for _ in range(3):
+        assert page.read_bytes() == b"<?php one();"
+    with open(page, "r+b") as either:  # O_RDWR: may write, so its close flushes
+        assert either.read() == b"<?php one();"
+    assert len(m.operations("flush")) == flushes + 1
+    with open(page, "r+b") as writer:
+        writer.write(b"<?php two();")
+    assert len(m.operations("flush")) == flushes + 2
+    assert page.read_bytes() == b"<?php two();"
+
+
 def test_writes_through_a_mapping_after_close_are_saved(
     mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
 ) -> None:

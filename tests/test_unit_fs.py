@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,7 @@ import trio.testing
 
 from cached.errors import CassfsError, Exists, NotFound, StorageError
 from cached.model import DIRECTORY, REGULAR, Inode
+from cassfs import openflags
 from cassfs.fs import FrontConfig, Operations
 from cassfs.inodes import ALIAS_BASE
 from cassfs.kernel import ENTRY_INVALIDATION_THREADS, FuseKernelCache
@@ -718,7 +720,35 @@ async def test_a_change_elsewhere_drops_the_kernels_attributes_and_dentries_befo
     await work()
     assert kernel.attributes == [ino, ino]
     assert kernel.dropped == [(DIR_INO, b"page.php")]
+    assert kernel.inodes == [DIR_INO]  # the entries the kernel keeps for readdir of it
     assert ops.on_notification("changed", {"inos": [unknown], "seq": 3}) is None
+
+
+async def test_handles_ask_for_no_flush_when_they_cannot_write_and_for_kept_entries_with_the_feed(
+    daemon: FakeDaemon, kernel: FakeKernel, tmp_path: Path
+) -> None:
+    """The handle numbers carry cassfs/_openflags.c's bits: FOPEN_NOFLUSH for a file handle
+    that cannot write, FOPEN_CACHE_DIR for a directory handle when the feed is followed;
+    every later request finds its handle by the whole number."""
+    ops = make_ops(daemon, kernel, tmp_path)
+    ino = await looked_up(ops)
+    reader = (await ops.open(ino, os.O_RDONLY, CTX)).fh
+    writer = (await ops.open(ino, os.O_RDWR, CTX)).fh
+    assert (reader & openflags.NOFLUSH, writer & openflags.NOFLUSH) == (openflags.NOFLUSH, 0)
+    assert await ops.read(reader, 0, 4) == b"0123"
+    await ops.write(writer, 0, b"ab")
+    await ops.flush(writer)
+    await ops.release(reader)
+    await ops.release(writer)
+    unkept = await ops.opendir(DIR_INO, CTX)
+    assert unkept & openflags.CACHE_DIR == 0  # no feed: the kernel must ask again
+    await ops.releasedir(unkept)
+    ops.config = replace(ops.config, kernel_keeps_listings=True)
+    kept = await ops.opendir(DIR_INO, CTX)
+    assert kept & openflags.CACHE_DIR == openflags.CACHE_DIR
+    assert [name for name, _ in ops._dirs[kept][1]] == [b"page.php"]
+    await ops.releasedir(kept)
+    assert kept not in ops._dirs
 
 
 async def test_writes_on_this_host_move_every_handle_to_the_new_version(
