@@ -36,6 +36,7 @@ access time; the kernel's ``ro`` mount option refuses most of them before they g
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import functools
@@ -75,7 +76,7 @@ from cassfs import openflags
 from cassfs.handles import OpenFile, WriteBuffer, check_size
 from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
 from cassfs.kernel import FuseKernelCache, KernelCache
-from cassfs.listings import Listings
+from cassfs.listings import Listings, in_cookie_order, readdir_cookie
 from cassfs.xattrs import AbsentXattrs
 
 if TYPE_CHECKING:
@@ -162,9 +163,10 @@ class FrontConfig:
     the access when the access time is not after the last change, or is a day old)
     or ``noatime`` (never).  ``read_only``: every change fails with EROFS before the
     daemon is asked, and no access time is recorded (whatever ``atime`` says).
-    ``kernel_keeps_listings``: the kernel may keep a directory's entries from one opendir
-    to the next (FOPEN_CACHE_DIR); set when the daemon follows the change feed, which tells
-    the front of another host's changes (see :meth:`Operations.opendir`).
+    ``kernel_keeps_listings``: the mount is opendir-free and the kernel keeps directories'
+    entries (:meth:`Operations.readdir`); set when the daemon follows the change feed,
+    which tells the front of another host's changes, and :mod:`cassfs.openflags` made the
+    session so.
     """
 
     entry_ttl: float = 1.0
@@ -612,47 +614,63 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        """Take a snapshot of the listing; readdir tokens index into it.  ESTALE when gone.
+        """Take a snapshot of the listing for readdir; ESTALE when gone.
 
-        The daemon's listing is reused for the entry timeout (:mod:`cassfs.listings`).
-        With ``kernel_keeps_listings`` the handle asks the kernel to keep the entries it
-        reads (FOPEN_CACHE_DIR, :mod:`cassfs.openflags`), so the next opendir's readdir
-        asks nobody.  The kernel drops them itself at a change through this mount and when
-        the directory's mtime changes; a change from elsewhere that names an entry of it
-        drops them too (:meth:`_invalidate_changed`), whatever the mtime says.
-
-        POSIX leaves it unspecified whether entries added or removed after
-        opendir(3) show up, so a per-handle snapshot is a valid, stable cursor.
+        Not called with ``kernel_keeps_listings``: the mount is then opendir-free (see
+        :meth:`readdir`).  POSIX leaves it unspecified whether entries added or removed
+        after opendir(3) show up, so a per-handle snapshot is a valid, stable cursor.
         """
         log.debug("opendir %d", inode)
-        fh = openflags.dir_handle(next(self._fh), cache=self.config.kernel_keeps_listings)
-        ino = self.inodes.ino_of(inode)
+        fh = next(self._fh)
+        self._dirs[fh] = (inode, await self._listing(inode))
+        return fh
+
+    async def _listing(self, node: int) -> list[tuple[bytes, Inode]]:
+        """Directory ``node``'s ``(name, inode)`` entries in readdir cookie order: a listing
+        reused for the entry timeout (:mod:`cassfs.listings`) or the daemon's.  ESTALE when
+        the directory is gone."""
+        ino = self.inodes.ino_of(node)
         listing = self.listings.get(ino, trio.current_time())
         if listing is None:
             generation = self.listings.generation
-            with _stale_if_gone(inode):
-                listing = await self.daemon.readdir(ino)
+            with _stale_if_gone(node):
+                listing = in_cookie_order(await self.daemon.readdir(ino))
             self.listings.put(ino, listing, trio.current_time(), generation)
             # A reused listing records no access: relatime records one per change of the
             # directory (which drops the listing) or per day, longer than its lifetime.
             if self._records_atime:
                 self._start(self._touch_atime, ino, time.time_ns())
-        self._dirs[fh] = (inode, listing)
-        return fh
+        return listing
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Reply entries from ``start_id`` on; ``next_id`` is the index of the next one."""
+        """Reply the entries after offset ``start_id`` (0: from the first), in cookie order;
+        each entry's ``next_id`` is its name's :func:`~cassfs.listings.readdir_cookie`.
+
+        With ``kernel_keeps_listings`` the mount is opendir-free (:mod:`cassfs.openflags`):
+        ``fh`` is the directory's node, the entries come from :meth:`_listing` on each call,
+        and the kernel keeps what it was given in its page cache.  It drops them itself at
+        a change through this mount and when the directory's mtime changes; a change from
+        elsewhere that names an entry of it drops them too (:meth:`_invalidate_changed`),
+        whatever the mtime says.  Cookies keep a listing that changed between two calls
+        from repeating or skipping a name that stayed.  Otherwise ``fh`` is an opendir's
+        snapshot (EBADF when unknown).  ESTALE when the directory is gone.
+        """
         log.debug("readdir %d from %d", fh, start_id)
-        opened = self._dirs.get(fh)
-        if opened is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        directory, entries = opened
-        for index in range(start_id, len(entries)):
-            name, inode = entries[index]
+        if self.config.kernel_keeps_listings:
+            directory, entries = fh, await self._listing(fh)
+        else:
+            opened = self._dirs.get(fh)
+            if opened is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            directory, entries = opened
+        first = bisect.bisect_right(entries, start_id, key=lambda e: readdir_cookie(e[0]))
+        for name, inode in entries[first:]:
             node = self._node_for(inode, directory, name)
             state = self.inodes.remember(node)
-            if not pyfuse3.readdir_reply(token, name, self._entry(inode, node), index + 1):
+            if not pyfuse3.readdir_reply(
+                token, name, self._entry(inode, node), readdir_cookie(name)
+            ):
                 self.inodes.forget(node, 1)  # not sent: the kernel takes no reference
                 self.inodes.discard_if_idle(state)
                 return

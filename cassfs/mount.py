@@ -83,7 +83,7 @@ async def serve(opts: MountOptions) -> None:
     if not openflags.LOADED:
         log.warning(
             "%s is not loaded (reinstall cassfs with a C compiler and libfuse3-dev): every "
-            "close(2) sends a flush and every opendir reads the directory again",
+            "close(2) sends a flush and every listing asks the front again",
             openflags.LIBRARY.name,
         )
 
@@ -102,7 +102,9 @@ async def serve(opts: MountOptions) -> None:
                 opts.negative_ttl,
                 atime=opts.atime,
                 read_only=opts.read_only,
-                kernel_keeps_listings=hello["config"].get("feed_poll", 0) > 0,
+                # opendir-free only while the feed tells of other hosts' changes
+                kernel_keeps_listings=hello["config"].get("feed_poll", 0) > 0
+                and openflags.skip_opendir(),
             ),
             opts.cache_dir / "spool",
             hello["epoch"],

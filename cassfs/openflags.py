@@ -1,17 +1,25 @@
-"""Open flags pyfuse3 cannot set, asked for through the handle number (``_openflags.c``).
+"""What pyfuse3 cannot ask of the kernel, through ``cassfs/_openflags.c``.
 
-pyfuse3 3.5 gives a handler no way to set ``FOPEN_NOFLUSH`` (skip FUSE_FLUSH at close(2))
-or ``FOPEN_CACHE_DIR`` (the kernel caches a directory's entries between opendirs).  The
-small C library ``cassfs/_openflags.c``, built by ``pip install``, defines
-``fuse_reply_open`` ahead of libfuse's: it sets those bits of ``struct fuse_file_info`` when
-the handle number carries :data:`NOFLUSH` or :data:`CACHE_DIR`, then calls libfuse's.  It
-must be loaded ``RTLD_GLOBAL`` before pyfuse3 binds the symbol, hence :func:`load` from
-the package's ``__init__``.
+pyfuse3 3.5 gives a handler no way to set ``FOPEN_NOFLUSH`` (no FUSE_FLUSH at close(2)),
+and its ``readdir`` gets a handle number alone, so a file system cannot answer
+``opendir`` with ENOSYS and still know which directory it lists.  Without opendir, Linux
+(>= 5.1) sends no opendir or releasedir again and keeps each directory's entries in its
+page cache between listings (``fs/fuse/file.c``, ``fuse_do_open``: FOPEN_KEEP_CACHE |
+FOPEN_CACHE_DIR), until the directory changes through the mount, its mtime changes, or the
+file system drops its pages (``invalidate_inode``).
 
-The kernel returns the handle number unchanged in every later request, so the front keys
-its handles by the whole number and never strips the bits.  Without the library (a build
-without a C compiler) the bits are harmless: the kernel then flushes at every close and
-reads directories afresh at every opendir, as before, and :data:`LOADED` is False.
+The small C library ``cassfs/_openflags.c``, built by ``pip install``, defines
+``fuse_reply_open`` and ``fuse_session_new`` ahead of libfuse's:
+
+- an open answered with a handle number carrying :data:`NOFLUSH` gets ``noflush``; the
+  kernel returns the number unchanged in every later request, so the front keys its
+  handles by the whole number and never strips the bit;
+- after :func:`skip_opendir`, the session answers opendir with ENOSYS itself and hands
+  pyfuse3's ``readdir`` the directory's inode number as the handle number.
+
+It must be loaded ``RTLD_GLOBAL`` before pyfuse3 binds those symbols, hence :func:`load`
+from the package's ``__init__``.  Without the library (a build without a C compiler)
+:data:`LOADED` is False, the bit is harmless, and the front opens directories itself.
 """
 
 from __future__ import annotations
@@ -26,44 +34,51 @@ log = logging.getLogger(__name__)
 
 #: Handle-number bit: the kernel sends no FUSE_FLUSH at close(2) of this file handle.
 NOFLUSH = 1 << 62
-#: Handle-number bit: the kernel caches this directory's entries and keeps them at opendir.
-CACHE_DIR = 1 << 61
 
 #: The library's file, built beside this module (``[tool.setuptools] ext-modules``).
 LIBRARY = Path(__file__).with_name("_openflags" + str(sysconfig.get_config_var("EXT_SUFFIX")))
 
-#: Whether the library is loaded and is the ``fuse_reply_open`` the process binds first.
+#: Whether the library is loaded and its functions are the ones the process binds first.
 LOADED = False
+
+_library: ctypes.CDLL | None = None
 
 
 def load() -> bool:
-    """Load the library into the global symbol scope; True when its reply function is the
-    one a later ``fuse_reply_open`` reference binds to.  Never raises: a missing or broken
-    library is logged at debug and the front runs without the flags."""
-    global LOADED
+    """Load the library into the global symbol scope; True when its functions are the ones
+    later references to ``fuse_reply_open`` and ``fuse_session_new`` bind to.  Never
+    raises: a missing or broken library is logged at debug and the front does without."""
+    global LOADED, _library
     if LOADED:
         return True
     try:
         library = ctypes.CDLL(str(LIBRARY), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
-        bits = library.cassfs_openflags_bits
-        bits.restype = ctypes.c_uint64
-        ours = ctypes.cast(library.fuse_reply_open, ctypes.c_void_p).value
-        first = ctypes.cast(ctypes.CDLL(None).fuse_reply_open, ctypes.c_void_p).value
+        library.cassfs_openflags_bits.restype = ctypes.c_uint64
+        process = ctypes.CDLL(None)
+        bound = all(
+            ctypes.cast(getattr(library, name), ctypes.c_void_p).value
+            == ctypes.cast(getattr(process, name), ctypes.c_void_p).value
+            for name in ("fuse_reply_open", "fuse_session_new")
+        )
     except (OSError, AttributeError) as exc:
-        log.debug("open flags library not loaded (%s): close(2) flushes, readdir uncached", exc)
+        log.debug("%s not loaded (%s)", LIBRARY.name, exc)
         return False
-    LOADED = bits() == NOFLUSH | CACHE_DIR and ours == first
+    _library = library
+    LOADED = bound and library.cassfs_openflags_bits() == NOFLUSH
     return LOADED
 
 
 def file_handle(number: int, writable: bool) -> int:
-    """The handle number to answer an open with: ``number`` (>= 1, below 2**61), with
+    """The handle number to answer an open with: ``number`` (>= 1, below 2**62), with
     :data:`NOFLUSH` when the handle cannot write (its close has nothing to write through)."""
     return number if writable else number | NOFLUSH
 
 
-def dir_handle(number: int, cache: bool) -> int:
-    """The handle number to answer an opendir with: ``number`` (>= 1, below 2**61), with
-    :data:`CACHE_DIR` when the kernel may keep the entries it is given until told to drop
-    them (the change feed runs, so another host's change reaches the kernel)."""
-    return number | CACHE_DIR if cache else number
+def skip_opendir() -> bool:
+    """Make the next pyfuse3 session opendir-free (call before ``pyfuse3.init``): the
+    kernel then keeps directories' entries, and ``readdir``'s handle number is the
+    directory's inode number.  False (and nothing changes) without the library."""
+    if not LOADED or _library is None:
+        return False
+    _library.cassfs_skip_opendir(1)
+    return True

@@ -724,13 +724,9 @@ async def test_a_change_elsewhere_drops_the_kernels_attributes_and_dentries_befo
     assert ops.on_notification("changed", {"inos": [unknown], "seq": 3}) is None
 
 
-async def test_handles_ask_for_no_flush_when_they_cannot_write_and_for_kept_entries_with_the_feed(
-    daemon: FakeDaemon, kernel: FakeKernel, tmp_path: Path
-) -> None:
-    """The handle numbers carry cassfs/_openflags.c's bits: FOPEN_NOFLUSH for a file handle
-    that cannot write, FOPEN_CACHE_DIR for a directory handle when the feed is followed;
-    every later request finds its handle by the whole number."""
-    ops = make_ops(daemon, kernel, tmp_path)
+async def test_a_file_handle_that_cannot_write_asks_for_no_flush(ops: Operations) -> None:
+    """The handle number carries cassfs/_openflags.c's FOPEN_NOFLUSH bit when the handle
+    cannot write; every later request finds the handle by the whole number."""
     ino = await looked_up(ops)
     reader = (await ops.open(ino, os.O_RDONLY, CTX)).fh
     writer = (await ops.open(ino, os.O_RDWR, CTX)).fh
@@ -740,15 +736,45 @@ async def test_handles_ask_for_no_flush_when_they_cannot_write_and_for_kept_entr
     await ops.flush(writer)
     await ops.release(reader)
     await ops.release(writer)
-    unkept = await ops.opendir(DIR_INO, CTX)
-    assert unkept & openflags.CACHE_DIR == 0  # no feed: the kernel must ask again
-    await ops.releasedir(unkept)
+    assert ops.inodes.get(ino) is not None and not ops.inodes.state(ino).handles
+
+
+async def test_an_opendir_free_readdir_goes_on_after_its_cookie_across_a_change(
+    daemon: FakeDaemon, kernel: FakeKernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``kernel_keeps_listings`` (no opendir: the handle number is the directory's
+    node) each readdir lists from the directory's listing in cookie order; one that goes
+    on after a change, from a listing loaded again, lists every name that stayed exactly
+    once over the two calls."""
+    ops = make_ops(daemon, kernel, tmp_path)
     ops.config = replace(ops.config, kernel_keeps_listings=True)
-    kept = await ops.opendir(DIR_INO, CTX)
-    assert kept & openflags.CACHE_DIR == openflags.CACHE_DIR
-    assert [name for name, _ in ops._dirs[kept][1]] == [b"page.php"]
-    await ops.releasedir(kept)
-    assert kept not in ops._dirs
+    for n in range(8):
+        daemon.add_file(b"f%d.php" % n, b"x", ino=300 + n)
+    listed: list[tuple[bytes, int]] = []
+    room = [3]
+
+    def readdir_reply(token: object, name: bytes, attrs: object, next_id: int) -> bool:
+        if room[0] == 0:
+            return False
+        room[0] -= 1
+        listed.append((name, next_id))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", readdir_reply)
+    await ops.readdir(DIR_INO, 0, None)  # type: ignore[arg-type]
+    first = [name for name, _ in listed]
+    assert len(first) == 3
+    daemon.add_file(b"new.php", b"y", ino=400)
+    gone = next(name for name in sorted(daemon.names) if name not in first and name != b"new.php")
+    del daemon.names[gone]
+    ops.on_notification("changed", {"inos": [], "names": [[DIR_INO, b"new.php"], [DIR_INO, gone]]})
+    room[0] = 100
+    await ops.readdir(DIR_INO, listed[-1][1], None)  # type: ignore[arg-type]
+    names = [name for name, _ in listed]
+    assert [m for m, _ in daemon.calls].count("readdir") == 2
+    assert len(names) == len(set(names))
+    assert set(names) - {b"new.php"} == set(daemon.names) - {b"new.php"}  # not `gone`
+    assert [cookie for _, cookie in listed] == sorted(cookie for _, cookie in listed)
 
 
 async def test_writes_on_this_host_move_every_handle_to_the_new_version(
