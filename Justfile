@@ -138,6 +138,33 @@ bench-rss *ARGS: schema
 bench-warm *ARGS: schema
     python -m tests.warm_bench "$@"
 
+# A warm WordPress page (front and login) served by `php -S` with opcache on, from cassfs and
+# from a native copy, against one MariaDB (issue 9's last row). Installs PHP, MariaDB and ab
+# with apt-get and fetches the twentytwentythree theme once, beside the WordPress tree.
+bench-wordpress *ARGS: schema
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    for pkg in php8.2-cli php8.2-mysql php8.2-opcache mariadb-server apache2-utils; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    tree="$(just --justfile "{{justfile()}}" wordpress-tree)"
+    dir="${CASSFS_WORDPRESS_DIR:-/tmp/wpdeb}"
+    theme="$dir/theme/usr/share/wordpress/wp-content/themes/twentytwentythree"
+    if [ ! -d "$theme" ]; then
+        cd "$dir"
+        if ! ls wordpress-theme-twentytwentythree_*.deb >/dev/null 2>&1; then
+            apt-get download wordpress-theme-twentytwentythree >&2
+        fi
+        dpkg -x "$(ls wordpress-theme-twentytwentythree_*.deb | tail -n 1)" theme
+        cd - >/dev/null
+    fi
+    python -m tests.wordpress_bench --tree "$tree" --theme "$theme" "$@"
+
 # How soon another host sees a change (two mounts, 100 changes of each kind), and the feed's idle cost.
 bench-feed *ARGS: schema
     python -m tests.feed_bench "$@"
