@@ -40,7 +40,7 @@ def readdir_cookie(name: bytes) -> int:
     cookies are).  A listing in cookie order continued after any cookie neither repeats nor
     skips a name that stayed, as readdir(3) and pyfuse3's ``readdir_reply`` ask, even when
     the listing changed or was loaded again in between.  Two names of one directory
-    sharing a cookie (about 1 in 10**7 for a million names) could make a continuation that
+    sharing a cookie (about 1 in 2 * 10**7 for a million names) could make a continuation that
     starts between them skip the second."""
     cookie = int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") >> 1
     return cookie or 1
