@@ -461,13 +461,15 @@ def write_config(
     initial_token: int = 0,
     auto_bootstrap: bool = True,
     hinted_handoff: bool = False,
+    phi_convict_threshold: int = 8,
 ) -> None:
     """Write ``DIR/conf/cassandra.yaml`` and ``DIR/conf/logback.xml`` and create the data dirs.
 
     ``security`` turns on passwords and TLS (see :class:`NodeSecurity`).  The other
     defaults make the lone seed node on 127.0.0.1. A node of a local cluster passes its
     ``address`` (listen and CQL), the ``seeds`` (``HOST:STORAGE_PORT,...``), its token, and
-    ``auto_bootstrap=False``, ``hinted_handoff=True``.
+    ``auto_bootstrap=False``, ``hinted_handoff=True`` and a lower
+    ``phi_convict_threshold`` (Cassandra's default: 8).
     """
     for path in (node.conf, node.logs, node.conf / "triggers", *node.data_dirs.values()):
         path.mkdir(parents=True, exist_ok=True)
@@ -486,6 +488,7 @@ def write_config(
         initial_token=initial_token,
         auto_bootstrap=str(auto_bootstrap).lower(),
         hinted_handoff=str(hinted_handoff).lower(),
+        phi_convict_threshold=phi_convict_threshold,
     )
     _write_atomic(node.yaml, yaml)
     _write_atomic(node.logback, (_PACKAGE_DIR / "logback.xml").read_text())
