@@ -41,7 +41,7 @@ from cassandra.cluster import (
     NoHostAvailable,
     Session,
 )
-from cassandra.connection import ConnectionException
+from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import (
     ConstantReconnectionPolicy,
     DCAwareRoundRobinPolicy,
@@ -358,6 +358,19 @@ ATTEMPTS = 6
 #: Seconds before sending again a statement whose connection dropped (the driver marks
 #: the node down meanwhile, so the next send goes to another).
 RETRY_PAUSE = 0.2
+#: Pauses (seconds) before sending again a statement the driver did not send at all:
+#: every connection it tried had a full socket buffer (``ConnectionBusy``, "Connection ...
+#: is overloaded", inside ``NoHostAvailable``; seen when a 6 MiB file's chunks went out at
+#: once).  Any statement, an LWT too, may be sent again then.  After the last pause it
+#: counts as Cassandra unreachable.
+BUSY_PAUSES = (0.01, 0.05, 0.2, 0.5, 1.0)
+
+
+def not_sent_busy(exc: NoHostAvailable) -> bool:
+    """True when every host the driver tried refused to take ``exc``'s request because its
+    connection's socket buffer was full (``ConnectionBusy``): nothing was sent."""
+    errors = list((getattr(exc, "errors", None) or {}).values())
+    return bool(errors) and all(isinstance(error, ConnectionBusy) for error in errors)
 
 
 class SafeRetryPolicy(RetryPolicy):
@@ -754,6 +767,23 @@ class Store:
             if not isinstance(failure, OperationTimedOut | ReadTimeout | WriteTimeout):
                 await trio.sleep(RETRY_PAUSE)
 
+    async def _execute_unless_busy(
+        self, what: str, conn: _Connection, statement: Any, params: Any
+    ) -> list[dict[str, Any]]:
+        """Execute ``statement``; one the driver did not send because its connections were
+        busy (:func:`not_sent_busy`) is sent again after each of :data:`BUSY_PAUSES`.
+        Raises what the driver raised last."""
+        pauses = iter(BUSY_PAUSES)
+        while True:
+            try:
+                return await execute(conn.session, statement, params, query_timeout=self.timeout)
+            except NoHostAvailable as exc:
+                pause = next(pauses, None) if not_sent_busy(exc) else None
+                if pause is None:
+                    raise
+                log.info("%s not sent (%s): sending it in %.2f s", what, _first_error(exc), pause)
+                await trio.sleep(pause)
+
     async def _answers_elsewhere(self, conn: _Connection, failure: Exception) -> bool:
         """True if a node other than the one that left ``failure`` unanswered (and that the
         driver holds for up) answers a local read now: one node is away, not Cassandra.
@@ -791,7 +821,7 @@ class Store:
         reported = False
         sent = self.outage.clock()
         try:
-            rows = await execute(conn.session, statement, params, query_timeout=self.timeout)
+            rows = await self._execute_unless_busy(what, conn, statement, params)
         except NoHostAvailable as exc:
             reported = True
             self.outage.failed(f"{type(exc).__name__}: {_first_error(exc)}")

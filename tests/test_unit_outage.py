@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cassandra import ConsistencyLevel, OperationTimedOut, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable
-from cassandra.connection import ConnectionShutdown
+from cassandra.connection import ConnectionBusy, ConnectionShutdown
 from cassandra.policies import RetryPolicy
 from cassandra.protocol import ErrorMessage
 
@@ -244,6 +244,36 @@ async def test_no_host_available_is_an_outage_never_sent_again(driver: Driver) -
     with pytest.raises(Unreachable):
         await store.run("get_inode", (1, "e", 5))
     assert driver.sent == ["get_inode"] and store.outage.down
+
+
+def busy() -> NoHostAvailable:
+    """What the driver raises when its one connection's socket buffer is full."""
+    return NoHostAvailable("busy", {str(H1): ConnectionBusy("Connection 127.0.0.1 is overloaded")})
+
+
+async def test_an_lwt_the_driver_did_not_send_for_busy_connections_is_sent_again(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``NoHostAvailable`` of ``ConnectionBusy`` errors alone means nothing was sent: the
+    statement, an LWT too, goes again after a pause, and no outage is declared."""
+    monkeypatch.setattr(cached.store, "BUSY_PAUSES", (0.0, 0.0))
+    store = scripted(driver, [busy(), busy(), [{"[applied]": True}]], [H1], alive=set())
+    assert await store.run("insert_dentry", (1, "e", 1, b"n", 5, 2)) == [{"[applied]": True}]
+    assert driver.sent == ["insert_dentry"] * 3
+    assert not store.outage.down
+    assert not cached.store.not_sent_busy(NoHostAvailable("none", {}))
+    mixed = {"a": ConnectionBusy("busy"), "b": ConnectionShutdown("reset")}
+    assert not cached.store.not_sent_busy(NoHostAvailable("mixed", mixed))
+
+
+async def test_a_request_still_not_sent_after_the_busy_pauses_is_an_outage(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cached.store, "BUSY_PAUSES", (0.0, 0.0))
+    store = scripted(driver, [busy(), busy(), busy()], [H1], alive=set())
+    with pytest.raises(Unreachable):
+        await store.run("get_inode", (1, "e", 5))
+    assert driver.sent == ["get_inode"] * 3 and store.outage.down
 
 
 async def test_an_idempotent_write_is_sent_at_most_attempts_times(driver: Driver) -> None:
