@@ -73,6 +73,10 @@ class Usage:
         self._flights = SingleFlight()
         #: Changes counted and not yet written: tenant -> [its store, bytes, inodes].
         self._pending: dict[tuple[int, str], list[Any]] = {}
+        #: Held by a flush while it writes and by a read of the counters, so that a read
+        #: sees a flushed change either still pending or already in Cassandra, never in
+        #: between (a statfs answered 0 for six files just counted, the flush in flight).
+        self._writing = trio.Lock()
 
     async def count(self, s: Session, bytes_delta: int, inodes_delta: int) -> None:
         """Add ``bytes_delta`` bytes and ``inodes_delta`` inodes to ``s``'s tenant.
@@ -106,6 +110,10 @@ class Usage:
     async def flush(self) -> None:
         """Write every tenant's pending change (one counter update each).  Never raises
         for Cassandra: a failed update is logged and lost (the figures are approximate)."""
+        async with self._writing:
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
         pending, self._pending = self._pending, {}
         for (owner, environment), (store, bytes_delta, inodes_delta) in pending.items():
             if not bytes_delta and not inodes_delta:
@@ -137,6 +145,10 @@ class Usage:
         return max(known.bytes, 0), max(known.inodes, 0)
 
     async def _read(self, s: Session) -> _Figures:
+        async with self._writing:
+            return await self._read_counters(s)
+
+    async def _read_counters(self, s: Session) -> _Figures:
         read_at = trio.current_time()
         used_bytes, inodes = await s.store.get_usage()
         pending = self._pending.get(s.tenant)  # counted here, not written yet
