@@ -60,6 +60,11 @@ class ContentGone(Exception):
     """A chunk of the content version being fetched is missing: the file was rewritten."""
 
 
+class NotInBatch(Exception):
+    """A batch of :meth:`Core.load_contents` did not bring this content (its inode
+    changed, or its row keeps no bytes): whoever joined it fetches the content alone."""
+
+
 @dataclass(eq=False)
 class Session:
     """One connection's tenant, store view and notification callback (hashed by identity)."""
@@ -270,17 +275,70 @@ class Core:
             raise failures[0]
         return found
 
-    async def _keep_content(self, s: Session, inode: Inode, data: bytes | None) -> None:
+    async def load_contents(self, s: Session, inodes: Sequence[Inode]) -> None:
+        """Fetch the bytes of the small files ``inodes`` (each of at most
+        :data:`~cached.content.INLINE_CONTENT_LIMIT` bytes, their contents found missing
+        from the cache by the caller), kept in their inode rows (schema 6), many per
+        query, in the order given, and cache them.
+
+        Queries of :data:`~cached.store.INODES_PER_QUERY` rows, :data:`INODE_BATCHES`
+        at a time; each is a flight of each content it should bring (key ``("c", tenant,
+        content_id)``, as :meth:`~cached.versions.Contents.fetch_once`): an open of one
+        of these files joins the query that brings its bytes instead of reading them
+        again.  A row that does not hold the content asked for (the inode changed, or
+        its bytes live in chunks) fails that content's flight with :class:`NotInBatch`.
+        The inodes read are cached too.  Contents in flight already are left to their
+        flights.  Raises ``StorageError`` (EIO) when Cassandra fails.
+        """
+        by_key: dict[Hashable, list[int]] = {}
+        for inode in inodes:
+            by_key.setdefault(("c", s.tenant, inode.content_id), []).append(inode.ino)
+
+        async def load(keys: list[Hashable]) -> dict[Hashable, bytes]:
+            started = self.cache.clock()
+            asked = set(keys)
+            read = await s.store.get_inodes_content([ino for key in keys for ino in by_key[key]])
+            brought: dict[Hashable, bytes] = {}
+            for inode, data in read.values():
+                await self.cache.put_inode(s.tenant, inode, fetched_at=started)
+                key = ("c", s.tenant, inode.content_id)
+                if key in asked and data is not None and key not in brought:
+                    # missing from the cache when asked for, and in flight since
+                    if await self._keep_content(s, inode, data, look=False):
+                        brought[key] = data
+            return brought
+
+        async def batch(keys: list[Hashable]) -> None:
+            try:
+                async with limiter:
+                    await self.flights.run_many(
+                        keys, load, missing=lambda key: NotInBatch(repr(key))
+                    )
+            except StorageError as exc:
+                failures.append(exc)
+
+        failures: list[StorageError] = []
+        limiter = trio.CapacityLimiter(INODE_BATCHES)
+        keys = [key for key in by_key if not self.flights.in_flight(key)]
+        async with trio.open_nursery() as nursery:
+            for start in range(0, len(keys), INODES_PER_QUERY):
+                nursery.start_soon(batch, keys[start : start + INODES_PER_QUERY])
+        if failures:
+            raise failures[0]
+
+    async def _keep_content(
+        self, s: Session, inode: Inode, data: bytes | None, look: bool = True
+    ) -> bool:
         """Cache ``data``, read with ``inode`` from its row, if it is that inode's whole
-        content (SHA-256) and not cached yet."""
-        if (
-            data
-            and len(data) == inode.size
-            and content_id(data) == inode.content_id
-            and not await self.cache.has_content(s.tenant, inode.content_id)
-            and await self.cache.put_content_behind(s.tenant, inode.content_id, data)
+        content (SHA-256) and not cached yet (``look=False``: known not to be, so the
+        cache is not asked, a thread hop saved); whether it is that content."""
+        if not data or len(data) != inode.size or content_id(data) != inode.content_id:
+            return False
+        if not (look and await self.cache.has_content(s.tenant, inode.content_id)) and (
+            await self.cache.put_content_behind(s.tenant, inode.content_id, data)
         ):
             self.counters.add("bytes_fetched", len(data))
+        return True
 
     async def directory(self, s: Session, ino: int) -> Inode:
         inode = await self.get_inode(s, ino)

@@ -6,12 +6,12 @@ import contextlib
 import logging
 import stat
 import time
-from collections import OrderedDict
 from typing import Any
 
 import trio
 
 from cached.cache import Freshness
+from cached.content import INLINE_CONTENT_LIMIT
 from cached.core import (
     ContentGone,
     Core,
@@ -34,6 +34,7 @@ from cached.model import (
     check_name,
     needs_atime,
 )
+from cached.readahead import DirectoryReadahead
 from cached.versions import Contents
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,6 @@ PREFETCH_LIMIT = 512
 PREFETCH_CONTENT_LIMIT = 128 * 1024
 #: Content fetches started by lookups running at most (more are not started).
 PREFETCH_CONTENT_TASKS = 8
-#: Directories remembered as listed without their files' content (see
-#: :meth:`MetadataOps._prefetch_siblings`); the oldest are forgotten past it.
-SIBLINGS_PENDING_MAX = 4096
 #: Listings of a listed directory's grandchildren loaded ahead by one ``readdir`` at most
 #: (see :meth:`MetadataOps._list_ahead_of`), and at most this many at a time per daemon.
 LIST_AHEAD_MAX = 256
@@ -63,9 +61,9 @@ class MetadataOps:
         self.contents = contents
         #: Content fetches started by lookups and not yet done.
         self._content_prefetches = 0
-        #: ``(tenant..., parent)`` of directories whose listing was loaded to count
-        #: subdirectories: their files' content waits for the first lookup of one.
-        self._siblings_pending: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        #: Per ``(tenant..., parent)`` whose listing was loaded to count subdirectories:
+        #: its files' bytes are fetched ahead of the lookups in it.
+        self._readahead = DirectoryReadahead()
         self._list_ahead = trio.CapacityLimiter(LIST_AHEAD_TASKS)
 
     # -- metadata -------------------------------------------------------------------------
@@ -147,7 +145,7 @@ class MetadataOps:
                 raise
             inode = await self.core.get_inode(s, entry.ino, not_before=bound_at)
         if inode.kind == REGULAR:
-            self._prefetch_siblings(s, parent, inode.ino)
+            self._prefetch_siblings(s, parent, name, index)
         self._prefetch_content(s, inode)
         return await self._answer(s, inode)
 
@@ -212,12 +210,10 @@ class MetadataOps:
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
             rest = [e.ino for e in entries if e.name != first]
             self.core.background.start_soon(self._prefetch_inodes, s, rest, lookup)
-            key = (*s.tenant, parent)
-            self._siblings_pending.pop(key, None)
-            if not lookup:
-                self._siblings_pending[key] = None
-                while len(self._siblings_pending) > SIBLINGS_PENDING_MAX:
-                    self._siblings_pending.popitem(last=False)
+            if lookup:
+                self._readahead.forget((*s.tenant, parent))
+            else:
+                self._readahead.listed((*s.tenant, parent))
         return started, {name: (ino, kind) for name, ino, kind in items}
 
     async def _prefetch_inodes(self, s: Session, inos: list[int], content: bool) -> None:
@@ -227,40 +223,56 @@ class MetadataOps:
         with contextlib.suppress(CassfsError):
             await self._load_stale_inodes(s, inos, content=content)
 
-    def _prefetch_siblings(self, s: Session, parent: int, ino: int) -> None:
-        """At the first lookup of a file in a directory listed without its files' bytes
-        (a stat of the directory counted its subdirectories first, as a path walk
-        does), start fetching the bytes of the other small files there, many per
-        query: a script's includes mostly sit beside it.  A stat walk, which looks
-        nothing up (readdir gives the kernel every entry's attributes), never pays
-        for the bytes."""
-        key = (*s.tenant, parent)
-        if key not in self._siblings_pending or self.core.background is None:
+    def _prefetch_siblings(
+        self,
+        s: Session,
+        parent: int,
+        name: bytes,
+        index: dict[bytes, tuple[int, int]] | None,
+    ) -> None:
+        """As the file ``name`` is looked up in ``parent`` (whose listing is ``index``),
+        start fetching the bytes of the small files named after it, many per query, if
+        the directory was listed without its files' bytes (a stat of it counted its
+        subdirectories first, as a path walk does) and the reader comes near the end of
+        what was fetched ahead (:class:`~cached.readahead.DirectoryReadahead`).  A stat
+        walk, which looks nothing up (readdir gives the kernel every entry's
+        attributes), never pays for the bytes."""
+        if index is None or self.core.background is None:
             return
-        del self._siblings_pending[key]
-        self.core.background.start_soon(self._fetch_siblings, s, parent, ino)
+        names = self._readahead.looked_up(
+            (*s.tenant, parent),
+            name,
+            lambda: [child for child, (_ino, kind) in index.items() if kind == REGULAR],
+        )
+        wanted = [index[child][0] for child in names if child in index]
+        if wanted:
+            self.core.background.start_soon(self._fetch_siblings, s, wanted)
 
-    async def _fetch_siblings(self, s: Session, parent: int, ino: int) -> None:
+    async def _fetch_siblings(self, s: Session, files: list[int]) -> None:
+        """Fetch the bytes of those of the regular files ``files`` (inode numbers) that
+        are small and not cached (:meth:`~cached.core.Core.load_contents`), in order."""
         cache = self.core.cache
-        _state, index = await cache.get_listing_index(s.tenant, parent)
-        if index is None:
-            return
-        small: dict[bytes, int] = {}
-        for child, kind in index.values():
-            if kind != REGULAR or child == ino:
-                continue
+        # The listing's prefetch of inodes (started as the directory was stat'ed) may
+        # still run: wait for it, as the bytes to fetch are known by the inodes.
+        for child in files:
+            if self.core.flights.in_flight(("i", s.tenant, child)):
+                with contextlib.suppress(CassfsError):
+                    await self.core.get_inode(s, child)
+        small: dict[bytes, Inode] = {}
+        for child in files:
             _state, inode = await cache.get_inode(s.tenant, child)
             if (
                 inode is not None
-                and 0 < inode.size <= PREFETCH_CONTENT_LIMIT
+                and inode.kind == REGULAR
+                and 0 < inode.size <= INLINE_CONTENT_LIMIT
                 and not self.core.flights.in_flight(("c", s.tenant, inode.content_id))
             ):
-                small[inode.content_id] = child
+                small.setdefault(inode.content_id, inode)
         missing = await cache.missing_contents(s.tenant, list(small))
-        wanted = [small[cid] for cid in missing]
+        wanted = [inode for cid, inode in small.items() if cid in missing]
         if wanted:
             with contextlib.suppress(CassfsError):
-                await self.core.load_inodes(s, wanted, content=True)
+                await self.core.load_contents(s, wanted)
 
     def _prefetch_content(self, s: Session, inode: Inode) -> None:
         """Start fetching a small file's content in the background, as its lookup is

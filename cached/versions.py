@@ -35,6 +35,7 @@ from cached.cache import sha256_file
 from cached.core import (
     ContentGone,
     Core,
+    NotInBatch,
     Session,
     read_at,
     unlink_quietly,
@@ -109,7 +110,9 @@ class Contents:
 
         ``looked`` is when the caller found the content missing from the cache (on
         ``core.flights.clock``): if a fetch of it ended since, the cache is asked once
-        more instead of fetching it again (returns None when it is there now).
+        more instead of fetching it again (returns None when it is there now).  A joined
+        batch of siblings' bytes (:meth:`~cached.core.Core.load_contents`) that did not
+        bring this content is followed by a fetch of its own.
         """
         key = ("c", s.tenant, inode.content_id)
         if (
@@ -118,7 +121,12 @@ class Contents:
             and await self.core.cache.has_content(s.tenant, inode.content_id)
         ):
             return None
-        return await self.core.flights.run(key, self.fetch, s, inode)
+        for _attempt in range(3):
+            try:
+                return await self.core.flights.run(key, self.fetch, s, inode)
+            except NotInBatch:  # joined a batch of siblings that did not bring it
+                continue
+        return await self.fetch(s, inode)
 
     async def fetch(self, s: Session, inode: Inode) -> bytes | None:
         """Read every chunk of ``inode``'s content, verify its SHA-256, and cache it.

@@ -21,6 +21,7 @@ from cached.client import DaemonClient, open_client, socket_path
 from cached.content import INLINE_CONTENT_LIMIT
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
 from cached.model import ROOT_INO
+from cached.readahead import FIRST_WINDOW
 from cached.store import ContactPoints, make_cluster
 from tests.conftest import KEYSPACE, Daemon, wait_for
 
@@ -174,6 +175,39 @@ async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_by
         before = there.stats()
         await open_each(b, d["ino"], files)
         assert there.stats()["bytes_fetched"] == before["bytes_fetched"]
+
+
+async def test_a_reader_gets_the_bytes_of_the_files_ahead_of_it_each_fetched_once(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """After a walk listed a directory, its first lookup brings only the bytes of the
+    files named next (a window, :mod:`cached.readahead`), not the whole directory's; a
+    reader going on in name order gets every file right, and no file's bytes are
+    fetched twice (a lookup's own fetch and the window's query share one flight)."""
+    here, there = start_daemon("here"), start_daemon("there")  # "there" follows the feed
+    files = {f"f{i:02}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(40)}
+    async with session(here, tenant) as a:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        for name, data in files.items():
+            await make_file(a, d["ino"], name, data)
+    async with session(there, tenant) as b:
+        # Once two polls of the feed are done, "here"'s changes are applied: they will
+        # not drop the listing (and start its readahead over) during what follows.
+        polls = there.stats()["feed_reads"]
+        assert await trio.to_thread.run_sync(
+            wait_for, lambda: there.stats()["feed_reads"] >= polls + 2, 10.0
+        )
+        await b.call("readdir", ino=ROOT_INO)  # counts d's subdirectories: d listed
+        assert len(await b.call("readdir", ino=d["ino"])) == len(files)
+        assert there.stats()["bytes_fetched"] == 0
+        await b.call("lookup", parent=d["ino"], name=b"f00.php")
+        first = sum(map(len, list(files.values())[: 1 + FIRST_WINDOW]))
+        assert await trio.to_thread.run_sync(
+            wait_for, lambda: there.stats()["bytes_fetched"] >= first
+        )
+        assert there.stats()["bytes_fetched"] == first
+        await open_each(b, d["ino"], files)
+        assert there.stats()["bytes_fetched"] == sum(map(len, files.values()))
 
 
 async def test_a_readdir_loads_its_grandchildrens_listings_ahead(

@@ -307,3 +307,46 @@ async def test_run_many_cancelled_lets_a_joiner_run_the_work_itself() -> None:
         cancel.cancel()
     assert results == ["result-k"]
     assert work.started == ["k"]
+
+
+async def test_an_open_that_joined_a_batch_without_its_content_fetches_it_alone() -> None:
+    """Contents.fetch_once joins a batch of siblings' bytes (Core.load_contents) by its
+    content key; a batch that did not bring it (the row held other bytes) fails that
+    key with NotInBatch, and the open then fetches the content itself."""
+    from types import SimpleNamespace
+
+    from cached.core import NotInBatch
+    from cached.versions import Contents
+
+    flights = SingleFlight()
+    contents = Contents(SimpleNamespace(flights=flights))  # type: ignore[arg-type]
+    fetched: list[object] = []
+
+    async def fetch(s: object, inode: object) -> bytes:
+        fetched.append(inode)
+        return b"bytes"
+
+    contents.fetch = fetch  # type: ignore[method-assign]
+    s = SimpleNamespace(tenant=(1, "env"))
+    inode = SimpleNamespace(content_id=b"cid")
+    batch = Work()
+
+    async def brings_nothing(keys: list[object]) -> dict[object, bytes]:
+        await batch.gated(keys)
+        return {}
+
+    got: list[bytes | None] = []
+
+    async def open_() -> None:
+        got.append(await contents.fetch_once(s, inode))  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: flights.run_many([("c", s.tenant, b"cid")], brings_nothing, NotInBatch)
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(open_)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fetched == []  # joined the batch
+        batch.release.set()
+    assert got == [b"bytes"] and fetched == [inode]

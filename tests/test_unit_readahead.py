@@ -1,0 +1,72 @@
+"""Readahead through a directory's files (cached/readahead.py): which names each lookup
+asks to fetch."""
+
+from __future__ import annotations
+
+from cached.readahead import DirectoryReadahead
+
+FILES = [f"f{i:02}".encode() for i in range(40)]
+
+
+def files() -> list[bytes]:
+    return list(reversed(FILES))  # any order: the readahead sorts
+
+
+def test_a_directory_not_listed_without_its_bytes_gets_no_readahead() -> None:
+    readahead = DirectoryReadahead()
+    assert readahead.looked_up("d", b"f00", files) == []
+    readahead.listed("d")
+    readahead.forget("d")  # listed again, with its files' bytes
+    assert readahead.looked_up("d", b"f00", files) == []
+
+
+def test_a_reader_in_name_order_asks_for_each_file_once_in_doubling_windows() -> None:
+    readahead = DirectoryReadahead(first=4, largest=16)
+    readahead.listed("d")
+    asked: list[list[bytes]] = []
+    for name in FILES:
+        window = readahead.looked_up("d", name, files)
+        if window:
+            asked.append(window)
+    assert [len(window) for window in asked] == [4, 8, 16, 11]
+    assert [name for window in asked for name in window] == FILES[1:]
+    # Each window was asked for before the reader came to it.
+    assert asked[1][0] == b"f05" and asked[2][0] == b"f13"
+
+
+def test_a_scattered_reader_costs_one_first_window() -> None:
+    readahead = DirectoryReadahead(first=4, largest=16)
+    readahead.listed("d")
+    assert readahead.looked_up("d", b"f10", files) == FILES[11:15]
+    assert readahead.looked_up("d", b"f02", files) == []  # behind what was asked for
+    assert readahead.looked_up("d", b"f11", files) == []  # not yet near its end
+    # A jump past it asks from where the reader is.
+    assert readahead.looked_up("d", b"f30", files) == FILES[31:39]
+
+
+def test_files_are_listed_once_and_a_new_listing_starts_over() -> None:
+    calls = 0
+
+    def counted() -> list[bytes]:
+        nonlocal calls
+        calls += 1
+        return FILES
+
+    readahead = DirectoryReadahead(first=4, largest=16)
+    readahead.listed("d")
+    for name in FILES:
+        readahead.looked_up("d", name, counted)
+    assert calls == 1
+    readahead.listed("d")
+    assert readahead.looked_up("d", b"f20", counted) == FILES[21:25]
+    assert calls == 2
+
+
+def test_the_least_recently_looked_into_directory_is_forgotten_first() -> None:
+    readahead = DirectoryReadahead(first=2, kept=2)
+    readahead.listed("a")
+    readahead.listed("b")
+    readahead.looked_up("a", b"f00", files)  # "a" used last
+    readahead.listed("c")  # "b" goes
+    assert readahead.looked_up("b", b"f00", files) == []
+    assert readahead.looked_up("c", b"f00", files) == FILES[1:3]
