@@ -30,7 +30,7 @@ COUNTERS = {
     "xattr_hits": "getxattr/listxattr answered from the cache (negative answers too).",
     "xattr_reads": "Extended attributes of an inode read from Cassandra.",
     "feed_reads": "Queries of the change feed (one per followed tenant per poll).",
-    "feed_changes": "Other hosts' changes read from the change feed and applied.",
+    "feed_changes": "Rows of other hosts' changes read from the change feed and applied.",
     "feed_read_failures": "Reads of a tenant's change feed that failed (retried).",
     "feed_append_failures": "Changes of this daemon it could not add to the change feed.",
     "feed_gaps": "Change feeds unread too long: the whole cache was forgotten.",
