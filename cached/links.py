@@ -53,14 +53,22 @@ async def count_link(store: TenantStore, ino: int, now_ns: int) -> Inode:
     raise StorageError(f"the link count of inode {ino} kept changing")
 
 
-async def uncount_link(store: TenantStore, ino: int, now_ns: int) -> Inode | None:
+async def uncount_link(
+    store: TenantStore, ino: int, now_ns: int, known: Inode | None = None
+) -> Inode | None:
     """Count one name fewer of ``ino`` (after the name is gone); the updated inode.
 
     A directory goes to nlink 0 at once.  Returns None when the inode row is
     gone.  ``inode.nlink == 0`` afterwards means it lost its last name (purge it
-    once nothing holds it).  Raises ``StorageError`` (EIO).
+    once nothing holds it).  ``known``: the inode as last seen (a cache's copy,
+    however old), whose nlink the first compare-and-set expects instead of reading
+    the row first; the compare-and-set checks it, and a wrong one costs a second
+    try, not a wrong count (a ``known`` without names is not trusted: the row is
+    read).  Only the returned nlink and ctime then come from Cassandra, its other
+    fields are ``known``'s.  Raises ``StorageError`` (EIO).
     """
-    inode = await store.get_inode(ino)
+    guess = known is not None and known.ino == ino and known.nlink > 0
+    inode = known if guess else await store.get_inode(ino)
     if inode is None:
         return None
     if inode.kind == DIRECTORY:

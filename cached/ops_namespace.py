@@ -350,10 +350,13 @@ class NamespaceOps:
         else:
             raise StorageError(f"{_text(name)!r} kept changing while being removed")
         await self.core.dentries_changed(s, parent, name, 0, 0, entry.kind)
-        inode = await uncount_link(s.store, entry.ino, now)
+        # both follow the name's removal and nothing else: at once
+        inode, _ = await gather(
+            functools.partial(uncount_link, s.store, entry.ino, now),
+            functools.partial(self.core.touch_dir, s, parent, now),
+        )
         if inode is not None:
             await self.core.cache.put_inode(s.tenant, inode)
-        await self.core.touch_dir(s, parent, now)
         await self.core.announce(s, parent, entry.ino, names=[(parent, name)])
         return entry.ino if inode is None or inode.nlink == 0 else 0
 
@@ -473,7 +476,9 @@ class NamespaceOps:
 
         async def uncount() -> Inode | None:
             if source.parent == new_parent and replaced:
-                return await uncount_link(s.store, replaced, now)
+                # the cached inode's nlink spares a read before the compare-and-set
+                _state, known = await self.core.cache.get_inode(s.tenant, replaced)
+                return await uncount_link(s.store, replaced, now, known)
             return counted
 
         # what follows the move depends on nothing but the move: at once

@@ -319,6 +319,26 @@ async def test_a_lost_decrement_counts_once(
     assert (await other.get_inode(41)).nlink == 1  # type: ignore[union-attr]
 
 
+async def test_a_decrement_from_a_cached_inode_reads_nothing_and_a_stale_one_still_counts_right(
+    stores: tuple[Lossy, TenantStore, TenantStore],
+) -> None:
+    """uncount_link(known=...), as a rename over a cached file does: the compare-and-set
+    expects the cached nlink, with no read first; a stale one costs a second try."""
+    lossy, mine, other = stores
+    await mine.create_inode(a_file(41, nlink=3))
+    lossy.lose = {"get_inode"}  # a read of the row would fail this
+    counted = await uncount_link(mine, 41, time.time_ns(), a_file(41, nlink=3))
+    assert counted is not None and counted.nlink == 2 and lossy.lost == 0
+    lossy.lose = set()
+    # another host's unlink since the inode was cached: it still says 3
+    counted = await uncount_link(mine, 41, time.time_ns(), a_file(41, nlink=3))
+    assert counted is not None and counted.nlink == 1
+    # a cached inode without names is not trusted: the row says 1
+    counted = await uncount_link(mine, 41, time.time_ns(), a_file(41, nlink=0))
+    assert counted is not None and counted.nlink == 0
+    assert (await other.get_inode(41)).nlink == 0  # type: ignore[union-attr]
+
+
 async def test_a_lost_increment_counts_once(
     stores: tuple[Lossy, TenantStore, TenantStore],
 ) -> None:
