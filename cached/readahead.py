@@ -28,9 +28,14 @@ FIRST_WINDOW = 8
 #: Most files one window asks for (one ``get_inodes_content`` query,
 #: :data:`cached.store.INODES_PER_QUERY`).
 LARGEST_WINDOW = 64
-#: Directories whose readahead is remembered; the least recently looked into are
-#: forgotten past it (their next lookup starts a first window again).
+#: Directories remembered as listed without their files' bytes; the least recently
+#: listed or looked into are forgotten past it (they get no readahead then).
 DIRECTORIES_KEPT = 4096
+#: Directories whose window is kept (each with its files' names, up to
+#: :data:`cached.ops_metadata.PREFETCH_LIMIT`): a few readers at a time go through
+#: directories.  The least recently looked into lose theirs past it, and their next
+#: lookup starts a first window again.
+WINDOWS_KEPT = 256
 
 
 @dataclass
@@ -45,7 +50,8 @@ class DirectoryReadahead:
 
     :meth:`listed` marks a directory whose listing was loaded without its files'
     bytes; only those get readahead.  :meth:`looked_up` returns, for a lookup of
-    ``name``, the names to fetch now (often none).
+    ``name``, the names to fetch now (often none).  Memory: the keys of at most
+    ``kept`` directories, and the names of the files of at most ``windows`` of them.
     """
 
     def __init__(
@@ -53,43 +59,57 @@ class DirectoryReadahead:
         first: int = FIRST_WINDOW,
         largest: int = LARGEST_WINDOW,
         kept: int = DIRECTORIES_KEPT,
+        windows: int = WINDOWS_KEPT,
     ) -> None:
         self.first = first
         self.largest = largest
         self.kept = kept
-        #: Listed directories: None until their first lookup, then its window.
-        self._dirs: OrderedDict[Hashable, _Window | None] = OrderedDict()
+        self.windows = windows
+        #: Listed directories without a window yet (keys only), least recent first.
+        self._listed: OrderedDict[Hashable, None] = OrderedDict()
+        #: Listed directories looked into, and their windows, least recent first.
+        self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
 
     def listed(self, key: Hashable) -> None:
         """Directory ``key`` was listed (again) without its files' bytes: readahead
         starts over at its next lookup."""
-        self._dirs[key] = None
-        self._dirs.move_to_end(key)
-        while len(self._dirs) > self.kept:
-            self._dirs.popitem(last=False)
+        self._windows.pop(key, None)
+        self._mark(key)
 
     def forget(self, key: Hashable) -> None:
         """No readahead for ``key`` (its listing was loaded with its files' bytes)."""
-        self._dirs.pop(key, None)
+        self._listed.pop(key, None)
+        self._windows.pop(key, None)
+
+    def _mark(self, key: Hashable) -> None:
+        self._listed[key] = None
+        self._listed.move_to_end(key)
+        while len(self._listed) > self.kept:
+            self._listed.popitem(last=False)
 
     def looked_up(
         self, key: Hashable, name: bytes, files: Callable[[], list[bytes]]
     ) -> list[bytes]:
         """The names of files to fetch now that ``name`` was looked up in ``key``.
 
-        ``files()`` gives the directory's regular files (any order); it is called
-        once per directory, at its first lookup.  Empty when ``key`` is not a listed
-        directory, or when the reader is not near the end of what was asked for.
+        ``files()`` gives the directory's regular files (any order); it is called at
+        the directory's first lookup (and again if its window was dropped since).
+        Empty when ``key`` is not a listed directory, or when the reader is not near
+        the end of what was asked for.
         """
-        if key not in self._dirs:
-            return []
-        self._dirs.move_to_end(key)
-        window = self._dirs[key]
+        window = self._windows.get(key)
         if window is None:
+            if key not in self._listed:
+                return []
+            del self._listed[key]
             names = sorted(files())
             at = bisect.bisect_right(names, name)
-            self._dirs[key] = _Window(names, at + self.first, self.first)
+            self._windows[key] = _Window(names, at + self.first, self.first)
+            while len(self._windows) > self.windows:
+                dropped, _ = self._windows.popitem(last=False)
+                self._mark(dropped)  # still listed without bytes: a first window again
             return names[at : at + self.first]
+        self._windows.move_to_end(key)
         at = bisect.bisect_right(window.names, name)
         if window.until >= len(window.names) or at < window.until - window.size // 2:
             return []

@@ -62,11 +62,19 @@ def test_files_are_listed_once_and_a_new_listing_starts_over() -> None:
     assert calls == 2
 
 
-def test_the_least_recently_looked_into_directory_is_forgotten_first() -> None:
+def test_the_least_recently_listed_directory_is_forgotten_first() -> None:
     readahead = DirectoryReadahead(first=2, kept=2)
     readahead.listed("a")
     readahead.listed("b")
-    readahead.looked_up("a", b"f00", files)  # "a" used last
-    readahead.listed("c")  # "b" goes
-    assert readahead.looked_up("b", b"f00", files) == []
-    assert readahead.looked_up("c", b"f00", files) == FILES[1:3]
+    readahead.listed("c")  # "a" goes
+    assert readahead.looked_up("a", b"f00", files) == []
+    assert readahead.looked_up("b", b"f00", files) == FILES[1:3]
+
+
+def test_a_directory_whose_window_was_dropped_starts_a_first_window_again() -> None:
+    readahead = DirectoryReadahead(first=2, windows=1)
+    readahead.listed("a")
+    readahead.listed("b")
+    assert readahead.looked_up("a", b"f00", files) == FILES[1:3]
+    assert readahead.looked_up("b", b"f10", files) == FILES[11:13]  # "a" loses its window
+    assert readahead.looked_up("a", b"f01", files) == FILES[2:4]  # not f03: started over
