@@ -237,7 +237,13 @@ class MetadataOps:
         what was fetched ahead (:class:`~cached.readahead.DirectoryReadahead`).  A stat
         walk, which looks nothing up (readdir gives the kernel every entry's
         attributes), never pays for the bytes."""
-        if index is None or self.core.background is None:
+        background = self.core.background
+        if background is None:
+            return
+        if index is None:
+            # Answered without a fresh listing (one loaded across a change is not
+            # used): the cached one, even expired, names the files to read ahead.
+            background.start_soon(self._prefetch_siblings_from_cache, s, parent, name)
             return
         names = self._readahead.looked_up(
             (*s.tenant, parent),
@@ -246,7 +252,12 @@ class MetadataOps:
         )
         wanted = [index[child][0] for child in names if child in index]
         if wanted:
-            self.core.background.start_soon(self._fetch_siblings, s, wanted)
+            background.start_soon(self._fetch_siblings, s, wanted)
+
+    async def _prefetch_siblings_from_cache(self, s: Session, parent: int, name: bytes) -> None:
+        _state, index = await self.core.cache.get_listing_index(s.tenant, parent)
+        if index is not None:
+            self._prefetch_siblings(s, parent, name, index)
 
     async def _fetch_siblings(self, s: Session, files: list[int]) -> None:
         """Fetch the bytes of those of the regular files ``files`` (inode numbers) that

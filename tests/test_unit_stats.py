@@ -22,6 +22,24 @@ def test_new_counters_are_zero(tmp_path: Path) -> None:
         counters.close()
 
 
+def test_a_snapshot_counts_deltas_a_flush_took_and_has_not_persisted_yet(
+    tmp_path: Path,
+) -> None:
+    """What ``stats`` answers (cached/service.py): right during the daemon's flush, where
+    the persisted totals plus pending deltas miss what the flush holds."""
+    counters = Counters(tmp_path / "c")
+    try:
+        counters.add("bytes_fetched", 9785)
+        pending = counters.take_pending()  # the flush, before its thread persists
+        assert counters.totals()["bytes_fetched"] == 0
+        assert counters.snapshot()["bytes_fetched"] == 9785
+        counters.persist(pending)
+        counters.add("bytes_fetched", 5)
+        assert counters.snapshot() == counters.totals() == {**ZEROS, "bytes_fetched": 9790}
+    finally:
+        counters.close()
+
+
 def test_read_totals_on_a_new_dir_is_all_zeros(tmp_path: Path) -> None:
     assert read_totals(tmp_path / "never-used") == ZEROS
 
