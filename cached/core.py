@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -233,7 +233,6 @@ class Core:
         inodes, :data:`INODE_BATCHES` at a time.  Raises ``StorageError`` (EIO) when
         Cassandra fails.
         """
-        found: dict[int, Inode] = {}
 
         async def load(keys: list[Hashable]) -> dict[Hashable, Inode]:
             started = self.cache.clock()
@@ -253,24 +252,38 @@ class Core:
                 await self._keep_content(s, inode, data)
             return {("i", s.tenant, ino): inode for ino, (inode, _data) in read.items()}
 
-        async def batch(part: Sequence[int]) -> None:
-            try:
-                async with limiter:
-                    got = await self.flights.run_many(
-                        [("i", s.tenant, ino) for ino in part],
-                        load,
-                        missing=lambda key: NotFound(f"inode {key[2]}"),  # type: ignore[index]
-                    )
-            except StorageError as exc:
-                failures.append(exc)  # raised below as itself, not in an exception group
-                return
-            found.update((key[2], inode) for key, inode in got.items())  # type: ignore[index]
+        got = await self._flights_in_batches(
+            [("i", s.tenant, ino) for ino in inos],
+            load,
+            lambda key: NotFound(f"inode {key[2]}"),  # type: ignore[index]
+        )
+        return {key[2]: inode for key, inode in got.items()}  # type: ignore[index]
 
+    async def _flights_in_batches(
+        self,
+        keys: Sequence[Hashable],
+        load: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, Any]]],
+        missing: Callable[[Hashable], Exception],
+    ) -> dict[Hashable, Any]:
+        """``load`` the ``keys`` as flights (:meth:`SingleFlight.run_many`), queries of
+        :data:`~cached.store.INODES_PER_QUERY` keys, :data:`INODE_BATCHES` at a time, in
+        the order given; ``{key: result}`` of those loaded here (keys in flight already
+        are left to their flights).  Raises the first ``StorageError`` (EIO) itself,
+        not in an exception group, once every query ended."""
+        found: dict[Hashable, Any] = {}
         failures: list[StorageError] = []
         limiter = trio.CapacityLimiter(INODE_BATCHES)
+
+        async def batch(part: Sequence[Hashable]) -> None:
+            try:
+                async with limiter:
+                    found.update(await self.flights.run_many(part, load, missing=missing))
+            except StorageError as exc:
+                failures.append(exc)
+
         async with trio.open_nursery() as nursery:
-            for start in range(0, len(inos), INODES_PER_QUERY):
-                nursery.start_soon(batch, inos[start : start + INODES_PER_QUERY])
+            for start in range(0, len(keys), INODES_PER_QUERY):
+                nursery.start_soon(batch, keys[start : start + INODES_PER_QUERY])
         if failures:
             raise failures[0]
         return found
@@ -308,23 +321,11 @@ class Core:
                         brought[key] = data
             return brought
 
-        async def batch(keys: list[Hashable]) -> None:
-            try:
-                async with limiter:
-                    await self.flights.run_many(
-                        keys, load, missing=lambda key: NotInBatch(repr(key))
-                    )
-            except StorageError as exc:
-                failures.append(exc)
-
-        failures: list[StorageError] = []
-        limiter = trio.CapacityLimiter(INODE_BATCHES)
-        keys = [key for key in by_key if not self.flights.in_flight(key)]
-        async with trio.open_nursery() as nursery:
-            for start in range(0, len(keys), INODES_PER_QUERY):
-                nursery.start_soon(batch, keys[start : start + INODES_PER_QUERY])
-        if failures:
-            raise failures[0]
+        await self._flights_in_batches(
+            [key for key in by_key if not self.flights.in_flight(key)],
+            load,
+            lambda key: NotInBatch(repr(key)),
+        )
 
     async def _keep_content(
         self, s: Session, inode: Inode, data: bytes | None, look: bool = True
