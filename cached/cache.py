@@ -394,7 +394,11 @@ class LocalCache:
         return self.ttl - age if 0 <= age < self.ttl else 0.0
 
     async def put_inode(
-        self, tenant: Tenant, inode: Inode, fetched_at: float | None = None
+        self,
+        tenant: Tenant,
+        inode: Inode,
+        fetched_at: float | None = None,
+        changed_after: float | None = None,
     ) -> None:
         """Cache ``inode`` as fetched at ``fetched_at`` (seconds; default now).
 
@@ -402,8 +406,13 @@ class LocalCache:
         lookup's reload) does not replace it: the cache only moves forward.  A read
         that began before the feed told of a change to the inode (:meth:`expire`)
         is cached stale: it may predate the change, so its next use reads it again.
+        ``changed_after`` (for a change made here, cached as of now): when the change's
+        query began; if the feed told of another change to the inode since, the
+        result is cached stale as well.
         """
         when = self.clock() if fetched_at is None else fetched_at
+        if changed_after is not None and self.changed_since(tenant, inode.ino, changed_after):
+            when = 0.0
         key = ("i", *tenant, inode.ino)
         held = self._memo.get(key)
         if fetched_at is not None and held is not None and held is not _GONE:
@@ -415,6 +424,22 @@ class LocalCache:
             # state, prefetched, served after the rename over a name and its rewrite).
             when = 0.0
         await self._meta_set(key, (when, inode.to_wire()))
+
+    async def update_inode(self, tenant: Tenant, ino: int, **changes: Any) -> None:
+        """Apply a change this daemon made to ``ino`` (fields of :class:`Inode`, e.g.
+        ``mtime_ns``) to its cached copy, if one is cached; it keeps its fetch time.
+
+        A local change says nothing of other hosts' changes: a copy the feed made stale
+        (while the change's query ran) stays stale, where caching it as fetched now
+        would answer its other fields, perhaps older than another host's write, as
+        fresh for the TTL.
+        """
+        key = ("i", *tenant, ino)
+        entry = await self._meta_get(key)
+        if entry is not None:
+            fetched_at, data = entry
+            changed = Inode.from_wire(data).evolve(**changes)
+            await self._meta_set(key, (fetched_at, changed.to_wire()))
 
     async def drop_inode(self, tenant: Tenant, ino: int) -> None:
         """Forget the cached inode."""
@@ -469,10 +494,26 @@ class LocalCache:
         return self._freshness(fetched_at), (ino, kind)
 
     async def put_dentry(
-        self, tenant: Tenant, parent: int, name: bytes, ino: int, kind: int
+        self,
+        tenant: Tenant,
+        parent: int,
+        name: bytes,
+        ino: int,
+        kind: int,
+        started_at: float | None = None,
     ) -> None:
-        """Cache that ``name`` in ``parent`` is ``ino`` (0 for a negative entry)."""
-        await self._meta_set(("d", *tenant, parent, name), (self.clock(), ino, kind))
+        """Cache that ``name`` in ``parent`` is ``ino`` (0 for a negative entry).
+
+        ``started_at`` (this cache's clock): when the read that found it began.  When a
+        change to ``parent``'s entries was heard of since (:meth:`changed_since`), the
+        entry is cached stale: it may be the name's state before that change (another
+        host's rename over it, told by the feed while the read ran), and fresh it would
+        answer lookups for the TTL.
+        """
+        when = self.clock()
+        if started_at is not None and self.changed_since(tenant, parent, started_at):
+            when = 0.0
+        await self._meta_set(("d", *tenant, parent, name), (when, ino, kind))
 
     async def drop_listing(self, tenant: Tenant, parent: int) -> None:
         """Forget the cached listing of ``parent`` and what was counted of it (its
@@ -554,7 +595,12 @@ class LocalCache:
         """True when a change to ``ino`` was heard of at or after ``since`` (seconds,
         this cache's clock): to its entries for a directory (made here, or told by the
         feed), or to the inode itself (told by the feed, :meth:`expire`)."""
-        return self._entries_changed.get((*tenant, ino), -math.inf) >= since
+        return self.changed_at(tenant, ino) >= since
+
+    def changed_at(self, tenant: Tenant, ino: int) -> float:
+        """When the last change to ``ino`` was heard of (see :meth:`changed_since`),
+        seconds on this cache's clock; -inf when none was (recently)."""
+        return self._entries_changed.get((*tenant, ino), -math.inf)
 
     def _entries_changed_now(self, tenant: Tenant, parent: int) -> None:
         """Record that ``parent``'s entries changed now (for :meth:`changed_since`).

@@ -176,9 +176,14 @@ class Core:
         """The inode through the cache: fresh from it, else (re)validated from Cassandra.
 
         ``not_before`` (seconds, the cache's clock): a cached inode fetched before it is
-        read again, and so is one whose fetch was in flight before it.  Raises
-        ``NotFound`` (ENOENT) when Cassandra has no such inode.
+        read again, and so is one whose fetch was in flight before it.  A fetch in
+        flight since before the last change heard of to the inode (the feed told of
+        another host's) is not joined either: it may return the state before it (a
+        temp file's empty one, read by a listing's prefetch, answered as the file's
+        attributes after its content and rename were told).  Raises ``NotFound``
+        (ENOENT) when Cassandra has no such inode.
         """
+        not_before = max(not_before, self.cache.changed_at(s.tenant, ino))
         state, cached = await self.cache.get_inode(s.tenant, ino, not_before)
         if state is Freshness.FRESH and cached is not None:
             self.counters.add("hits")
@@ -350,9 +355,7 @@ class Core:
     async def touch_dir(self, s: Session, ino: int, now: int) -> None:
         """Set a directory's mtime/ctime after its entries changed."""
         await s.store.touch(ino, now, now)
-        _, cached = await self.cache.get_inode(s.tenant, ino)
-        if cached is not None:
-            await self.cache.put_inode(s.tenant, cached.evolve(mtime_ns=now, ctime_ns=now))
+        await self.cache.update_inode(s.tenant, ino, mtime_ns=now, ctime_ns=now)
 
     async def dentries_changed(
         self,

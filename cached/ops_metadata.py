@@ -120,7 +120,12 @@ class MetadataOps:
                 entry = Dentry(parent, name, ino, kind) if ino else None
             else:
                 await self.core.cache.put_dentry(
-                    s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
+                    s.tenant,
+                    parent,
+                    name,
+                    entry.ino if entry else 0,
+                    entry.kind if entry else 0,
+                    started_at=bound_at,
                 )
             if entry is None:
                 raise NotFound(name.decode(errors="replace"))
@@ -506,7 +511,8 @@ class MetadataOps:
                     changes[column] = value
             await s.store.set_attrs(ino, changes, now)
             changed = inode.evolve(**changes, ctime_ns=now if changes else inode.ctime_ns)
-            await self.core.cache.put_inode(s.tenant, changed)
+            if changes:
+                await self.core.cache.update_inode(s.tenant, ino, **changes, ctime_ns=now)
             await self.core.announce(s, ino)
             return await self._answer(s, changed)
 
@@ -523,7 +529,7 @@ class MetadataOps:
             if not needs_atime(inode, atime_ns):
                 return False
             await s.store.set_atime_only(ino, atime_ns)
-            await self.core.cache.put_inode(s.tenant, inode.evolve(atime_ns=atime_ns))
+            await self.core.cache.update_inode(s.tenant, ino, atime_ns=atime_ns)
             return True
 
 

@@ -200,7 +200,7 @@ class XattrOps:
         """Set ``inode``'s ctime to now (Cassandra and the cache); tell the other sessions."""
         now = time.time_ns()
         await s.store.set_ctime(inode.ino, now)
-        await self.core.cache.put_inode(s.tenant, inode.evolve(ctime_ns=now))
+        await self.core.cache.update_inode(s.tenant, inode.ino, ctime_ns=now)
         await self.core.announce(s, inode.ino)
 
     async def _cache_with(

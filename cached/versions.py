@@ -261,6 +261,7 @@ class Contents:
                     version=version, content_id=content_id, size=size,
                     chunk_size=content.CHUNK_SIZE, mtime_ns=now, ctime_ns=now,
                 )  # fmt: skip
+                flip_started = self.core.cache.clock()
                 found = await s.store.flip_content(updated, inode.version, inline)
                 if found is None:
                     break
@@ -285,7 +286,9 @@ class Contents:
             await self.core.cache.put_content_file(s.tenant, content_id, spool)
         if inode.version and inode.version != updated.version:
             await self.retire_version(s, inode.ino, inode.version, inode.size, inode.chunk_size)
-        await self.core.cache.put_inode(s.tenant, updated)
+        # Stale if the feed told of another host's change to the inode since the flip
+        # began: the fields other than the content's may be older than that change.
+        await self.core.cache.put_inode(s.tenant, updated, changed_after=flip_started)
         self.core.counters.add("flushes")
         self.core.counters.add("bytes_written", size)
         await self.core.announce(s, inode.ino)

@@ -307,6 +307,63 @@ async def test_an_inode_read_across_a_change_told_by_the_feed_is_cached_stale(
     assert await cache.get_inode(T1, 42) == (Freshness.FRESH, make_inode(42, size=7))
 
 
+async def test_a_name_read_across_a_change_told_by_the_feed_is_cached_stale(
+    cache: LocalCache, clock: FakeClock
+) -> None:
+    """A lookup read that a name named a temp file (just renamed over it); before the
+    read ended, the feed told of a second rename over the name: the name's first target
+    must not answer lookups as fresh (it was read empty through the name)."""
+    started = clock()
+    clock.advance(0.01)
+    await cache.expire(T1, names=[(7, b"f2")])  # the feed: the name changed again
+    clock.advance(0.01)
+    await cache.put_dentry(T1, 7, b"f2", 42, REGULAR, started_at=started)
+    assert await cache.get_dentry(T1, 7, b"f2") == (Freshness.STALE, (42, REGULAR))
+    await cache.put_dentry(T1, 7, b"f2", 43, REGULAR, started_at=clock())
+    assert await cache.get_dentry(T1, 7, b"f2") == (Freshness.FRESH, (43, REGULAR))
+
+
+async def test_a_local_change_keeps_a_cached_inodes_fetch_time(
+    cache: LocalCache, clock: FakeClock
+) -> None:
+    """A directory's mtime set here (an entry made in it) or a file's atime: a cached
+    copy the feed made stale meanwhile stays stale (its other fields may be older than
+    another host's change), a fresh one keeps its age; nothing cached, nothing made."""
+    await cache.put_inode(T1, make_inode(42), fetched_at=clock())
+    await cache.put_inode(T1, make_inode(43), fetched_at=clock())
+    clock.advance(1.0)
+    await cache.expire(T1, inos=[43])  # another host chmod'ed 43
+    await cache.update_inode(T1, 42, mtime_ns=7, ctime_ns=8)
+    await cache.update_inode(T1, 43, mtime_ns=7, ctime_ns=8)
+    await cache.update_inode(T1, 44, mtime_ns=7)
+    assert await cache.get_inode(T1, 42) == (
+        Freshness.FRESH,
+        make_inode(42, mtime_ns=7, ctime_ns=8),
+    )
+    assert await cache.get_inode(T1, 43) == (
+        Freshness.STALE,
+        make_inode(43, mtime_ns=7, ctime_ns=8),
+    )
+    assert await cache.get_inode(T1, 44) == (Freshness.ABSENT, None)
+    clock.advance(TTL - 1.0)  # its age counts from its fetch, not from the change
+    assert (await cache.get_inode(T1, 42))[0] is Freshness.STALE
+
+
+async def test_a_change_made_here_is_cached_stale_if_the_feed_told_of_another_since(
+    cache: LocalCache, clock: FakeClock
+) -> None:
+    """A write's flip began; the feed told of another host's chmod of the file before
+    the write cached its result: that result (the old mode) is cached stale."""
+    began = clock()
+    clock.advance(0.01)
+    await cache.expire(T1, inos=[42])
+    await cache.put_inode(T1, make_inode(42, size=3), changed_after=began)
+    assert (await cache.get_inode(T1, 42))[0] is Freshness.STALE
+    clock.advance(0.01)
+    await cache.put_inode(T1, make_inode(42, size=4), changed_after=clock())
+    assert (await cache.get_inode(T1, 42))[0] is Freshness.FRESH
+
+
 async def test_a_reload_told_of_a_change_replaces_an_older_read_while_expire_runs(
     tmp_path: Path, counters: Counters, clock: FakeClock
 ) -> None:
