@@ -46,6 +46,7 @@ from typing import Any, BinaryIO, TypeVar
 import diskcache
 import trio
 
+from cached.hot import HotContents
 from cached.model import DIRECTORY, Inode
 from cached.stats import Counters
 
@@ -155,6 +156,8 @@ class LocalCache:
         # Content queued for the writer (key -> bytes), served from here until written.
         self._landing: dict[tuple[Any, ...], bytes] = {}
         self._landing_bytes = 0
+        # Small content also kept in memory once written (:mod:`cached.hot`).
+        self._hot = HotContents()
 
     def _freshness(self, fetched_at: float) -> Freshness:
         """:func:`freshness` now; entries fetched before this cache was opened are stale.
@@ -338,6 +341,7 @@ class LocalCache:
                 if landed is not None and landed is value:
                     del self._landing[key]
                     self._landing_bytes -= len(landed)
+                    self._hot.put(key, landed)
         if not self._pending_ops:
             self._ops_queued = trio.Event()
 
@@ -722,14 +726,14 @@ class LocalCache:
     async def has_content(self, tenant: Tenant, content_id: bytes) -> bool:
         """True if the content is cached (no LRU touch)."""
         key = self._content_key(tenant, content_id)
-        if key in self._landing:
+        if key in self._landing or key in self._hot:
             return True
         return await self._run(self._cache.__contains__, key)
 
     async def missing_contents(self, tenant: Tenant, content_ids: list[bytes]) -> set[bytes]:
         """Those of ``content_ids`` not cached (no LRU touch), in one thread hop."""
         keys = {self._content_key(tenant, cid): cid for cid in content_ids}
-        wanted = [key for key in keys if key not in self._landing]
+        wanted = [key for key in keys if key not in self._landing and key not in self._hot]
 
         def absent() -> set[bytes]:
             return {keys[key] for key in wanted if key not in self._cache}
@@ -778,28 +782,41 @@ class LocalCache:
 
         Touches the entry for LRU.  Holds no descriptor after it returns.
         """
-        landing = self._landing.get(self._content_key(tenant, content_id))
-        if landing is not None:
-            return landing[offset : offset + size]
+        key = self._content_key(tenant, content_id)
+        held = self._landing.get(key)
+        if held is None:
+            held = self._hot.get(key)
+        if held is not None:
+            return held[offset : offset + size]
 
-        def read() -> bytes | None:
-            value = self._cache.get(self._content_key(tenant, content_id), read=True)
+        def read() -> tuple[bytes | None, bool]:
+            """``(bytes read, whether they are the whole content)``."""
+            value = self._cache.get(key, read=True)
             if value is None:
-                return None
+                return None, False
             if isinstance(value, bytes):
-                return value[offset : offset + size]
+                if len(value) <= self._hot.item_limit:
+                    return value, True
+                return value[offset : offset + size], False
             with value:
                 value.seek(offset)
-                return value.read(size)
+                return value.read(size), False
 
-        return await self._run(read)
+        data, whole = await self._run(read)
+        if data is not None and whole:
+            self._hot.put(key, data)
+            return data[offset : offset + size]
+        return data
 
     async def copy_content(self, tenant: Tenant, content_id: bytes, dest: BinaryIO) -> bool:
         """Write the whole cached content into ``dest``; False when not cached."""
+        key = self._content_key(tenant, content_id)
+        held = self._hot.get(key)
 
         def copy() -> bool:
-            key = self._content_key(tenant, content_id)
             value = self._landing.get(key)  # bytes never change: safe from this thread
+            if value is None:
+                value = held
             if value is None:
                 value = self._cache.get(key, read=True)
             if value is None:
@@ -829,6 +846,7 @@ class LocalCache:
         self._pending_ops = []
         self._landing.clear()
         self._landing_bytes = 0
+        self._hot.clear()
         removed = await self._run(self._cache.clear)
         self._memo_whole = not self._memo  # nothing was put meanwhile
         return removed
@@ -854,7 +872,9 @@ class LocalCache:
         """Remove cached content ``content_id`` (even pinned or leased: a read in
         progress fetches it again); True if it was cached."""
         await self.flush()  # content still landing is in diskcache after this
-        return await self._run(self._cache.delete, self._content_key(tenant, content_id))
+        key = self._content_key(tenant, content_id)
+        self._hot.discard(key)
+        return await self._run(self._cache.delete, key)
 
 
 def sha256_file(path: Path) -> tuple[bytes, int]:

@@ -16,6 +16,7 @@ import trio
 from cached import cache as cache_module
 from cached.cache import Freshness, LocalCache, freshness, latest_per_key, sha256_file
 from cached.content import content_id
+from cached.hot import HOT_ITEM_LIMIT, HotContents
 from cached.model import DIRECTORY, REGULAR, Inode
 from cached.stats import Counters
 
@@ -677,6 +678,46 @@ async def test_content_put_behind_is_served_before_and_after_it_reaches_disk(
     finally:
         cache.close()
     assert content_id(queued) in _disk_keys(path)  # close stored what was queued
+
+
+async def test_small_content_is_served_from_memory_once_written_until_dropped(
+    cache: LocalCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small content fetched ahead of an open stays in memory after the writer stored
+    it (the open needs no hop to the diskcache thread); content read from disk is kept
+    too; large content is not; an evict drops the memory copy with the disk's."""
+    small, other, large = os.urandom(5_000), os.urandom(6_000), os.urandom(HOT_ITEM_LIMIT + 1)
+    await cache.put_content_behind(T1, content_id(small), small)
+    await cache.put_content(T1, content_id(other), other)  # straight to disk
+    await cache.put_content_behind(T1, content_id(large), large)
+    await cache.flush()
+    assert await cache.read_content(T1, content_id(other), 10, 20) == other[10:30]
+    disk_reads: list[object] = []
+    monkeypatch.setattr(cache._cache, "get", lambda *a, **k: disk_reads.append(a))
+    assert await cache.read_content(T1, content_id(small), 100, 50) == small[100:150]
+    assert await cache.read_content(T1, content_id(other), 0, 6_000) == other
+    assert await cache.missing_contents(T1, [content_id(small), content_id(other)]) == set()
+    assert disk_reads == []
+    await cache.read_content(T1, content_id(large), 0, 10)
+    assert len(disk_reads) == 1  # not kept in memory: read from disk
+    monkeypatch.undo()
+    assert await cache.drop_content(T1, content_id(small)) is True
+    assert await cache.read_content(T1, content_id(small), 0, 10) is None
+    await cache.clear()
+    assert await cache.read_content(T1, content_id(other), 0, 10) is None
+
+
+def test_hot_contents_keep_the_most_recently_used_within_their_bytes() -> None:
+    hot = HotContents(limit=10, item_limit=4)
+    hot.put("a", b"aaaa")
+    hot.put("b", b"bbbb")
+    hot.put("big", b"xxxxx")  # over the item limit: not kept
+    assert hot.get("a") == b"aaaa"  # now the most recently used
+    hot.put("c", b"cccc")  # 12 bytes: the least recently used (b) goes
+    assert ("a" in hot, "b" in hot, "c" in hot, "big" in hot) == (True, False, True, False)
+    assert hot.bytes == 8
+    hot.discard("a")
+    assert hot.bytes == 4 and hot.get("a") is None
 
 
 def _disk_keys(path: Path) -> set[bytes]:
