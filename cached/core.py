@@ -183,16 +183,17 @@ class Core:
         attributes after its content and rename were told).  Raises ``NotFound``
         (ENOENT) when Cassandra has no such inode.
         """
-        not_before = max(not_before, self.cache.changed_at(s.tenant, ino))
         state, cached = await self.cache.get_inode(s.tenant, ino, not_before)
         if state is Freshness.FRESH and cached is not None:
             self.counters.add("hits")
             return cached
         self.counters.add("revalidations" if state is Freshness.STALE else "misses")
+        # (A cached copy from before such a change is stale already: see LocalCache.)
+        joinable_from = max(not_before, self.cache.changed_at(s.tenant, ino))
         try:
-            # A fetch in flight that began before not_before is not joined.
+            # A fetch in flight that began before joinable_from is not joined.
             return await self.flights.run(
-                ("i", s.tenant, ino), self.load_inode, s, ino, not_before=not_before
+                ("i", s.tenant, ino), self.load_inode, s, ino, not_before=joinable_from
             )
         except StorageError as exc:
             return self.stale_if_error(cached, exc, f"inode {ino}")

@@ -13,7 +13,7 @@ import trio.testing
 
 from cached.cache import Freshness, LocalCache
 from cached.core import Core, Session
-from cached.model import Inode
+from cached.model import DIRECTORY, REGULAR, Inode
 from cached.stats import Counters
 from tests.test_unit_cache import FakeClock, make_inode
 
@@ -25,17 +25,19 @@ class GatedStore:
     """Inode rows in memory; a read returns the row as it was when the read began and
     ends only once the test lets it (``release``), as a slow query over Cassandra."""
 
-    def __init__(self, inode: Inode) -> None:
+    def __init__(self, inode: Inode, gated: bool = True) -> None:
         self.rows = {inode.ino: inode}
         self.reads: list[int] = []
         self.release: dict[int, trio.Event] = {}
+        self.gated = gated
 
     async def get_inode_content(self, ino: int) -> tuple[Inode | None, bytes | None]:
         row = self.rows.get(ino)  # what the query reads, when it reaches the node
         number = len(self.reads)
         self.reads.append(ino)
         self.release[number] = gate = trio.Event()
-        await gate.wait()
+        if self.gated:
+            await gate.wait()
         return row, None
 
 
@@ -111,3 +113,22 @@ async def test_a_read_with_no_change_told_joins_the_fetch_in_flight(
         assert store.reads == [42]
         store.release[0].set()
     assert answers == [make_inode(42, size=11)] * 2
+
+
+async def test_an_entry_made_here_leaves_the_directorys_cached_inode_fresh(
+    core: Core, clock: FakeClock
+) -> None:
+    """A create here changes its directory's entries (recorded for the listing's
+    guards); the directory's cached inode, its mtime updated by the create, still
+    answers the stat the kernel sends next without a query (a copy-in made one read
+    per file when it did not)."""
+    directory = make_inode(5, kind=DIRECTORY, mode=0o40755)
+    store = GatedStore(directory, gated=False)
+    s = Session(TENANT[0], TENANT[1], store, lambda *_: None)  # type: ignore[arg-type]
+    await core.cache.put_inode(TENANT, directory, fetched_at=clock())
+    clock.advance(0.1)
+    await core.cache.update_listing(TENANT, 5, b"new.php", 42, REGULAR, 0)
+    await core.cache.update_inode(TENANT, 5, mtime_ns=9, ctime_ns=9)
+    clock.advance(0.1)
+    assert await core.get_inode(s, 5) == directory.evolve(mtime_ns=9, ctime_ns=9)
+    assert store.reads == []
