@@ -3,7 +3,10 @@
 A whole-file write makes a new version (an id of its own, see
 :func:`cached.store.new_op_id`): its ``versions`` row, then its chunks, then the
 flip of the inode (an LWT on the version it replaces); the replaced version's
-chunks go after.  A fetch reads every chunk of one version and checks the
+chunks go after.  Content of at most :data:`~cached.content.INLINE_CONTENT_LIMIT`
+bytes has no chunks: the flip writes its bytes into the inode row, and its
+``versions`` row (bytes too, for readers of that version once it is replaced) is
+written beside the flip, not before it.  A fetch reads every chunk of one version and checks the
 SHA-256 of the whole.  Used by the content, metadata (truncate) and namespace
 (purge) RPC groups.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -37,6 +41,7 @@ from cached.core import (
     Core,
     NotInBatch,
     Session,
+    gather,
     read_at,
     unlink_quietly,
 )
@@ -239,6 +244,7 @@ class Contents:
         inline = data if data is not None and 0 < size <= content.INLINE_CONTENT_LIMIT else None
         now = time.time_ns()
         uploaded = b""
+        row: Version | None = None  # the versions row of small content, not written yet
         try:
             for _attempt in range(ATTEMPTS):
                 same = (
@@ -252,7 +258,15 @@ class Contents:
                 elif size == 0:
                     version = b""  # an empty file has no chunks, so no version
                 else:
-                    if not uploaded:
+                    if not uploaded and inline is not None:
+                        # The flip carries the bytes (the inode row keeps them): the
+                        # version's own row goes beside it, not before.
+                        uploaded = new_op_id()
+                        row = Version(
+                            inode.ino, uploaded, content_id, size, content.CHUNK_SIZE,
+                            time.time_ns(), inline,
+                        )  # fmt: skip
+                    elif not uploaded:
                         uploaded = await self.upload(
                             s, inode.ino, content_id, size, data, spool, stored
                         )
@@ -262,7 +276,12 @@ class Contents:
                     chunk_size=content.CHUNK_SIZE, mtime_ns=now, ctime_ns=now,
                 )  # fmt: skip
                 flip_started = self.core.cache.clock()
-                found = await s.store.flip_content(updated, inode.version, inline)
+                flip = functools.partial(s.store.flip_content, updated, inode.version, inline)
+                if row is not None:
+                    found, _ = await gather(flip, functools.partial(self._put_row, s, row))
+                    row = None
+                else:
+                    found = await flip()
                 if found is None:
                     break
                 # Another writer flipped first (or the cached inode was old): reread.
@@ -294,6 +313,19 @@ class Contents:
         await self.core.announce(s, inode.ino)
         return updated
 
+    async def _put_row(self, s: Session, row: Version) -> None:
+        """Write the ``versions`` row of small content whose flip runs beside it.
+
+        A failure is logged, not raised: once the flip applies, the bytes are in the
+        inode row, which is what opens read; without its own row, that version is not
+        readable once replaced (a reader then rereads the inode) and fsck verifies it
+        from the inode row (``cassfs fsck``).
+        """
+        try:
+            await s.store.put_version(row)
+        except StorageError as exc:
+            log.warning("versions row of inode %d not written: %s", row.ino, exc)
+
     async def _drop_unflipped(self, s: Session, ino: int, version: bytes, size: int) -> None:
         """Delete an uploaded version whose flip failed, unless the flip did apply.
 
@@ -319,21 +351,20 @@ class Contents:
         spool: Path | None,
         stored: Iterable[int],
     ) -> bytes:
-        """Write a new version of ``ino``: its ``versions`` row, then its chunks; its id.
+        """Write a new version of ``ino`` kept in chunks (content over
+        :data:`~cached.content.INLINE_CONTENT_LIMIT` bytes): its ``versions`` row, then
+        its chunks; its id.
 
-        Content of at most :data:`~cached.content.INLINE_CONTENT_LIMIT` bytes given
-        inline goes in the ``versions`` row itself, and no chunk is written.  Else only
-        the chunks listed in ``stored`` (those not all zeros) are written; the
-        others are holes.  A chunk read from the spool that turns out all zeros is
-        not written either.  ``StorageError`` (EIO).
+        (Smaller content is kept in its ``versions`` row and the inode row, written
+        with the flip: see :meth:`write_content`.)  Only the chunks listed in
+        ``stored`` (those not all zeros) are written; the others are holes.  A chunk
+        read from the spool that turns out all zeros is not written either.
+        ``StorageError`` (EIO).
         """
         version = new_op_id()
-        inline = data if data is not None and size <= content.INLINE_CONTENT_LIMIT else None
         await s.store.put_version(
-            Version(ino, version, content_id, size, content.CHUNK_SIZE, time.time_ns(), inline)
+            Version(ino, version, content_id, size, content.CHUNK_SIZE, time.time_ns(), None)
         )
-        if inline is not None:
-            return version  # kept in the versions row: no chunks
         chunk_size = content.CHUNK_SIZE
 
         async def put(index: int) -> None:

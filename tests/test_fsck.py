@@ -599,6 +599,22 @@ async def test_content_kept_in_the_version_row_is_checked_there(
     assert problem.where == "/docs/kept.php" and "13 B kept in the row" in problem.detail
 
 
+async def test_small_content_without_its_version_row_is_checked_in_the_inode_row(
+    clean: Clean, ts: TenantStore
+) -> None:
+    """A daemon writes a small file's versions row beside the flip that puts its bytes in
+    the inode row: killed between the two, it leaves the bytes in the inode row only.
+    That content is whole (opens read it there): fsck checks it there, and finds it bad
+    when those bytes are not the content the inode names."""
+    kept = await clean.tree.file(clean.docs.ino, b"kept.php", b"<?php echo 1;", inline=True)
+    assert await ts.flip_content(kept, kept.version, b"<?php echo 1;") is None
+    await ts.delete_version(kept.ino, kept.version)
+    assert (await check(ts)).problems == []
+    assert await ts.flip_content(kept, kept.version, b"<?php echo 2;") is None
+    problem = only(await check(ts), "bad-content")
+    assert problem.where == "/docs/kept.php"
+
+
 async def test_a_short_chunk_is_found(clean: Clean, ts: TenantStore) -> None:
     await ts.put_chunk(clean.big.ino, clean.big.version, 0, b"short")
     problem = only(await check(ts), "bad-content")
