@@ -21,6 +21,7 @@ import trio
 
 from cached import content
 from cached.api import Renamed
+from cached.cache import Freshness
 from cached.core import (
     Core,
     Session,
@@ -105,10 +106,16 @@ class NamespaceOps:
         """
         deadline = trio.current_time() + CLAIM_WAIT
         while True:
+            started = self.core.cache.clock()
             entry = await s.store.get_dentry(parent, name)
             if entry is None or not entry.pending:
                 await self.core.cache.put_dentry(
-                    s.tenant, parent, name, entry.ino if entry else 0, entry.kind if entry else 0
+                    s.tenant,
+                    parent,
+                    name,
+                    entry.ino if entry else 0,
+                    entry.kind if entry else 0,
+                    started_at=started,
                 )
                 return entry
             if await self.core.settle_claim(s, entry) != "waiting":
@@ -116,6 +123,46 @@ class NamespaceOps:
             if trio.current_time() > deadline:
                 raise StorageError(f"{_text(name)!r} stays claimed by a rename in progress")
             await trio.sleep(CLAIM_POLL)
+
+    async def _cached_entry(
+        self, s: Session, parent: int, name: bytes
+    ) -> tuple[bool, Dentry | None]:
+        """``(known, entry)``: what the cache holds fresh of ``name`` in ``parent`` (from
+        its listing or its own entry; ``entry`` None: known absent), or ``(False,
+        None)`` when it holds nothing fresh.  A hint only: an LWT checks it."""
+        cache = self.core.cache
+        state, index = await cache.get_listing_index(s.tenant, parent)
+        if state is Freshness.FRESH and index is not None:
+            ino, kind = index.get(name, (0, 0))
+        else:
+            state, held = await cache.get_dentry(s.tenant, parent, name)
+            if state is not Freshness.FRESH or held is None:
+                return False, None
+            ino, kind = held
+        return True, Dentry(parent, name, ino, kind) if ino else None
+
+    async def _cached_move(
+        self, s: Session, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+        flags: int,
+    ) -> tuple[Dentry, Dentry | None] | None:  # fmt: skip
+        """The source and target of a rename as the cache knows them, when that leads
+        straight to the move's LWT: a file or symlink known present, a target known
+        (present, of a kind it may replace, another inode; or absent).  None otherwise:
+        the names are read from Cassandra, so that no error, nor a rename found to do
+        nothing, is answered from the cache.  A stale hint fails the LWT, and the next
+        try reads both names."""
+        known, source = await self._cached_entry(s, old_parent, old_name)
+        if not known or source is None or source.kind == DIRECTORY:
+            return None
+        known, target = await self._cached_entry(s, new_parent, new_name)
+        if not known:
+            return None
+        if target is not None:
+            if target.ino == source.ino or target.kind == DIRECTORY:
+                return None
+            if flags & RENAME_NOREPLACE:
+                return None
+        return source, target
 
     async def _refresh_name(
         self, s: Session, parent: int, name: bytes, holder: Dentry | None
@@ -407,11 +454,21 @@ class NamespaceOps:
                         if source is None:
                             raise NotFound(_text(old_name))
                         return Renamed(source.ino, 0).to_wire()
-                    # both names at once: the move's LWTs check them again
-                    source, target = await gather(
-                        functools.partial(self._entry, s, old_parent, old_name),
-                        functools.partial(self._entry, s, new_parent, new_name),
-                    )
+                    # The cache's names on the first try (a temp file made here, renamed
+                    # over a name looked up), else both names at once from Cassandra:
+                    # the move's LWTs check them again either way.
+                    hinted = None
+                    if _attempt == 0:
+                        hinted = await self._cached_move(
+                            s, old_parent, old_name, new_parent, new_name, flags
+                        )
+                    if hinted is not None:
+                        source, target = hinted
+                    else:
+                        source, target = await gather(
+                            functools.partial(self._entry, s, old_parent, old_name),
+                            functools.partial(self._entry, s, new_parent, new_name),
+                        )
                     if source is None:
                         raise NotFound(_text(old_name))
                     if source.kind == DIRECTORY and old_parent != new_parent:

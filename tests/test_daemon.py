@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from cached.model import ROOT_INO
 from cached.readahead import FIRST_WINDOW
 from cached.store import ContactPoints, make_cluster
 from tests.conftest import KEYSPACE, Daemon, wait_for
+from tests.secure_node import free_port
 
 pytestmark = pytest.mark.cassandra
 
@@ -610,3 +613,55 @@ async def test_a_change_waits_for_the_other_sessions_acknowledgement(
             await a.call("setattr", ino=written["ino"], mode=0o644)
             await a.call("setattr", ino=written["ino"], mode=0o640)
             assert daemon.log.read_text().count("did not acknowledge a change") == 1
+
+
+def queries_sent(port: int, statement: str) -> int:
+    """How many ``statement`` queries the daemon serving metrics on ``port`` has sent."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    found = re.search(
+        rf'^cassfs_cassandra_query_duration_seconds_count\{{statement="{statement}"\}} (\S+)$',
+        text,
+        re.M,
+    )
+    return int(float(found.group(1))) if found else 0
+
+
+async def test_a_rename_over_a_name_it_knows_reads_no_name_and_a_stale_one_still_lands(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """A rename takes both names from the daemon's cache on its first try (a temp file
+    made there, renamed over a name it knows): no name is read.  A cached target that
+    another host replaced meanwhile (this host follows no feed here) fails the move's
+    LWT, and the next try reads both names: the rename replaces what is there now."""
+    port = free_port()
+    host_a = start_daemon("a")
+    host_b = start_daemon(
+        "b", 600.0, "2G", "--feed-poll", "0", "--metrics-address", f"127.0.0.1:{port}"
+    )
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        x = await make_file(a, ROOT_INO, b"target", b"x")
+        assert (await b.call("lookup", parent=ROOT_INO, name=b"target"))["ino"] == x["ino"]
+        y = await make_file(a, ROOT_INO, b"y.tmp", b"y")
+        await a.call(
+            "rename", old_parent=ROOT_INO, old_name=b"y.tmp", new_parent=ROOT_INO,
+            new_name=b"target",
+        )  # fmt: skip
+        z = await make_file(b, ROOT_INO, b"z.tmp", b"z")
+        moved = await b.call(
+            "rename", old_parent=ROOT_INO, old_name=b"z.tmp", new_parent=ROOT_INO,
+            new_name=b"target",
+        )  # fmt: skip
+        assert moved == Renamed(z["ino"], y["ino"]).to_wire()  # y lost its last name
+        w = await make_file(b, ROOT_INO, b"w.tmp", b"w")
+        before = queries_sent(port, "get_dentry")
+        moved = await b.call(
+            "rename", old_parent=ROOT_INO, old_name=b"w.tmp", new_parent=ROOT_INO,
+            new_name=b"target",
+        )  # fmt: skip
+        assert moved == Renamed(w["ino"], z["ino"]).to_wire()
+        assert queries_sent(port, "get_dentry") == before
+        for client in (a, b):
+            with pytest.raises(NotFound):
+                await client.call("lookup", parent=ROOT_INO, name=b"w.tmp")
+        seen = await a.call("lookup", parent=ROOT_INO, name=b"target")
+        assert (await a.call("open", ino=seen["ino"]))["data"] == b"w"
