@@ -137,7 +137,9 @@ class Contents:
         """Read every chunk of ``inode``'s content, verify its SHA-256, and cache it.
 
         Content of at most :data:`~cached.content.INLINE_CONTENT_LIMIT` bytes is read
-        from its ``versions`` row when kept there (schema 6), else from its chunks.
+        from its ``versions`` row when kept there (schema 6), else from the inode row
+        while that version is current (its row is written beside the flip, so a read
+        may come first, or a killed writer may have left none), else from its chunks.
         Absent chunks are holes (zeros); the SHA-256 tells them from lost ones.
         Returns the content when it was assembled in memory (up to
         :data:`MEMORY_FETCH_LIMIT` bytes), else None: larger content goes through a
@@ -147,6 +149,10 @@ class Contents:
         self.core.counters.add("misses")
         if 0 < inode.size <= content.INLINE_CONTENT_LIMIT:
             kept = await s.store.get_version_data(inode.ino, inode.version)
+            if kept is None:
+                current, in_row = await s.store.get_inode_content(inode.ino)
+                if current is not None and current.version == inode.version:
+                    kept = in_row
             if kept is not None:  # written by a version-6 daemon: no chunks
                 if len(kept) != inode.size or content.content_id(kept) != inode.content_id:
                     raise ContentGone(f"version row of inode {inode.ino} holds other content")
