@@ -663,8 +663,15 @@ async def test_a_rename_over_a_name_it_knows_reads_no_name_and_a_stale_one_still
         for client in (a, b):
             with pytest.raises(NotFound):
                 await client.call("lookup", parent=ROOT_INO, name=b"w.tmp")
-        seen = await a.call("lookup", parent=ROOT_INO, name=b"target")
-        assert (await a.call("open", ino=seen["ino"]))["data"] == b"w"
+        seen = await b.call("lookup", parent=ROOT_INO, name=b"target")
+        assert (await b.call("open", ino=seen["ino"]))["data"] == b"w"
+        # Host a sees it once the feed tells it (its own rename cached y under the name).
+        with trio.fail_after(10):
+            while True:
+                if (await a.call("lookup", parent=ROOT_INO, name=b"target"))["ino"] == w["ino"]:
+                    break
+                await trio.sleep(0.05)  # the next poll of the feed (every 0.2 s)
+        assert (await a.call("open", ino=w["ino"]))["data"] == b"w"
 
 
 async def test_small_content_without_its_versions_row_is_read_from_its_inode_row(
