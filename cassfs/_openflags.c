@@ -22,6 +22,11 @@
  *     and, once cassfs_skip_opendir(1) was called, whose opendir answers ENOSYS and whose
  *     readdirplus passes the directory's inode number as the handle number (the kernel
  *     sends 0 without opendir).
+ *     It also keeps the session, for cassfs_session_fd().
+ *   fuse_session_receive_buf() and fuse_session_exit(): when the session ends (an unmount
+ *     reads ENODEV and returns 0, an error, or an exit asked for), the callback given to
+ *     cassfs_on_session_end() is called, on the calling thread.  cassfs.fuseloop parks
+ *     pyfuse3's idle worker tasks where pyfuse3 cannot see them, and wakes them then.
  */
 #define _GNU_SOURCE
 #define FUSE_USE_VERSION 35
@@ -41,6 +46,9 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
 typedef void (*readdirplus_fn)(fuse_req_t, fuse_ino_t, size_t, off_t,
                                struct fuse_file_info *);
 typedef void (*init_fn)(void *, struct fuse_conn_info *);
+typedef int (*receive_buf_fn)(struct fuse_session *, struct fuse_buf *);
+typedef void (*session_exit_fn)(struct fuse_session *);
+typedef void (*session_end_fn)(void);
 
 static void *libfuse_symbol(const char *name)
 {
@@ -68,6 +76,8 @@ int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *f)
 }
 
 static int skip_opendir;
+static struct fuse_session *the_session;
+static session_end_fn session_end_callback;
 static readdirplus_fn pyfuse3_readdirplus;
 static init_fn pyfuse3_init;
 static struct fuse_lowlevel_ops session_ops;
@@ -118,5 +128,49 @@ struct fuse_session *fuse_session_new(struct fuse_args *args,
         session_ops.opendir = opendir_enosys;
         session_ops.readdirplus = readdirplus_by_inode;
     }
-    return real(args, &session_ops, sizeof session_ops, userdata);
+    the_session = real(args, &session_ops, sizeof session_ops, userdata);
+    return the_session;
+}
+
+/* The FUSE device's descriptor of the session made last, or -1 before one. */
+int cassfs_session_fd(void)
+{
+    return the_session != NULL ? fuse_session_fd(the_session) : -1;
+}
+
+/* Call `callback` (or nothing, with NULL) when the session ends; see the top comment. */
+void cassfs_on_session_end(session_end_fn callback)
+{
+    session_end_callback = callback;
+}
+
+static void session_ended(void)
+{
+    session_end_fn callback = session_end_callback;
+    if (callback != NULL)
+        callback();
+}
+
+int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
+{
+    static receive_buf_fn real;
+    int res;
+    if (real == NULL)
+        real = (receive_buf_fn)libfuse_symbol("fuse_session_receive_buf");
+    if (real == NULL)
+        return -ENOSYS;
+    res = real(se, buf);
+    if (res <= 0 && res != -EINTR && res != -EAGAIN)
+        session_ended();
+    return res;
+}
+
+void fuse_session_exit(struct fuse_session *se)
+{
+    static session_exit_fn real;
+    if (real == NULL)
+        real = (session_exit_fn)libfuse_symbol("fuse_session_exit");
+    if (real != NULL)
+        real(se);
+    session_ended();
 }

@@ -72,7 +72,7 @@ from cached.errors import (
     TooBig,
 )
 from cached.model import NAME_MAX, REGULAR, ROOT_INO, Inode, needs_atime
-from cassfs import openflags
+from cassfs import fuseloop, openflags
 from cassfs.handles import OpenFile, WriteBuffer, check_size
 from cassfs.inodes import InodeGone, InodeState, InodeTable, Placement, Reusable, Version
 from cassfs.kernel import FuseKernelCache, KernelCache
@@ -95,12 +95,13 @@ STALE_RETRY_WINDOW = 2.0
 
 
 def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Map cassfs errors to ``FUSEError(errno)`` and anything unexpected to EIO."""
+    """Map cassfs errors to ``FUSEError(errno)`` and anything unexpected to EIO; once the
+    handler suspends, another pyfuse3 worker reads the next request (:mod:`cassfs.fuseloop`)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await fn(*args, **kwargs)
+            return await fuseloop.watched(fn(*args, **kwargs))
         except pyfuse3.FUSEError:
             raise
         except CassfsError as exc:
@@ -1210,7 +1211,7 @@ class Operations(pyfuse3.Operations):
         checkpoint, so nothing runs between the record and pyfuse3's ``setxattr`` call.
         """
         try:
-            value = await self._getxattr(inode, name, ctx)
+            value = await fuseloop.watched(self._getxattr(inode, name, ctx))
         except pyfuse3.FUSEError as exc:
             found = exc.errno == errno.ENODATA
             self._xattr_probe = _XattrProbe(ctx, inode, name, False) if found else None

@@ -25,7 +25,7 @@ from cached.api import daemon_command
 from cached.cachedir import LOG_NAME, spawn_daemon
 from cached.client import open_client, socket_path
 from cached.errors import DaemonUnavailable
-from cassfs import openflags
+from cassfs import fuseloop, openflags
 from cassfs.fs import FrontConfig, Operations
 from cassfs.state import MountRecord, record_path
 
@@ -131,7 +131,13 @@ async def serve(opts: MountOptions) -> None:
                     "mounted %s/%s at %s%s", opts.owner, opts.environment, opts.mountpoint,
                     " read-only" if opts.read_only else "",
                 )  # fmt: skip
-                await pyfuse3.main()
+                if fuseloop.install():
+                    try:
+                        await pyfuse3.main(max_tasks=fuseloop.MAX_TASKS)
+                    finally:
+                        fuseloop.uninstall()
+                else:
+                    await pyfuse3.main()
                 clean = True
                 nursery.cancel_scope.cancel()
         finally:

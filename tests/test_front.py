@@ -11,12 +11,16 @@ import ctypes
 import errno
 import mmap
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from cached.client import call_once
+from cassfs import fuseloop
 from tests.conftest import Mount
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
@@ -122,6 +126,42 @@ def test_only_a_descriptor_that_can_write_sends_a_flush_at_close(
         writer.write(b"<?php two();")
     assert len(m.operations("flush")) == flushes + 2
     assert page.read_bytes() == b"<?php two();"
+
+
+def test_a_request_waiting_for_the_daemon_does_not_hold_up_one_the_front_answers(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """While a lookup waits for a paused daemon, a warm open/read/close (answered by the
+    front and the kernel alone) completes: another pyfuse3 worker reads the device once a
+    handler suspends (cassfs.fuseloop; a worker finishing a request watches the device
+    itself, so nobody would otherwise)."""
+    m = mount_cassfs("host", *tenant, None, "--debug", "--atime", "noatime")
+    page = m.path / "page.php"
+    page.write_bytes(b"<?php warm();")
+    # from the second on, opens are answered from the front's memory; and past
+    # fuseloop.MAX_TASKS requests, pyfuse3 starts no new worker, which would watch the device
+    for _ in range(fuseloop.MAX_TASKS):
+        assert page.read_bytes() == b"<?php warm();"
+    daemon = call_once(m.cache_dir, "status")["pid"]
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        waiting = threading.Thread(target=os.path.exists, args=(m.path / "absent.php",))
+        waiting.start()
+        poll_until(
+            lambda: any("b'absent.php'" in line for line in m.operations("lookup")),
+            10,
+            "the lookup reaching the front",
+        )
+        read: list[bytes] = []
+        reader = threading.Thread(target=lambda: read.append(page.read_bytes()), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert read == [b"<?php warm();"], "the warm read waited for the paused daemon's lookup"
+        assert waiting.is_alive()
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    waiting.join(30)
+    assert not waiting.is_alive()
 
 
 def test_writes_through_a_mapping_after_close_are_saved(

@@ -1,0 +1,161 @@
+"""Unit tests of cassfs.fuseloop: the readiness gate over a real socket pair (standing for
+the FUSE device) and the first-suspension hook, under trio."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from cassfs.fuseloop import ReadinessGate, _Watched
+
+
+@pytest.fixture
+def device() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """``(reader, writer)``: the reader's descriptor becomes readable once the writer sends."""
+    reader, writer = socket.socketpair()
+    yield reader, writer
+    reader.close()
+    writer.close()
+
+
+async def test_one_task_watches_the_device_and_the_others_park(
+    device: tuple[socket.socket, socket.socket],
+) -> None:
+    reader, writer = device
+    gate = ReadinessGate(reader.fileno())
+    answers: list[tuple[str, bool]] = []
+
+    async def worker(name: str) -> None:
+        answers.append((name, await gate.wait()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(worker, "second")
+        await trio.testing.wait_all_tasks_blocked()
+        assert (gate.watching, gate.parked()) == (True, 1)
+
+        writer.send(b"request")
+        await trio.testing.wait_all_tasks_blocked()
+        # the first is told; the second stays parked: nothing suspended, so nobody needs it
+        assert answers == [("first", True)]
+        assert (gate.watching, gate.parked()) == (False, 1)
+
+        gate.suspending()  # the first one's handler suspends: the second takes the device
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == [("first", True), ("second", True)]  # the byte is still unread
+        assert gate.parked() == 0
+
+
+async def test_a_suspending_handler_wakes_nobody_while_a_task_watches(
+    device: tuple[socket.socket, socket.socket],
+) -> None:
+    reader, _writer = device
+    gate = ReadinessGate(reader.fileno())
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(gate.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        gate.suspending()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (gate.watching, gate.parked()) == (True, 1)
+        nursery.cancel_scope.cancel()
+    assert not gate.watching  # a cancelled watcher leaves the device to the next one
+
+
+async def test_the_end_of_the_session_answers_every_task_false(
+    device: tuple[socket.socket, socket.socket],
+) -> None:
+    reader, _writer = device
+    gate = ReadinessGate(reader.fileno())
+    answers: list[bool] = []
+
+    async def worker() -> None:
+        answers.append(await gate.wait())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()
+        gate.close()  # as fuse_session_exit or an unmount's ENODEV calls it
+        trio.lowlevel.notify_closing(reader)  # as pyfuse3.terminate does for the watcher
+    assert answers == [False, False, False]
+    assert await gate.wait() is False
+
+
+async def test_the_watcher_answers_false_when_the_device_is_closed_under_it(
+    device: tuple[socket.socket, socket.socket],
+) -> None:
+    reader, _writer = device
+    gate = ReadinessGate(reader.fileno())
+    answers: list[bool] = []
+
+    async def worker() -> None:
+        answers.append(await gate.wait())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.notify_closing(reader)  # pyfuse3.terminate, with no exit callback
+    assert answers == [False, False] and gate.closed
+
+
+class CountingGate(ReadinessGate):
+    def __init__(self) -> None:
+        super().__init__(-1)
+        self.suspensions = 0
+
+    def suspending(self) -> None:
+        self.suspensions += 1
+
+
+async def test_a_handler_that_never_suspends_is_answered_without_a_hook() -> None:
+    gate = CountingGate()
+
+    async def answer() -> str:
+        return "attributes"
+
+    assert await _Watched(answer(), gate) == "attributes"
+    assert gate.suspensions == 0
+
+
+async def test_the_hook_runs_once_at_the_first_suspension_and_results_pass_through() -> None:
+    gate = CountingGate()
+    seen: list[int] = []
+
+    async def fetch() -> bytes:
+        seen.append(gate.suspensions)
+        await trio.lowlevel.checkpoint()
+        seen.append(gate.suspensions)
+        await trio.lowlevel.checkpoint()
+        return b"content"
+
+    assert await _Watched(fetch(), gate) == b"content"
+    assert (seen, gate.suspensions) == ([0, 1], 1)
+
+    async def fails() -> None:
+        await trio.lowlevel.checkpoint()
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(FileNotFoundError):
+        await _Watched(fails(), gate)
+
+
+async def test_cancellation_reaches_the_handler_through_the_hook() -> None:
+    gate = CountingGate()
+    cleaned: list[str] = []
+
+    async def waits_forever() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cleaned.append("finally")
+
+    with trio.move_on_after(0.01) as scope:
+        await _Watched(waits_forever(), gate)
+    assert scope.cancelled_caught and cleaned == ["finally"] and gate.suspensions == 1
