@@ -21,7 +21,9 @@ request became 1.
 
 pyfuse3 keeps count of its waiting tasks in a C attribute this module cannot reach, so it
 sees none waiting and starts a worker after each request until ``max_tasks``
-(:data:`MAX_TASKS`); they park here.  The session's end wakes them all: the end of
+(:data:`MAX_TASKS`); they park here, and the one parked last is woken first, so that only
+as many serve as requests wait at once (a worker's libfuse buffer is touched only once it
+reads a request).  The session's end wakes them all: the end of
 ``fuse_session_receive_buf`` (an unmount) or ``fuse_session_exit`` (``pyfuse3.terminate``)
 calls :meth:`ReadinessGate.close` through :mod:`cassfs.openflags`.  Without that library,
 or with a pyfuse3 without ``_wait_fuse_readable``, nothing is replaced (:func:`install`
@@ -44,9 +46,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: pyfuse3 worker tasks: requests that can wait for the daemon at once (pyfuse3's own
-#: default is 99).  Linux queues up to 12 background requests by default (max_background),
-#: plus one synchronous request per calling thread.
-MAX_TASKS = 48
+#: default is 99); more wait in the kernel's queue.  Linux queues up to 12 background
+#: requests by default (max_background), plus one synchronous request per calling thread.
+#: Unlike pyfuse3's, these workers never exit, so each keeps the libfuse buffer it touched
+#: (about 1 MiB after a large write): at most 32 MiB or so in all.
+MAX_TASKS = 32
 
 
 class ReadinessGate:
@@ -61,7 +65,7 @@ class ReadinessGate:
         self.fd = fd
         self.watching = False
         self.closed = False
-        self._parked = trio.lowlevel.ParkingLot()
+        self._parked: list[trio.lowlevel.Task] = []  # a stack: the last parked is woken first
 
     async def wait(self) -> bool:
         """Watch ``fd`` if nobody does, else park until woken; True once readable, False
@@ -78,19 +82,32 @@ class ReadinessGate:
                 finally:
                     self.watching = False
                 return True
-            await self._parked.park()
+            await self._park()
         return False
+
+    async def _park(self) -> None:
+        task = trio.lowlevel.current_task()
+        self._parked.append(task)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._parked.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def suspending(self) -> None:
         """A handler suspends: wake a parked task to watch ``fd`` meanwhile, unless one
-        does already."""
+        does already.  The task parked last goes first, so that the tasks that serve
+        are as few as the requests that wait at once: each task's libfuse buffer (up to
+        the largest request, 1 MiB for a write) is touched only once it reads a request."""
         if not self.watching and self._parked:
-            self._parked.unpark()
+            trio.lowlevel.reschedule(self._parked.pop())
 
     def close(self) -> None:
         """The session ended: every parked and later ``wait()`` returns False."""
         self.closed = True
-        self._parked.unpark_all()
+        while self._parked:
+            trio.lowlevel.reschedule(self._parked.pop())
 
     def parked(self) -> int:
         """How many tasks are parked."""

@@ -51,6 +51,31 @@ async def test_one_task_watches_the_device_and_the_others_park(
         assert gate.parked() == 0
 
 
+async def test_the_task_parked_last_is_woken_first(
+    device: tuple[socket.socket, socket.socket],
+) -> None:
+    """Few tasks serve (their buffers stay few): the others stay parked."""
+    reader, writer = device
+    gate = ReadinessGate(reader.fileno())
+    woken: list[str] = []
+
+    async def worker(name: str) -> None:
+        await gate.wait()
+        woken.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in ("watcher", "older", "newer"):
+            nursery.start_soon(worker, name)
+            await trio.testing.wait_all_tasks_blocked()
+        writer.send(b"request")
+        await trio.testing.wait_all_tasks_blocked()
+        gate.suspending()
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == ["watcher", "newer"] and gate.parked() == 1
+        gate.close()
+    assert woken == ["watcher", "newer", "older"]
+
+
 async def test_a_suspending_handler_wakes_nobody_while_a_task_watches(
     device: tuple[socket.socket, socket.socket],
 ) -> None:
