@@ -380,7 +380,7 @@ class Operations(pyfuse3.Operations):
             return
         for state in records:
             state.unlinked = True
-            state.reusable = None
+            state.drop_reusable()
 
     def _purge_if_unused(self, state: InodeState) -> None:
         """Purge ``state``'s unlinked inode once no node of it is held or open."""
@@ -555,7 +555,7 @@ class Operations(pyfuse3.Operations):
                 elif result is None:
                     result = await self.daemon.getattr(state.ino)
             for record in self.inodes.records_of(state.ino):
-                record.reusable = None
+                record.drop_reusable()
             return self._entry(result, inode)
         finally:
             self.inodes.discard_if_idle(state)
@@ -789,7 +789,7 @@ class Operations(pyfuse3.Operations):
             self._name_taken(new_parent_inode, new_name)
             raise
         for state in self.inodes.records_of(ino):
-            state.reusable = None  # its nlink and ctime changed
+            state.drop_reusable()  # its nlink and ctime changed
         return self._remember(linked, new_parent_inode, new_name)
 
     @_fuse_errors
@@ -822,7 +822,7 @@ class Operations(pyfuse3.Operations):
                 state = self.inodes.forget(node, nlookup)
                 if state is None:
                     continue
-                state.reusable = None
+                state.drop_reusable()
                 self._purge_if_unused(state)
                 self.inodes.discard_if_idle(state)
             except Exception:
@@ -913,6 +913,7 @@ class Operations(pyfuse3.Operations):
             self._refuse_if_read_only("open for writing")
         truncating = writable and bool(flags & os.O_TRUNC)
         state = self.inodes.state(inode)
+        drops = state.reusable_drops  # a drop from here on: this answer may be older
         try:
             info = None if writable else state.reuse(trio.current_time(), self.epoch)
             reused = info is not None
@@ -952,7 +953,7 @@ class Operations(pyfuse3.Operations):
             if truncating:
                 await self._truncate_at_open(state, handle)
             placement = await self._place(state, handle, version, writable, ctx.pid)
-            if reusable is not None:
+            if reusable is not None and state.reusable_drops == drops:
                 state.reusable = reusable
             return pyfuse3.FileInfo(
                 fh=handle.fh,
@@ -1293,7 +1294,7 @@ class Operations(pyfuse3.Operations):
         the kernel drops its cached ctime itself)."""
         self.xattrs_absent.forget(ino)
         for state in self.inodes.records_of(ino):
-            state.reusable = None
+            state.drop_reusable()
 
     # -- daemon notifications -------------------------------------------------------------
 
@@ -1325,7 +1326,7 @@ class Operations(pyfuse3.Operations):
             for ino in inos:
                 self.xattrs_absent.forget(ino)
                 for state in self.inodes.records_of(ino):
-                    state.reusable = None
+                    state.drop_reusable()
                     known.append(state.node)
                     if state.page_handles() and state.names:
                         # it may hold another version now: walks must look the names
@@ -1339,7 +1340,7 @@ class Operations(pyfuse3.Operations):
             self.xattrs_absent.clear()
             self.epoch = params.get("epoch", self.epoch)
             for ino in self.inodes.known():
-                self.inodes.state(ino).reusable = None
+                self.inodes.state(ino).drop_reusable()
             if self.nursery is not None:
                 self.nursery.start_soon(self._invalidate_all)
         return None

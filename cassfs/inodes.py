@@ -159,6 +159,7 @@ class InodeState:
         "node",
         "pages",
         "reusable",
+        "reusable_drops",
         "stale_told",
         "told",
         "unlinked",
@@ -172,6 +173,9 @@ class InodeState:
         self.buffer: WriteBuffer | None = None
         self.pages: Version | None = None
         self.reusable: Reusable | None = None
+        #: How many times the reusable answer was dropped (a change told or made): an
+        #: open answer fetched across a drop may predate that change and is not kept.
+        self.reusable_drops = 0
         self.unlinked = False
         self.told: set[tuple[bytes, int]] | None = None
         self.dentry: tuple[int, bytes] | None = None
@@ -257,7 +261,7 @@ class InodeState:
             self.told = None  # direct reads past the kernel's size may change it
         if placement is Placement.SWITCH:
             self.pages = Version(handle.content_id, handle.size, handle.mtime_ns, handle.epoch)
-            self.reusable = None
+            self.reusable = None  # the older version's; the opening handle's answer is newer
             self._switches += 1
             if self._switched is None:
                 self._switched = trio.Event()
@@ -298,7 +302,7 @@ class InodeState:
         for handle in self.handles.values():
             handle.move_to(version.content_id, version.size, version.mtime_ns, epoch)
         self.pages = version
-        self.reusable = None
+        self.drop_reusable()
         self.told = None  # the writes set the kernel's size themselves
 
     def attributes_told_for(self, version: Version) -> bool:
@@ -332,7 +336,7 @@ class InodeState:
             return self.buffer.size, mtime_ns
         told = (inode.content_id, size)
         if self.pages is not None and not self.pages.same_content(Version.of(inode, epoch)):
-            self.reusable = None
+            self.reusable = None  # the older version's
             if self.page_handles():
                 told = (self.pages.content_id, self.pages.size)
                 size, mtime_ns = self.pages.size, self.pages.mtime_ns
@@ -341,6 +345,13 @@ class InodeState:
         if self.told is not None:
             self.told.add(told)
         return size, mtime_ns
+
+    def drop_reusable(self) -> None:
+        """Stop reusing the open answer: something changed, or may have, since it was given.
+        An open whose answer was fetched before this call does not keep it (see
+        :attr:`reusable_drops`)."""
+        self.reusable = None
+        self.reusable_drops += 1
 
     def reuse(self, now: float, epoch: int) -> Inode | None:
         """The reusable open answer, if it holds at ``now`` (trio clock) and for the pages.

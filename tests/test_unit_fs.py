@@ -672,6 +672,32 @@ async def test_a_reused_open_answer_is_dropped_once_a_newer_version_is_seen(
     assert await ops.read(fh, 0, 10) == b"new"
 
 
+async def test_an_open_answer_fetched_across_a_change_told_is_not_reused(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    """A ``changed`` notification while an open waits for the daemon: that open's answer
+    may predate the change (another host's write), so the next open asks the daemon
+    again instead of reusing it for the answer's TTL."""
+    daemon.fresh_for = 3600.0
+    ino = await looked_up(ops)
+    gate = daemon.hold["open"] = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def first_open() -> None:
+            await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+
+        nursery.start_soon(first_open)
+        await trio.testing.wait_all_tasks_blocked()
+        ops.on_notification("changed", {"inos": [ino], "seq": 1, "remote": True})
+        gate.set()
+    del daemon.hold["open"]
+    opens = sum(1 for method, _ in daemon.calls if method == "open")
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+    assert sum(1 for method, _ in daemon.calls if method == "open") == opens + 1
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)  # that one is reused
+    assert sum(1 for method, _ in daemon.calls if method == "open") == opens + 1
+
+
 async def test_opens_of_a_reused_answer_record_one_access_not_one_each(
     ops: Operations, daemon: FakeDaemon
 ) -> None:
