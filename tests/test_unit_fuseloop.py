@@ -4,7 +4,7 @@ the FUSE device) and the first-suspension hook, under trio."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import trio
@@ -92,23 +92,32 @@ async def test_a_suspending_handler_wakes_nobody_while_a_task_watches(
     assert not gate.watching  # a cancelled watcher leaves the device to the next one
 
 
-async def test_the_end_of_the_session_answers_every_task_false(
-    device: tuple[socket.socket, socket.socket],
-) -> None:
-    reader, _writer = device
-    gate = ReadinessGate(reader.fileno())
+async def answers_after(gate: ReadinessGate, workers: int, end: Callable[[], None]) -> list[bool]:
+    """What ``workers`` tasks waiting at ``gate`` answer once ``end()`` runs while they wait."""
     answers: list[bool] = []
 
     async def worker() -> None:
         answers.append(await gate.wait())
 
     async with trio.open_nursery() as nursery:
-        for _ in range(3):
+        for _ in range(workers):
             nursery.start_soon(worker)
         await trio.testing.wait_all_tasks_blocked()
+        end()
+    return answers
+
+
+async def test_the_end_of_the_session_answers_every_task_false(
+    device: tuple[socket.socket, socket.socket],
+) -> None:
+    reader, _writer = device
+    gate = ReadinessGate(reader.fileno())
+
+    def end() -> None:
         gate.close()  # as fuse_session_exit or an unmount's ENODEV calls it
         trio.lowlevel.notify_closing(reader)  # as pyfuse3.terminate does for the watcher
-    assert answers == [False, False, False]
+
+    assert await answers_after(gate, 3, end) == [False, False, False]
     assert await gate.wait() is False
 
 
@@ -117,16 +126,8 @@ async def test_the_watcher_answers_false_when_the_device_is_closed_under_it(
 ) -> None:
     reader, _writer = device
     gate = ReadinessGate(reader.fileno())
-    answers: list[bool] = []
-
-    async def worker() -> None:
-        answers.append(await gate.wait())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(worker)
-        nursery.start_soon(worker)
-        await trio.testing.wait_all_tasks_blocked()
-        trio.lowlevel.notify_closing(reader)  # pyfuse3.terminate, with no exit callback
+    # pyfuse3.terminate, with no exit callback
+    answers = await answers_after(gate, 2, lambda: trio.lowlevel.notify_closing(reader))
     assert answers == [False, False] and gate.closed
 
 
