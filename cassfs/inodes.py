@@ -326,7 +326,8 @@ class InodeState:
           kernel neither cuts their reads at the new size nor drops their pages.
         - Otherwise the daemon's; when its content differs from the page cache's,
           the kernel drops its pages on this reply (size or mtime changed), so the
-          record forgets its page-cache version and the reusable answer.
+          record forgets its page-cache version and drops the reusable answer (an
+          open answered before this reply keeps none either).
         """
         size, mtime_ns = inode.size, inode.mtime_ns
         if inode.kind != REGULAR:
@@ -336,7 +337,7 @@ class InodeState:
             return self.buffer.size, mtime_ns
         told = (inode.content_id, size)
         if self.pages is not None and not self.pages.same_content(Version.of(inode, epoch)):
-            self.reusable = None  # the older version's
+            self.drop_reusable()  # the older version's; an open in flight may bring it too
             if self.page_handles():
                 told = (self.pages.content_id, self.pages.size)
                 size, mtime_ns = self.pages.size, self.pages.mtime_ns

@@ -698,6 +698,38 @@ async def test_an_open_answer_fetched_across_a_change_told_is_not_reused(
     assert sum(1 for method, _ in daemon.calls if method == "open") == opens + 1
 
 
+async def test_an_open_answer_older_than_a_version_reported_is_not_reused(
+    ops: Operations, daemon: FakeDaemon
+) -> None:
+    """A getattr reports a newer version (another host's write) while an open's answer,
+    read by the daemon before that write, is in flight: the open may use that answer,
+    but the next open asks the daemon again instead of reusing it for its TTL."""
+    daemon.fresh_for = 3600.0
+    ino = await looked_up(ops)
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)  # pages: the first version
+    ops.on_notification("changed", {"inos": [ino], "seq": 1})  # stop reusing it
+    first = daemon.inodes[ino]
+    gate = daemon.hold["open"] = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def older_open() -> None:
+            await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+
+        nursery.start_soon(older_open)
+        await trio.testing.wait_all_tasks_blocked()
+        newer = daemon.rewrite(b"<?php // the other host's version")
+        assert (await ops.getattr(ino, CTX)).st_size == newer.size
+        daemon.inodes[ino] = first  # the held open answers what the daemon read before
+        gate.set()
+    del daemon.hold["open"]
+    daemon.inodes[ino] = newer
+    opens = sum(1 for method, _ in daemon.calls if method == "open")
+    fh = (await ops.open(ino, os.O_RDONLY, CTX)).fh
+    assert sum(1 for method, _ in daemon.calls if method == "open") == opens + 1
+    assert await ops.read(fh, 0, 4096) == daemon.content(ino)
+    await ops.release(fh)
+
+
 async def test_opens_of_a_reused_answer_record_one_access_not_one_each(
     ops: Operations, daemon: FakeDaemon
 ) -> None:
