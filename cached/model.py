@@ -63,7 +63,10 @@ class Inode:
     ``nlink`` counts the names of a non-directory (hard links); 0 means unlinked
     but still open somewhere.  ``version`` is the chunk key of the current content
     version (``b""``: no chunks, an empty file).  ``rdev`` is the device number of
-    a character or block device (0 otherwise).
+    a character or block device (0 otherwise).  ``xattrs`` says whether the inode may
+    have extended attributes (schema 7): False for one made without any and never given
+    one, True once one was set (it stays True when they are removed), None when unknown
+    (an inode of an older schema): only False lets a reader skip the ``xattrs`` table.
     """
 
     ino: int
@@ -82,6 +85,7 @@ class Inode:
     target: bytes
     version: bytes = b""
     rdev: int = 0
+    xattrs: bool | None = None
 
     @property
     def is_dir(self) -> bool:

@@ -247,6 +247,7 @@ class NamespaceOps:
             "content_id": b"",
             "chunk_size": 0,
             "target": b"",
+            "xattrs": False,  # none yet: a getxattr needs no query (schema 7)
         }
         fields.update(extra)
         return Inode(**fields)

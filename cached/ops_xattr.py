@@ -10,7 +10,12 @@ Cache: every attribute of an inode in one metadata entry (``("x", owner, env, in
 in :mod:`cached.cache`), fresh for the TTL like an inode, reread from Cassandra past it,
 and served past it while Cassandra fails (stale-if-error).  An inode without attributes
 caches ``{}``, so the kernel's ``security.capability`` probe before each write(2) to a
-file (``file_remove_privs``) costs a dictionary lookup in memory, not a query.
+file (``file_remove_privs``) costs a dictionary lookup in memory, not a query.  Nor is
+one needed when the inode is cached fresh with ``xattrs`` False (schema 7: it never had
+an attribute; see :class:`~cached.model.Inode`): an overwrite after a purge reads its
+inode, and that answers the probe.  Before its first attribute is written, an inode's
+``xattrs`` column is set true (:meth:`~cached.store.TenantStore.mark_xattrs`), so a
+reader never finds False beside an attribute row.
 
 Writes: every row write is a lightweight transaction, so two hosts racing get one winner:
 XATTR_CREATE is ``INSERT ... IF NOT EXISTS`` (EEXIST when not applied), XATTR_REPLACE
@@ -109,10 +114,25 @@ class XattrOps:
         if state is Freshness.FRESH and cached is not None:
             self.core.counters.add("xattr_hits")
             return cached
+        if await self._none_by_inode(s, ino):
+            self.core.counters.add("xattr_hits")
+            return {}
         try:
             return await self.core.flights.run(("x", s.tenant, ino), self._load, s, ino)
         except StorageError as exc:
             return self.core.stale_if_error(cached, exc, f"extended attributes of {ino}")
+
+    async def _none_by_inode(self, s: Session, ino: int) -> bool:
+        """True when ``ino`` is cached fresh and says it never had an attribute (schema
+        7); then ``{}`` is cached as of that inode's fetch, so the answer's ``fresh_for``
+        is what is left of the inode's TTL."""
+        state, inode = await self.core.cache.get_inode(s.tenant, ino)
+        if state is not Freshness.FRESH or inode is None or inode.xattrs is not False:
+            return False
+        fetched_at = self.core.cache.fetched_at(("i", *s.tenant, ino))
+        if fetched_at > 0:  # 0: not in memory, so no time to cache it as of
+            await self.core.cache.put_xattrs(s.tenant, ino, {}, fetched_at=fetched_at)
+        return True
 
     async def rpc_getxattr(self, s: Session, ino: int, name: bytes) -> dict[str, Any]:
         """Attribute ``name`` of ``ino`` as :class:`~cached.api.Xattr`: its value, None
@@ -154,6 +174,10 @@ class XattrOps:
                 await self._cache_with(s, ino, current)
                 raise Exists(_text(name)) if name in current else NoAttribute(_text(name))
             check_room(current, name, value)
+            if inode.xattrs is not True:
+                # Before the row: a reader must never find False beside an attribute.
+                await s.store.mark_xattrs(ino)
+                await self.core.cache.update_inode(s.tenant, ino, xattrs=True)
             if flags & XATTR_CREATE:
                 held = await s.store.create_xattr(ino, name, value)
                 if held is not None:

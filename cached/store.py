@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: Inodes one ``get_inodes`` query asks for at most (partitions in its ``IN``).
 INODES_PER_QUERY = 64
 #: Buckets of ``inode_index`` per tenant (a row's bucket is ``ino % INDEX_BUCKETS``).
@@ -83,7 +83,7 @@ CHANGE_BUCKET_SECONDS = 60
 
 _INODE_COLUMNS = (
     "ino, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, parent, nlink, "
-    "content_id, chunk_size, target, version, rdev"
+    "content_id, chunk_size, target, version, rdev, xattrs"
 )
 _TENANT = "owner = ? AND environment = ?"
 _DIR = f"{_TENANT} AND parent = ?"
@@ -95,12 +95,12 @@ STATEMENTS: dict[str, str] = {
     "get_inode": f"SELECT {_INODE_COLUMNS} FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ?",
     "put_inode": (
         f"INSERT INTO {{ks}}.inodes (owner, environment, {_INODE_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
     # A tenant's root, made by whichever host says hello first (counted once).
     "put_root": (
         f"INSERT INTO {{ks}}.inodes (owner, environment, {_INODE_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
     ),
     # One statement per attribute: a setattr writes only the cells it changes, so a
     # chmod on one host and a chown on another both stay (no read-modify-write).
@@ -133,6 +133,8 @@ STATEMENTS: dict[str, str] = {
     # relatime: a read access moves only atime (no ctime, as Linux does).
     "set_atime_only": f"UPDATE {{ks}}.inodes SET atime_ns = ? WHERE {_TENANT} AND ino = ?",
     "set_ctime": f"UPDATE {{ks}}.inodes SET ctime_ns = ? WHERE {_TENANT} AND ino = ?",
+    # Before an inode's first extended attribute is written (schema 7).
+    "mark_xattrs": f"UPDATE {{ks}}.inodes SET xattrs = true WHERE {_TENANT} AND ino = ?",
     "set_nlink": f"UPDATE {{ks}}.inodes SET nlink = ?, ctime_ns = ? WHERE {_TENANT} AND ino = ?",
     # Hard links: the count of a non-directory's names changes only by compare-and-set,
     # so two hosts changing it at once both count.
@@ -917,6 +919,7 @@ def _inode(row: dict[str, Any]) -> Inode:
         target=row["target"] or b"",
         version=row["version"] or b"",
         rdev=row["rdev"] or 0,
+        xattrs=row["xattrs"],
     )
 
 
@@ -1201,7 +1204,7 @@ class TenantStore:
             *self._t, i.ino, i.kind, i.mode, id_to_cql(i.uid), id_to_cql(i.gid), i.size,
             i.atime_ns, i.mtime_ns,
             i.ctime_ns, i.parent, i.nlink, i.content_id, i.chunk_size, i.target,
-            _blob(i.version), i.rdev or None,
+            _blob(i.version), i.rdev or None, i.xattrs,
         )  # fmt: skip
 
     async def put_inode(self, inode: Inode) -> None:
@@ -1320,6 +1323,12 @@ class TenantStore:
     async def set_ctime(self, ino: int, ctime_ns: int) -> None:
         """Write only ``ctime_ns`` of ``ino`` (a rename changes the moved inode's ctime)."""
         await self._store.run("set_ctime", (ctime_ns, *self._t, ino))
+
+    async def mark_xattrs(self, ino: int) -> None:
+        """Record that ``ino`` may have extended attributes (its ``xattrs`` column, schema
+        7), before the first is written: a reader finding False skips the ``xattrs``
+        table."""
+        await self._store.run("mark_xattrs", (*self._t, ino))
 
     async def set_nlink(self, ino: int, nlink: int, ctime_ns: int) -> None:
         """Write only ``nlink`` and ``ctime_ns`` of ``ino`` (a name removed)."""

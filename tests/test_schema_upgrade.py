@@ -257,11 +257,20 @@ def snapshot(cql: Session, keyspace: str) -> dict[str, set[tuple[Any, ...]]]:
 
 
 def check_upgraded(cql: Session, tree: V1Tree) -> None:
-    """Version 6 recorded; every inode indexed; versions and chunks under the new key; the
+    """Version 7 recorded; every inode indexed; versions and chunks under the new key; the
     usage counters equal to the data; the change feed's table there; inodes and versions
-    able to keep small content (none kept: what was written stays in its chunks)."""
+    able to keep small content (none kept: what was written stays in its chunks); the
+    inodes' ``xattrs`` flag unknown (null) in every row written before; the dentries
+    table's comment set (version 5)."""
     ks = tree.keyspace
-    assert recorded(cql, ks) == SCHEMA_VERSION == 6
+    assert recorded(cql, ks) == SCHEMA_VERSION == 7
+    assert all(r["xattrs"] is None for r in cql.execute(f"SELECT xattrs FROM {ks}.inodes"))
+    comment = cql.execute(
+        "SELECT comment FROM system_schema.tables WHERE keyspace_name = %s "
+        "AND table_name = 'dentries'",
+        (ks,),
+    ).one()["comment"]
+    assert "move markers" in comment
     for table in ("inodes", "versions"):
         assert "data" in table_columns(cql, ks, table)
         assert all(r["data"] is None for r in cql.execute(f"SELECT data FROM {ks}.{table}"))
@@ -332,7 +341,7 @@ def test_version_1_keyspace_is_upgraded_in_place(
         on_step=reports.append,
         on_progress=lambda v, done: progress.append((v, done)),
     )
-    assert version == 6
+    assert version == 7
     check_upgraded(cql, v1)
     assert [str(r) for r in reports] == [
         f"upgraded keyspace {v1.keyspace} from version 1 to 2: "
@@ -341,6 +350,7 @@ def test_version_1_keyspace_is_upgraded_in_place(
         f"upgraded keyspace {v1.keyspace} from version 3 to 4",
         f"upgraded keyspace {v1.keyspace} from version 4 to 5",
         f"upgraded keyspace {v1.keyspace} from version 5 to 6",
+        f"upgraded keyspace {v1.keyspace} from version 6 to 7",
     ]
     scanned = [done for v, done in progress if v == 2]
     assert len(scanned) >= 3 and scanned == sorted(scanned) and scanned[-1] == 9
@@ -354,7 +364,7 @@ def test_version_1_keyspace_is_upgraded_in_place(
     monkeypatch.setitem(schema.DATA_STEPS, 2, must_not_run)
     monkeypatch.setitem(schema.DATA_STEPS, 3, must_not_run)
     reports.clear()
-    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 6
+    assert schema.apply(points, v1.keyspace, on_step=reports.append) == 7
     assert reports == []
     assert snapshot(cql, v1.keyspace) == before
     check_upgraded(cql, v1)
@@ -392,7 +402,8 @@ def test_interrupted_upgrade_resumes_where_it_stopped(
         f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 5 to 6",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 6",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 6 to 7",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 7",
     ]
     check_upgraded(cql, v1)
 
@@ -426,9 +437,10 @@ def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
         f"cassfs: upgraded keyspace {v1.keyspace} from version 3 to 4",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 4 to 5",
         f"cassfs: upgraded keyspace {v1.keyspace} from version 5 to 6",
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 6",
+        f"cassfs: upgraded keyspace {v1.keyspace} from version 6 to 7",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 7",
     ]
-    assert recorded(cql, v1.keyspace) == 6
+    assert recorded(cql, v1.keyspace) == 7
     assert usage(cql, v1.keyspace) == expected
     assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
 
@@ -451,18 +463,19 @@ def test_version_2_keyspace_gets_usage_counters_equal_to_its_data(
     assert usage(cql, v1.keyspace) == {**expected, (OTHER[0], "no-inodes"): (0, 0)}
 
 
-@pytest.mark.parametrize("previous", [4, 5])
+@pytest.mark.parametrize("previous", [5, 6])
 def test_the_previous_versions_keyspace_is_upgraded_by_the_cli_and_keeps_its_data(
     cassandra: str, cql: Session, v1: V1Tree, monkeypatch: pytest.MonkeyPatch, previous: int
 ) -> None:
-    """A keyspace of version 4 (no move markers) or 5 (no inline content), with its data,
-    upgraded in place by the CLI: no row rewritten, the dentries table's comment set,
-    the data columns added."""
+    """A keyspace of version 5 (no inline content) or 6 (no attribute flag on inodes),
+    with its data, upgraded in place by the CLI: no row rewritten, the data columns and
+    the inodes' ``xattrs`` column added (null in every row: unknown)."""
     with monkeypatch.context() as patch:
         patch.setattr(schema, "SCHEMA_VERSION", previous)
         assert schema.apply(ContactPoints.parse(cassandra), v1.keyspace) == previous
     assert recorded(cql, v1.keyspace) == previous
-    assert "data" not in table_columns(cql, v1.keyspace, "versions")
+    assert ("data" in table_columns(cql, v1.keyspace, "versions")) == (previous >= 6)
+    assert "xattrs" not in table_columns(cql, v1.keyspace, "inodes")
     before = snapshot(cql, v1.keyspace)
     counted = usage(cql, v1.keyspace)
     done = run_cli("schema", "apply", "--contact-points", cassandra, "--keyspace", v1.keyspace)
@@ -471,17 +484,11 @@ def test_the_previous_versions_keyspace_is_upgraded_by_the_cli_and_keeps_its_dat
             f"cassfs: upgraded keyspace {v1.keyspace} from version {v} to {v + 1}"
             for v in range(previous, SCHEMA_VERSION)
         ),
-        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 6",
+        f"cassfs: keyspace {v1.keyspace} at {cassandra} is now at schema version 7",
     ]
     assert snapshot(cql, v1.keyspace) == before  # the data is kept, untouched
     assert usage(cql, v1.keyspace) == counted
     check_upgraded(cql, v1)
-    comment = cql.execute(
-        "SELECT comment FROM system_schema.tables WHERE keyspace_name = %s "
-        "AND table_name = 'dentries'",
-        (v1.keyspace,),
-    ).one()["comment"]
-    assert "move markers" in comment
 
 
 def feed_columns(cql: Session, keyspace: str) -> set[str]:
@@ -515,6 +522,7 @@ def test_tables_without_a_version_row_count_as_version_1(
         (3, 4),
         (4, 5),
         (5, 6),
+        (6, 7),
     ]
     check_upgraded(cql, v1)
 
@@ -532,24 +540,31 @@ def test_fresh_keyspace_goes_through_every_step(
         f"upgraded keyspace {keyspace} from version 3 to 4",
         f"upgraded keyspace {keyspace} from version 4 to 5",
         f"upgraded keyspace {keyspace} from version 5 to 6",
+        f"upgraded keyspace {keyspace} from version 6 to 7",
     ]
-    assert recorded(cql, keyspace) == 6
+    assert recorded(cql, keyspace) == 7
     assert "content_id" not in chunk_key_columns(cql, keyspace)
 
 
 def test_keyspace_of_a_newer_cassfs_is_refused(cassandra: str, cql: Session, keyspace: str) -> None:
     schema.apply(ContactPoints.parse(cassandra), keyspace)
-    cql.execute(f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', 7)")
+    newer = SCHEMA_VERSION + 1
+    cql.execute(
+        f"INSERT INTO {keyspace}.schema_version (component, version) VALUES ('cassfs', {newer})"
+    )
     with pytest.raises(SchemaTooNew) as info:
         schema.apply(ContactPoints.parse(cassandra), keyspace)
-    message = f"keyspace {keyspace} has schema version 7, newer than this cassfs (6)"
+    message = (
+        f"keyspace {keyspace} has schema version {newer}, newer than this cassfs "
+        f"({SCHEMA_VERSION})"
+    )
     assert message in str(info.value) and "nothing was changed" in str(info.value)
     result = run_cli(
         "schema", "apply", "--contact-points", cassandra, "--keyspace", keyspace, check=False
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"cassfs: {info.value}"
-    assert recorded(cql, keyspace) == 7
+    assert recorded(cql, keyspace) == newer
 
 
 async def _read_whole(client: DaemonClient, ino: int) -> bytes:

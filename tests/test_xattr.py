@@ -347,6 +347,71 @@ def test_writes_do_not_ask_the_daemon_for_security_capability(
     assert os.getxattr(m.path / "log", "security.capability") == capability
 
 
+def inode_flag(run: Callable[..., list[dict[str, Any]]], tenant: tuple[int, str], ino: int) -> Any:
+    """The ``xattrs`` column of inode ``ino`` (schema 7), read straight from Cassandra."""
+    rows = run(
+        "SELECT xattrs FROM {ks}.inodes WHERE owner = %s AND environment = %s AND ino = %s",
+        *tenant,
+        ino,
+    )
+    return rows[0]["xattrs"]
+
+
+@pytest.mark.fuse
+def test_an_overwrite_after_a_purge_reads_no_attributes(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str], cassandra: str
+) -> None:
+    """Schema 7: an inode cassfs makes says it has no extended attributes, so the kernel's
+    ``security.capability`` probe at each overwrite after a purge queries no ``xattrs``
+    partition; the first attribute set turns the flag on, and a row whose flag is null
+    (written by an older cassfs) is asked as before."""
+    m = mount_cassfs("x", *tenant)
+    plain, tagged, old = m.path / "plain.php", m.path / "tagged.php", m.path / "old.php"
+    for f in (plain, tagged, old):
+        f.write_bytes(b"<?php // one")
+    os.setxattr(tagged, "user.k", b"v")
+    with cql(cassandra) as run:
+        assert inode_flag(run, tenant, plain.stat().st_ino) is False
+        assert inode_flag(run, tenant, tagged.stat().st_ino) is True
+        run(
+            "UPDATE {ks}.inodes SET xattrs = null WHERE owner = %s AND environment = %s "
+            "AND ino = %s",
+            *tenant,
+            old.stat().st_ino,
+        )
+    m.cli("cache", "purge", "--cache-dir", str(m.cache_dir))
+    before = m.stats()
+    plain.write_bytes(b"<?php // two")  # O_TRUNC, then write(2): the kernel's probe
+    assert m.stats()["xattr_reads"] == before["xattr_reads"]
+    assert errno_of(lambda: os.getxattr(plain, "user.k")) == errno.ENODATA
+    assert m.stats()["xattr_reads"] == before["xattr_reads"]
+    old.write_bytes(b"<?php // two")
+    assert m.stats()["xattr_reads"] == before["xattr_reads"] + 1  # unknown: asked
+    assert os.getxattr(tagged, "user.k") == b"v"
+    assert os.listxattr(plain) == []
+    assert plain.read_bytes() == old.read_bytes() == b"<?php // two"
+
+
+@pytest.mark.fuse
+def test_an_attribute_set_on_one_host_is_seen_where_the_inode_said_none(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """Host B holds the inode, read with "no attributes", and answered ENODATA from it;
+    host A sets an attribute: B sees it (the feed expires B's copy of the inode)."""
+    a = mount_cassfs("host-a", *tenant)
+    b = mount_cassfs("host-b", *tenant)
+    (a.path / "f").write_text("f")
+    g = b.path / "f"
+    assert eventually(g.exists)  # B may have listed the root before A's create
+    assert g.read_text() == "f"
+    reads = b.stats()["xattr_reads"]
+    assert errno_of(lambda: os.getxattr(g, "user.k")) == errno.ENODATA
+    assert b.stats()["xattr_reads"] == reads  # answered from B's copy of the inode
+    os.setxattr(a.path / "f", "user.k", b"v")
+    assert eventually(lambda: errno_of(lambda: os.getxattr(g, "user.k")) == 0)
+    assert os.getxattr(g, "user.k") == b"v"
+
+
 @pytest.mark.fuse
 def test_a_second_mount_on_the_daemon_sees_changes_at_once(
     mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
