@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from cached.atimes import AccessTimes
 from cached.cache import Freshness, LocalCache
 from cached.content import content_id
 from cached.errors import (
@@ -164,6 +165,8 @@ class Core:
         self.reaper = reaper if reaper is not None else Reaper(None, 0.0)
         #: The tenants' usage counters (statfs), counted as inodes and content change.
         self.usage = Usage()
+        #: Read accesses (relatime) recorded here and written behind the reads.
+        self.atimes = AccessTimes(counters)
         #: The change feed: this daemon's changes for other hosts, and theirs for it.
         self.feed = Feed(self)
 

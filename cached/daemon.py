@@ -136,6 +136,7 @@ async def run_daemon(
             nursery.start_soon(_flush_counters, counters)
             nursery.start_soon(cache.run_writer)
             nursery.start_soon(service.core.usage.run)
+            nursery.start_soon(service.core.atimes.run)
             if feed_poll > 0:
                 await nursery.start(service.core.feed.run, feed_poll)
             service.core.background = nursery

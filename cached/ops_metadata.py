@@ -519,16 +519,17 @@ class MetadataOps:
     async def rpc_touch_atime(self, s: Session, ino: int, atime_ns: int) -> bool:
         """Record a read access at ``atime_ns`` (nanoseconds) under relatime rules.
 
-        The access time is written only when it is not after the last change
+        The access time is recorded only when it is not after the last change
         (mtime or ctime) or is a day old (:data:`~cached.model.RELATIME_AGE_NS`), as Linux's
-        ``relatime`` does, so reads do not each cost a Cassandra write.  Returns
-        True if written.  ENOENT; StorageError (EIO).
+        ``relatime`` does, so reads do not each cost a Cassandra write; and then in the
+        cached inode at once and in Cassandra within a flush (:mod:`cached.atimes`, like
+        ``lazytime``).  Returns True if recorded.  ENOENT; StorageError (EIO).
         """
         async with self.core.inode_locks((s.tenant, ino)):
             inode = await self.core.get_inode(s, ino)
             if not needs_atime(inode, atime_ns):
                 return False
-            await s.store.set_atime_only(ino, atime_ns)
+            self.core.atimes.record(s, ino, atime_ns)
             await self.core.cache.update_inode(s.tenant, ino, atime_ns=atime_ns)
             return True
 

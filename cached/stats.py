@@ -29,6 +29,7 @@ COUNTERS = {
     "stale_served": "Expired entries served because Cassandra failed (stale-if-error).",
     "xattr_hits": "getxattr/listxattr answered from the cache (negative answers too).",
     "xattr_reads": "Extended attributes of an inode read from Cassandra.",
+    "atime_writes": "Access times written to Cassandra (relatime; behind the reads).",
     "feed_reads": "Queries of the change feed (one per followed tenant per poll).",
     "feed_changes": "Rows of other hosts' changes read from the change feed and applied.",
     "feed_read_failures": "Reads of a tenant's change feed that failed (retried).",

@@ -131,7 +131,11 @@ STATEMENTS: dict[str, str] = {
     # of a move never undoes a later move of the same directory.
     "move_parent": f"UPDATE {{ks}}.inodes SET parent = ? WHERE {_TENANT} AND ino = ? IF parent = ?",
     # relatime: a read access moves only atime (no ctime, as Linux does).
-    "set_atime_only": f"UPDATE {{ks}}.inodes SET atime_ns = ? WHERE {_TENANT} AND ino = ?",
+    # A read access under relatime, written behind the reads (cached/atimes.py): its
+    # write timestamp is the access's, so later changes of the row win over it.
+    "set_atime_at": (
+        f"UPDATE {{ks}}.inodes USING TIMESTAMP ? SET atime_ns = ? WHERE {_TENANT} AND ino = ?"
+    ),
     "set_ctime": f"UPDATE {{ks}}.inodes SET ctime_ns = ? WHERE {_TENANT} AND ino = ?",
     # Before an inode's first extended attribute is written (schema 7).
     "mark_xattrs": f"UPDATE {{ks}}.inodes SET xattrs = true WHERE {_TENANT} AND ino = ?",
@@ -1316,9 +1320,18 @@ class TenantStore:
         )
         return bool(rows[0]["[applied]"]) or (resent and rows[0].get("parent") == parent)
 
-    async def set_atime_only(self, ino: int, atime_ns: int) -> None:
-        """Write only ``atime_ns`` of ``ino`` (a read access under relatime)."""
-        await self._store.run("set_atime_only", (atime_ns, *self._t, ino))
+    async def set_atimes(self, accesses: Sequence[tuple[int, int]]) -> None:
+        """Write the access times ``[(ino, atime_ns), ...]`` (one unlogged batch; one
+        statement alone), each with its access time as the write timestamp
+        (microseconds), so that any later change of those rows wins.  StorageError (EIO)."""
+        parts = [
+            ("set_atime_at", (atime_ns // 1000, atime_ns, *self._t, ino))
+            for ino, atime_ns in accesses
+        ]
+        if len(parts) == 1:
+            await self._store.run(*parts[0])
+        elif parts:
+            await self._store.run_batch(parts)
 
     async def set_ctime(self, ino: int, ctime_ns: int) -> None:
         """Write only ``ctime_ns`` of ``ino`` (a rename changes the moved inode's ctime)."""

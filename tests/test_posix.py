@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KEYSPACE, Mount
+from tests.test_xattr import cql
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
 
@@ -319,6 +320,39 @@ def test_relatime_records_a_read_once_and_noatime_never(
     os.listdir(n.path)
     time.sleep(0.3)
     assert g.stat().st_atime_ns == 1_000_000_000
+
+
+def test_an_access_is_written_behind_the_read_and_never_over_a_later_change(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str], cassandra: str
+) -> None:
+    """relatime's writes go to Cassandra behind the reads (cached/atimes.py), each with the
+    access's own write timestamp: a ``utimensat`` made after the access, before the
+    flush, is what stays, on this host and in Cassandra."""
+    m = mount_cassfs("m", *tenant)
+    f, g = m.path / "f", m.path / "g"
+    for path in (f, g):
+        path.write_bytes(b"x")
+        os.utime(path, ns=(1_000_000_000, 2_000_000_000))  # atime before mtime: reads record
+    with cql(cassandra) as run:
+
+        def stored(path: Path) -> int:
+            rows = run(
+                "SELECT atime_ns FROM {ks}.inodes WHERE owner = %s AND environment = %s "
+                "AND ino = %s",
+                *tenant,
+                path.stat().st_ino,
+            )
+            return int(rows[0]["atime_ns"])
+
+        written = m.stats()["atime_writes"]
+        f.read_bytes()
+        eventually(lambda: m.stats()["atime_writes"] > written, what="the access written")
+        assert stored(f) == f.stat().st_atime_ns > 2_000_000_000
+        written = m.stats()["atime_writes"]
+        g.read_bytes()
+        os.utime(g, ns=(3_000_000_000, 4_000_000_000))  # before the flush (every 0.5 s)
+        eventually(lambda: m.stats()["atime_writes"] > written, what="the access written")
+        assert stored(g) == g.stat().st_atime_ns == 3_000_000_000
 
 
 # -- permissions ----------------------------------------------------------------------------

@@ -267,7 +267,7 @@ async def test_a_read_only_tenant_view_sends_no_write() -> None:
     guard = ReadOnlyStatements(store)  # type: ignore[arg-type]
     reads = [name for name, cql in STATEMENTS.items() if cql.lstrip().startswith("SELECT")]
     writes = [name for name in STATEMENTS if name not in reads]
-    assert "get_inode" in reads and "put_root" in writes and "set_atime_only" in writes
+    assert "get_inode" in reads and "put_root" in writes and "set_atime_at" in writes
     for name in reads:
         await guard.run(name, ())
     for name in writes:
