@@ -692,7 +692,9 @@ class Store:
         Returns the rows (for a conditional batch: ``[applied]`` and the current
         values of the conditioned rows).  Raises ``StorageError`` (EIO).
         """
-        what = "batch of " + "+".join(n for n, _ in parts)
+        # Each statement named once: the label of the metrics, so a batch of 2 and of 30
+        # access times are one series.
+        what = "batch of " + "+".join(dict.fromkeys(n for n, _ in parts))
         conn = self._connection(what)
         batch = BatchStatement(
             batch_type=BatchType.LOGGED if logged else BatchType.UNLOGGED,
