@@ -14,7 +14,9 @@ once (the daemon's cached inode carries it) and written later:
 Each write carries the time of the access as its Cassandra write timestamp (``USING
 TIMESTAMP``, microseconds), not the time of the flush: a ``utimensat`` or an unlink
 made after the access, written with later timestamps, is never overwritten by it, and
-an inode deleted meanwhile is not brought back as a fragment.
+an inode deleted meanwhile is not brought back as a fragment.  (So an access stamped
+before another host's last write of the row's ``atime_ns``, by a clock behind that
+host's, is not recorded: the skew the feed already tolerates.)
 
 What is lost: a daemon killed before its flush loses at most :data:`FLUSH_EVERY`
 seconds of access times (an access time is not a write the user asked for, so no
