@@ -555,8 +555,7 @@ def test_keyspace_of_a_newer_cassfs_is_refused(cassandra: str, cql: Session, key
     with pytest.raises(SchemaTooNew) as info:
         schema.apply(ContactPoints.parse(cassandra), keyspace)
     message = (
-        f"keyspace {keyspace} has schema version {newer}, newer than this cassfs "
-        f"({SCHEMA_VERSION})"
+        f"keyspace {keyspace} has schema version {newer}, newer than this cassfs ({SCHEMA_VERSION})"
     )
     assert message in str(info.value) and "nothing was changed" in str(info.value)
     result = run_cli(
