@@ -261,6 +261,16 @@ async def looked_up(ops: Operations, name: bytes = b"page.php") -> int:
     return (await ops.lookup(DIR_INO, name, CTX)).st_ino
 
 
+async def read_open(ops: Operations, ino: int) -> None:
+    """An open for reading and its release, as ``cat`` makes."""
+    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
+
+
+def daemon_opens(daemon: FakeDaemon) -> int:
+    """How many ``open`` RPCs the daemon answered so far."""
+    return sum(1 for method, _ in daemon.calls if method == "open")
+
+
 def size_fields(**updates: bool) -> Any:
     names = ("update_size", "update_mode", "update_uid", "update_gid")
     names += ("update_atime", "update_mtime", "update_ctime")
@@ -682,20 +692,16 @@ async def test_an_open_answer_fetched_across_a_change_told_is_not_reused(
     ino = await looked_up(ops)
     gate = daemon.hold["open"] = trio.Event()
     async with trio.open_nursery() as nursery:
-
-        async def first_open() -> None:
-            await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
-
-        nursery.start_soon(first_open)
+        nursery.start_soon(read_open, ops, ino)
         await trio.testing.wait_all_tasks_blocked()
         ops.on_notification("changed", {"inos": [ino], "seq": 1, "remote": True})
         gate.set()
     del daemon.hold["open"]
-    opens = sum(1 for method, _ in daemon.calls if method == "open")
-    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
-    assert sum(1 for method, _ in daemon.calls if method == "open") == opens + 1
-    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)  # that one is reused
-    assert sum(1 for method, _ in daemon.calls if method == "open") == opens + 1
+    opens = daemon_opens(daemon)
+    await read_open(ops, ino)
+    assert daemon_opens(daemon) == opens + 1
+    await read_open(ops, ino)  # that one is reused
+    assert daemon_opens(daemon) == opens + 1
 
 
 async def test_an_open_answer_older_than_a_version_reported_is_not_reused(
@@ -706,16 +712,12 @@ async def test_an_open_answer_older_than_a_version_reported_is_not_reused(
     but the next open asks the daemon again instead of reusing it for its TTL."""
     daemon.fresh_for = 3600.0
     ino = await looked_up(ops)
-    await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)  # pages: the first version
+    await read_open(ops, ino)  # pages: the first version
     ops.on_notification("changed", {"inos": [ino], "seq": 1})  # stop reusing it
     first = daemon.inodes[ino]
     gate = daemon.hold["open"] = trio.Event()
     async with trio.open_nursery() as nursery:
-
-        async def older_open() -> None:
-            await ops.release((await ops.open(ino, os.O_RDONLY, CTX)).fh)
-
-        nursery.start_soon(older_open)
+        nursery.start_soon(read_open, ops, ino)  # its answer: the older version
         await trio.testing.wait_all_tasks_blocked()
         newer = daemon.rewrite(b"<?php // the other host's version")
         assert (await ops.getattr(ino, CTX)).st_size == newer.size
@@ -723,9 +725,9 @@ async def test_an_open_answer_older_than_a_version_reported_is_not_reused(
         gate.set()
     del daemon.hold["open"]
     daemon.inodes[ino] = newer
-    opens = sum(1 for method, _ in daemon.calls if method == "open")
+    opens = daemon_opens(daemon)
     fh = (await ops.open(ino, os.O_RDONLY, CTX)).fh
-    assert sum(1 for method, _ in daemon.calls if method == "open") == opens + 1
+    assert daemon_opens(daemon) == opens + 1
     assert await ops.read(fh, 0, 4096) == daemon.content(ino)
     await ops.release(fh)
 
