@@ -357,8 +357,12 @@ class Core:
         return inode
 
     async def touch_dir(self, s: Session, ino: int, now: int) -> None:
-        """Set a directory's mtime/ctime after its entries changed."""
+        """Set a directory's mtime/ctime (nanoseconds) after its entries changed."""
         await s.store.touch(ino, now, now)
+        await self.dir_touched(s, ino, now)
+
+    async def dir_touched(self, s: Session, ino: int, now: int) -> None:
+        """Record in the cache a directory's mtime/ctime (nanoseconds) written to Cassandra."""
         await self.cache.update_inode(s.tenant, ino, mtime_ns=now, ctime_ns=now)
 
     async def dentries_changed(

@@ -174,10 +174,15 @@ class NamespaceOps:
     async def _check_open_dir(self, s: Session, parent: int, outcome: LwtOutcome) -> None:
         """After an insert refused because ``parent`` is sealed: lift a dead rmdir's seal.
 
-        Raises ``NotFound`` (ENOENT) when the directory is removed or being removed.
+        Raises ``NotFound`` (ENOENT) when the directory is removed or being removed.  A
+        directory whose inode is gone may hold the fragment the create's touch wrote
+        after its removal (:meth:`TenantStore.create_inode`): it is deleted again.
         """
         directory = await s.store.get_inode(parent)
-        if directory is not None and await lift_stale_seal(s.store, directory, outcome.sealed):
+        if directory is None:
+            with trio.CancelScope(shield=True):
+                await s.store.delete_fragment(parent)
+        elif await lift_stale_seal(s.store, directory, outcome.sealed):
             return
         raise NotFound(f"directory {parent} was removed")
 
@@ -194,8 +199,11 @@ class NamespaceOps:
             inode = inode.evolve(gid=directory.gid, mode=mode)
         # The inode (and its index row) before its name: a name never points at nothing.
         # If the name LWT fails without an answer, the inode stays: the name may have
-        # been set; if not, fsck finds a nameless inode.
-        await s.store.create_inode(inode)
+        # been set; if not, fsck finds a nameless inode.  The same batch sets the
+        # parent's mtime and ctime, a round trip fewer than after the name.  A create
+        # that then loses the name leaves that mtime moved: another host took the name
+        # (and moved it too), or the directory is gone (see _check_open_dir).
+        await s.store.create_inode(inode, touch_parent=parent)
         await self.core.usage.count(s, 0, 1)
         for _attempt in range(2):
             outcome = await s.store.insert_dentry(
@@ -219,7 +227,7 @@ class NamespaceOps:
                 await s.store.delete_inode(inode.ino)
                 await self.core.usage.count(s, 0, -1)
             raise NotFound(f"directory {parent} was removed")
-        await self.core.touch_dir(s, parent, inode.ctime_ns)
+        await self.core.dir_touched(s, parent, inode.ctime_ns)
         await self.core.cache.put_inode(s.tenant, inode)
         # A new inode has no extended attributes: the kernel's security.capability probe
         # at its first write is answered without a query.

@@ -149,6 +149,9 @@ STATEMENTS: dict[str, str] = {
     # The purge of an unlinked inode: applied once, however many purge it at once, so the
     # usage counters lose it once.
     "delete_unlinked": f"DELETE FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ? IF nlink = 0",
+    # A row without a kind is no inode: a fragment that a write of a few columns (a
+    # create's touch of its directory) made after the inode's deletion.
+    "delete_fragment": f"DELETE FROM {{ks}}.inodes WHERE {_TENANT} AND ino = ? IF kind = null",
     # -- inode_index ----------------------------------------------------------------------
     "put_index": (
         "INSERT INTO {ks}.inode_index (owner, environment, bucket, ino, kind, created_ns) "
@@ -308,6 +311,7 @@ _LWT = {
     "remove_xattr",
     "put_root",
     "delete_unlinked",
+    "delete_fragment",
     "swap_nlink",
     "take_replaced",
     "delete_intent_lwt",
@@ -1217,16 +1221,28 @@ class TenantStore:
         """Write every column of ``inode`` (the root, or a repair)."""
         await self._store.run("put_inode", self._put_inode_params(inode))
 
-    async def create_inode(self, inode: Inode) -> None:
-        """Write a new inode and its ``inode_index`` row (one logged batch)."""
-        await self._store.run_batch(
-            [
-                ("put_index", (*self._t, index_bucket(inode.ino), inode.ino, inode.kind,
-                               inode.ctime_ns)),
-                ("put_inode", self._put_inode_params(inode)),
-            ],
-            logged=True,
-        )  # fmt: skip
+    async def create_inode(self, inode: Inode, touch_parent: int | None = None) -> None:
+        """Write a new inode and its ``inode_index`` row (one logged batch).
+
+        ``touch_parent``: a directory whose mtime and ctime the batch also sets to the
+        inode's ``ctime_ns`` (the directory the inode is being created in), saving the
+        round trip of a :meth:`touch` after the name is set.
+        """
+        parts: list[tuple[str, Sequence[Any]]] = [
+            ("put_index", (*self._t, index_bucket(inode.ino), inode.ino, inode.kind,
+                           inode.ctime_ns)),
+            ("put_inode", self._put_inode_params(inode)),
+        ]  # fmt: skip
+        if touch_parent is not None:
+            parts.append(("touch", (inode.ctime_ns, inode.ctime_ns, *self._t, touch_parent)))
+        await self._store.run_batch(parts, logged=True)
+
+    async def delete_fragment(self, ino: int) -> bool:
+        """LWT: delete the row of ``ino`` if it has no ``kind``: the fragment (mtime and
+        ctime alone) that a :meth:`create_inode` touching a directory removed just
+        before leaves.  True when a row was deleted; a whole inode is never touched."""
+        rows = await self._store.run("delete_fragment", (*self._t, ino))
+        return bool(rows and rows[0]["[applied]"])
 
     async def create_root(self, root: Inode) -> bool:
         """Write the tenant's root inode (its index row, then the inode ``IF NOT EXISTS``);

@@ -28,6 +28,7 @@ from cached.recovery import GRACE_NS
 from cached.store import ContactPoints, Intent, Store, TenantStore, new_op_id
 from tests.conftest import KEYSPACE, Daemon
 from tests.test_daemon import chunk_rows, make_file, session
+from tests.test_xattr import cql
 
 pytestmark = pytest.mark.cassandra
 
@@ -159,6 +160,33 @@ async def test_rmdir_and_create_on_two_hosts_never_lose_the_file(
                 with pytest.raises(NotFound):
                     await b.call("mkdir", parent=d["ino"], name=b"late", mode=0o755, uid=0, gid=0)
     assert sum(outcomes.values()) == ROUNDS * 2
+
+
+async def test_a_create_in_a_directory_removed_elsewhere_leaves_no_row_of_it(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str], cassandra: str
+) -> None:
+    """B, not following the feed, creates in a directory A removed and purged: ENOENT,
+    and the create's touch of the directory (sent with the new inode, before the name)
+    leaves no fragment of the directory's row behind."""
+    host_a = start_daemon("a", cache_ttl=60)
+    host_b = start_daemon("b", 60.0, "2G", "--feed-poll", "0")
+    async with session(host_a, tenant) as a, session(host_b, tenant) as b:
+        for round_ in range(3):
+            name = f"gone{round_}".encode()
+            d = await a.call("mkdir", parent=ROOT_INO, name=name, mode=0o755, uid=0, gid=0)
+            await b.call("getattr", ino=d["ino"])  # b caches the directory, and keeps it
+            await a.call("rmdir", parent=ROOT_INO, name=name)
+            assert await a.call("purge_inode", ino=d["ino"]) is True
+            for call in ("create", "mkdir"):
+                with pytest.raises(NotFound):
+                    await b.call(call, parent=d["ino"], name=b"f", mode=0o644, uid=0, gid=0)
+            query = (
+                "SELECT ino, kind, mtime_ns FROM {ks}.inodes"
+                " WHERE owner = %s AND environment = %s AND ino = %s"
+            )
+            with cql(cassandra) as run:
+                rows = await trio.to_thread.run_sync(run, query, *tenant, d["ino"])
+            assert rows == []
 
 
 async def test_eexist_refreshes_what_the_host_knows_of_the_name(
