@@ -352,9 +352,8 @@ class Operations(pyfuse3.Operations):
         holds for ``state``'s node, so that walks look them up again and get the new one."""
         alias = self.inodes.supersede(state.ino)
         log.debug("inode %d: node %d superseded by %d", state.ino, state.node, alias.node)
-        for parent, name in state.names:
+        for parent, name in state.take_names():
             self.kernel.invalidate_entry_soon(parent, name)
-        state.names.clear()
         if state.dentry is not None:
             # kept: while anything holds it (a current directory), the kernel keeps the
             # old dentry even once dropped, so this node must not get another name
@@ -767,8 +766,7 @@ class Operations(pyfuse3.Operations):
             # the kernel moves the dentry of the node it renamed itself
             if moved.dentry == (parent_inode_old, name_old):
                 moved.dentry = (parent_inode_new, name_new)
-            if (parent_inode_old, name_old) in moved.names:
-                moved.names.discard((parent_inode_old, name_old))
+            if moved.unnamed(parent_inode_old, name_old):
                 moved.named(parent_inode_new, name_new)
         self._unlinked(result.replaced)
 
@@ -1331,8 +1329,7 @@ class Operations(pyfuse3.Operations):
                     if state.page_handles() and state.names:
                         # it may hold another version now: walks must look the names
                         # up again, to get it as a node of its own (see _node_for)
-                        names.extend(state.names)
-                        state.names.clear()
+                        names.extend(state.take_names())
             if known or names:
                 return functools.partial(self._invalidate_changed, known, names)
         elif event == "purged":

@@ -146,6 +146,7 @@ class InodeState:
     """The front's record of one inode; see the module docstring for its fields."""
 
     __slots__ = (
+        "_lock",
         "_page_handles_closed",
         "_switched",
         "_switches",
@@ -153,7 +154,6 @@ class InodeState:
         "dentry",
         "handles",
         "ino",
-        "lock",
         "lookups",
         "names",
         "node",
@@ -179,11 +179,13 @@ class InodeState:
         self.unlinked = False
         self.told: set[tuple[bytes, int]] | None = None
         self.dentry: tuple[int, bytes] | None = None
-        self.names: set[tuple[int, bytes]] = set()
+        # A tuple (most records hold one name or none; a set costs 216 bytes, and a
+        # record per inode the kernel holds adds up).
+        self.names: tuple[tuple[int, bytes], ...] = ()
         #: ``(pid, trio time)`` of the last open answered ESTALE to send its caller to a
         #: newer node (see ``Operations._place``).
         self.stale_told: tuple[int, float] | None = None
-        self.lock = trio.Lock()
+        self._lock: trio.Lock | None = None
         self._page_handles_closed: trio.Event | None = None
         self._switched: trio.Event | None = None
         self._switches = 0
@@ -194,6 +196,14 @@ class InodeState:
             f"handles={len(self.handles)}, buffer={self.buffer is not None}, "
             f"pages={self.pages}, unlinked={self.unlinked})"
         )
+
+    @property
+    def lock(self) -> trio.Lock:
+        """The record's lock (see the module docstring), made at its first use: most
+        records never write, and a trio lock is about 340 bytes."""
+        if self._lock is None:
+            self._lock = trio.Lock()
+        return self._lock
 
     # -- page cache ---------------------------------------------------------------------
 
@@ -213,8 +223,20 @@ class InodeState:
 
     def named(self, parent: int, name: bytes) -> None:
         """The kernel got this file as ``name`` in ``parent`` (kept up to :data:`NAMES_KEPT`)."""
-        if len(self.names) < NAMES_KEPT:
-            self.names.add((parent, name))
+        if len(self.names) < NAMES_KEPT and (parent, name) not in self.names:
+            self.names += ((parent, name),)
+
+    def unnamed(self, parent: int, name: bytes) -> bool:
+        """Forget the name ``name`` in ``parent`` (moved by the kernel); True if it was kept."""
+        if (parent, name) not in self.names:
+            return False
+        self.names = tuple(kept for kept in self.names if kept != (parent, name))
+        return True
+
+    def take_names(self) -> list[tuple[int, bytes]]:
+        """The names kept, which are forgotten (their dentries are being dropped)."""
+        names, self.names = list(self.names), ()
+        return names
 
     def placement(self, version: Version, *, writable: bool, may_wait: bool) -> Placement:
         """How an open that found ``version`` must use the page cache.

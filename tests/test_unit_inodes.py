@@ -9,7 +9,7 @@ import trio.testing
 
 from cached.model import DIRECTORY, REGULAR, ROOT_INO, Inode
 from cassfs.handles import OpenFile, WriteBuffer
-from cassfs.inodes import InodeState, InodeTable, Placement, Reusable, Version
+from cassfs.inodes import NAMES_KEPT, InodeState, InodeTable, Placement, Reusable, Version
 
 OLD = b"\x01" * 32
 NEW = b"\x02" * 32
@@ -318,3 +318,29 @@ def test_a_record_made_outside_a_reply_knows_nothing_told() -> None:
     state = InodeTable().state(7)
     state.reported(inode(), 0)
     assert not state.attributes_told_for(Version(OLD, 100, 1, 0))
+
+
+def test_a_file_keeps_its_names_once_each_up_to_the_limit() -> None:
+    """named() keeps each (parent, name) once, at most NAMES_KEPT; unnamed() forgets one
+    (the kernel moved it); take_names() hands them over and keeps none."""
+    state = InodeState(41)
+    assert state.take_names() == []
+    state.named(1, b"a")
+    state.named(1, b"a")
+    state.named(2, b"b")
+    assert state.names == ((1, b"a"), (2, b"b"))
+    assert state.unnamed(1, b"a") is True
+    assert state.unnamed(1, b"a") is False
+    assert state.names == ((2, b"b"),)
+    for n in range(NAMES_KEPT + 3):
+        state.named(3, b"n%d" % n)
+    assert len(state.names) == NAMES_KEPT
+    assert state.take_names()[0] == (2, b"b")
+    assert state.names == ()
+
+
+async def test_a_records_lock_is_made_once_at_first_use() -> None:
+    state = InodeState(42)
+    lock = state.lock
+    async with lock:
+        assert state.lock is lock and state.lock.locked()
