@@ -33,9 +33,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-import trio
-
 from cached.errors import CassfsError
+from cached.periodic import flush_periodically
 
 if TYPE_CHECKING:
     from cached.core import Session
@@ -81,13 +80,7 @@ class AccessTimes:
     async def run(self) -> None:
         """Flush every :attr:`flush_every` seconds, until cancelled; then once more
         (shielded, at most 5 s)."""
-        try:
-            while True:
-                await trio.sleep(self.flush_every)
-                await self.flush()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self.flush()
+        await flush_periodically(self.flush, self.flush_every)
 
     async def flush(self) -> None:
         """Write every pending access: per tenant, batches of :data:`BATCH`.  Never raises

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from cached.errors import CassfsError, StorageError
+from cached.periodic import flush_periodically
 from cached.singleflight import SingleFlight
 
 if TYPE_CHECKING:
@@ -99,13 +100,7 @@ class Usage:
     async def run(self) -> None:
         """Write the pending changes every :attr:`flush_every` seconds, until cancelled;
         then once more (shielded, at most 5 s)."""
-        try:
-            while True:
-                await trio.sleep(self.flush_every)
-                await self.flush()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self.flush()
+        await flush_periodically(self.flush, self.flush_every)
 
     async def flush(self) -> None:
         """Write every tenant's pending change (one counter update each).  Never raises
