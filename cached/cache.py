@@ -55,8 +55,15 @@ from cached.stats import Counters
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-#: Metadata entries mirrored in memory (an inode entry is a few hundred bytes).
-MEMO_ENTRIES = 200_000
+#: Bytes of metadata mirrored in memory, as :func:`_memo_cost` estimates them; the least
+#: recently used entries go first.  A bound in bytes, not entries: a listing holds up to
+#: 4,096 names.  About 130,000 inodes and names fit.
+MEMO_BYTES = 64 * 1024 * 1024
+#: Estimated bytes of a memo entry (key, value and the LRU's own; an inode's is about
+#: 450), and of each name of a listing (``"l"``) and of its in-memory index (``"L"``),
+#: measured with ``tracemalloc``.
+MEMO_ENTRY_BYTES = 512
+MEMO_NAME_BYTES = {"l": 160, "L": 96}
 #: Queued metadata writes applied per worker-thread call.
 WRITE_BATCH = 32
 #: Seconds content stays leased (kept from eviction) after a read.
@@ -107,6 +114,14 @@ def latest_per_key(
     return [op for i, op in enumerate(ops) if op[0] == "land" or last[op[1]] == i]
 
 
+def _memo_cost(key: tuple[Any, ...], value: Any) -> int:
+    """The estimated bytes of memo entry ``key`` holding ``value`` (see :data:`MEMO_BYTES`)."""
+    per_name = MEMO_NAME_BYTES.get(key[0])
+    if per_name is None or value is _GONE:
+        return MEMO_ENTRY_BYTES
+    return MEMO_ENTRY_BYTES + per_name * len(value[1])
+
+
 def _to_disk(key: tuple[Any, ...], value: Any) -> Any:
     """A metadata entry as diskcache stores it: an inode as its wire map (the memo holds
     the :class:`Inode` itself); the others as they are."""
@@ -129,6 +144,7 @@ class LocalCache:
 
     ``ttl`` is the metadata TTL in seconds; ``counters`` receives hits, misses,
     evictions and bytes.  ``clock`` returns wall-clock seconds (for tests).
+    ``memo_bytes`` bounds the metadata mirrored in memory (see :data:`MEMO_BYTES`).
     """
 
     def __init__(
@@ -138,6 +154,7 @@ class LocalCache:
         ttl: float,
         counters: Counters,
         clock: Callable[[], float] = time.time,
+        memo_bytes: int = MEMO_BYTES,
     ) -> None:
         self.directory = directory
         self.size_limit = size_limit
@@ -158,6 +175,9 @@ class LocalCache:
         # handler, which sleeps: 8 reader threads spent most of a cold read there.
         self._limiter = trio.CapacityLimiter(1)
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        #: The memo's estimated size (:func:`_memo_cost`) and its bound, bytes.
+        self._memo_bytes = 0
+        self.memo_bytes = memo_bytes
         #: True from a :meth:`clear` until the memo first drops an entry: every metadata
         #: entry on disk is then also in the memo, so a key missing there is absent.
         self._memo_whole = False
@@ -288,7 +308,7 @@ class LocalCache:
 
     # -- metadata -------------------------------------------------------------------------
     #
-    # Metadata is mirrored in an in-memory LRU (MEMO_ENTRIES) so that a lookup or
+    # Metadata is mirrored in an in-memory LRU (MEMO_BYTES) so that a lookup or
     # getattr answered from the cache costs no thread hop, and it is written behind:
     # a change goes to the memo at once and is queued for diskcache, which one
     # writer applies in order (run_writer; flush waits for it).  A deletion leaves
@@ -297,11 +317,25 @@ class LocalCache:
     # newer than the memo.
 
     def _memo_put(self, key: tuple[Any, ...], value: Any) -> None:
+        """Put ``key`` in the memo as its most recently used entry, then drop the least
+        recently used ones (never ``key``) until the memo is within :attr:`memo_bytes`."""
+        held = self._memo.get(key)
+        if held is not None:
+            self._memo_bytes -= _memo_cost(key, held)
         self._memo[key] = value
         self._memo.move_to_end(key)
-        while len(self._memo) > MEMO_ENTRIES:
-            self._memo.popitem(last=False)
+        self._memo_bytes += _memo_cost(key, value)
+        while self._memo_bytes > self.memo_bytes and len(self._memo) > 1:
+            dropped, old = self._memo.popitem(last=False)
+            self._memo_bytes -= _memo_cost(dropped, old)
             self._memo_whole = False
+
+    def _memo_drop(self, key: tuple[Any, ...]) -> None:
+        """Take ``key`` out of the memo (an entry derived in memory, which a change made
+        wrong)."""
+        held = self._memo.pop(key, None)
+        if held is not None:
+            self._memo_bytes -= _memo_cost(key, held)
 
     async def _meta_get(self, key: tuple[Any, ...]) -> Any:
         if key in self._memo:
@@ -548,7 +582,7 @@ class LocalCache:
         """Forget what is derived in memory from ``parent``'s entries: the listing's index,
         the subdirectory count, the large-directory mark."""
         for kind in ("L", "N", "B"):
-            self._memo.pop((kind, *tenant, parent), None)
+            self._memo_drop((kind, *tenant, parent))
 
     async def expire(
         self,
@@ -609,7 +643,7 @@ class LocalCache:
         """
         if started_at is not None and self.changed_since(tenant, parent, started_at):
             return False
-        self._memo.pop(("L", *tenant, parent), None)
+        self._memo_drop(("L", *tenant, parent))
         await self._meta_set(("l", *tenant, parent), (self.clock(), items))
         return True
 
@@ -733,7 +767,7 @@ class LocalCache:
         updated = [item for item in items if item[0] != name]
         if ino:
             bisect.insort(updated, (name, ino, kind))
-        self._memo.pop(("L", *tenant, parent), None)
+        self._memo_drop(("L", *tenant, parent))
         await self._meta_set(("l", *tenant, parent), (fetched_at, updated))
 
     # -- content --------------------------------------------------------------------------
@@ -861,6 +895,7 @@ class LocalCache:
     async def clear(self) -> int:
         """Remove every entry; returns how many were removed."""
         self._memo.clear()
+        self._memo_bytes = 0
         self._pending_ops = []
         self._landing.clear()
         self._landing_bytes = 0

@@ -14,7 +14,16 @@ import pytest
 import trio
 
 from cached import cache as cache_module
-from cached.cache import Freshness, LocalCache, freshness, latest_per_key, sha256_file
+from cached.cache import (
+    MEMO_ENTRY_BYTES,
+    MEMO_NAME_BYTES,
+    Freshness,
+    LocalCache,
+    _memo_cost,
+    freshness,
+    latest_per_key,
+    sha256_file,
+)
 from cached.content import content_id
 from cached.hot import HOT_ITEM_LIMIT, HotContents
 from cached.model import DIRECTORY, REGULAR, Inode
@@ -745,7 +754,7 @@ async def test_after_a_clear_a_missing_key_costs_no_disk_read(
     assert (await cache.get_inode(T1, 2))[1] == make_inode(2)
     assert reads == []
     # Once the memo has dropped an entry, a key missing from it is looked up on disk.
-    monkeypatch.setattr("cached.cache.MEMO_ENTRIES", 1)
+    cache.memo_bytes = 1
     await cache.put_inode(T1, make_inode(3))
     assert await cache.get_inode(T1, 1) == (Freshness.ABSENT, None)
     assert reads == [("i", *T1, 1)]
@@ -766,3 +775,38 @@ def test_a_batch_of_queued_writes_keeps_each_metadata_keys_last_write_in_order()
         ("set", listing, ["a", "b"]),
         ("delete", inode, None),
     ]
+
+
+def _listing(names: int) -> list[tuple[bytes, int, int]]:
+    return [(b"f%04d" % n, 100 + n, REGULAR) for n in range(names)]
+
+
+async def test_the_memo_is_bounded_in_bytes_and_a_listing_weighs_by_its_names(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    """The memo drops its least recently used entries once their estimated bytes pass
+    ``memo_bytes``; a listing counts each of its names; the entry just put always stays."""
+    cache = LocalCache(
+        tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock, memo_bytes=10 * MEMO_ENTRY_BYTES
+    )
+    try:
+        for parent in range(8):  # marks held in memory only: gone once dropped
+            cache.mark_large_dir(T1, parent)
+        four = (4 * MEMO_NAME_BYTES["l"]) // MEMO_ENTRY_BYTES + 1  # entries a listing of 4 weighs
+        await cache.put_listing(T1, 50, _listing(4))
+        marks = [parent for parent in range(8) if cache.is_large_dir(T1, parent)]
+        assert marks == list(range(four - 1, 8))  # the oldest made room
+        await cache.put_listing(T1, 51, _listing(100))  # alone over the bound: kept alone
+        assert not any(cache.is_large_dir(T1, parent) for parent in range(8))
+        assert (await cache.get_listing(T1, 51)) == (Freshness.FRESH, _listing(100))
+        assert cache._memo_bytes == MEMO_ENTRY_BYTES + 100 * MEMO_NAME_BYTES["l"]
+        # index, update and drop keep the count exact
+        cache.memo_bytes = 64 * MiB
+        state, index = await cache.get_listing_index(T1, 51)
+        assert state is Freshness.FRESH and index is not None and len(index) == 100
+        await cache.update_listing(T1, 51, b"f0000", 0, 0)
+        await cache.drop_listing(T1, 51)
+        expected = sum(_memo_cost(key, value) for key, value in cache._memo.items())
+        assert cache._memo_bytes == expected
+    finally:
+        cache.close()
