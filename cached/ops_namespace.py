@@ -171,21 +171,24 @@ class NamespaceOps:
         ino, kind = (holder.ino, holder.kind) if holder is not None else (0, 0)
         await self.core.dentries_changed(s, parent, name, ino, kind)
 
-    async def _check_open_dir(self, s: Session, parent: int, outcome: LwtOutcome) -> None:
+    async def _check_open_dir(
+        self, s: Session, parent: int, outcome: LwtOutcome, touched: bool = False
+    ) -> None:
         """After an insert refused because ``parent`` is sealed: lift a dead rmdir's seal.
 
-        Raises ``NotFound`` (ENOENT) when the directory is removed or being removed.  A
-        directory whose inode is gone may hold the fragment the create's touch wrote
-        after its removal (:meth:`TenantStore.create_inode`): it is deleted again.
+        Raises ``NotFound`` (ENOENT) when the directory is removed or being removed.
+        ``touched``: the caller wrote ``parent``'s mtime before its insert (a create,
+        :meth:`TenantStore.create_inode`); when the directory's inode is gone, that
+        write may have left a fragment of its row, which is deleted again.
         """
         directory = await s.store.get_inode(parent)
-        if directory is None:
+        if directory is None and touched:
             try:
                 with trio.CancelScope(shield=True):
                     await s.store.delete_fragment(parent)
             except StorageError as exc:  # the caller's answer is still ENOENT
                 log.warning("a fragment of removed directory %d may be left: %s", parent, exc)
-        elif await lift_stale_seal(s.store, directory, outcome.sealed):
+        elif directory is not None and await lift_stale_seal(s.store, directory, outcome.sealed):
             return
         raise NotFound(f"directory {parent} was removed")
 
@@ -216,7 +219,7 @@ class NamespaceOps:
                 break
             try:
                 if outcome.sealed:
-                    await self._check_open_dir(s, parent, outcome)
+                    await self._check_open_dir(s, parent, outcome, touched=True)
                     continue  # a dead rmdir's seal was lifted
                 await self._refresh_name(s, parent, name, outcome.holder)
                 raise Exists(_text(name))
