@@ -423,9 +423,19 @@ class DaemonApi:
             )
         )  # fmt: skip
 
-    async def open(self, ino: int, fetch: bool = True, inline: bool = True) -> Opened:
-        """Open ``ino`` (its content cached by the daemon with ``fetch``); ENOENT, EIO."""
-        return Opened.from_wire(await self.client.call("open", ino=ino, fetch=fetch, inline=inline))
+    async def open(
+        self, ino: int, fetch: bool = True, inline: bool = True, atime_ns: int | None = None
+    ) -> Opened:
+        """Open ``ino`` (its content cached by the daemon with ``fetch``; a read access at
+        ``atime_ns`` recorded, relatime rules, when given: only to a daemon whose
+        ``hello`` named ``open_atime``); ENOENT, EIO."""
+        if atime_ns is None:
+            reply = await self.client.call("open", ino=ino, fetch=fetch, inline=inline)
+        else:
+            reply = await self.client.call(
+                "open", ino=ino, fetch=fetch, inline=inline, atime_ns=atime_ns
+            )
+        return Opened.from_wire(reply)
 
     async def read(
         self, ino: int, content_id: bytes, file_size: int, offset: int, size: int
@@ -732,7 +742,7 @@ REQUESTS: dict[str, Shape] = {
     ),
     "purge_inode": Shape({"ino": INO}),
     # content
-    "open": Shape({"ino": INO}, {"fetch": Flag(), "inline": Flag()}),
+    "open": Shape({"ino": INO}, {"fetch": Flag(), "inline": Flag(), "atime_ns": TIME_NS}),
     "read": Shape(
         {
             "ino": INO,

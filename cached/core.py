@@ -35,6 +35,7 @@ from cached.model import (
     ROOT_INO,
     Dentry,
     Inode,
+    needs_atime,
 )
 from cached.reaper import Reaper
 from cached.recovery import Settled, settle_claim
@@ -360,6 +361,20 @@ class Core:
         """Set a directory's mtime/ctime (nanoseconds) after its entries changed."""
         await s.store.touch(ino, now, now)
         await self.dir_touched(s, ino, now)
+
+    async def record_access(self, s: Session, ino: int, atime_ns: int) -> bool:
+        """Record a read access to ``ino`` at ``atime_ns`` (nanoseconds) under relatime
+        rules (:func:`~cached.model.needs_atime`): in the cached inode at once and in
+        Cassandra within a flush (:mod:`cached.atimes`, like ``lazytime``).  True if
+        recorded.  ENOENT; StorageError (EIO).
+        """
+        async with self.inode_locks((s.tenant, ino)):
+            inode = await self.get_inode(s, ino)
+            if not needs_atime(inode, atime_ns):
+                return False
+            self.atimes.record(s, ino, atime_ns)
+            await self.cache.update_inode(s.tenant, ino, atime_ns=atime_ns)
+            return True
 
     async def dir_touched(self, s: Session, ino: int, now: int) -> None:
         """Record in the cache a directory's mtime/ctime (nanoseconds) written to Cassandra."""

@@ -9,7 +9,7 @@ from typing import Any
 from cached.api import MAX_FILE_SIZE, Materialized, Opened
 from cached.core import ContentGone, Core, Session, unlink_quietly
 from cached.errors import FileTooLarge, InvalidArgument, IsADirectory, StorageError
-from cached.model import REGULAR
+from cached.model import REGULAR, needs_atime
 from cached.protocol import INLINE_LIMIT
 from cached.versions import Contents
 
@@ -29,7 +29,12 @@ class ContentOps:
         self.contents = contents
 
     async def rpc_open(
-        self, s: Session, ino: int, fetch: bool = True, inline: bool = True
+        self,
+        s: Session,
+        ino: int,
+        fetch: bool = True,
+        inline: bool = True,
+        atime_ns: int | None = None,
     ) -> dict[str, Any]:
         """Open ``ino``: its inode, and with ``fetch`` its content cached locally.
 
@@ -37,8 +42,11 @@ class ContentOps:
         content when ``inline`` and it is at most :data:`OPEN_INLINE_LIMIT` bytes,
         else None (use ``read``).  ``fresh_for`` is how many seconds the inode stays
         within the cache TTL: the front may reuse this answer that long, unless a
-        ``changed`` notification names the inode first.  ENOENT; EIO when Cassandra
-        fails or the content cannot be verified.
+        ``changed`` notification names the inode first.  With ``atime_ns``
+        (nanoseconds), a read access at that time is recorded under relatime rules, as
+        ``touch_atime`` does, and the inode returned carries it: a cold open is one
+        round trip, not two.  ENOENT; EIO when Cassandra fails or the content cannot be
+        verified.
         """
         inode = await self.core.get_inode(s, ino)
         data = None
@@ -50,6 +58,14 @@ class ContentOps:
                     self.core.cache.lease(s.tenant, inode.content_id)
             if data is not None:
                 self.core.counters.add("bytes_served", len(data))
+        if (
+            atime_ns is not None
+            and not s.read_only
+            and inode.kind == REGULAR
+            and needs_atime(inode, atime_ns)
+            and await self.core.record_access(s, ino, atime_ns)
+        ):
+            inode = inode.evolve(atime_ns=atime_ns)
         return Opened(
             inode, self.core.epoch, data, self.core.cache.fresh_for(s.tenant, inode.ino)
         ).to_wire()

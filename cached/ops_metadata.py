@@ -32,7 +32,6 @@ from cached.model import (
     Dentry,
     Inode,
     check_name,
-    needs_atime,
 )
 from cached.readahead import DirectoryReadahead
 from cached.versions import Contents
@@ -523,15 +522,10 @@ class MetadataOps:
         (mtime or ctime) or is a day old (:data:`~cached.model.RELATIME_AGE_NS`), as Linux's
         ``relatime`` does, so reads do not each cost a Cassandra write; and then in the
         cached inode at once and in Cassandra within a flush (:mod:`cached.atimes`, like
-        ``lazytime``).  Returns True if recorded.  ENOENT; StorageError (EIO).
+        ``lazytime``).  Returns True if recorded.  ENOENT; StorageError (EIO).  An
+        ``open`` records its own access (its ``atime_ns``) without this call.
         """
-        async with self.core.inode_locks((s.tenant, ino)):
-            inode = await self.core.get_inode(s, ino)
-            if not needs_atime(inode, atime_ns):
-                return False
-            self.core.atimes.record(s, ino, atime_ns)
-            await self.core.cache.update_inode(s.tenant, ino, atime_ns=atime_ns)
-            return True
+        return await self.core.record_access(s, ino, atime_ns)
 
 
 def _subdirectories(items: list[tuple[bytes, int, int]]) -> int:

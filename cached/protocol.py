@@ -26,6 +26,12 @@ REQUEST = 0
 RESPONSE = 1
 NOTIFICATION = 2
 
+#: What this daemon's methods do beyond what a front of an older cassfs knew, named in the
+#: ``hello`` reply's ``features`` so that a newer front asks only for what the daemon it
+#: reached does (a daemon keeps running across an upgrade until its mounts are gone):
+#: ``open_atime``: ``open`` takes ``atime_ns`` and records the read access itself.
+FEATURES = ("open_atime",)
+
 #: Largest message a client accepts from the daemon (a reply), bytes.  Content above
 #: ``INLINE_LIMIT`` goes through files.
 MAX_MESSAGE = 8 * 1024 * 1024

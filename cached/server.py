@@ -439,7 +439,7 @@ class Server:
             self._changed()
             mode = " (read-only)" if read_only else ""
             log.info("session of %s/%s started%s", owner, environment, mode)
-            return {**reply, "config": self.config}
+            return {**reply, "config": self.config, "features": list(protocol.FEATURES)}
         if method in ADMIN_METHODS:
             return await self._admin(method, params, conn)
         current = conn.session
@@ -447,14 +447,9 @@ class Server:
             raise InvalidArgument(f"{method} needs a session: call hello first")
         if current.read_only and method not in READ_ONLY_METHODS:
             raise ReadOnly(f"{method}: this mount session is read-only")
-        found = self.service.method(method)
-        if found is None:
+        handler = self.service.handler(method)
+        if handler is None:
             raise InvalidArgument(f"unknown method {method!r}")
-        handler, signature = found
-        try:
-            signature.bind(current, **params)
-        except TypeError as exc:
-            raise InvalidArgument(f"{method}: {exc}") from exc
         if method not in MUTATING_METHODS:
             return await handler(current, **params)
         # A change once begun runs to its end (or to a state a later request or fsck

@@ -19,7 +19,6 @@ was read from or written to Cassandra by this daemon.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -75,9 +74,7 @@ class Service:
             ContentOps(self.core, self.contents),
             XattrOps(self.core),
         )
-        self._methods: dict[
-            str, tuple[Callable[..., Awaitable[Any]], inspect.Signature] | None
-        ] = {}
+        self._methods: dict[str, Callable[..., Awaitable[Any]] | None] = {}
 
     async def reap(self, deletion: Deletion) -> None:
         """Carry out one deferred deletion (see :mod:`cached.reaper`); StorageError (EIO)."""
@@ -100,22 +97,17 @@ class Service:
         return self.core.sessions
 
     def handler(self, method: str) -> Callable[..., Awaitable[Any]] | None:
-        """The ``rpc_<method>`` of whichever group has it, or None."""
-        found = self.method(method)
-        return found[0] if found is not None else None
+        """The ``rpc_<method>`` of whichever group has it, or None; found once per name.
 
-    def method(self, method: str) -> tuple[Callable[..., Awaitable[Any]], inspect.Signature] | None:
-        """The ``rpc_<method>`` of whichever group has it with its signature, or None.
-
-        Found once per name (a signature costs about as much as a small request).
+        Its parameters are those of the method's shape in :data:`cached.api.REQUESTS`,
+        which the server checks each request against first (a test holds the two equal).
         """
         if method in self._methods:
             return self._methods[method]
         found = None
         for group in self._groups:
-            handler = getattr(group, f"rpc_{method}", None)
-            if handler is not None:
-                found = (handler, inspect.signature(handler))
+            found = getattr(group, f"rpc_{method}", None)
+            if found is not None:
                 break
         if len(self._methods) < 256:  # names come from clients: keep the table bounded
             self._methods[method] = found

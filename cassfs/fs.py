@@ -167,7 +167,9 @@ class FrontConfig:
     ``kernel_keeps_listings``: the mount is opendir-free and the kernel keeps directories'
     entries (:meth:`Operations.readdir`); set when the daemon follows the change feed,
     which tells the front of another host's changes, and :mod:`cassfs.openflags` made the
-    session so.
+    session so.  ``open_records_access``: the daemon's ``open`` records the read access
+    itself (its ``hello`` named the ``open_atime`` feature), so a cold open is one round
+    trip; else the front asks for it with ``touch_atime`` after the open.
     """
 
     entry_ttl: float = 1.0
@@ -176,6 +178,7 @@ class FrontConfig:
     atime: str = "relatime"
     read_only: bool = False
     kernel_keeps_listings: bool = False
+    open_records_access: bool = False
 
 
 @dataclass(frozen=True)
@@ -918,9 +921,18 @@ class Operations(pyfuse3.Operations):
             data: bytes | None = None
             reusable: Reusable | None = None
             if info is None:
+                records = (
+                    self.config.open_records_access
+                    and self._records_atime
+                    and not writable
+                    and not flags & os.O_NOATIME
+                )
                 with _stale_if_gone(inode):
                     reply = await self.daemon.open(
-                        state.ino, fetch=not truncating, inline=state.pages is None
+                        state.ino,
+                        fetch=not truncating,
+                        inline=state.pages is None,
+                        atime_ns=time.time_ns() if records else None,
                     )
                 info = reply.inode
                 if info.is_dir:

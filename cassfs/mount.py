@@ -105,6 +105,7 @@ async def serve(opts: MountOptions) -> None:
                 # opendir-free only while the feed tells of other hosts' changes
                 kernel_keeps_listings=hello["config"].get("feed_poll", 0) > 0
                 and openflags.skip_opendir(),
+                open_records_access="open_atime" in hello.get("features", ()),
             ),
             opts.cache_dir / "spool",
             hello["epoch"],

@@ -16,7 +16,6 @@ limits, to check the limits themselves (idle connections, backpressure, admin ca
 from __future__ import annotations
 
 import errno
-import inspect
 import logging
 import os
 import random
@@ -594,10 +593,6 @@ class StubService:
 
     def handler(self, method: str) -> Any:
         return getattr(self, f"rpc_{method}", None)
-
-    def method(self, method: str) -> Any:
-        found = self.handler(method)
-        return None if found is None else (found, inspect.signature(found))
 
 
 class StubStore:

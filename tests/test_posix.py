@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KEYSPACE, Mount
+from tests.conftest import KEYSPACE, Mount, scrape, value
+from tests.test_metrics import metrics_address
 from tests.test_xattr import cql
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.fuse]
@@ -320,6 +321,32 @@ def test_relatime_records_a_read_once_and_noatime_never(
     os.listdir(n.path)
     time.sleep(0.3)
     assert g.stat().st_atime_ns == 1_000_000_000
+
+
+def test_a_cold_read_records_its_access_in_the_open_round_trip(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """A first read on another host is one ``open`` RPC: the open records relatime's
+    access itself (no ``touch_atime`` after it), the reader sees it, and it reaches
+    Cassandra."""
+    a = mount_cassfs("a", *tenant)
+    (a.path / "f").write_bytes(b"x")
+    os.utime(a.path / "f", ns=(1_000_000_000, 2_000_000_000))  # atime before mtime
+    b = mount_cassfs(
+        "b", *tenant, "bcache", "--entry-ttl", "0.1", "--metrics-address", "127.0.0.1:0"
+    )
+    address = metrics_address(b)
+    before = scrape(address)
+    written = b.stats()["atime_writes"]
+    assert (b.path / "f").read_bytes() == b"x"
+    after = scrape(address)
+    rpcs = "cassfs_rpc_duration_seconds_count"
+    assert value(after, rpcs, method="open") == value(before, rpcs, method="open") + 1
+    assert value(after, rpcs, method="touch_atime") == value(before, rpcs, method="touch_atime")
+    eventually(
+        lambda: (b.path / "f").stat().st_atime_ns > 2_000_000_000, what="the access seen on b"
+    )
+    eventually(lambda: b.stats()["atime_writes"] > written, what="the access written")
 
 
 def test_an_access_is_written_behind_the_read_and_never_over_a_later_change(

@@ -387,6 +387,30 @@ def test_every_daemon_method_has_a_shape_and_every_front_call_fits_it() -> None:
         assert set(shape.required) <= set(params) | ({"ino"} if name == "setattr" else set())
 
 
+def test_every_shape_names_exactly_the_parameters_of_its_daemon_method() -> None:
+    """The server checks a request's names against its shape only, then calls the method
+    with them: a shape and its ``rpc_*`` method must agree (required = no default)."""
+    from cached.service import Service
+
+    groups: list[type] = [Service]
+    for group in ("ops_metadata.MetadataOps", "ops_namespace.NamespaceOps",
+                  "ops_content.ContentOps", "ops_xattr.XattrOps"):  # fmt: skip
+        module, cls = group.split(".")
+        groups.append(getattr(importlib.import_module(f"cached.{module}"), cls))
+    checked = 0
+    for group in groups:
+        for name in dir(group):
+            if not name.startswith("rpc_") or name == "rpc_hello":  # hello: the server's
+                continue
+            params = list(inspect.signature(getattr(group, name)).parameters.values())[2:]
+            shape = REQUESTS[name[4:]]
+            required = {p.name for p in params if p.default is inspect.Parameter.empty}
+            optional = {p.name for p in params if p.default is not inspect.Parameter.empty}
+            assert (set(shape.required), set(shape.optional)) == (required, optional), name
+            checked += 1
+    assert checked == len(REQUESTS) - len({"hello", "status", "shutdown"})
+
+
 GOOD: dict[str, dict[str, object]] = {
     "create": {"parent": 1, "name": b"a", "mode": 0o644, "uid": 0, "gid": 2**32 - 2},
     "mkdir": {"parent": 2**63 - 1, "name": b"n" * 255, "mode": 0o40755, "uid": 1, "gid": 1},
