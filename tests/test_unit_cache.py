@@ -810,3 +810,32 @@ async def test_the_memo_is_bounded_in_bytes_and_a_listing_weighs_by_its_names(
         assert cache._memo_bytes == expected
     finally:
         cache.close()
+
+
+def test_the_key_memo_disk_encodes_keys_as_diskcache_does_and_reads_its_old_entries(
+    tmp_path: Path,
+) -> None:
+    """A cache dir written with diskcache's own Disk reads the same through
+    :class:`KeyMemoDisk`, first and second time (remembered), for every key shape the
+    cache uses; keys it does not remember (a bool inside, a list) go to diskcache."""
+    keys: list[object] = [
+        ("i", 7, "prod", 2**63 - 1),
+        ("c", 7, "prod", bytes(range(32))),
+        ("L", -5, "\u00e9t\u00e9", 1),
+        ("i", 7, "prod", True),  # not remembered: True pickles unlike 1
+        "plain",
+        12,
+    ]
+    with diskcache.Cache(str(tmp_path / "c")) as plain:
+        for n, key in enumerate(keys):
+            plain.set(key, n)
+    with diskcache.Cache(str(tmp_path / "c"), disk=cache_module.KeyMemoDisk) as memo:
+        disk = diskcache.Disk(str(tmp_path / "c"), pickle_protocol=memo.disk_pickle_protocol)
+        for _ in range(2):
+            for n, key in enumerate(keys):
+                assert memo._disk.put(key) == disk.put(key), key
+                assert memo.get(key) == n, key
+        assert memo.get(("i", 7, "prod", 1)) is None  # not the bool key's entry
+        memo.set(("x", 1, "p", 2), "new")
+    with diskcache.Cache(str(tmp_path / "c")) as plain:
+        assert plain.get(("x", 1, "p", 2)) == "new"
