@@ -161,7 +161,7 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
     """The command line that starts a daemon for ``cache_dir`` with ``config``.
 
     ``config`` has the keys of the ``status`` reply's config (``contact_points``,
-    ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``,
+    ``keyspace``, ``cache_ttl``, ``cache_size``; optionally ``consistency``, ``memory_cache``,
     ``query_timeout``, ``idle_exit``, ``purge_delay``, ``feed_poll``, ``metrics_address``
     and the connection settings of :meth:`cached.connection.ConnectionSettings.to_config`),
     so a mount can restart the daemon it had.  Never a password: the daemon reads it from
@@ -182,7 +182,9 @@ def daemon_command(cache_dir: Path, config: dict[str, Any], debug: bool = False)
         "--cache-size",
         str(config["cache_size"]),
     ]
-    daemon_options = ("consistency", "query_timeout", "idle_exit", "purge_delay", "feed_poll")
+    daemon_options = (
+        "consistency", "memory_cache", "query_timeout", "idle_exit", "purge_delay", "feed_poll",
+    )  # fmt: skip
     for option in (*daemon_options, "metrics_address", *_CONNECTION):
         if config.get(option) is not None:
             command += [f"--{option.replace('_', '-')}", str(config[option])]

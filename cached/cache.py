@@ -52,7 +52,7 @@ from typing import Any, BinaryIO, TypeVar
 import diskcache
 import trio
 
-from cached.hot import HotContents
+from cached.hot import HOT_BYTES, HotContents
 from cached.model import DIRECTORY, Inode
 from cached.stats import Counters
 
@@ -110,6 +110,18 @@ class KeyMemoDisk(diskcache.Disk):
         if type(key) is tuple and all(type(part) in (str, bytes, int) for part in key):
             return sqlite3.Binary(_pickled_key(key, self.pickle_protocol)), False
         return super().put(key)  # type: ignore[no-any-return]
+
+
+#: The daemon's in-memory caches together by default (``--memory-cache``), bytes.
+MEMORY_CACHE = HOT_BYTES + MEMO_BYTES
+
+
+def memory_split(total: int) -> tuple[int, int]:
+    """``(hot_bytes, memo_bytes)`` for in-memory caches of ``total`` bytes: a third for
+    small contents (:mod:`cached.hot`), the rest for metadata (the memo), as the
+    defaults (32 and 64 MiB of :data:`MEMORY_CACHE`)."""
+    hot = total // 3
+    return hot, total - hot
 
 
 class Freshness(enum.Enum):
@@ -173,7 +185,9 @@ class LocalCache:
 
     ``ttl`` is the metadata TTL in seconds; ``counters`` receives hits, misses,
     evictions and bytes.  ``clock`` returns wall-clock seconds (for tests).
-    ``memo_bytes`` bounds the metadata mirrored in memory (see :data:`MEMO_BYTES`).
+    ``memo_bytes`` bounds the metadata mirrored in memory (see :data:`MEMO_BYTES`) and
+    ``hot_bytes`` the small contents kept in memory (:data:`~cached.hot.HOT_BYTES`);
+    :func:`memory_split` divides one bound between them.
     """
 
     def __init__(
@@ -184,6 +198,7 @@ class LocalCache:
         counters: Counters,
         clock: Callable[[], float] = time.time,
         memo_bytes: int = MEMO_BYTES,
+        hot_bytes: int = HOT_BYTES,
     ) -> None:
         self.directory = directory
         self.size_limit = size_limit
@@ -212,6 +227,11 @@ class LocalCache:
         #: entry on disk is then also in the memo, so a key missing there is absent.
         self._memo_whole = False
         self._pending_ops: list[tuple[str, tuple[Any, ...], Any]] = []
+        #: Metadata keys with queued writes: ``key -> (writes queued, latest value)``
+        #: (``_GONE`` for a delete), until the writer applied them all.  Read before
+        #: the disk, which holds an older value until then, even when the memo dropped
+        #: the key meanwhile.
+        self._unwritten: dict[tuple[Any, ...], tuple[int, Any]] = {}
         self._ops_queued = trio.Event()
         #: ``(tenant..., ino) -> clock`` of the last change heard of to a directory's
         #: entries (made here or told by the feed) or to an inode (told by the feed),
@@ -226,7 +246,7 @@ class LocalCache:
         self._landing: dict[tuple[Any, ...], bytes] = {}
         self._landing_bytes = 0
         # Small content also kept in memory once written (:mod:`cached.hot`).
-        self._hot = HotContents()
+        self._hot = HotContents(hot_bytes)
 
     def _freshness(self, fetched_at: float) -> Freshness:
         """:func:`freshness` now; entries fetched before this cache was opened are stale.
@@ -344,7 +364,8 @@ class LocalCache:
     # writer applies in order (run_writer; flush waits for it).  A deletion leaves
     # a tombstone in the memo so that a queued delete is never read around.  Only
     # this daemon writes this cache dir (flock), so diskcache never holds anything
-    # newer than the memo.
+    # newer than the memo; but the memo may drop a key whose write is still queued,
+    # so a key it lacks is looked up among the queued writes (_unwritten) before disk.
 
     def _memo_put(self, key: tuple[Any, ...], value: Any) -> None:
         """Put ``key`` in the memo as its most recently used entry, then drop the least
@@ -372,14 +393,18 @@ class LocalCache:
             self._memo.move_to_end(key)
             value = self._memo[key]
             return None if value is _GONE else value
+        queued = self._unwritten.get(key)
+        if queued is not None:  # dropped from the memo before the writer got to it
+            self._memo_put(key, queued[1])
+            return None if queued[1] is _GONE else queued[1]
         if self._memo_whole:
             return None  # cleared since, and all written since is in the memo
         value = _from_disk(key, await self._run(self._cache.get, key))
-        if key in self._memo:
+        if key in self._memo or key in self._unwritten:
             # Set or deleted while the read was in the thread: that is newer than the
             # disk's value, which must not replace it (a lost create's refresh of a
             # name, undone by a lookup's read begun before it, answered ENOENT).
-            value = self._memo[key]
+            value = self._memo[key] if key in self._memo else self._unwritten[key][1]
             return None if value is _GONE else value
         # Remember misses too: only this daemon writes here, so a key absent on disk
         # stays absent until this daemon puts it (which replaces the tombstone).
@@ -388,11 +413,30 @@ class LocalCache:
 
     async def _meta_set(self, key: tuple[Any, ...], value: Any) -> None:
         self._memo_put(key, value)
-        self._queue(("set", key, value))
+        self._queue_meta(("set", key, value), value)
 
     async def _meta_delete(self, key: tuple[Any, ...]) -> None:
         self._memo_put(key, _GONE)
-        self._queue(("delete", key, None))
+        self._queue_meta(("delete", key, None), _GONE)
+
+    def _queue_meta(self, op: tuple[str, tuple[Any, ...], Any], value: Any) -> None:
+        key = op[1]
+        queued = self._unwritten.get(key)
+        self._unwritten[key] = (1 if queued is None else queued[0] + 1, value)
+        self._queue(op)
+
+    def _written(self, ops: list[tuple[str, tuple[Any, ...], Any]]) -> None:
+        """Count ``ops``, just applied to disk, off :attr:`_unwritten`."""
+        for kind, key, _value in ops:
+            if kind == "land":
+                continue
+            queued = self._unwritten.get(key)
+            if queued is None:
+                continue  # cleared meanwhile
+            if queued[0] <= 1:
+                del self._unwritten[key]
+            else:
+                self._unwritten[key] = (queued[0] - 1, queued[1])
 
     def _queue(self, op: tuple[str, tuple[Any, ...], Any]) -> None:
         self._pending_ops.append(op)
@@ -419,6 +463,7 @@ class LocalCache:
             ops = self._pending_ops[:WRITE_BATCH]
             del self._pending_ops[:WRITE_BATCH]
             await self._run(self._apply, latest_per_key(ops))
+            self._written(ops)
             for kind, key, value in ops:
                 landed = self._landing.get(key) if kind == "land" else None
                 if landed is not None and landed is value:
@@ -927,6 +972,7 @@ class LocalCache:
         self._memo.clear()
         self._memo_bytes = 0
         self._pending_ops = []
+        self._unwritten.clear()
         self._landing.clear()
         self._landing_bytes = 0
         self._hot.clear()
@@ -938,6 +984,13 @@ class LocalCache:
         """``(entries, bytes)`` held now (bytes as diskcache counts them)."""
         await self.flush()
         return await self._run(lambda: (len(self._cache), self._cache.volume()))
+
+    def memory_use(self) -> tuple[int, int]:
+        """``(bytes, bound)`` of the caches kept in memory: small contents
+        (:mod:`cached.hot`) and the metadata memo as :func:`_memo_cost` estimates it, and
+        the sum of their bounds (``--memory-cache``).  Content still landing is not
+        counted: it is bounded apart (:data:`LANDING_BYTES`)."""
+        return self._hot.bytes + self._memo_bytes, self._hot.limit + self.memo_bytes
 
     def usage_now(self) -> tuple[int, int]:
         """``(entries, bytes)`` held now without waiting for queued writes: diskcache's

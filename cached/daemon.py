@@ -30,7 +30,7 @@ from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported
     parse_size,
     socket_path,
 )
-from cached.cache import LocalCache
+from cached.cache import MEMORY_CACHE, LocalCache, memory_split
 from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, Unreachable
 from cached.feed import POLL_INTERVAL
@@ -57,6 +57,7 @@ async def run_daemon(
     purge_delay: float = DEFAULT_PURGE_DELAY,
     feed_poll: float = POLL_INTERVAL,
     metrics_address: tuple[str, int] | None = None,
+    memory_cache: int = MEMORY_CACHE,
 ) -> None:
     """Connect, serve on ``cache_dir/daemon.sock`` until SIGTERM/SIGINT or ``shutdown``.
 
@@ -66,7 +67,8 @@ async def run_daemon(
 
     ``connection`` gives the cluster, credentials, TLS and consistency levels;
     ``cache_ttl``, ``idle_exit``, ``query_timeout`` and ``purge_delay`` (see
-    :mod:`cached.reaper`) are seconds, ``cache_size`` bytes.  ``metrics_address``
+    :mod:`cached.reaper`) are seconds, ``cache_size`` bytes: on disk; ``memory_cache``
+    bytes bound the caches kept in memory (:func:`~cached.cache.memory_split`).  ``metrics_address``
     ``(host, port)`` serves Prometheus metrics there (:mod:`cached.metrics`).
     Raises ``CassfsError`` subclasses on start-up failures (``ConnectionRejected`` for
     refused credentials or TLS, even with a cache to serve; ``MetricsAddressError`` for
@@ -88,7 +90,10 @@ async def run_daemon(
     def open_local() -> tuple[Counters, LocalCache]:  # blocking: SQLite, mkdir
         spool.mkdir(mode=0o700, exist_ok=True)
         counters = Counters(cache_dir / "counters")
-        return counters, LocalCache(cache_dir, cache_size, cache_ttl, counters)
+        hot_bytes, memo_bytes = memory_split(memory_cache)
+        return counters, LocalCache(
+            cache_dir, cache_size, cache_ttl, counters, memo_bytes=memo_bytes, hot_bytes=hot_bytes
+        )
 
     try:
         counters, cache = await trio.to_thread.run_sync(open_local)
@@ -117,6 +122,7 @@ async def run_daemon(
         "keyspace": keyspace,
         "cache_ttl": cache_ttl,
         "cache_size": cache_size,
+        "memory_cache": memory_cache,
         "query_timeout": query_timeout,
         "idle_exit": idle_exit,
         "purge_delay": purge_delay,
@@ -225,6 +231,14 @@ def _lock(cache_dir: Path) -> int:
     help="Cache size limit (bytes, or with K/M/G/T).",
 )
 @click.option(
+    "--memory-cache",
+    default="96M",
+    envvar="CASSFS_MEMORY_CACHE",
+    show_default=True,
+    help="Bound of the caches kept in memory: small contents and metadata (bytes, or with"
+    " K/M/G/T; env CASSFS_MEMORY_CACHE).",
+)
+@click.option(
     "--query-timeout",
     type=float,
     default=10.0,
@@ -273,6 +287,7 @@ def main(
     keyspace: str,
     cache_ttl: float | None,
     cache_size: str,
+    memory_cache: str,
     query_timeout: float,
     idle_exit: float | None,
     purge_delay: float,
@@ -300,6 +315,12 @@ def main(
         size = parse_size(cache_size)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    try:
+        memory = parse_size(memory_cache)
+    except ValueError as exc:
+        raise click.BadParameter(
+            str(exc).replace("cache size", "size"), param_hint="--memory-cache"
+        ) from exc
     try:
         settings = ConnectionSettings.parse(points, **connection)
         metrics = parse_metrics_address(metrics_address) if metrics_address else None
@@ -334,6 +355,7 @@ def main(
             purge_delay,
             feed_poll,
             metrics,
+            memory,
         )
     except CassfsError as exc:
         log.error("start-up failed: %s", exc)

@@ -424,8 +424,11 @@ class MetadataOps:
                     log.debug("dangling entry %r in %d", name, ino)
 
         async with trio.open_nursery() as nursery:
-            for index, (name, child, _kind) in enumerate(items):
-                nursery.start_soon(one, index, name, child)
+            for index, (name, child, kind) in enumerate(items):
+                if kind == DIRECTORY:  # its nlink may wait for its listing
+                    nursery.start_soon(one, index, name, child)
+                else:  # loaded just above: a task each would cost more than the answer
+                    await one(index, name, child)
         await self._list_ahead_of(s, [child for _name, child, kind in items if kind == DIRECTORY])
         return [r for r in results if r is not None]
 

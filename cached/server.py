@@ -409,7 +409,8 @@ class Server:
 
     async def _call(self, request: protocol.Request, conn: _Connection) -> Any:
         method, params = request.method, request.params
-        log.debug("rpc %.60s %s", method, _brief(params))
+        if log.isEnabledFor(logging.DEBUG):  # no formatting of the parameters otherwise
+            log.debug("rpc %.60s %s", method, _brief(params))
         validate_request(method, params)
         if method == "hello":
             if conn.hello_started:

@@ -178,10 +178,13 @@ class Service:
         totals = self.core.counters.snapshot()
         entries, volume = await self.core.cache.usage()
         outage = self.core.store.outage
+        in_memory, memory_bound = self.core.cache.memory_use()
         return {
             **totals,
             "entries": entries,
             "bytes_cached": volume,
+            "bytes_in_memory": in_memory,
+            "memory_cache": memory_bound,
             "cassandra_unreachable": int(outage.down),
             "unreachable_queries": outage.failures,
             "queries_failed_fast": outage.refused,

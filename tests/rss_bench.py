@@ -12,7 +12,7 @@ What it measures
        its SHA-256, untimed);
     3. **warm read**: every file read again (from the daemon's cache).
 
-    A thread samples every ``--interval`` seconds (0.2) ``VmRSS`` and ``VmHWM`` from
+    A thread samples every ``--interval`` seconds (0.2) ``VmRSS``, ``VmHWM`` and ``RssAnon`` from
     ``/proc/PID/status`` of the daemon (its pid from the daemon's ``status`` reply, as
     ``cassfs status`` shows) and of the mount (the front process ``cassfs up`` recorded for
     the mountpoint, :mod:`cassfs.state`), with the phase and the number of files done.
@@ -29,6 +29,7 @@ How to run it
 
         just bench-rss                          # = python -m tests.rss_bench
         python -m tests.rss_bench --files 2000 --json /tmp/rss.json
+        python -m tests.rss_bench --memory-cache 6M   # bounds full early: flat heap after
 
     ``--contact-points``/``--keyspace`` default to ``$CASSFS_CONTACT_POINTS`` and
     ``$CASSFS_KEYSPACE``.  The mount and the temporary directory are removed at the end.
@@ -68,9 +69,13 @@ PHASES = ("copy in", "cold read", "warm read")
 FIT_FROM = 0.10  # the growth fit starts at this fraction of the files
 
 
-def proc_memory(pid: int) -> tuple[int, int] | None:
-    """``(VmRSS, VmHWM)`` of ``pid`` in bytes, or None when it is gone."""
-    rss = hwm = 0
+def proc_memory(pid: int) -> tuple[int, int, int] | None:
+    """``(VmRSS, VmHWM, RssAnon)`` of ``pid`` in bytes, or None when it is gone.
+
+    RssAnon is the heap's part of VmRSS; the rest is file-backed (code, and the pages of
+    the cache database that SQLite maps: diskcache maps at most 64 MiB of it) or shared.
+    """
+    rss = hwm = anon = 0
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
@@ -78,20 +83,22 @@ def proc_memory(pid: int) -> tuple[int, int] | None:
                     rss = int(line.split()[1]) * 1024
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1]) * 1024
+                elif line.startswith("RssAnon:"):
+                    anon = int(line.split()[1]) * 1024
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return rss, hwm
+    return rss, hwm, anon
 
 
 @dataclass(frozen=True)
 class Sample:
     """One sample: seconds since the start, phase, files done, and per process
-    ``(VmRSS, VmHWM)`` in bytes (None: the process was gone)."""
+    ``(VmRSS, VmHWM, RssAnon)`` in bytes (None: the process was gone)."""
 
     t: float
     phase: str
     done: int
-    memory: dict[str, tuple[int, int] | None]
+    memory: dict[str, tuple[int, int, int] | None]
 
 
 @dataclass
@@ -135,28 +142,38 @@ class Sampler:
         self.sample()
 
 
+def _slope(points: list[tuple[int, int]], start: float) -> float | None:
+    """Least-squares slope of ``(files done, bytes)`` from ``start`` files on (None with
+    fewer than two distinct counts)."""
+    fit = [(done, value) for done, value in points if done >= start]
+    if len({d for d, _ in fit}) < 2:
+        return None
+    return statistics.linear_regression([d for d, _ in fit], [v for _, v in fit]).slope
+
+
 def phase_report(samples: list[Sample], process: str, files: int) -> dict[str, Any]:
     """Peak RSS, HWM at the end, RSS at 25/50/75/100 % and growth (bytes/file) of one
-    phase's ``samples`` for ``process``."""
+    phase's ``samples`` for ``process``: of RSS from :data:`FIT_FROM` of the files on, and
+    of RssAnon from there and from half of the files on (the caches in memory are bounded:
+    once they are full, the heap should stop growing)."""
     points = [(s.done, s.memory[process]) for s in samples if s.memory.get(process)]
     if not points:
         return {"peak_rss": None, "hwm_end": None, "at": {}, "bytes_per_file": None}
     rss = [(done, mem[0]) for done, mem in points if mem is not None]
+    anon = [(done, mem[2]) for done, mem in points if mem is not None]
     at: dict[str, int | None] = {}
     for pct in (25, 50, 75, 100):
         mark = files * pct // 100
         after = [r for done, r in rss if done >= mark]
         at[f"{pct}%"] = after[0] if after else None
-    fit = [(done, r) for done, r in rss if done >= files * FIT_FROM]
-    slope = None
-    if len({d for d, _ in fit}) >= 2:
-        slope = statistics.linear_regression([d for d, _ in fit], [r for _, r in fit]).slope
     last = points[-1][1]
     return {
         "peak_rss": max(r for _, r in rss),
         "hwm_end": last[1] if last is not None else None,
         "at": at,
-        "bytes_per_file": slope,
+        "bytes_per_file": _slope(rss, files * FIT_FROM),
+        "anon_bytes_per_file": _slope(anon, files * FIT_FROM),
+        "anon_bytes_per_file_late": _slope(anon, files * 0.5),
         "samples": len(rss),
     }
 
@@ -197,6 +214,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keyspace", default=os.environ.get("CASSFS_KEYSPACE", "cassfs"))
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--memory-cache",
+        default=None,
+        help="the daemon's --memory-cache (default: its own, 96M); smaller bounds fill "
+        "within the run, so the heap's growth after they are full shows",
+    )
     args = parser.parse_args(argv)
     if args.files < 1 or args.interval <= 0:
         parser.error("--files must be at least 1 and --interval positive")
@@ -217,13 +240,17 @@ def print_report(
     for pct in (25, 50, 75, 100):
         table.add_column(f"RSS @{pct}%", justify="right")
     table.add_column("growth B/file", justify="right")
+    table.add_column("heap growth B/file", justify="right")
+    table.add_column("heap growth, 2nd half", justify="right")
 
     def mib(value: int | None) -> str:
         return "-" if value is None else f"{value / MiB:,.1f}"
 
+    def per_file(slope: float | None) -> str:
+        return "-" if slope is None else f"{slope:,.0f}"
+
     for phase in PHASES:
         for process, row in report[phase].items():
-            slope = row["bytes_per_file"]
             table.add_row(
                 phase,
                 process,
@@ -231,12 +258,16 @@ def print_report(
                 mib(row["peak_rss"]),
                 mib(row["hwm_end"]),
                 *(mib(row["at"].get(f"{p}%")) for p in (25, 50, 75, 100)),
-                "-" if slope is None else f"{slope:,.0f}",
+                per_file(row["bytes_per_file"]),
+                per_file(row.get("anon_bytes_per_file")),
+                per_file(row.get("anon_bytes_per_file_late")),
             )
     console.print(table)
     console.print(
         f"growth = least-squares slope of RSS over files done, from {FIT_FROM:.0%} of the "
-        "files on; VmHWM = the process's peak since it started. Depths: "
+        "files on; heap = RssAnon (RSS less file-backed pages, such as SQLite's map of the "
+        "cache database), from there and from 50%; VmHWM = the process's peak since it "
+        "started. Depths: "
         f"{tree.depth_histogram()}"
     )
 
@@ -253,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         tree.total_bytes / 1e6,
     )
     cold = Cold(args.settle)
+    if args.memory_cache is not None:  # the daemon `cassfs up` starts inherits it
+        os.environ["CASSFS_MEMORY_CACHE"] = args.memory_cache
     tmp = Path(tempfile.mkdtemp(prefix="cassfs-rss-", dir="/tmp"))
     mnt, cache = tmp / "mnt", tmp / "cache"
     mnt.mkdir()

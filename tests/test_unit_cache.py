@@ -839,3 +839,38 @@ def test_the_key_memo_disk_encodes_keys_as_diskcache_does_and_reads_its_old_entr
         memo.set(("x", 1, "p", 2), "new")
     with diskcache.Cache(str(tmp_path / "c")) as plain:
         assert plain.get(("x", 1, "p", 2)) == "new"
+
+
+async def test_a_write_still_queued_is_read_after_the_memo_dropped_it(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> None:
+    """The memo may drop a key whose newest write the writer has not applied yet; the disk
+    then holds the older value, which must not be served: a name made by mkdir, read
+    back as the negative entry cached before it, made a create in it fail with ENOENT
+    (seen with a 4 MiB memo while the writer lagged behind a copy)."""
+    cache = LocalCache(
+        tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock, memo_bytes=4 * MEMO_ENTRY_BYTES
+    )
+    try:
+        await cache.put_dentry(T1, 1, b"dir", 0, 0)  # looked up first: absent
+        await cache.put_inode(T1, make_inode(5, size=1))
+        await cache.flush()  # on disk: the negative entry and size 1
+        await cache.put_dentry(T1, 1, b"dir", 9, DIRECTORY)  # then made: queued only
+        await cache.put_inode(T1, make_inode(5, size=2))
+        await cache.drop_inode(T1, 5)
+        await cache.put_inode(T1, make_inode(5, size=3))
+        for ino in range(100, 110):  # pushes both out of the memo
+            await cache.put_inode(T1, make_inode(ino))
+        assert ("d", *T1, 1, b"dir") not in cache._memo
+        assert await cache.get_dentry(T1, 1, b"dir") == (Freshness.FRESH, (9, DIRECTORY))
+        state, inode = await cache.get_inode(T1, 5)
+        assert state is Freshness.FRESH and inode is not None and inode.size == 3
+        await cache.flush()  # written: read from disk now, and the same
+        assert cache._unwritten == {}
+        for ino in range(200, 210):
+            await cache.put_inode(T1, make_inode(ino))
+        assert await cache.get_dentry(T1, 1, b"dir") == (Freshness.FRESH, (9, DIRECTORY))
+        state, inode = await cache.get_inode(T1, 5)
+        assert inode is not None and inode.size == 3
+    finally:
+        cache.close()
