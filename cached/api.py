@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from cached.client import DaemonClient
 
 _SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+#: The daemon's caches kept in memory together by default (``--memory-cache``), bytes:
+#: divided as :class:`cached.cache.MemoryBounds` says.
+MEMORY_CACHE = 128 * 1024**2
 
 
 SOCKET_NAME = "daemon.sock"

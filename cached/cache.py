@@ -46,6 +46,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -112,16 +113,28 @@ class KeyMemoDisk(diskcache.Disk):
         return super().put(key)  # type: ignore[no-any-return]
 
 
-#: The daemon's in-memory caches together by default (``--memory-cache``), bytes.
-MEMORY_CACHE = HOT_BYTES + MEMO_BYTES
+#: Bytes of SQLite's own page cache of the cache database (heap memory; diskcache's
+#: default, 8,192 pages of 4 KiB).  The pages SQLite maps from the file (diskcache maps
+#: at most 64 MiB) are file-backed and not counted here.
+SQLITE_CACHE_BYTES = 32 * 1024 * 1024
 
 
-def memory_split(total: int) -> tuple[int, int]:
-    """``(hot_bytes, memo_bytes)`` for in-memory caches of ``total`` bytes: a third for
-    small contents (:mod:`cached.hot`), the rest for metadata (the memo), as the
-    defaults (32 and 64 MiB of :data:`MEMORY_CACHE`)."""
-    hot = total // 3
-    return hot, total - hot
+@dataclass(frozen=True)
+class MemoryBounds:
+    """Bytes each in-memory cache may hold: small contents (:mod:`cached.hot`), the
+    metadata memo (:data:`MEMO_BYTES`) and SQLite's page cache."""
+
+    hot: int = HOT_BYTES
+    memo: int = MEMO_BYTES
+    sqlite: int = SQLITE_CACHE_BYTES
+
+    @classmethod
+    def split(cls, total: int) -> MemoryBounds:
+        """``total`` bytes divided as the defaults are (32, 64 and 32 MiB of
+        :data:`cached.api.MEMORY_CACHE`): a quarter for small contents, half for the memo, a quarter
+        for SQLite."""
+        quarter = total // 4
+        return cls(hot=quarter, memo=total - 2 * quarter, sqlite=quarter)
 
 
 class Freshness(enum.Enum):
@@ -185,9 +198,7 @@ class LocalCache:
 
     ``ttl`` is the metadata TTL in seconds; ``counters`` receives hits, misses,
     evictions and bytes.  ``clock`` returns wall-clock seconds (for tests).
-    ``memo_bytes`` bounds the metadata mirrored in memory (see :data:`MEMO_BYTES`) and
-    ``hot_bytes`` the small contents kept in memory (:data:`~cached.hot.HOT_BYTES`);
-    :func:`memory_split` divides one bound between them.
+    ``memory`` bounds the caches kept in memory (:class:`MemoryBounds`).
     """
 
     def __init__(
@@ -197,8 +208,7 @@ class LocalCache:
         ttl: float,
         counters: Counters,
         clock: Callable[[], float] = time.time,
-        memo_bytes: int = MEMO_BYTES,
-        hot_bytes: int = HOT_BYTES,
+        memory: MemoryBounds = MemoryBounds(),
     ) -> None:
         self.directory = directory
         self.size_limit = size_limit
@@ -214,6 +224,7 @@ class LocalCache:
             eviction_policy="least-recently-used",
             cull_limit=0,
             disk=KeyMemoDisk,
+            sqlite_cache_size=-(memory.sqlite // 1024),  # negative: KiB, whatever the page
         )
         # One thread at a time: with the LRU policy every get() is a write transaction
         # (it updates access_time), and SQLite makes competing threads wait in its busy
@@ -222,7 +233,8 @@ class LocalCache:
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         #: The memo's estimated size (:func:`_memo_cost`) and its bound, bytes.
         self._memo_bytes = 0
-        self.memo_bytes = memo_bytes
+        self.memo_bytes = memory.memo
+        self._sqlite_bytes = memory.sqlite
         #: True from a :meth:`clear` until the memo first drops an entry: every metadata
         #: entry on disk is then also in the memo, so a key missing there is absent.
         self._memo_whole = False
@@ -246,7 +258,7 @@ class LocalCache:
         self._landing: dict[tuple[Any, ...], bytes] = {}
         self._landing_bytes = 0
         # Small content also kept in memory once written (:mod:`cached.hot`).
-        self._hot = HotContents(hot_bytes)
+        self._hot = HotContents(memory.hot)
 
     def _freshness(self, fetched_at: float) -> Freshness:
         """:func:`freshness` now; entries fetched before this cache was opened are stale.
@@ -986,11 +998,17 @@ class LocalCache:
         return await self._run(lambda: (len(self._cache), self._cache.volume()))
 
     def memory_use(self) -> tuple[int, int]:
-        """``(bytes, bound)`` of the caches kept in memory: small contents
-        (:mod:`cached.hot`) and the metadata memo as :func:`_memo_cost` estimates it, and
-        the sum of their bounds (``--memory-cache``).  Content still landing is not
-        counted: it is bounded apart (:data:`LANDING_BYTES`)."""
-        return self._hot.bytes + self._memo_bytes, self._hot.limit + self.memo_bytes
+        """``(bytes, bound)``: the bytes held by small contents (:mod:`cached.hot`) and by
+        the metadata memo as :func:`_memo_cost` estimates them, and the sum of the
+        in-memory bounds (``--memory-cache``, SQLite's page cache included, whose use is
+        not read here).  Content still landing is bounded apart
+        (:data:`LANDING_BYTES`)."""
+        return self._hot.bytes + self._memo_bytes, self.memory_bound
+
+    @property
+    def memory_bound(self) -> int:
+        """Bytes the caches kept in memory may hold together (:class:`MemoryBounds`)."""
+        return self._hot.limit + self.memo_bytes + self._sqlite_bytes
 
     def usage_now(self) -> tuple[int, int]:
         """``(entries, bytes)`` held now without waiting for queued writes: diskcache's

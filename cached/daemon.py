@@ -23,6 +23,7 @@ from cached import cachedir
 from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported)
     DEFAULT_PURGE_DELAY,
     FEED_TIMEOUTS,
+    MEMORY_CACHE,
     POLL_TIMEOUTS,
     daemon_command,
     default_timeouts,
@@ -30,7 +31,7 @@ from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported
     parse_size,
     socket_path,
 )
-from cached.cache import MEMORY_CACHE, LocalCache, memory_split
+from cached.cache import LocalCache, MemoryBounds
 from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, Unreachable
 from cached.feed import POLL_INTERVAL
@@ -68,8 +69,8 @@ async def run_daemon(
     ``connection`` gives the cluster, credentials, TLS and consistency levels;
     ``cache_ttl``, ``idle_exit``, ``query_timeout`` and ``purge_delay`` (see
     :mod:`cached.reaper`) are seconds, ``cache_size`` bytes: on disk; ``memory_cache``
-    bytes bound the caches kept in memory (:func:`~cached.cache.memory_split`).  ``metrics_address``
-    ``(host, port)`` serves Prometheus metrics there (:mod:`cached.metrics`).
+    bytes bound the caches kept in memory (:meth:`~cached.cache.MemoryBounds.split`).
+    ``metrics_address`` ``(host, port)`` serves Prometheus metrics there (:mod:`cached.metrics`).
     Raises ``CassfsError`` subclasses on start-up failures (``ConnectionRejected`` for
     refused credentials or TLS, even with a cache to serve; ``MetricsAddressError`` for
     an address it cannot listen on).
@@ -90,10 +91,8 @@ async def run_daemon(
     def open_local() -> tuple[Counters, LocalCache]:  # blocking: SQLite, mkdir
         spool.mkdir(mode=0o700, exist_ok=True)
         counters = Counters(cache_dir / "counters")
-        hot_bytes, memo_bytes = memory_split(memory_cache)
-        return counters, LocalCache(
-            cache_dir, cache_size, cache_ttl, counters, memo_bytes=memo_bytes, hot_bytes=hot_bytes
-        )
+        memory = MemoryBounds.split(memory_cache)
+        return counters, LocalCache(cache_dir, cache_size, cache_ttl, counters, memory=memory)
 
     try:
         counters, cache = await trio.to_thread.run_sync(open_local)
@@ -232,11 +231,11 @@ def _lock(cache_dir: Path) -> int:
 )
 @click.option(
     "--memory-cache",
-    default="96M",
+    default="128M",
     envvar="CASSFS_MEMORY_CACHE",
     show_default=True,
-    help="Bound of the caches kept in memory: small contents and metadata (bytes, or with"
-    " K/M/G/T; env CASSFS_MEMORY_CACHE).",
+    help="Bound of the caches kept in memory: small contents, metadata and SQLite's page"
+    " cache (bytes, or with K/M/G/T; env CASSFS_MEMORY_CACHE).",
 )
 @click.option(
     "--query-timeout",

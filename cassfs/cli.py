@@ -28,6 +28,7 @@ from cached.api import (
     DEFAULT_FEED_POLL,
     DEFAULT_PURGE_DELAY,
     FEED_TIMEOUTS,
+    MEMORY_CACHE,
     POLL_TIMEOUTS,
     ContactPoints,
     daemon_command,
@@ -225,6 +226,14 @@ environment_option = click.option(
     help="Cache size limit, bytes or with K/M/G/T (env CASSFS_CACHE_SIZE).",
 )
 @click.option(
+    "--memory-cache",
+    default="128M",
+    envvar="CASSFS_MEMORY_CACHE",
+    show_default=True,
+    help="Bound of the daemon's caches kept in memory: small contents, metadata and SQLite's"
+    " page cache; bytes or with K/M/G/T (env CASSFS_MEMORY_CACHE).",
+)
+@click.option(
     "--purge-delay",
     type=click.FloatRange(min=0),
     default=DEFAULT_PURGE_DELAY,
@@ -312,6 +321,7 @@ def up(
     negative_ttl: float | None,
     cache_ttl: float | None,
     cache_size: str,
+    memory_cache: str,
     purge_delay: float,
     query_timeout: float,
     feed_poll: float,
@@ -343,6 +353,12 @@ def up(
         feed_poll = float(running["config"].get("feed_poll", feed_poll))
     entry_ttl, negative_ttl, cache_ttl = timeouts_of(entry_ttl, negative_ttl, cache_ttl, feed_poll)
     size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, cache_size)
+    try:
+        memory = parse_size(memory_cache)
+    except ValueError as exc:
+        raise click.BadParameter(
+            str(exc).replace("cache size", "size"), param_hint="--memory-cache"
+        ) from exc
     _check_mountpoint(mountpoint)
     if not Path("/dev/fuse").exists():
         fail(
@@ -352,7 +368,7 @@ def up(
     _check_cache_dir(cache_dir)
     _ensure_daemon(
         cache_dir, settings, keyspace, cache_ttl, size, purge_delay, query_timeout, debug,
-        metrics_address, feed_poll,
+        metrics_address, feed_poll, memory,
     )  # fmt: skip
     if foreground:
         _serve_foreground(
@@ -397,6 +413,8 @@ def up(
         str(cache_ttl),
         "--cache-size",
         cache_size,
+        "--memory-cache",
+        memory_cache,
         "--purge-delay",
         str(purge_delay),
         "--query-timeout",
@@ -590,11 +608,12 @@ def _ensure_daemon(
     debug: bool,
     metrics_address: str | None = None,
     feed_poll: float = DEFAULT_FEED_POLL,
+    memory_cache: int = MEMORY_CACHE,
 ) -> None:
     """Start the cache daemon of ``cache_dir`` unless one already answers there.
 
     ``cache_ttl``, ``purge_delay``, ``query_timeout`` and ``feed_poll`` are seconds,
-    ``cache_size`` bytes;
+    ``cache_size`` (on disk) and ``memory_cache`` (in memory) bytes;
     ``metrics_address`` (HOST:PORT) has the daemon serve metrics (a running one keeps its own).
     The daemon gets the password from ``settings.password_file`` or the environment.
     """
@@ -628,6 +647,7 @@ def _ensure_daemon(
         "keyspace": keyspace,
         "cache_ttl": cache_ttl,
         "cache_size": cache_size,
+        "memory_cache": memory_cache,
         "idle_exit": DAEMON_IDLE_EXIT,
         "purge_delay": purge_delay,
         "feed_poll": feed_poll,

@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--memory-cache",
         default=None,
-        help="the daemon's --memory-cache (default: its own, 96M); smaller bounds fill "
+        help="the daemon's --memory-cache (default: its own, 128M); smaller bounds fill "
         "within the run, so the heap's growth after they are full shows",
     )
     args = parser.parse_args(argv)

@@ -14,11 +14,13 @@ import pytest
 import trio
 
 from cached import cache as cache_module
+from cached.api import MEMORY_CACHE
 from cached.cache import (
     MEMO_ENTRY_BYTES,
     MEMO_NAME_BYTES,
     Freshness,
     LocalCache,
+    MemoryBounds,
     _memo_cost,
     freshness,
     latest_per_key,
@@ -787,7 +789,12 @@ async def test_the_memo_is_bounded_in_bytes_and_a_listing_weighs_by_its_names(
     """The memo drops its least recently used entries once their estimated bytes pass
     ``memo_bytes``; a listing counts each of its names; the entry just put always stays."""
     cache = LocalCache(
-        tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock, memo_bytes=10 * MEMO_ENTRY_BYTES
+        tmp_path / "cache",
+        64 * MiB,
+        TTL,
+        counters,
+        clock=clock,
+        memory=MemoryBounds(memo=10 * MEMO_ENTRY_BYTES),
     )
     try:
         for parent in range(8):  # marks held in memory only: gone once dropped
@@ -849,7 +856,12 @@ async def test_a_write_still_queued_is_read_after_the_memo_dropped_it(
     back as the negative entry cached before it, made a create in it fail with ENOENT
     (seen with a 4 MiB memo while the writer lagged behind a copy)."""
     cache = LocalCache(
-        tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock, memo_bytes=4 * MEMO_ENTRY_BYTES
+        tmp_path / "cache",
+        64 * MiB,
+        TTL,
+        counters,
+        clock=clock,
+        memory=MemoryBounds(memo=4 * MEMO_ENTRY_BYTES),
     )
     try:
         await cache.put_dentry(T1, 1, b"dir", 0, 0)  # looked up first: absent
@@ -872,5 +884,22 @@ async def test_a_write_still_queued_is_read_after_the_memo_dropped_it(
         assert await cache.get_dentry(T1, 1, b"dir") == (Freshness.FRESH, (9, DIRECTORY))
         state, inode = await cache.get_inode(T1, 5)
         assert inode is not None and inode.size == 3
+    finally:
+        cache.close()
+
+
+def test_one_memory_bound_is_split_over_the_three_caches_kept_in_memory(
+    tmp_path: Path, counters: Counters
+) -> None:
+    """``--memory-cache`` divides as the defaults do, and SQLite's page cache gets its
+    share (in KiB, whatever the page size)."""
+    assert MemoryBounds.split(MEMORY_CACHE) == MemoryBounds()
+    bounds = MemoryBounds.split(6 * MiB + 3)
+    assert (bounds.hot, bounds.memo, bounds.sqlite) == (1.5 * MiB, 3 * MiB + 3, 1.5 * MiB)
+    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, memory=bounds)
+    try:
+        assert cache.memory_bound == 6 * MiB + 3
+        assert cache._cache._sql("PRAGMA cache_size").fetchone()[0] == -(1536)
+        assert cache._hot.limit == 1.5 * MiB and cache.memo_bytes == 3 * MiB + 3
     finally:
         cache.close()
