@@ -482,13 +482,19 @@ class LocalCache:
                     del self._landing[key]
                     self._landing_bytes -= len(landed)
                     self._hot.put(key, landed)
-        if not self._pending_ops:
-            self._ops_queued = trio.Event()
 
     async def run_writer(self) -> None:
-        """Apply queued metadata writes to diskcache, in order, until cancelled."""
+        """Apply queued metadata writes to diskcache, in order, until cancelled.
+
+        Only the writer makes a new wake-up event, just before it waits on it, with the
+        queue seen empty: an event replaced elsewhere (a :meth:`flush` that emptied the
+        queue used to) would leave the writer waiting on one nobody sets, and every
+        write queued from then on in memory until the next flush.
+        """
         while True:
-            await self._ops_queued.wait()
+            if not self._pending_ops:
+                self._ops_queued = trio.Event()
+                await self._ops_queued.wait()
             await self._apply_pending()
 
     async def flush(self) -> None:
@@ -996,6 +1002,11 @@ class LocalCache:
         """``(entries, bytes)`` held now (bytes as diskcache counts them)."""
         await self.flush()
         return await self._run(lambda: (len(self._cache), self._cache.volume()))
+
+    @property
+    def queued_writes(self) -> int:
+        """Writes to diskcache queued behind the replies and not applied yet."""
+        return len(self._pending_ops)
 
     def memory_use(self) -> tuple[int, int]:
         """``(bytes, bound)``: the bytes held by small contents (:mod:`cached.hot`) and by

@@ -176,6 +176,7 @@ class Service:
         taking them and persisting them (a test read ``bytes_fetched`` 0 after 9,785).
         """
         totals = self.core.counters.snapshot()
+        queued = self.core.cache.queued_writes  # before usage(), which applies them
         entries, volume = await self.core.cache.usage()
         outage = self.core.store.outage
         in_memory, memory_bound = self.core.cache.memory_use()
@@ -184,6 +185,7 @@ class Service:
             "entries": entries,
             "bytes_cached": volume,
             "bytes_in_memory": in_memory,
+            "writes_queued": queued,
             "memory_cache": memory_bound,
             "cassandra_unreachable": int(outage.down),
             "unreachable_queries": outage.failures,

@@ -12,6 +12,7 @@ from pathlib import Path
 import diskcache
 import pytest
 import trio
+import trio.testing
 
 from cached import cache as cache_module
 from cached.api import MEMORY_CACHE
@@ -901,5 +902,29 @@ def test_one_memory_bound_is_split_over_the_three_caches_kept_in_memory(
         assert cache.memory_bound == 6 * MiB + 3
         assert cache._cache._sql("PRAGMA cache_size").fetchone()[0] == -(1536)
         assert cache._hot.limit == 1.5 * MiB and cache.memo_bytes == 3 * MiB + 3
+    finally:
+        cache.close()
+
+
+async def test_the_writer_goes_on_after_a_flush_found_nothing_queued(
+    tmp_path: Path, counters: Counters
+) -> None:
+    """A flush (``cassfs cache stats`` makes one) while the writer waits must not leave it
+    waiting for good: every write queued after it stayed in memory until the next flush,
+    about 7 kB per file copied in."""
+    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.run_writer)
+            await trio.testing.wait_all_tasks_blocked()  # the writer waits
+            for round_ in range(3):
+                await cache.flush()  # with nothing queued
+                await cache.put_inode(T1, make_inode(10 + round_))
+                assert cache.queued_writes == 1
+                with trio.fail_after(10):
+                    while cache.queued_writes:  # the writer applies it, no flush needed
+                        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            nursery.cancel_scope.cancel()
+        assert (await cache.usage())[0] == 3
     finally:
         cache.close()
