@@ -113,6 +113,9 @@ async def run_daemon(
                 await trio.to_thread.run_sync(metrics.close)
             raise
         log.warning("%s: serving the %d cached entries until it answers", exc, entries)
+        # an outage from the start, not from keep_connecting's first retry: status and
+        # metrics say so at once, and queries fail fast meanwhile
+        store.outage.failed(str(exc))
     reaper = Reaper(cache_dir / "reaper", purge_delay)
     await reaper.open()
     service = Service(store, cache, counters, spool, reaper)
