@@ -130,7 +130,7 @@ def parse_size(text: str) -> int:
     except (ValueError, OverflowError):
         raise ValueError(f"bad size {text!r}: use bytes or a number with K, M, G or T") from None
     if size < 1024**2:
-        raise ValueError(f"cache size {text!r} is under 1 MiB")
+        raise ValueError(f"size {text!r} is under 1 MiB")
     return size
 
 

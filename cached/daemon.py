@@ -28,10 +28,10 @@ from cached.api import (  # noqa: F401 (daemon_command, socket_path: re-exported
     daemon_command,
     default_timeouts,
     parse_metrics_address,
-    parse_size,
     socket_path,
 )
 from cached.cache import LocalCache, MemoryBounds
+from cached.cliopts import BYTE_SIZE
 from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, Unreachable
 from cached.feed import POLL_INTERVAL
@@ -228,12 +228,14 @@ def _lock(cache_dir: Path) -> int:
 )
 @click.option(
     "--cache-size",
+    type=BYTE_SIZE,
     default="1G",
     show_default=True,
     help="Cache size limit (bytes, or with K/M/G/T).",
 )
 @click.option(
     "--memory-cache",
+    type=BYTE_SIZE,
     default="128M",
     envvar="CASSFS_MEMORY_CACHE",
     show_default=True,
@@ -288,8 +290,8 @@ def main(
     contact_points: str,
     keyspace: str,
     cache_ttl: float | None,
-    cache_size: str,
-    memory_cache: str,
+    cache_size: int,
+    memory_cache: int,
     query_timeout: float,
     idle_exit: float | None,
     purge_delay: float,
@@ -314,15 +316,8 @@ def main(
         logging.getLogger("cassandra").setLevel(logging.ERROR)
     try:
         points = ContactPoints.parse(contact_points)
-        size = parse_size(cache_size)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    try:
-        memory = parse_size(memory_cache)
-    except ValueError as exc:
-        raise click.BadParameter(
-            str(exc).replace("cache size", "size"), param_hint="--memory-cache"
-        ) from exc
     try:
         settings = ConnectionSettings.parse(points, **connection)
         metrics = parse_metrics_address(metrics_address) if metrics_address else None
@@ -351,13 +346,13 @@ def main(
             settings,
             keyspace,
             cache_ttl,
-            size,
+            cache_size,
             idle_exit,
             query_timeout,
             purge_delay,
             feed_poll,
             metrics,
-            memory,
+            memory_cache,
         )
     except CassfsError as exc:
         log.error("start-up failed: %s", exc)

@@ -38,6 +38,7 @@ from cached.api import (
 )
 from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
+from cached.cliopts import BYTE_SIZE
 from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, ConnectionRejected, DaemonUnavailable
 from cassfs import mountform, warmup
@@ -227,6 +228,7 @@ environment_option = click.option(
 )
 @click.option(
     "--memory-cache",
+    type=BYTE_SIZE,
     default="128M",
     envvar="CASSFS_MEMORY_CACHE",
     show_default=True,
@@ -321,7 +323,7 @@ def up(
     negative_ttl: float | None,
     cache_ttl: float | None,
     cache_size: str,
-    memory_cache: str,
+    memory_cache: int,
     purge_delay: float,
     query_timeout: float,
     feed_poll: float,
@@ -353,12 +355,6 @@ def up(
         feed_poll = float(running["config"].get("feed_poll", feed_poll))
     entry_ttl, negative_ttl, cache_ttl = timeouts_of(entry_ttl, negative_ttl, cache_ttl, feed_poll)
     size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, cache_size)
-    try:
-        memory = parse_size(memory_cache)
-    except ValueError as exc:
-        raise click.BadParameter(
-            str(exc).replace("cache size", "size"), param_hint="--memory-cache"
-        ) from exc
     _check_mountpoint(mountpoint)
     if not Path("/dev/fuse").exists():
         fail(
@@ -368,7 +364,7 @@ def up(
     _check_cache_dir(cache_dir)
     _ensure_daemon(
         cache_dir, settings, keyspace, cache_ttl, size, purge_delay, query_timeout, debug,
-        metrics_address, feed_poll, memory,
+        metrics_address, feed_poll, memory_cache,
     )  # fmt: skip
     if foreground:
         _serve_foreground(
@@ -414,7 +410,7 @@ def up(
         "--cache-size",
         cache_size,
         "--memory-cache",
-        memory_cache,
+        str(memory_cache),
         "--purge-delay",
         str(purge_delay),
         "--query-timeout",

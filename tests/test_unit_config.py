@@ -1,11 +1,17 @@
-"""Unit tests of the configuration parsers: ContactPoints.parse and parse_size."""
+"""Unit tests of the configuration parsers: ContactPoints.parse, parse_size and the size
+options of both command lines."""
 
 from __future__ import annotations
 
+import click
 import pytest
+from click.testing import CliRunner
 
 from cached.api import parse_size
+from cached.cliopts import BYTE_SIZE
+from cached.daemon import main as daemon_main
 from cached.store import ContactPoints
+from cassfs.cli import main as cassfs_main
 
 MiB = 1024**2
 GiB = 1024**3
@@ -131,3 +137,30 @@ def test_parse_size_rejects_under_one_mib(text: str) -> None:
 def test_parse_size_rejects_infinity_with_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+# -- size options on the command lines ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        (cassfs_main, ["up", "/nonexistent/mnt", "--memory-cache"]),
+        (daemon_main, ["/nonexistent/cache", "--memory-cache"]),
+        (daemon_main, ["/nonexistent/cache", "--cache-size"]),
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "says"), [("12K", "size '12K' is under 1 MiB"), ("lots", "bad size 'lots'")]
+)
+def test_a_bad_size_option_is_a_usage_error_naming_the_option(
+    command: click.Command, args: list[str], value: str, says: str
+) -> None:
+    result = CliRunner().invoke(command, [*args, value])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{args[-1]}': {says}" in result.output
+
+
+def test_a_size_option_converts_to_bytes() -> None:
+    assert BYTE_SIZE.convert("6M", None, None) == 6 * MiB
+    assert BYTE_SIZE.convert(3 * GiB, None, None) == 3 * GiB  # a default given as bytes
