@@ -60,8 +60,8 @@ class MetadataOps:
         self.contents = contents
         #: Content fetches started by lookups and not yet done.
         self._content_prefetches = 0
-        #: Per ``(tenant..., parent)`` whose listing was loaded: its files' inodes and
-        #: bytes are fetched ahead of the lookups in it.
+        #: Per ``(tenant..., parent)`` whose listing was loaded to count subdirectories:
+        #: its files' bytes are fetched ahead of the lookups in it.
         self._readahead = DirectoryReadahead()
         self._list_ahead = trio.CapacityLimiter(LIST_AHEAD_TASKS)
 
@@ -72,11 +72,10 @@ class MetadataOps:
 
         A cold lookup reads the parent's whole listing (one partition) when it
         has at most :data:`LISTING_LIMIT` entries; it then answers every lookup in
-        that directory, negative ones included, for the TTL.  Larger directories are
-        asked name by name.  The inode is read with a small file's bytes (one query),
-        and the files named after it come ahead of the reader
-        (:class:`~cached.readahead.DirectoryReadahead`), not the whole directory: a
-        request opens a few files of each directory it passes through.
+        that directory, negative ones included, for the TTL, and the inodes of a
+        small directory are prefetched.  Larger directories are asked name by name.
+        A small file's content is fetched in the background as it is answered
+        (:meth:`_prefetch_content`): an open usually follows.
         """
         check_name(name)
         # The inode answered is never older than the name that led to it (bound_at): one
@@ -91,7 +90,7 @@ class MetadataOps:
                 # Cassandra fails (stale-if-error), a negative answer included.
                 state, cached = Freshness.STALE, stale_index.get(name, (0, 0))
             if state is not Freshness.FRESH:
-                index = await self._listing_index(s, parent)
+                index = await self._listing_index(s, parent, name)
         if index is not None:
             state, cached = Freshness.FRESH, index.get(name, (0, 0))
             bound_at = self.core.cache.fetched_at(("l", *s.tenant, parent))
@@ -163,13 +162,16 @@ class MetadataOps:
         return entry
 
     async def _listing_index(
-        self, s: Session, parent: int, walk: bool = False
+        self, s: Session, parent: int, first: bytes | None = None, lookup: bool = True
     ) -> dict[bytes, tuple[int, int]] | None:
         """A fresh ``{name: (ino, kind)}`` of ``parent``, loading it if the directory is small.
 
         None for a directory over :data:`LISTING_LIMIT` entries (remembered for the
-        TTL) or when Cassandra fails.  ``walk``: loaded ahead of a walk, which lists
-        and stats every entry, so a newly loaded listing's inodes are prefetched too.
+        TTL) or when Cassandra fails.  ``first``: the name the caller looks up next,
+        whose inode the prefetch of a newly loaded listing leaves to the caller.
+        ``lookup``: a lookup in ``parent`` asks (an open usually follows), so the
+        prefetch brings small files' bytes too; else (a directory's stat counting its
+        subdirectories, as a walk does) only their inodes.
         """
         state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if state is Freshness.FRESH and index is not None:
@@ -177,7 +179,7 @@ class MetadataOps:
         if self.core.cache.is_large_dir(s.tenant, parent):
             return None
         loaded = await self.core.flights.run(
-            ("L", s.tenant, parent), self._load_listing, s, parent, walk
+            ("L", s.tenant, parent), self._load_listing, s, parent, first, lookup
         )
         if loaded is None:
             return None
@@ -189,15 +191,11 @@ class MetadataOps:
         return index
 
     async def _load_listing(
-        self, s: Session, parent: int, walk: bool
+        self, s: Session, parent: int, first: bytes | None, lookup: bool
     ) -> tuple[float, dict[bytes, tuple[int, int]]] | None:
         """Read and cache ``parent``'s listing: ``(read start, {name: (ino, kind)})``
         (start on the cache's clock), or None when too large or Cassandra failed.
-
-        The bytes of its small files follow the lookups in it (readahead); its inodes
-        are prefetched only for a ``walk``.  Neither for a directory over
-        :data:`PREFETCH_LIMIT` entries.
-        """
+        Its inodes are prefetched, with small files' bytes when ``lookup``."""
         self.core.counters.add("misses")
         started = self.core.cache.clock()
         try:
@@ -214,17 +212,20 @@ class MetadataOps:
         items = [(e.name, e.ino, e.kind) for e in entries]
         await self.core.cache.put_listing(s.tenant, parent, items, started)
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
-            if walk:
-                inos = [e.ino for e in entries]
-                self.core.background.start_soon(self._prefetch_inodes, s, inos)
-            self._readahead.listed((*s.tenant, parent))
+            rest = [e.ino for e in entries if e.name != first]
+            self.core.background.start_soon(self._prefetch_inodes, s, rest, lookup)
+            if lookup:
+                self._readahead.forget((*s.tenant, parent))
+            else:
+                self._readahead.listed((*s.tenant, parent))
         return started, {name: (ino, kind) for name, ino, kind in items}
 
-    async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
-        """Warm the cache with the inodes of a directory just listed ahead of a walk,
-        many per query (:meth:`~cached.core.Core.load_inodes`); errors ignored."""
+    async def _prefetch_inodes(self, s: Session, inos: list[int], content: bool) -> None:
+        """Warm the cache with the inodes of a directory just listed, and (``content``)
+        the bytes of its small files, many per query
+        (:meth:`~cached.core.Core.load_inodes`); errors ignored."""
         with contextlib.suppress(CassfsError):
-            await self._load_stale_inodes(s, inos)
+            await self._load_stale_inodes(s, inos, content=content)
 
     def _prefetch_siblings(
         self,
@@ -234,12 +235,12 @@ class MetadataOps:
         index: dict[bytes, tuple[int, int]] | None,
     ) -> None:
         """As the file ``name`` is looked up in ``parent`` (whose listing is ``index``),
-        start fetching the inodes and bytes of the small files named after it, many per
-        query, if the directory's listing was loaded (at most :data:`PREFETCH_LIMIT`
-        entries) and the reader comes near the end of what was fetched ahead
-        (:class:`~cached.readahead.DirectoryReadahead`).  A stat walk, which looks
-        nothing up (readdir gives the kernel every entry's attributes), never pays for
-        the bytes."""
+        start fetching the bytes of the small files named after it, many per query, if
+        the directory was listed without its files' bytes (a stat of it counted its
+        subdirectories first, as a path walk does) and the reader comes near the end of
+        what was fetched ahead (:class:`~cached.readahead.DirectoryReadahead`).  A stat
+        walk, which looks nothing up (readdir gives the kernel every entry's
+        attributes), never pays for the bytes."""
         background = self.core.background
         if background is None:
             return
@@ -264,36 +265,28 @@ class MetadataOps:
 
     async def _fetch_siblings(self, s: Session, files: list[int]) -> None:
         """Fetch the bytes of those of the regular files ``files`` (inode numbers) that
-        are small and not cached, many per query, in order.  A file whose inode is not
-        fresh in the cache comes with its bytes (one read of its row,
-        :meth:`~cached.core.Core.load_inodes`); one whose inode is, its bytes alone
-        (:meth:`~cached.core.Core.load_contents`).  Errors are ignored (the open
-        reads again and reports them)."""
+        are small and not cached (:meth:`~cached.core.Core.load_contents`), in order."""
         cache = self.core.cache
-        # A walk's prefetch of these inodes may still run: wait for it, as the bytes to
-        # fetch are known by the inodes.
+        # The listing's prefetch of inodes (started as the directory was stat'ed) may
+        # still run: wait for it, as the bytes to fetch are known by the inodes.
         for child in files:
             if self.core.flights.in_flight(("i", s.tenant, child)):
                 with contextlib.suppress(CassfsError):
                     await self.core.get_inode(s, child)
         small: dict[bytes, Inode] = {}
-        unknown: list[int] = []
         for child in files:
-            state, inode = await cache.get_inode(s.tenant, child)
-            if state is not Freshness.FRESH or inode is None:
-                unknown.append(child)
-            elif (
-                inode.kind == REGULAR
+            _state, inode = await cache.get_inode(s.tenant, child)
+            if (
+                inode is not None
+                and inode.kind == REGULAR
                 and 0 < inode.size <= INLINE_CONTENT_LIMIT
                 and not self.core.flights.in_flight(("c", s.tenant, inode.content_id))
             ):
                 small.setdefault(inode.content_id, inode)
-        with contextlib.suppress(CassfsError):
-            if unknown:
-                await self.core.load_inodes(s, unknown, content=True)
-            missing = await cache.missing_contents(s.tenant, list(small))
-            wanted = [inode for cid, inode in small.items() if cid in missing]
-            if wanted:
+        missing = await cache.missing_contents(s.tenant, list(small))
+        wanted = [inode for cid, inode in small.items() if cid in missing]
+        if wanted:
+            with contextlib.suppress(CassfsError):
                 await self.core.load_contents(s, wanted)
 
     def _prefetch_content(self, s: Session, inode: Inode) -> None:
@@ -371,7 +364,7 @@ class MetadataOps:
         count = cache.subdirectories(s.tenant, ino)
         if count is None and not cache.is_large_dir(s.tenant, ino):
             if self.core.feed.follows(s.tenant):
-                index = await self._listing_index(s, ino)
+                index = await self._listing_index(s, ino, lookup=False)
                 if index is not None:
                     return 2 + sum(kind == DIRECTORY for _ino, kind in index.values())
             if not cache.is_large_dir(s.tenant, ino):
@@ -466,7 +459,7 @@ class MetadataOps:
     async def _load_ahead(self, s: Session, ino: int) -> None:
         async with self._list_ahead:
             with contextlib.suppress(CassfsError):
-                await self._listing_index(s, ino, walk=True)
+                await self._listing_index(s, ino, lookup=False)
 
     async def _load_stale_inodes(self, s: Session, inos: list[int], content: bool = False) -> None:
         """Read those of ``inos`` not fresh in the cache, many per query (``content``:

@@ -1,12 +1,11 @@
 """Readahead through a directory: which small files' bytes to fetch as lookups go by.
 
-A directory's listing is loaded without its files' inodes or bytes (a lookup in it,
-or a stat of it counting its subdirectories, as a path is resolved); they are fetched
-only once files in it are looked up, and only ahead of the reader: the first lookup
-asks for the :data:`FIRST_WINDOW` files named after it; a lookup that comes within
-half a window of the end of what was asked for asks for the next window, twice as
-large (up to :data:`LARGEST_WINDOW`).  A reader going through a directory in name
-order (``cp -r``, ``tar``, a cold read of a tree)
+A directory listed without its files' bytes (a stat of it counted its subdirectories,
+as a path walk does) gets them fetched only once files in it are looked up, and only
+ahead of the reader: the first lookup asks for the :data:`FIRST_WINDOW` files named
+after it; a lookup that comes within half a window of the end of what was asked for
+asks for the next window, twice as large (up to :data:`LARGEST_WINDOW`).  A reader
+going through a directory in name order (``cp -r``, ``tar``, a cold read of a tree)
 then finds each file's bytes cached or on their way, many per query; a request that
 opens a few scattered files costs one small window per directory instead of every
 file there.  The same shape as the kernel's readahead of a file's pages
@@ -29,7 +28,7 @@ FIRST_WINDOW = 8
 #: Most files one window asks for (one ``get_inodes_content`` query,
 #: :data:`cached.store.INODES_PER_QUERY`).
 LARGEST_WINDOW = 64
-#: Directories remembered as listed; the least recently
+#: Directories remembered as listed without their files' bytes; the least recently
 #: listed or looked into are forgotten past it (they get no readahead then).
 DIRECTORIES_KEPT = 4096
 #: Directories whose window is kept (each with its files' names, up to
@@ -49,8 +48,8 @@ class _Window:
 class DirectoryReadahead:
     """Per directory (any hashable key), the files to fetch ahead of each lookup.
 
-    :meth:`listed` marks a directory whose listing was loaded whole; only those get
-    readahead.  :meth:`looked_up` returns, for a lookup of
+    :meth:`listed` marks a directory whose listing was loaded without its files'
+    bytes; only those get readahead.  :meth:`looked_up` returns, for a lookup of
     ``name``, the names to fetch now (often none).  Memory: the keys of at most
     ``kept`` directories, and the names of the files of at most ``windows`` of them.
     """
@@ -72,10 +71,15 @@ class DirectoryReadahead:
         self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
 
     def listed(self, key: Hashable) -> None:
-        """Directory ``key`` was listed (again): readahead starts over at its next
-        lookup."""
+        """Directory ``key`` was listed (again) without its files' bytes: readahead
+        starts over at its next lookup."""
         self._windows.pop(key, None)
         self._mark(key)
+
+    def forget(self, key: Hashable) -> None:
+        """No readahead for ``key`` (its listing was loaded with its files' bytes)."""
+        self._listed.pop(key, None)
+        self._windows.pop(key, None)
 
     def _mark(self, key: Hashable) -> None:
         self._listed[key] = None

@@ -134,7 +134,7 @@ async def open_each(client: DaemonClient, parent: int, files: dict[bytes, bytes]
         assert (await client.call("open", ino=found["ino"]))["data"] == data
 
 
-async def test_a_first_lookup_brings_the_files_named_after_it_with_their_small_content(
+async def test_a_lookup_prefetches_its_directorys_inodes_with_their_small_content(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
 ) -> None:
     # No change feed on "there" (see the test above).
@@ -143,8 +143,7 @@ async def test_a_first_lookup_brings_the_files_named_after_it_with_their_small_c
     async with session(there, tenant) as b:
         await b.call("lookup", parent=ROOT_INO, name=b"d")
         await b.call("lookup", parent=d["ino"], name=b"f0.php")
-        # The other four (named after it, within the first readahead window) come in
-        # the background, inodes and bytes in one query.
+        # The other four come in the background, many per query, with their bytes.
         total = sum(map(len, files.values()))
         assert await trio.to_thread.run_sync(
             wait_for, lambda: there.stats()["bytes_fetched"] >= total
@@ -219,51 +218,6 @@ async def test_a_reader_gets_the_bytes_of_the_files_ahead_of_it_each_fetched_onc
         assert there.stats()["bytes_fetched"] == first
         await open_each(b, d["ino"], files)
         assert there.stats()["bytes_fetched"] == sum(map(len, files.values()))
-
-
-def query_counts(daemon: Daemon) -> dict[str, int]:
-    """Cassandra queries ``daemon`` made so far, by statement (its metrics endpoint)."""
-    address = daemon.call("status")["config"]["metrics_address"]
-    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
-    pattern = r'^cassfs_cassandra_query_duration_seconds_count\{statement="([^"]+)"\} (\S+)$'
-    return {m[1]: int(float(m[2])) for m in re.finditer(pattern, text, re.M)}
-
-
-async def test_a_request_through_a_directory_reads_no_inode_it_does_not_reach(
-    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
-) -> None:
-    """A path's directories are stat'ed as it is resolved (their nlink counts their
-    subdirectories: the listing is read) and one file in it is opened: neither reads
-    the inodes of the directory's other files.  Only the files named after the one
-    looked up come ahead of it, inode and bytes in one query; one before it is read
-    when it is asked for."""
-    here = start_daemon("here")
-    there = start_daemon("there", 60.0, "2G", "--metrics-address", "127.0.0.1:0")
-    files = {f"f{i:02}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(40)}
-    async with session(here, tenant) as a:
-        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
-        for name, data in files.items():
-            await make_file(a, d["ino"], name, data)
-    async with session(there, tenant) as b:
-        polls = there.stats()["feed_reads"]  # here's changes applied: see the tests above
-        assert await trio.to_thread.run_sync(
-            wait_for, lambda: there.stats()["feed_reads"] >= polls + 2, 10.0
-        )
-        assert (await b.call("lookup", parent=ROOT_INO, name=b"d"))["nlink"] == 2
-        found = await b.call("lookup", parent=d["ino"], name=b"f20.php")
-        names = list(files)
-        ahead = sum(len(files[name]) for name in names[20 : 21 + FIRST_WINDOW])
-        assert await trio.to_thread.run_sync(
-            wait_for, lambda: there.stats()["bytes_fetched"] >= ahead
-        )
-        assert (await b.call("open", ino=found["ino"]))["data"] == files[b"f20.php"]
-        queries = query_counts(there)
-        assert queries["get_inodes_content"] >= 1, queries  # the files after it, with bytes
-        assert queries.get("get_inodes", 0) == 0, queries  # no inodes without their bytes
-        assert there.stats()["bytes_fetched"] == ahead
-        early = await b.call("lookup", parent=d["ino"], name=b"f05.php")
-        assert (await b.call("open", ino=early["ino"]))["data"] == files[b"f05.php"]
-        assert there.stats()["bytes_fetched"] == ahead + len(files[b"f05.php"])
 
 
 async def test_a_readdir_loads_its_grandchildrens_listings_ahead(

@@ -12,11 +12,12 @@ def files() -> list[bytes]:
     return list(reversed(FILES))  # any order: the readahead sorts
 
 
-def test_a_directory_not_listed_gets_no_readahead() -> None:
+def test_a_directory_not_listed_without_its_bytes_gets_no_readahead() -> None:
     readahead = DirectoryReadahead()
-    assert readahead.looked_up("d", b"f00", files) == []  # too large to be listed whole
+    assert readahead.looked_up("d", b"f00", files) == []
     readahead.listed("d")
-    assert readahead.looked_up("d", b"f00", files) == FILES[1:9]
+    readahead.forget("d")  # listed again, with its files' bytes
+    assert readahead.looked_up("d", b"f00", files) == []
 
 
 def test_a_reader_in_name_order_asks_for_each_file_once_in_doubling_windows() -> None:
