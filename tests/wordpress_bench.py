@@ -11,6 +11,12 @@ What it measures
     server in turn, ``--rounds`` times; the median requests/s of each is compared.  Every
     answer must be a 200 of the length of the first (``ab``'s failed and non-2xx counts).
 
+    Then the cold front page (issue 10's "first WordPress front page after a purge"),
+    ``--cold-rounds`` times for each copy in turn: the php server is stopped, the cache
+    emptied (``cassfs cache purge`` for cassfs; the kernel's caches dropped for both,
+    as ``tests.bench`` does), a new ``php -S`` started (opcache empty) and its first
+    request of ``/`` timed, milliseconds.
+
 Why ratios
     These machines are shared and noisy: the two servers take turns within one run, so
     cassfs over native is the figure to compare between runs.
@@ -46,7 +52,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from tests.benchkit import BenchError, mounted_cassfs, sigterm_as_interrupt
+from tests.benchkit import BenchError, Cold, mounted_cassfs, sigterm_as_interrupt
 
 log = logging.getLogger("bench")
 
@@ -206,10 +212,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="ab -n (default 200)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--cold-rounds", type=int, default=3, help="cold front pages per copy (default 3)"
+    )
+    parser.add_argument(
         "--contact-points", default=os.environ.get("CASSFS_CONTACT_POINTS", "127.0.0.1")
     )
     parser.add_argument("--keyspace", default=os.environ.get("CASSFS_KEYSPACE", "cassfs"))
     return parser.parse_args(argv)
+
+
+def warm_rates(
+    servers: dict[str, str], requests: int, rounds: int
+) -> dict[tuple[str, str], list[float]]:
+    """Warm every page on every server (:data:`WARMUP` requests), then ``ab`` each in
+    turn ``rounds`` times: ``{(page, server): [requests/s per round]}``."""
+    for page in PAGES:
+        sizes = {name: len(fetch(base, page)) for name, base in servers.items()}
+        for _ in range(WARMUP):
+            for base in servers.values():
+                fetch(base, page)
+        log.info("%s: %s bytes", page, sizes)
+    rates: dict[tuple[str, str], list[float]] = {}
+    for round_ in range(rounds):
+        for page in PAGES:
+            for name, base in servers.items():
+                rate, length = ab(base, page, requests)
+                rates.setdefault((page, name), []).append(rate)
+                log.info(
+                    "round %d %s %s: %.1f requests/s, %d bytes", round_, name, page, rate, length
+                )
+    return rates
+
+
+def cold_page(root: Path, port: int, workdir: Path, cold: Cold, cache: Path | None) -> float:
+    """Milliseconds of the first request of the front page from a new ``php -S`` on
+    ``root``, after emptying the caches: cassfs's ``cache`` (purged) and the kernel's."""
+    cold.drop(cache, (p for p in root.rglob("*") if p.is_file()) if cache is None else ())
+    with php_server(root, port, workdir) as base:
+        started = time.perf_counter()
+        fetch(base, "/")
+        return (time.perf_counter() - started) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,31 +274,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         log.info("copying WordPress into cassfs")
         install_copy(args.tree, args.theme, mnt, socket, salts)
-        servers = {
-            "native": stack.enter_context(php_server(native, 18081, work)),
-            "cassfs": stack.enter_context(php_server(mnt, 18082, work)),
-        }
-        install_wordpress(servers["native"])
-        for page in PAGES:
-            sizes = {name: len(fetch(base, page)) for name, base in servers.items()}
-            for _ in range(WARMUP):
-                for base in servers.values():
-                    fetch(base, page)
-            log.info("%s: %s bytes", page, sizes)
-        rates: dict[tuple[str, str], list[float]] = {}
-        for round_ in range(args.rounds):
-            for page in PAGES:
-                for name, base in servers.items():
-                    rate, length = ab(base, page, args.requests)
-                    rates.setdefault((page, name), []).append(rate)
-                    log.info(
-                        "round %d %s %s: %.1f requests/s, %d bytes",
-                        round_,
-                        name,
-                        page,
-                        rate,
-                        length,
-                    )
+        roots = {"native": (native, None), "cassfs": (mnt, work / "cache")}
+        with ExitStack() as warm:
+            servers = {
+                name: warm.enter_context(php_server(root, port, work))
+                for (name, (root, _cache)), port in zip(roots.items(), (18081, 18082), strict=True)
+            }
+            install_wordpress(servers["native"])
+            rates = warm_rates(servers, args.requests, args.rounds)
+        cold = Cold(2.0)  # the warm servers are stopped: a cold page starts a new one
+        cold_ms: dict[str, list[float]] = {}
+        for round_ in range(args.cold_rounds):
+            for (name, (root, cache)), port in zip(roots.items(), (18083, 18084), strict=True):
+                ms = cold_page(root, port, work, cold, cache)
+                cold_ms.setdefault(name, []).append(ms)
+                log.info("cold round %d %s /: %.0f ms", round_, name, ms)
         print(f"warm WordPress 6.1 pages, opcache on, ab -n {args.requests} -c 1, "
               f"median of {args.rounds} rounds (min-max):")  # fmt: skip
         for page in PAGES:
@@ -266,6 +298,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {page:14} native {statistics.median(n):7.1f}/s  cassfs "
                 f"{statistics.median(c):7.1f}/s  cassfs/native {statistics.median(ratios):.2f} "
                 f"({min(ratios):.2f}-{max(ratios):.2f})"
+            )
+        if cold_ms:
+            n, c = cold_ms["native"], cold_ms["cassfs"]
+            ratios = [cm / nm for cm, nm in zip(c, n, strict=True)]
+            print(
+                f"cold front page (purge, {cold.method}, new php -S), median of "
+                f"{args.cold_rounds} (min-max): native {statistics.median(n):.0f} ms, cassfs "
+                f"{statistics.median(c):.0f} ms ({min(c):.0f}-{max(c):.0f}), cassfs/native "
+                f"{statistics.median(ratios):.1f} ({min(ratios):.1f}-{max(ratios):.1f})"
             )
     return 0
 
