@@ -6,8 +6,9 @@ import contextlib
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import diskcache
 import pytest
@@ -111,10 +112,30 @@ def counters(tmp_path: Path) -> Iterator[Counters]:
 
 
 @pytest.fixture
-def cache(tmp_path: Path, counters: Counters, clock: FakeClock) -> Iterator[LocalCache]:
-    c = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
-    yield c
-    c.close()
+def open_cache(
+    tmp_path: Path, counters: Counters, clock: FakeClock
+) -> Iterator[Callable[..., LocalCache]]:
+    """Factory: ``open_cache(name="cache", size=64 * MiB, **options)`` is a LocalCache in
+    ``tmp_path / name`` of ``size`` bytes on disk, with the test's counters and clock
+    (``options`` replace them, or give ``memory``).  Every one is closed at teardown,
+    again if the test closed it itself (closing twice is harmless)."""
+    opened: list[LocalCache] = []
+
+    def open_(name: str = "cache", size: int = 64 * MiB, **options: Any) -> LocalCache:
+        c = LocalCache(
+            tmp_path / name, size, TTL, **{"counters": counters, "clock": clock, **options}
+        )
+        opened.append(c)
+        return c
+
+    yield open_
+    for c in opened:
+        c.close()
+
+
+@pytest.fixture
+def cache(open_cache: Callable[..., LocalCache]) -> LocalCache:
+    return open_cache()
 
 
 async def test_inode_fresh_then_stale(cache: LocalCache, clock: FakeClock) -> None:
@@ -226,15 +247,15 @@ async def test_listings(cache: LocalCache, clock: FakeClock) -> None:
 
 
 async def test_a_read_from_disk_does_not_undo_a_change_made_while_it_ran(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache],
 ) -> None:
     """A new daemon (after a kill) reads an entry from disk in a thread; meanwhile a lost
     create caches what the name names now: the disk's older answer must not replace it
     (the next lookup said ENOENT after the create said EEXIST)."""
-    first = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    first = open_cache()
     await first.put_dentry(T1, 7, b"n6", 0, 0)  # a negative entry, on disk
     first.close()
-    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    cache = open_cache()
     got: list[object] = []
 
     async def lookup() -> None:
@@ -251,11 +272,11 @@ async def test_a_read_from_disk_does_not_undo_a_change_made_while_it_ran(
 
 
 async def test_a_listing_index_rebuilt_while_the_feed_expires_it_is_stale(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache],
 ) -> None:
     """The feed tells of a name made in directory 7 while a lookup rebuilds 7's index:
     that index must not answer "no such name" as fresh once the listing is stale."""
-    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    cache = open_cache()
     await cache.put_listing(T1, 7, [(b"old", 41, REGULAR)])
     with held_disk_reads(cache) as held:
         async with trio.open_nursery() as nursery:
@@ -378,13 +399,13 @@ async def test_a_change_made_here_is_cached_stale_if_the_feed_told_of_another_si
 
 
 async def test_a_reload_told_of_a_change_replaces_an_older_read_while_expire_runs(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache], clock: FakeClock
 ) -> None:
     """A prefetch read a temp file empty; the file got its content and was renamed over a
     name; a lookup reloads it while the feed's expire of that change is under way: the
     reload (stale, as it crossed the change) must replace the empty state, which must not
     answer an open as fresh (another host read the file empty)."""
-    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, clock=clock)
+    cache = open_cache()
     await cache.put_inode(T1, make_inode(42, size=0), fetched_at=clock())  # the prefetch
     clock.advance(0.2)
     started = clock()  # the lookup's reload begins
@@ -562,74 +583,65 @@ async def test_overwriting_an_entry_is_not_an_eviction(
 
 
 async def test_lru_eviction_counts_and_keeps_recently_read(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache], counters: Counters
 ) -> None:
     # Many entries of 48 KiB (stored as files by diskcache), a 4 MiB limit: the
     # limit is reached after ~85 entries, more than the 64 that one cull removes.
-    cache = LocalCache(tmp_path / "small", 4 * MiB, TTL, counters, clock=clock)
+    cache = open_cache("small", 4 * MiB)
     size = 48 * 1024
-    try:
-        blobs = [i.to_bytes(2, "big") * (size // 2) for i in range(120)]
-        ids = [content_id(b) for b in blobs]
-        for i, blob in enumerate(blobs):
-            if i >= 2:
-                # Keep entry 0 the most recently used one before each insertion.
-                assert await cache.read_content(T1, ids[0], 2, 4) == blobs[0][2:6]
-            await cache.put_content(T1, ids[i], blob)
-        evictions = counters.totals()["evictions"]
-        assert evictions > 0
-        assert await cache.has_content(T1, ids[0]) is True
-        assert await cache.read_content(T1, ids[0], size - 2, 10) == blobs[0][-2:]
-        assert await cache.has_content(T1, ids[1]) is False  # the least recently used
-        assert await cache.has_content(T1, ids[-1]) is True  # the newest
-        present = [i for i in range(len(ids)) if await cache.has_content(T1, ids[i])]
-        entries, volume = await cache.usage()
-        assert entries == len(present) == len(blobs) - evictions
-        assert volume <= 4 * MiB + size
-        # Eviction follows insertion order apart from entry 0: the survivors are the newest.
-        assert present == [0, *range(len(blobs) - len(present) + 1, len(blobs))]
-    finally:
-        cache.close()
+    blobs = [i.to_bytes(2, "big") * (size // 2) for i in range(120)]
+    ids = [content_id(b) for b in blobs]
+    for i, blob in enumerate(blobs):
+        if i >= 2:
+            # Keep entry 0 the most recently used one before each insertion.
+            assert await cache.read_content(T1, ids[0], 2, 4) == blobs[0][2:6]
+        await cache.put_content(T1, ids[i], blob)
+    evictions = counters.totals()["evictions"]
+    assert evictions > 0
+    assert await cache.has_content(T1, ids[0]) is True
+    assert await cache.read_content(T1, ids[0], size - 2, 10) == blobs[0][-2:]
+    assert await cache.has_content(T1, ids[1]) is False  # the least recently used
+    assert await cache.has_content(T1, ids[-1]) is True  # the newest
+    present = [i for i in range(len(ids)) if await cache.has_content(T1, ids[i])]
+    entries, volume = await cache.usage()
+    assert entries == len(present) == len(blobs) - evictions
+    assert volume <= 4 * MiB + size
+    # Eviction follows insertion order apart from entry 0: the survivors are the newest.
+    assert present == [0, *range(len(blobs) - len(present) + 1, len(blobs))]
 
 
 async def test_eviction_count_matches_entries_lost(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache], counters: Counters
 ) -> None:
-    cache = LocalCache(tmp_path / "small", 2 * MiB, TTL, counters, clock=clock)
-    try:
-        inserted = 0
-        for i in range(40):
-            blob = bytes([i]) * (100 * 1024)
-            await cache.put_content(T2, content_id(blob), blob)
-            inserted += 1
-        entries, _ = await cache.usage()
-        assert counters.totals()["evictions"] > 0
-        assert counters.totals()["evictions"] == inserted - entries
-        # Counted in memory until persisted.
-        assert counters.take_pending()["evictions"] == inserted - entries
-    finally:
-        cache.close()
+    cache = open_cache("small", 2 * MiB)
+    inserted = 0
+    for i in range(40):
+        blob = bytes([i]) * (100 * 1024)
+        await cache.put_content(T2, content_id(blob), blob)
+        inserted += 1
+    entries, _ = await cache.usage()
+    assert counters.totals()["evictions"] > 0
+    assert counters.totals()["evictions"] == inserted - entries
+    # Counted in memory until persisted.
+    assert counters.take_pending()["evictions"] == inserted - entries
 
 
 async def test_lru_eviction_with_few_large_entries_keeps_recent_ones(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache], counters: Counters
 ) -> None:
-    cache = LocalCache(tmp_path / "few", 4 * MiB, TTL, counters, clock=clock)
-    try:
-        blobs = [bytes([i]) * (MiB // 2) for i in range(12)]
-        ids = [content_id(b) for b in blobs]
-        await cache.put_content(T1, ids[0], blobs[0])
-        await cache.put_content(T1, ids[1], blobs[1])
-        for i in range(2, len(blobs)):
-            assert await cache.read_content(T1, ids[0], 0, 4) == blobs[0][:4]
-            await cache.put_content(T1, ids[i], blobs[i])
-            # What was just put can be read back.
-            assert await cache.has_content(T1, ids[i]) is True
-        assert counters.totals()["evictions"] > 0
-        assert await cache.has_content(T1, ids[0]) is True
-        assert await cache.has_content(T1, ids[1]) is False
-    finally:
-        cache.close()
+    cache = open_cache("few", 4 * MiB)
+    blobs = [bytes([i]) * (MiB // 2) for i in range(12)]
+    ids = [content_id(b) for b in blobs]
+    await cache.put_content(T1, ids[0], blobs[0])
+    await cache.put_content(T1, ids[1], blobs[1])
+    for i in range(2, len(blobs)):
+        assert await cache.read_content(T1, ids[0], 0, 4) == blobs[0][:4]
+        await cache.put_content(T1, ids[i], blobs[i])
+        # What was just put can be read back.
+        assert await cache.has_content(T1, ids[i]) is True
+    assert counters.totals()["evictions"] > 0
+    assert await cache.has_content(T1, ids[0]) is True
+    assert await cache.has_content(T1, ids[1]) is False
 
 
 def test_sha256_file(tmp_path: Path) -> None:
@@ -642,32 +654,29 @@ def test_sha256_file(tmp_path: Path) -> None:
 
 
 async def test_metadata_from_before_a_restart_is_revalidated_content_is_not(
-    tmp_path: Path, clock: FakeClock
+    open_cache: Callable[..., LocalCache], tmp_path: Path, clock: FakeClock
 ) -> None:
     """Metadata reaches disk behind the reply, so a new daemon trusts none it finds."""
-    first = LocalCache(tmp_path / "c", 64 * MiB, TTL, Counters(tmp_path / "n1"), clock)
+    first = open_cache("c", counters=Counters(tmp_path / "n1"))
     await first.put_inode(T1, make_inode(7))
     await first.put_content(T1, content_id(b"hello world"), b"hello world")
     first.close()
     clock.advance(0.5)  # well within the TTL
-    second = LocalCache(tmp_path / "c", 64 * MiB, TTL, Counters(tmp_path / "n2"), clock)
-    try:
-        state, inode = await second.get_inode(T1, 7)
-        assert state is Freshness.STALE and inode == make_inode(7)
-        assert await second.read_content(T1, content_id(b"hello world"), 0, 5) == b"hello"
-        await second.put_inode(T1, make_inode(7))
-        assert (await second.get_inode(T1, 7))[0] is Freshness.FRESH
-    finally:
-        second.close()
+    second = open_cache("c", counters=Counters(tmp_path / "n2"))
+    state, inode = await second.get_inode(T1, 7)
+    assert state is Freshness.STALE and inode == make_inode(7)
+    assert await second.read_content(T1, content_id(b"hello world"), 0, 5) == b"hello"
+    await second.put_inode(T1, make_inode(7))
+    assert (await second.get_inode(T1, 7))[0] is Freshness.FRESH
 
 
 async def test_content_put_behind_is_served_before_and_after_it_reaches_disk(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache], tmp_path: Path
 ) -> None:
     """``put_content_behind`` answers reads from memory until the writer stored it, and
     a close stores what is still queued; past LANDING_BYTES it is written at once."""
     path = tmp_path / "behind"
-    cache = LocalCache(path, 64 * MiB, TTL, counters, clock=clock)
+    cache = open_cache(path.name)
     data = os.urandom(10_000)
     cid = content_id(data)
     try:
@@ -785,39 +794,29 @@ def _listing(names: int) -> list[tuple[bytes, int, int]]:
 
 
 async def test_the_memo_is_bounded_in_bytes_and_a_listing_weighs_by_its_names(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache],
 ) -> None:
     """The memo drops its least recently used entries once their estimated bytes pass
     ``memo_bytes``; a listing counts each of its names; the entry just put always stays."""
-    cache = LocalCache(
-        tmp_path / "cache",
-        64 * MiB,
-        TTL,
-        counters,
-        clock=clock,
-        memory=MemoryBounds(memo=10 * MEMO_ENTRY_BYTES),
-    )
-    try:
-        for parent in range(8):  # marks held in memory only: gone once dropped
-            cache.mark_large_dir(T1, parent)
-        four = (4 * MEMO_NAME_BYTES["l"]) // MEMO_ENTRY_BYTES + 1  # entries a listing of 4 weighs
-        await cache.put_listing(T1, 50, _listing(4))
-        marks = [parent for parent in range(8) if cache.is_large_dir(T1, parent)]
-        assert marks == list(range(four - 1, 8))  # the oldest made room
-        await cache.put_listing(T1, 51, _listing(100))  # alone over the bound: kept alone
-        assert not any(cache.is_large_dir(T1, parent) for parent in range(8))
-        assert (await cache.get_listing(T1, 51)) == (Freshness.FRESH, _listing(100))
-        assert cache._memo_bytes == MEMO_ENTRY_BYTES + 100 * MEMO_NAME_BYTES["l"]
-        # index, update and drop keep the count exact
-        cache.memo_bytes = 64 * MiB
-        state, index = await cache.get_listing_index(T1, 51)
-        assert state is Freshness.FRESH and index is not None and len(index) == 100
-        await cache.update_listing(T1, 51, b"f0000", 0, 0)
-        await cache.drop_listing(T1, 51)
-        expected = sum(_memo_cost(key, value) for key, value in cache._memo.items())
-        assert cache._memo_bytes == expected
-    finally:
-        cache.close()
+    cache = open_cache(memory=MemoryBounds(memo=10 * MEMO_ENTRY_BYTES))
+    for parent in range(8):  # marks held in memory only: gone once dropped
+        cache.mark_large_dir(T1, parent)
+    four = (4 * MEMO_NAME_BYTES["l"]) // MEMO_ENTRY_BYTES + 1  # entries a listing of 4 weighs
+    await cache.put_listing(T1, 50, _listing(4))
+    marks = [parent for parent in range(8) if cache.is_large_dir(T1, parent)]
+    assert marks == list(range(four - 1, 8))  # the oldest made room
+    await cache.put_listing(T1, 51, _listing(100))  # alone over the bound: kept alone
+    assert not any(cache.is_large_dir(T1, parent) for parent in range(8))
+    assert (await cache.get_listing(T1, 51)) == (Freshness.FRESH, _listing(100))
+    assert cache._memo_bytes == MEMO_ENTRY_BYTES + 100 * MEMO_NAME_BYTES["l"]
+    # index, update and drop keep the count exact
+    cache.memo_bytes = 64 * MiB
+    state, index = await cache.get_listing_index(T1, 51)
+    assert state is Freshness.FRESH and index is not None and len(index) == 100
+    await cache.update_listing(T1, 51, b"f0000", 0, 0)
+    await cache.drop_listing(T1, 51)
+    expected = sum(_memo_cost(key, value) for key, value in cache._memo.items())
+    assert cache._memo_bytes == expected
 
 
 def test_the_key_memo_disk_encodes_keys_as_diskcache_does_and_reads_its_old_entries(
@@ -850,81 +849,65 @@ def test_the_key_memo_disk_encodes_keys_as_diskcache_does_and_reads_its_old_entr
 
 
 async def test_a_write_still_queued_is_read_after_the_memo_dropped_it(
-    tmp_path: Path, counters: Counters, clock: FakeClock
+    open_cache: Callable[..., LocalCache],
 ) -> None:
     """The memo may drop a key whose newest write the writer has not applied yet; the disk
     then holds the older value, which must not be served: a name made by mkdir, read
     back as the negative entry cached before it, made a create in it fail with ENOENT
     (seen with a 4 MiB memo while the writer lagged behind a copy)."""
-    cache = LocalCache(
-        tmp_path / "cache",
-        64 * MiB,
-        TTL,
-        counters,
-        clock=clock,
-        memory=MemoryBounds(memo=4 * MEMO_ENTRY_BYTES),
-    )
-    try:
-        await cache.put_dentry(T1, 1, b"dir", 0, 0)  # looked up first: absent
-        await cache.put_inode(T1, make_inode(5, size=1))
-        await cache.flush()  # on disk: the negative entry and size 1
-        await cache.put_dentry(T1, 1, b"dir", 9, DIRECTORY)  # then made: queued only
-        await cache.put_inode(T1, make_inode(5, size=2))
-        await cache.drop_inode(T1, 5)
-        await cache.put_inode(T1, make_inode(5, size=3))
-        for ino in range(100, 110):  # pushes both out of the memo
-            await cache.put_inode(T1, make_inode(ino))
-        assert ("d", *T1, 1, b"dir") not in cache._memo
-        assert await cache.get_dentry(T1, 1, b"dir") == (Freshness.FRESH, (9, DIRECTORY))
-        state, inode = await cache.get_inode(T1, 5)
-        assert state is Freshness.FRESH and inode is not None and inode.size == 3
-        await cache.flush()  # written: read from disk now, and the same
-        assert cache._unwritten == {}
-        for ino in range(200, 210):
-            await cache.put_inode(T1, make_inode(ino))
-        assert await cache.get_dentry(T1, 1, b"dir") == (Freshness.FRESH, (9, DIRECTORY))
-        state, inode = await cache.get_inode(T1, 5)
-        assert inode is not None and inode.size == 3
-    finally:
-        cache.close()
+    cache = open_cache(memory=MemoryBounds(memo=4 * MEMO_ENTRY_BYTES))
+    await cache.put_dentry(T1, 1, b"dir", 0, 0)  # looked up first: absent
+    await cache.put_inode(T1, make_inode(5, size=1))
+    await cache.flush()  # on disk: the negative entry and size 1
+    await cache.put_dentry(T1, 1, b"dir", 9, DIRECTORY)  # then made: queued only
+    await cache.put_inode(T1, make_inode(5, size=2))
+    await cache.drop_inode(T1, 5)
+    await cache.put_inode(T1, make_inode(5, size=3))
+    for ino in range(100, 110):  # pushes both out of the memo
+        await cache.put_inode(T1, make_inode(ino))
+    assert ("d", *T1, 1, b"dir") not in cache._memo
+    assert await cache.get_dentry(T1, 1, b"dir") == (Freshness.FRESH, (9, DIRECTORY))
+    state, inode = await cache.get_inode(T1, 5)
+    assert state is Freshness.FRESH and inode is not None and inode.size == 3
+    await cache.flush()  # written: read from disk now, and the same
+    assert cache._unwritten == {}
+    for ino in range(200, 210):
+        await cache.put_inode(T1, make_inode(ino))
+    assert await cache.get_dentry(T1, 1, b"dir") == (Freshness.FRESH, (9, DIRECTORY))
+    state, inode = await cache.get_inode(T1, 5)
+    assert inode is not None and inode.size == 3
 
 
 def test_one_memory_bound_is_split_over_the_three_caches_kept_in_memory(
-    tmp_path: Path, counters: Counters
+    open_cache: Callable[..., LocalCache],
 ) -> None:
     """``--memory-cache`` divides as the defaults do, and SQLite's page cache gets its
     share (in KiB, whatever the page size)."""
     assert MemoryBounds.split(MEMORY_CACHE) == MemoryBounds()
     bounds = MemoryBounds.split(6 * MiB + 3)
     assert (bounds.hot, bounds.memo, bounds.sqlite) == (1.5 * MiB, 3 * MiB + 3, 1.5 * MiB)
-    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters, memory=bounds)
-    try:
-        assert cache.memory_bound == 6 * MiB + 3
-        assert cache._cache._sql("PRAGMA cache_size").fetchone()[0] == -(1536)
-        assert cache._hot.limit == 1.5 * MiB and cache.memo_bytes == 3 * MiB + 3
-    finally:
-        cache.close()
+    cache = open_cache(memory=bounds)
+    assert cache.memory_bound == 6 * MiB + 3
+    assert cache._cache._sql("PRAGMA cache_size").fetchone()[0] == -(1536)
+    assert cache._hot.limit == 1.5 * MiB and cache.memo_bytes == 3 * MiB + 3
 
 
 async def test_the_writer_goes_on_after_a_flush_found_nothing_queued(
-    tmp_path: Path, counters: Counters
+    open_cache: Callable[..., LocalCache],
 ) -> None:
     """A flush (``cassfs cache stats`` makes one) while the writer waits must not leave it
     waiting for good: every write queued after it stayed in memory until the next flush,
     about 7 kB per file copied in."""
-    cache = LocalCache(tmp_path / "cache", 64 * MiB, TTL, counters)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cache.run_writer)
-            await trio.testing.wait_all_tasks_blocked()  # the writer waits
-            for round_ in range(3):
-                await cache.flush()  # with nothing queued
-                await cache.put_inode(T1, make_inode(10 + round_))
-                assert cache.queued_writes == 1
-                with trio.fail_after(10):
-                    while cache.queued_writes:  # the writer applies it, no flush needed
-                        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-            nursery.cancel_scope.cancel()
-        assert (await cache.usage())[0] == 3
-    finally:
-        cache.close()
+    cache = open_cache()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cache.run_writer)
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits
+        for round_ in range(3):
+            await cache.flush()  # with nothing queued
+            await cache.put_inode(T1, make_inode(10 + round_))
+            assert cache.queued_writes == 1
+            with trio.fail_after(10):
+                while cache.queued_writes:  # the writer applies it, no flush needed
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        nursery.cancel_scope.cancel()
+    assert (await cache.usage())[0] == 3
