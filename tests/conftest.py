@@ -28,6 +28,7 @@ from cached.api import daemon_command
 from cached.client import call_once, socket_path
 from cached.errors import DaemonUnavailable
 from cached.store import ContactPoints, make_cluster
+from tests.benchkit import sigterm_as_interrupt
 
 CONTACT_POINTS = os.environ.get("CASSFS_CONTACT_POINTS", "127.0.0.1:9042")
 KEYSPACE = os.environ.get("CASSFS_TEST_KEYSPACE", "cassfs_test")
@@ -323,6 +324,18 @@ def unmount(m: Mount) -> None:
                 call_once(m.cache_dir, "shutdown", timeout=2)
         except DaemonUnavailable:
             pass
+
+
+# -- interruption ---------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Iterator[object]:
+    """A SIGTERM or SIGHUP (a ``kill``, a closed terminal) stops the run as Ctrl-C does,
+    so the fixtures still tear down: mounts unmounted, daemons and nodes stopped.  Left to
+    Python's default, the process dies at once and leaves them behind."""
+    with sigterm_as_interrupt():
+        return (yield)
 
 
 # -- reports --------------------------------------------------------------------------------
