@@ -34,7 +34,6 @@ from cached.api import (
     daemon_command,
     default_timeouts,
     parse_metrics_address,
-    parse_size,
 )
 from cached.cachedir import LOG_NAME, OUTPUT_NAME, spawn_daemon, spawn_detached
 from cached.client import call_once, socket_path
@@ -221,6 +220,7 @@ environment_option = click.option(
 )
 @click.option(
     "--cache-size",
+    type=BYTE_SIZE,
     default="1G",
     envvar="CASSFS_CACHE_SIZE",
     show_default=True,
@@ -322,7 +322,7 @@ def up(
     entry_ttl: float | None,
     negative_ttl: float | None,
     cache_ttl: float | None,
-    cache_size: str,
+    cache_size: int,
     memory_cache: int,
     purge_delay: float,
     query_timeout: float,
@@ -354,7 +354,7 @@ def up(
     if running is not None:  # the TTLs' defaults follow the feed of the daemon that serves
         feed_poll = float(running["config"].get("feed_poll", feed_poll))
     entry_ttl, negative_ttl, cache_ttl = timeouts_of(entry_ttl, negative_ttl, cache_ttl, feed_poll)
-    size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, cache_size)
+    check_mount_values(entry_ttl, negative_ttl, cache_ttl)
     _check_mountpoint(mountpoint)
     if not Path("/dev/fuse").exists():
         fail(
@@ -363,7 +363,7 @@ def up(
         )
     _check_cache_dir(cache_dir)
     _ensure_daemon(
-        cache_dir, settings, keyspace, cache_ttl, size, purge_delay, query_timeout, debug,
+        cache_dir, settings, keyspace, cache_ttl, cache_size, purge_delay, query_timeout, debug,
         metrics_address, feed_poll, memory_cache,
     )  # fmt: skip
     if foreground:
@@ -408,7 +408,7 @@ def up(
         "--cache-ttl",
         str(cache_ttl),
         "--cache-size",
-        cache_size,
+        str(cache_size),
         "--memory-cache",
         str(memory_cache),
         "--purge-delay",
@@ -459,21 +459,13 @@ def timeouts_of(
     )
 
 
-def check_mount_values(
-    entry_ttl: float, negative_ttl: float, cache_ttl: float, cache_size: str
-) -> int:
-    """The checks of `up` its click types do not make: TTLs (seconds) 0 or more, and
-    ``cache_size`` a size of 1 MiB or more; returns the size in bytes.
+def check_mount_values(entry_ttl: float, negative_ttl: float, cache_ttl: float) -> None:
+    """The check of `up` its click types do not make: TTLs (seconds) 0 or more.
 
     Raises click.BadParameter saying what is wrong.
     """
-    try:
-        size = parse_size(cache_size)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
     if min(entry_ttl, negative_ttl, cache_ttl) < 0:
         raise click.BadParameter("TTLs are seconds, 0 or more")
-    return size
 
 
 def _settings(points: ContactPoints, connection: dict[str, Any]) -> ConnectionSettings:

@@ -123,7 +123,8 @@ def plan_mount(options: Mapping[str, Any]) -> MountPlan:
         entry_ttl, negative_ttl, cache_ttl = timeouts_of(
             params["entry_ttl"], params["negative_ttl"], params["cache_ttl"], params["feed_poll"]
         )
-        size = check_mount_values(entry_ttl, negative_ttl, cache_ttl, params["cache_size"])
+        check_mount_values(entry_ttl, negative_ttl, cache_ttl)
+        size = params["cache_size"]
     except click.BadParameter as exc:
         given = next((o for o in getattr(exc.param, "opts", ()) if o in flags), None)
         if given is not None:

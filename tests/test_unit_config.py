@@ -146,6 +146,7 @@ def test_parse_size_rejects_infinity_with_value_error(text: str) -> None:
     ("command", "args"),
     [
         (cassfs_main, ["up", "/nonexistent/mnt", "--memory-cache"]),
+        (cassfs_main, ["up", "/nonexistent/mnt", "--cache-size"]),
         (daemon_main, ["/nonexistent/cache", "--memory-cache"]),
         (daemon_main, ["/nonexistent/cache", "--cache-size"]),
     ],
