@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from cassfs.fuseloop import ReadinessGate, _Watched
+from cassfs.fuseloop import READY_STREAK, ReadinessGate, _Watched
 
 
 @pytest.fixture
@@ -129,6 +129,45 @@ async def test_the_watcher_answers_false_when_the_device_is_closed_under_it(
     # pyfuse3.terminate, with no exit callback
     answers = await answers_after(gate, 2, lambda: trio.lowlevel.notify_closing(reader))
     assert answers == [False, False] and gate.closed
+
+
+async def test_a_waiting_request_is_answered_without_yielding_until_a_streak_ends(
+    device: tuple[socket.socket, socket.socket],
+) -> None:
+    """A request already on the device is handed out at once (no pass of trio's run loop,
+    so a cancelled scope does not stop it), READY_STREAK times in a row; then the gate
+    yields to trio once, so other tasks run during a stream of requests."""
+    reader, writer = device
+    gate = ReadinessGate(reader.fileno())
+    writer.send(b"request")  # never read here: the device stays readable
+    answered = 0
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        while True:
+            assert await gate.wait()
+            answered += 1
+    assert scope.cancelled_caught and answered == READY_STREAK
+    assert not gate.watching
+    # the streak starts again after that yield
+    assert await gate.wait()
+
+
+async def test_with_no_request_waiting_the_gate_watches_the_device(
+    device: tuple[socket.socket, socket.socket],
+) -> None:
+    reader, writer = device
+    gate = ReadinessGate(reader.fileno())
+    answers: list[bool] = []
+
+    async def worker() -> None:
+        answers.append(await gate.wait())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()
+        assert gate.watching and answers == []  # nothing readable: it waits on the device
+        writer.send(b"request")
+    assert answers == [True]
 
 
 class CountingGate(ReadinessGate):
