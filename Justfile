@@ -105,12 +105,14 @@ pjdfstest *ARGS: schema
 
 # Issue 10's table (cold read, cold request, cold stat walk, copy in, rewrite, overwrite; 3
 # rounds, cassfs beside native) on the standard library, then on the WordPress tree (see
-# wordpress-tree); then the warm paths beside a minimal pyfuse3 passthrough.
+# wordpress-tree); then the warm paths beside a minimal pyfuse3 passthrough; then how soon
+# another host sees a change and what an idle host's feed costs (issue 9's rows).
 # The benchmarks against the local node; ARGS go to tests.bench (e.g. --go-ancestor BINARY).
 bench *ARGS: schema
     python -m tests.bench "$@"
     if tree="$(just --justfile "{{justfile()}}" wordpress-tree)"; then python -m tests.bench --tree "$tree" "$@"; else echo "bench: no WordPress tree (apt-get download wordpress failed): its table is skipped" >&2; fi
     python -m tests.warm_bench
+    python -m tests.feed_bench
 
 # Fetched once into $CASSFS_WORDPRESS_DIR (default /tmp/wpdeb) with `apt-get download` +
 # `dpkg -x`, never into the checkout.
