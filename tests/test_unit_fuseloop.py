@@ -157,17 +157,12 @@ async def test_with_no_request_waiting_the_gate_watches_the_device(
 ) -> None:
     reader, writer = device
     gate = ReadinessGate(reader.fileno())
-    answers: list[bool] = []
 
-    async def worker() -> None:
-        answers.append(await gate.wait())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(worker)
-        await trio.testing.wait_all_tasks_blocked()
-        assert gate.watching and answers == []  # nothing readable: it waits on the device
+    def request() -> None:
+        assert gate.watching  # nothing was readable: it waits on the device
         writer.send(b"request")
-    assert answers == [True]
+
+    assert await answers_after(gate, 1, request) == [True]
 
 
 class CountingGate(ReadinessGate):
