@@ -823,7 +823,7 @@ def test_the_key_memo_disk_encodes_keys_as_diskcache_does_and_reads_its_old_entr
     tmp_path: Path,
 ) -> None:
     """A cache dir written with diskcache's own Disk reads the same through
-    :class:`KeyMemoDisk`, first and second time (remembered), for every key shape the
+    :class:`CacheDisk`, first and second time (remembered), for every key shape the
     cache uses; keys it does not remember (a bool inside, a list) go to diskcache."""
     keys: list[object] = [
         ("i", 7, "prod", 2**63 - 1),
@@ -836,7 +836,7 @@ def test_the_key_memo_disk_encodes_keys_as_diskcache_does_and_reads_its_old_entr
     with diskcache.Cache(str(tmp_path / "c")) as plain:
         for n, key in enumerate(keys):
             plain.set(key, n)
-    with diskcache.Cache(str(tmp_path / "c"), disk=cache_module.KeyMemoDisk) as memo:
+    with diskcache.Cache(str(tmp_path / "c"), disk=cache_module.CacheDisk) as memo:
         disk = diskcache.Disk(str(tmp_path / "c"), pickle_protocol=memo.disk_pickle_protocol)
         for _ in range(2):
             for n, key in enumerate(keys):
@@ -846,6 +846,37 @@ def test_the_key_memo_disk_encodes_keys_as_diskcache_does_and_reads_its_old_entr
         memo.set(("x", 1, "p", 2), "new")
     with diskcache.Cache(str(tmp_path / "c")) as plain:
         assert plain.get(("x", 1, "p", 2)) == "new"
+
+
+def test_the_cache_disk_writes_a_large_value_in_one_part_and_plain_diskcache_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes of ``min_file_size`` or more, full of newlines, reach their file in one part
+    (diskcache's own ``store`` hands them over line by line), as the same file and mode:
+    plain diskcache reads them back, and the cache disk reads what plain diskcache wrote."""
+    parts_written: list[int] = []
+    write = diskcache.Disk._write
+
+    def counting(self: diskcache.Disk, full_path: str, iterator: Any, *args: Any) -> int:
+        parts = list(iterator)
+        parts_written.append(len(parts))
+        return write(self, full_path, iter(parts), *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(diskcache.Disk, "_write", counting)
+    large = b"<?php echo 1;\n" * 10_000  # 150 kB in 10,000 lines
+    with diskcache.Cache(str(tmp_path / "c"), disk=cache_module.CacheDisk) as ours:
+        ours.set(("c", 7, "prod", b"a"), large)
+        ours.set(("c", 7, "prod", b"s"), b"small\n" * 10)  # under min_file_size: in SQLite
+    assert parts_written == [1]
+    with diskcache.Cache(str(tmp_path / "c")) as plain:
+        assert plain.get(("c", 7, "prod", b"a")) == large
+        assert plain.get(("c", 7, "prod", b"s")) == b"small\n" * 10
+        plain.set(("c", 7, "prod", b"p"), large)
+    assert parts_written[1] == 10_000  # diskcache's own, for contrast
+    with diskcache.Cache(str(tmp_path / "c"), disk=cache_module.CacheDisk) as ours:
+        assert ours.get(("c", 7, "prod", b"p")) == large
+        with ours.get(("c", 7, "prod", b"a"), read=True) as stream:
+            assert stream.read() == large
 
 
 async def test_a_write_still_queued_is_read_after_the_memo_dropped_it(
