@@ -70,8 +70,16 @@ MEMO_BYTES = 64 * 1024 * 1024
 #: measured with ``tracemalloc``.
 MEMO_ENTRY_BYTES = 512
 MEMO_NAME_BYTES = {"l": 160, "L": 96}
-#: Queued metadata writes applied per worker-thread call.
-WRITE_BATCH = 32
+#: Queued writes applied per worker-thread call (one SQLite transaction): at about 30
+#: microseconds a set, the thread is held about 8 ms, which a cache read may wait.
+WRITE_BATCH = 256
+#: Seconds the writer lets queued writes gather before applying them (unless a whole
+#: :data:`WRITE_BATCH` waits already).  A cold 300-file request queues about 3,700 writes;
+#: applied as soon as queued they went in about 480 transactions of 8, each a thread hop
+#: and a commit; gathered for 50-250 ms, the daemon's CPU for that request fell by 15-20 %.
+#: What waits is readable meanwhile (memo, landing), and a crash loses no more than a
+#: daemon that had not applied it: a new daemon revalidates the metadata it finds on disk.
+WRITE_GATHER = 0.1
 #: Seconds content stays leased (kept from eviction) after a read.
 LEASE_SECONDS = 10.0
 #: Most leases held; the oldest goes first (memory bound).
@@ -498,7 +506,8 @@ class LocalCache:
                     self._hot.put(key, landed)
 
     async def run_writer(self) -> None:
-        """Apply queued metadata writes to diskcache, in order, until cancelled.
+        """Apply queued writes to diskcache, in order, in batches gathered for up to
+        :data:`WRITE_GATHER` seconds, until cancelled.
 
         Only the writer makes a new wake-up event, just before it waits on it, with the
         queue seen empty: an event replaced elsewhere (a :meth:`flush` that emptied the
@@ -509,6 +518,8 @@ class LocalCache:
             if not self._pending_ops:
                 self._ops_queued = trio.Event()
                 await self._ops_queued.wait()
+            if len(self._pending_ops) < WRITE_BATCH:
+                await trio.sleep(WRITE_GATHER)
             await self._apply_pending()
 
     async def flush(self) -> None:

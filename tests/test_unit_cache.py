@@ -923,6 +923,35 @@ def test_one_memory_bound_is_split_over_the_three_caches_kept_in_memory(
     assert cache._hot.limit == 1.5 * MiB and cache.memo_bytes == 3 * MiB + 3
 
 
+async def test_the_writer_gathers_writes_queued_together_into_one_batch(
+    open_cache: Callable[..., LocalCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes queued within :data:`WRITE_GATHER` seconds of the first go to disk in one
+    batch (one transaction, one thread hop), not one batch each as the writer wakes."""
+    monkeypatch.setattr(cache_module, "WRITE_GATHER", 1.0)  # margin for a slow machine
+    cache = open_cache()
+    batches: list[int] = []
+    apply = cache._apply
+
+    def counting(ops: list[tuple[str, tuple[Any, ...], Any]]) -> None:
+        batches.append(len(ops))
+        apply(ops)
+
+    cache._apply = counting  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cache.run_writer)
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits
+        for ino in range(10, 20):
+            await cache.put_inode(T1, make_inode(ino))
+            await trio.lowlevel.checkpoint()  # the writer may run between two writes
+        with trio.fail_after(10):
+            while cache.queued_writes:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        nursery.cancel_scope.cancel()
+    assert batches == [10]
+    assert (await cache.usage())[0] == 10
+
+
 async def test_the_writer_goes_on_after_a_flush_found_nothing_queued(
     open_cache: Callable[..., LocalCache],
 ) -> None:
