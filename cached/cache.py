@@ -76,7 +76,8 @@ WRITE_BATCH = 256
 #: Seconds the writer lets queued writes gather before applying them (unless a whole
 #: :data:`WRITE_BATCH` waits already).  A cold 300-file request queues about 3,700 writes;
 #: applied as soon as queued they went in about 480 transactions of 8, each a thread hop
-#: and a commit; gathered for 50-250 ms, the daemon's CPU for that request fell by 15-20 %.
+#: and a commit.  Gathered, the daemon's CPU fell by 10 % for that request and by 21 % for a
+#: cold read of the whole tree (A/B, README "Benchmark", stop 30).
 #: What waits is readable meanwhile (memo, landing), and a crash loses no more than a
 #: daemon that had not applied it: a new daemon revalidates the metadata it finds on disk.
 WRITE_GATHER = 0.1
