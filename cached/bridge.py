@@ -3,7 +3,7 @@
 The driver runs callbacks on its IO thread (or at once in the calling thread
 when the result is already in).  The callbacks here only hand the page to
 trio with ``TrioToken.run_sync_soon``, which never blocks; the trio task waits
-on a memory channel and drives paging itself.  See
+on a ``trio.Event`` per page and drives paging itself.  See
 ``shared/notes/pyfuse3-trio-pitfalls.md`` §3.8 and cassandra-driver
 ``cassandra/cluster.py`` (``ResponseFuture.add_callbacks``).
 """
@@ -37,25 +37,27 @@ async def execute(
     Cancelling the calling task abandons the query; the driver finishes it.
     """
     token = trio.lowlevel.current_trio_token()
-    send, receive = trio.open_memory_channel[tuple[bool, Any]](1)
+    # One page at a time: the driver delivers a page only after the task asked for
+    # it, so a list and an event suffice (a memory channel cost a pass of the run
+    # loop more per query, at its close).
+    box: list[tuple[bool, Any]] = []
+    arrived = trio.Event()
 
     def deliver(item: tuple[bool, Any]) -> None:
-        try:
-            send.send_nowait(item)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            log.debug("query result dropped: nobody waits for it")
+        box.append(item)
+        arrived.set()
 
     def on_page(rows: Any) -> None:
         try:
             token.run_sync_soon(deliver, (True, rows))
         except trio.RunFinishedError:
-            pass
+            log.debug("query result dropped: the event loop has ended")
 
     def on_error(exc: BaseException) -> None:
         try:
             token.run_sync_soon(deliver, (False, exc))
         except trio.RunFinishedError:
-            pass
+            log.debug("query error dropped: the event loop has ended")
 
     future: ResponseFuture = session.execute_async(
         statement, params, timeout=query_timeout, host=host
@@ -63,13 +65,14 @@ async def execute(
     rows: list[Any] = []
     # Added once: start_fetching_next_page() fires the same callbacks again.
     future.add_callbacks(on_page, on_error)
-    async with receive:
-        while True:
-            ok, value = await receive.receive()
-            if not ok:
-                raise value
-            if value:  # None for statements without a result set
-                rows.extend(value)
-            if not future.has_more_pages:
-                return rows
-            future.start_fetching_next_page()
+    while True:
+        await arrived.wait()
+        ok, value = box.pop()
+        if not ok:
+            raise value
+        if value:  # None for statements without a result set
+            rows.extend(value)
+        if not future.has_more_pages:
+            return rows
+        arrived = trio.Event()
+        future.start_fetching_next_page()

@@ -587,6 +587,10 @@ class StubService:
     async def rpc_readlink(self, s: Any, ino: int) -> bytes:
         raise RuntimeError("a bug")
 
+    async def rpc_readdir(self, s: Any, ino: int) -> bytes:
+        """A reply of ``ino`` bytes, each the low byte of ``ino``: large frames."""
+        return bytes([ino % 256]) * ino
+
     async def rpc_stats(self, s: Any = None) -> dict[str, int]:
         await self.gate.wait()
         return {"hits": 0}
@@ -677,6 +681,59 @@ async def test_a_pipeline_past_the_in_flight_limit_waits_instead_of_failing(
         assert [r.result["ino"] for r in results] == [i + 2 for i in range(20)]
         assert service.most_running == 3
         await conn.aclose()
+
+
+async def test_replies_larger_than_the_socket_takes_arrive_whole_to_a_slow_reader(
+    tmp_path: Path,
+) -> None:
+    # Replies are written at once when the socket takes them and left to the writer
+    # task when it does not: none may be cut into by another, while the reader drains
+    # the socket and new replies are made.
+    async with stub_server(tmp_path) as (_srv, path):
+        conn = await Raw.open(path)
+        assert errno_of(await conn.call(1, "hello", owner=1, environment="e")) == 0
+        sizes = [1 + (i * 7919) % 300_000 for i in range(200)]  # up to 300 kB, 30 MB in all
+
+        async def ask() -> None:
+            for i, n in enumerate(sizes):
+                await conn.send(protocol.pack_request(10 + i, "readdir", {"ino": n}))
+                await trio.sleep(0.001 * (i % 3))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            for i, n in enumerate(sizes):
+                result = (await conn.reply(10 + i)).result
+                assert result == bytes([n % 256]) * n, f"reply {10 + i} was torn"
+        assert errno_of(await conn.call(999, "getattr", ino=5)) == 0
+        await conn.aclose()
+
+
+async def test_a_peer_that_takes_no_reply_is_closed_and_others_are_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cached.server")
+    async with stub_server(tmp_path, idle_timeout=0.5) as (srv, path):
+        other = await Raw.open(path)
+        assert errno_of(await other.call(1, "hello", owner=1, environment="e")) == 0
+        deaf = await Raw.open(path)
+        assert errno_of(await deaf.call(1, "hello", owner=2, environment="e")) == 0
+        # Requests for more than the socket and the outbox hold, never read back.
+        with trio.move_on_after(5):
+            for batch in range(50):
+                requests = (protocol.pack_request(10 + 64 * batch + i, "readdir", {"ino": 5000})
+                            for i in range(64))  # fmt: skip
+                if not await deaf.send(b"".join(requests)):
+                    break
+        # The writer gives up after the idle limit; the server offers no event for a
+        # connection's end, so its count is polled.
+        with trio.fail_after(10):
+            while srv.connections > 1:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert errno_of(await other.call(2, "getattr", ino=7)) == 0
+        await deaf.aclose()
+        await other.aclose()
+    text = [r.getMessage() for r in connection_lines(caplog)]
+    assert sum("took no reply" in t for t in text) == 1, text
 
 
 async def test_bad_connections_log_one_line_each_and_a_bug_logs_its_traceback(
