@@ -135,8 +135,9 @@ class _Connection:
     slots: trio.Semaphore
     #: Requests that may run at once (the semaphore's initial value).
     capacity: int
-    #: The socket's descriptor, for replies written at once (:meth:`Server._send`).
-    fd: int = -1
+    #: The connection's stream, for replies written at once (:meth:`Server._send_now`);
+    #: None once it is closing.
+    stream: trio.SocketStream | None = None
     #: Frames handed to the writer task and not yet sent in full.
     queued: int = 0
     session: Session | None = None
@@ -256,7 +257,7 @@ class Server:
                 trio.CancelScope(),
                 trio.Semaphore(self.max_in_flight),
                 self.max_in_flight,
-                stream.socket.fileno(),
+                stream,
             )
             with conn.scope:
                 async with trio.open_nursery() as nursery:
@@ -268,7 +269,7 @@ class Server:
         finally:
             self._connections -= 1
             if conn is not None:
-                conn.fd = -1  # a late notification must not write to a reused descriptor
+                conn.stream = None  # a late notification goes nowhere
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             if conn is not None:
@@ -378,10 +379,10 @@ class Server:
         leaves the frame to the writer, whose ``send_all`` meets it and ends the
         connection as before.
         """
-        if conn.queued or conn.fd < 0:
+        if conn.queued or conn.stream is None:
             return frame
         try:
-            sent = os.write(conn.fd, frame)
+            sent = os.write(conn.stream.socket.fileno(), frame)
         except OSError:  # BlockingIOError (full), or broken: the writer decides
             return frame
         conn.active = trio.current_time()

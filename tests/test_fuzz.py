@@ -33,7 +33,7 @@ import trio
 import trio.testing
 
 from cached import protocol, server
-from cached.client import call_once, socket_path
+from cached.client import call_once, open_client, socket_path
 from cached.model import ROOT_INO
 from tests.conftest import Mount
 
@@ -587,6 +587,13 @@ class StubService:
     async def rpc_readlink(self, s: Any, ino: int) -> bytes:
         raise RuntimeError("a bug")
 
+    async def rpc_write(
+        self, s: Any, ino: int, data: bytes | None = None, path: Any = None
+    ) -> list[int]:
+        """``[ino, len(data), data's first and last byte]``: what arrived, in brief."""
+        assert data is not None
+        return [ino, len(data), data[0], data[-1]]
+
     async def rpc_readdir(self, s: Any, ino: int) -> bytes:
         """A reply of ``ino`` bytes, each the low byte of ``ino``: large frames."""
         return bytes([ino % 256]) * ino
@@ -706,6 +713,25 @@ async def test_replies_larger_than_the_socket_takes_arrive_whole_to_a_slow_reade
                 assert result == bytes([n % 256]) * n, f"reply {10 + i} was torn"
         assert errno_of(await conn.call(999, "getattr", ino=5)) == 0
         await conn.aclose()
+
+
+async def test_a_client_sends_large_requests_of_many_tasks_whole(tmp_path: Path) -> None:
+    # The client writes a request at once when no other send is under way and sends
+    # the rest under its send lock: requests of many tasks at once, each larger than
+    # the socket takes, must reach the daemon whole (a torn one breaks the connection).
+    async with stub_server(tmp_path) as (_srv, path), open_client(path) as client:
+        await client.hello(1, "e")
+        sizes = [1 + (i * 104_729) % (1 << 20) for i in range(48)]  # up to 1 MiB
+        got: dict[int, list[int]] = {}
+
+        async def one(i: int, n: int) -> None:
+            await trio.sleep(0.0005 * (i % 8))  # new sends start while others are sent
+            got[i] = await client.call("write", ino=2 + i, data=bytes([i]) * (n - 1) + b"\xff")
+
+        async with trio.open_nursery() as nursery:
+            for i, n in enumerate(sizes):
+                nursery.start_soon(one, i, n)
+        assert got == {i: [2 + i, n, i if n > 1 else 255, 255] for i, n in enumerate(sizes)}
 
 
 async def test_a_peer_that_takes_no_reply_is_closed_and_others_are_served(
