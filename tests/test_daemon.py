@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
 import subprocess
@@ -22,6 +23,7 @@ from cached.api import DaemonApi, Renamed
 from cached.client import DaemonClient, open_client, socket_path
 from cached.content import INLINE_CONTENT_LIMIT
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
+from cached.feed import POLL_INTERVAL, RECHECK_DELAY
 from cached.model import ROOT_INO
 from cached.readahead import FIRST_WINDOW
 from cached.store import ContactPoints, make_cluster
@@ -41,6 +43,18 @@ async def session(daemon: Daemon, tenant: tuple[int, str]) -> AsyncIterator[Daem
 async def make_file(client: DaemonClient, parent: int, name: bytes, data: bytes) -> dict[str, Any]:
     inode = await client.call("create", parent=parent, name=name, mode=0o644, uid=0, gid=0)
     return await client.call("write", ino=inode["ino"], data=data)  # type: ignore[no-any-return]
+
+
+async def feed_settled(daemon: Daemon, polls: int) -> None:
+    """Wait until ``daemon``'s feed, ``polls`` reads ago, has applied what another daemon
+    just changed (its rows are written behind its replies: within two polls) and has
+    forgotten it once more :data:`~cached.feed.RECHECK_DELAY` later.  Either, landing in
+    the middle of a test, expires what the test read, which is then read again, bytes
+    included (seen once in CI, and once in a test loop at stop 31)."""
+    needed = polls + 2 + math.ceil(RECHECK_DELAY / POLL_INTERVAL) + 2
+    assert await trio.to_thread.run_sync(
+        wait_for, lambda: daemon.stats()["feed_reads"] >= needed, 20.0
+    ), f"{daemon.stats()['feed_reads'] - polls} feed reads"
 
 
 def chunk_rows(cassandra: str, tenant: tuple[int, str], ino: int) -> list[Any]:
@@ -166,13 +180,7 @@ async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_by
     here, there = start_daemon("here"), start_daemon("there")  # "there" follows the feed
     d, files = await make_php_dir(here, tenant)
     async with session(there, tenant) as b:
-        # Once two polls of the feed are done, "here"'s changes (whose feed rows are
-        # written behind its replies) are applied: they will not expire what the walk
-        # reads, which would then be read again, bytes included (seen once in CI).
-        polls = there.stats()["feed_reads"]
-        assert await trio.to_thread.run_sync(
-            wait_for, lambda: there.stats()["feed_reads"] >= polls + 2, 10.0
-        )
+        await feed_settled(there, there.stats()["feed_reads"])
         listed = await b.call("readdir", ino=ROOT_INO)  # counts d's subdirectories
         assert [entry[0] for entry in listed if entry[0] == b"d"] == [b"d"]
         assert sorted(entry[0] for entry in await b.call("readdir", ino=d["ino"])) == sorted(files)
@@ -201,12 +209,7 @@ async def test_a_reader_gets_the_bytes_of_the_files_ahead_of_it_each_fetched_onc
         for name, data in files.items():
             await make_file(a, d["ino"], name, data)
     async with session(there, tenant) as b:
-        # Once two polls of the feed are done, "here"'s changes are applied: they will
-        # not drop the listing (and start its readahead over) during what follows.
-        polls = there.stats()["feed_reads"]
-        assert await trio.to_thread.run_sync(
-            wait_for, lambda: there.stats()["feed_reads"] >= polls + 2, 10.0
-        )
+        await feed_settled(there, there.stats()["feed_reads"])
         await b.call("readdir", ino=ROOT_INO)  # counts d's subdirectories: d listed
         assert len(await b.call("readdir", ino=d["ino"])) == len(files)
         assert there.stats()["bytes_fetched"] == 0
@@ -231,12 +234,7 @@ async def test_a_readdir_loads_its_grandchildrens_listings_ahead(
         e = await a.call("mkdir", parent=d["ino"], name=b"e", mode=0o755, uid=0, gid=0)
         await a.call("mkdir", parent=e["ino"], name=b"f", mode=0o755, uid=0, gid=0)
     async with session(there, tenant) as b:
-        # Once two polls of the feed are done, "here"'s changes are applied: they will
-        # not make what follows read again.
-        polls = there.stats()["feed_reads"]
-        assert await trio.to_thread.run_sync(
-            wait_for, lambda: there.stats()["feed_reads"] >= polls + 2, 10.0
-        )
+        await feed_settled(there, there.stats()["feed_reads"])
         before = there.stats()["misses"]
         await b.call("readdir", ino=ROOT_INO)
         # The listings of / and d (counted): 2 misses; e's listing ahead (and e's inode
