@@ -88,6 +88,9 @@ MAX_LEASES = 4096
 #: Most bytes of content held in memory until the writer has put them in diskcache
 #: (:meth:`LocalCache.put_content_behind`); past it, content is written before it returns.
 LANDING_BYTES = 32 * 1024 * 1024
+#: Content entries the in-memory index of what is on disk may name (about 60 bytes
+#: each); past that the index is dropped, and asking SQLite answers, until a purge.
+CONTENT_INDEX_LIMIT = 65536
 #: Rows read per query while looking for an entry that may be evicted.
 EVICT_PAGE = 16
 #: Directories whose last change :meth:`LocalCache.changed_since` keeps, at least;
@@ -282,6 +285,14 @@ class LocalCache:
         self._landing_bytes = 0
         # Small content also kept in memory once written (:mod:`cached.hot`).
         self._hot = HotContents(memory.hot)
+        #: ``hash(key)`` of every content entry on disk, while that is known (the store
+        #: was empty when opened or since a purge, and no more than
+        #: :data:`CONTENT_INDEX_LIMIT` entries were written since); None: unknown.  A
+        #: content missing here is not cached, which a cold read learns without a hop
+        #: to SQLite (three per file).  Added to after a write and dropped from after a
+        #: delete, so a key present on disk is always in it; the diskcache thread
+        #: changes it, and a set's single operations are atomic under the GIL.
+        self._content_index: set[int] | None = set() if len(self._cache) == 0 else None
 
     def _freshness(self, fetched_at: float) -> Freshness:
         """:func:`freshness` now; entries fetched before this cache was opened are stale.
@@ -312,7 +323,22 @@ class LocalCache:
         (``cull_limit=0``) and eviction happens here, never of ``key`` itself.
         """
         self._cache.set(key, value, read=read)
+        self._indexed(key)
         self._evict_to_limit(key)
+
+    def _indexed(self, key: tuple[Any, ...]) -> None:
+        """Add ``key``, just written, to :attr:`_content_index` if it is content."""
+        index = self._content_index
+        if index is None or key[0] != "c":
+            return
+        index.add(hash(key))
+        if len(index) > CONTENT_INDEX_LIMIT:
+            self._content_index = None
+
+    def _maybe_on_disk(self, key: tuple[Any, ...]) -> bool:
+        """False when content ``key`` is surely not on disk (:attr:`_content_index`)."""
+        index = self._content_index
+        return index is None or hash(key) in index
 
     def _evict_to_limit(self, keep: tuple[Any, ...]) -> None:
         """Evict least-recently-used entries, never ``keep``, until the cache's volume
@@ -324,6 +350,8 @@ class LocalCache:
                 break  # only `keep` is left: it alone is over the limit
             if self._cache.delete(victim):
                 evicted += 1
+            if self._content_index is not None:
+                self._content_index.discard(hash(victim))
         if evicted:
             self.counters.add("evictions", evicted)
 
@@ -486,6 +514,7 @@ class LocalCache:
             for kind, key, value in ops:
                 if kind in ("set", "land"):
                     self._cache.set(key, _to_disk(key, value) if kind == "set" else value)
+                    self._indexed(key)
                     last_set = key
                 else:
                     self._cache.delete(key)
@@ -899,17 +928,21 @@ class LocalCache:
         key = self._content_key(tenant, content_id)
         if key in self._landing or key in self._hot:
             return True
+        if not self._maybe_on_disk(key):
+            return False
         return await self._run(self._cache.__contains__, key)
 
     async def missing_contents(self, tenant: Tenant, content_ids: list[bytes]) -> set[bytes]:
         """Those of ``content_ids`` not cached (no LRU touch), in one thread hop."""
         keys = {self._content_key(tenant, cid): cid for cid in content_ids}
         wanted = [key for key in keys if key not in self._landing and key not in self._hot]
+        surely = {keys[key] for key in wanted if not self._maybe_on_disk(key)}
+        wanted = [key for key in wanted if keys[key] not in surely]
 
         def absent() -> set[bytes]:
             return {keys[key] for key in wanted if key not in self._cache}
 
-        return await self._run(absent) if wanted else set()
+        return surely | await self._run(absent) if wanted else surely
 
     async def put_content(self, tenant: Tenant, content_id: bytes, data: bytes) -> None:
         """Cache ``data`` (whose SHA-256 is ``content_id``) now."""
@@ -959,6 +992,8 @@ class LocalCache:
             held = self._hot.get(key)
         if held is not None:
             return held[offset : offset + size]
+        if not self._maybe_on_disk(key):
+            return None
 
         def read() -> tuple[bytes | None, bool]:
             """``(bytes read, whether they are the whole content)``."""
@@ -1020,6 +1055,9 @@ class LocalCache:
         self._landing.clear()
         self._landing_bytes = 0
         self._hot.clear()
+        # Known empty from here: what is written after the clear is added, and what a
+        # write running now adds is only a key that asks SQLite once more.
+        self._content_index = set()
         removed = await self._run(self._cache.clear)
         self._memo_whole = not self._memo  # nothing was put meanwhile
         return removed
@@ -1065,7 +1103,10 @@ class LocalCache:
         await self.flush()  # content still landing is in diskcache after this
         key = self._content_key(tenant, content_id)
         self._hot.discard(key)
-        return await self._run(self._cache.delete, key)
+        removed = await self._run(self._cache.delete, key)
+        if self._content_index is not None:
+            self._content_index.discard(hash(key))
+        return removed
 
 
 def sha256_file(path: Path) -> tuple[bytes, int]:

@@ -728,6 +728,61 @@ async def test_small_content_is_served_from_memory_once_written_until_dropped(
     assert await cache.read_content(T1, content_id(other), 0, 10) is None
 
 
+async def test_a_cold_cache_answers_a_missing_content_without_asking_sqlite(
+    open_cache: Callable[..., LocalCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that was empty when opened, or since a purge, knows which contents it
+    holds: a content it never wrote is missing without a hop to the diskcache thread
+    (a cold read asked three times per file).  One written, landed or not, is found;
+    an evicted one is missing again; a store reopened with content, or past the index's
+    limit, asks SQLite and never calls a held content missing."""
+    data, other, never = os.urandom(3_000), os.urandom(70_000), os.urandom(10)
+    cache = open_cache()
+    hops: list[object] = []
+    real_run = cache._run
+
+    async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        hops.append(fn)
+        return await real_run(fn, *args)
+
+    monkeypatch.setattr(cache, "_run", counted)
+    cid, oid, nid = content_id(data), content_id(other), content_id(never)
+    assert not await cache.has_content(T1, nid)
+    assert await cache.read_content(T1, nid, 0, 10) is None
+    assert await cache.missing_contents(T1, [nid, cid]) == {nid, cid}
+    assert hops == [], "a cold cache asked SQLite about content it never wrote"
+    await cache.put_content_behind(T1, cid, data)
+    await cache.put_content(T1, oid, other)  # straight to disk (one hop)
+    await cache.flush()
+    cache._hot.clear()  # as if memory had let them go: only the disk holds them now
+    assert await cache.has_content(T1, cid) and await cache.has_content(T1, oid)
+    assert await cache.read_content(T1, oid, 5, 10) == other[5:15]
+    assert await cache.missing_contents(T1, [cid, oid, nid]) == {nid}
+    assert not await cache.has_content(T2, cid), "another tenant's content"
+    assert await cache.drop_content(T1, oid)
+    assert not await cache.has_content(T1, oid)
+    hops.clear()
+    assert await cache.read_content(T1, oid, 0, 10) is None
+    assert hops == []
+    cache.close()
+    # Reopened, the store holds content this process never wrote: SQLite is asked.
+    reopened = open_cache()
+    assert await reopened.has_content(T1, cid)
+    assert await reopened.read_content(T1, cid, 0, 3_000) == data
+    assert await reopened.missing_contents(T1, [cid, nid]) == {nid}
+    await reopened.clear()  # a purge: known empty again
+    assert not await reopened.has_content(T1, cid)
+    # Past the index's limit the index is dropped, and every written content is found.
+    monkeypatch.setattr(cache_module, "CONTENT_INDEX_LIMIT", 3)
+    blobs = [os.urandom(100) for _ in range(5)]
+    for blob in blobs:
+        await reopened.put_content(T1, content_id(blob), blob)
+    reopened._hot.clear()
+    assert reopened._content_index is None
+    for blob in blobs:
+        assert await reopened.read_content(T1, content_id(blob), 0, 100) == blob
+
+
 def test_hot_contents_keep_the_most_recently_used_within_their_bytes() -> None:
     hot = HotContents(limit=10, item_limit=4)
     hot.put("a", b"aaaa")
