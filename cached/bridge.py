@@ -67,7 +67,8 @@ async def execute(
     future.add_callbacks(on_page, on_error)
     while True:
         await arrived.wait()
-        ok, value = box.pop()
+        ok, value = box[0]  # the first delivery for a page counts, as with the channel
+        box.clear()
         if not ok:
             raise value
         if value:  # None for statements without a result set
