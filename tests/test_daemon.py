@@ -50,8 +50,10 @@ async def feed_settled(daemon: Daemon, polls: int) -> None:
     just changed (its rows are written behind its replies: within two polls) and has
     forgotten it once more :data:`~cached.feed.RECHECK_DELAY` later.  Either, landing in
     the middle of a test, expires what the test read, which is then read again, bytes
-    included (seen once in CI, and once in a test loop at stop 31)."""
-    needed = polls + 2 + math.ceil(RECHECK_DELAY / POLL_INTERVAL) + 2
+    included (seen once in CI, and once in a test loop at stop 31).  A poll makes two
+    reads for 2 s after each minute's bucket starts, so twice the polls' reads are waited
+    for."""
+    needed = polls + 2 * (2 + math.ceil(RECHECK_DELAY / POLL_INTERVAL) + 1)
     assert await trio.to_thread.run_sync(
         wait_for, lambda: daemon.stats()["feed_reads"] >= needed, 20.0
     ), f"{daemon.stats()['feed_reads'] - polls} feed reads"
