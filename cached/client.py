@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ import trio
 from cached import protocol
 from cached.api import SOCKET_NAME, socket_path  # noqa: F401 (re-exported)
 from cached.errors import CassfsError, DaemonUnavailable, from_wire
+from cached.sendnow import write_now
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,7 @@ class DaemonClient:
         else can run.  Raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError``.
         """
         if not self._send_lock.locked():
-            try:
-                sent = os.write(stream.socket.fileno(), frame)
-            except OSError:  # full, or closed or broken: send_all below says which
-                sent = 0
+            sent = write_now(stream, frame)  # send_all below reports errors
             if sent == len(frame):
                 return
             if sent:

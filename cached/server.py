@@ -50,6 +50,7 @@ from cached import protocol
 from cached.api import REQUESTS, validate_request
 from cached.errors import CassfsError, InvalidArgument, ReadOnly, StorageError, Unreachable
 from cached.recovery import STEP_DEADLINE
+from cached.sendnow import write_now
 from cached.service import Service, Session
 from cached.store import Store
 
@@ -381,11 +382,9 @@ class Server:
         """
         if conn.queued or conn.stream is None:
             return frame
-        try:
-            sent = os.write(conn.stream.socket.fileno(), frame)
-        except OSError:  # BlockingIOError (full), or broken: the writer decides
-            return frame
-        conn.active = trio.current_time()
+        sent = write_now(conn.stream, frame)  # full or broken: the writer decides
+        if sent:
+            conn.active = trio.current_time()
         return frame[sent:]
 
     async def _send(self, conn: _Connection, frame: bytes) -> None:
