@@ -155,6 +155,10 @@ class Core:
         self.epoch = secrets.randbits(31)  # changes at every start and purge
         self.sessions: set[Session] = set()
         self.flights = SingleFlight(cache.clock)
+        #: Keys (``("i", tenant, ino)``) of inode flights whose query also reads the
+        #: bytes the rows keep (:meth:`load_inodes` with ``content``): a lookup joins
+        #: those rather than reading the inode again for its bytes.
+        self.content_flights: set[Hashable] = set()
         #: Serialise this daemon's mutations of one inode.
         self.inode_locks = KeyedLocks()
 
@@ -248,7 +252,11 @@ class Core:
             started = self.cache.clock()
             wanted = [key[2] for key in keys]  # type: ignore[index]
             if content:
-                read = await s.store.get_inodes_content(wanted)
+                self.content_flights.update(keys)
+                try:
+                    read = await s.store.get_inodes_content(wanted)
+                finally:
+                    self.content_flights.difference_update(keys)
             else:
                 read = {
                     ino: (inode, None) for ino, inode in (await s.store.get_inodes(wanted)).items()

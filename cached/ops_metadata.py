@@ -130,8 +130,13 @@ class MetadataOps:
                 raise NotFound(name.decode(errors="replace"))
             ino = entry.ino
         kind = cached[1] if state is Freshness.FRESH and cached is not None else 0
-        if kind == REGULAR and self.core.flights.in_flight(("i", s.tenant, ino)):
-            # A prefetch's batch reads no content: a read of its own brings a small
+        flight = ("i", s.tenant, ino)
+        if (
+            kind == REGULAR
+            and self.core.flights.in_flight(flight)
+            and flight not in self.core.content_flights
+        ):
+            # A prefetch's batch without content: a read of its own brings a small
             # file's bytes with its inode, for the open that usually follows.
             bound_at = max(bound_at, self.core.flights.clock())
         try:
@@ -151,7 +156,7 @@ class MetadataOps:
         if inode.kind == REGULAR:
             self._prefetch_siblings(s, parent, name, index)
         self._prefetch_content(s, inode)
-        return await self._answer(s, inode)
+        return await self._answer(s, inode, looked_up=True)
 
     async def _get_entry(self, s: Session, parent: int, name: bytes) -> Dentry | None:
         """The entry ``name`` in ``parent`` from Cassandra; a claim on it is settled where
@@ -169,9 +174,10 @@ class MetadataOps:
         None for a directory over :data:`LISTING_LIMIT` entries (remembered for the
         TTL) or when Cassandra fails.  ``first``: the name the caller looks up next,
         whose inode the prefetch of a newly loaded listing leaves to the caller.
-        ``lookup``: a lookup in ``parent`` asks (an open usually follows), so the
-        prefetch brings small files' bytes too; else (a directory's stat counting its
-        subdirectories, as a walk does) only their inodes.
+        ``lookup``: a lookup in ``parent``, or of it (a path being resolved through
+        it), asks: an open usually follows, so the prefetch brings small files' bytes
+        too.  Else (a readdir counting its subdirectories' subdirectories, as a stat
+        walk does, or loading them ahead) only their inodes.
         """
         state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if state is Freshness.FRESH and index is not None:
@@ -236,8 +242,8 @@ class MetadataOps:
     ) -> None:
         """As the file ``name`` is looked up in ``parent`` (whose listing is ``index``),
         start fetching the bytes of the small files named after it, many per query, if
-        the directory was listed without its files' bytes (a stat of it counted its
-        subdirectories first, as a path walk does) and the reader comes near the end of
+        the directory was listed without its files' bytes (a readdir counted its
+        subdirectories first, as a stat walk does) and the reader comes near the end of
         what was fetched ahead (:class:`~cached.readahead.DirectoryReadahead`).  A stat
         walk, which looks nothing up (readdir gives the kernel every entry's
         attributes), never pays for the bytes."""
@@ -327,19 +333,20 @@ class MetadataOps:
         """
         return await self._answer(s, await self.core.get_inode(s, ino))
 
-    async def _answer(self, s: Session, inode: Inode) -> dict[str, Any]:
+    async def _answer(self, s: Session, inode: Inode, looked_up: bool = False) -> dict[str, Any]:
         """``inode`` as the front gets it (:meth:`Inode.to_wire`).
 
         A directory's stored nlink is 1 (0 once removed); the answer follows the
         Unix convention that ``find`` and ``fts`` rely on instead: 2 (its own entry
         and its ``.``) plus one per subdirectory (their ``..``), counted in its
-        listing (:meth:`_dir_nlink`).  A removed directory answers 0.
+        listing (:meth:`_dir_nlink`; ``looked_up``: the answer is a lookup's).  A
+        removed directory answers 0.
         """
         if inode.is_dir and inode.nlink > 0:
-            inode = inode.evolve(nlink=await self._dir_nlink(s, inode.ino))
+            inode = inode.evolve(nlink=await self._dir_nlink(s, inode.ino, looked_up))
         return inode.to_wire()
 
-    async def _dir_nlink(self, s: Session, ino: int) -> int:
+    async def _dir_nlink(self, s: Session, ino: int, looked_up: bool = False) -> int:
         """2 + the subdirectories of directory ``ino``, or 1 when that is not known.
 
         Counted in the listing this daemon caches, when fresh: kept up to date by its
@@ -356,6 +363,12 @@ class MetadataOps:
         directory), for a directory over :data:`LISTING_LIMIT` entries without a
         fresh whole listing (``readdir`` caches one), and when Cassandra fails with
         no listing cached (an expired one serves, stale-if-error).
+
+        ``looked_up``: a lookup of the directory asks, as a path is resolved through
+        it; an open in it usually follows, so a listing loaded here brings its small
+        files' bytes with their inodes (one read of each row).  A readdir's count
+        (a stat walk) brings inodes only, and a first lookup in the directory then
+        starts a readahead of bytes (:mod:`cached.readahead`).
         """
         cache = self.core.cache
         state, items = await cache.get_listing(s.tenant, ino)
@@ -364,7 +377,7 @@ class MetadataOps:
         count = cache.subdirectories(s.tenant, ino)
         if count is None and not cache.is_large_dir(s.tenant, ino):
             if self.core.feed.follows(s.tenant):
-                index = await self._listing_index(s, ino, lookup=False)
+                index = await self._listing_index(s, ino, lookup=looked_up)
                 if index is not None:
                     return 2 + sum(kind == DIRECTORY for _ino, kind in index.values())
             if not cache.is_large_dir(s.tenant, ino):

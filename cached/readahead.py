@@ -1,7 +1,7 @@
 """Readahead through a directory: which small files' bytes to fetch as lookups go by.
 
-A directory listed without its files' bytes (a stat of it counted its subdirectories,
-as a path walk does) gets them fetched only once files in it are looked up, and only
+A directory listed without its files' bytes (a readdir counted its subdirectories, as
+a stat walk does) gets them fetched only once files in it are looked up, and only
 ahead of the reader: the first lookup asks for the :data:`FIRST_WINDOW` files named
 after it; a lookup that comes within half a window of the end of what was asked for
 asks for the next window, twice as large (up to :data:`LARGEST_WINDOW`).  A reader

@@ -197,6 +197,36 @@ async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_by
         assert there.stats()["bytes_fetched"] == before["bytes_fetched"]
 
 
+async def test_a_path_lookup_of_a_directory_brings_its_files_inodes_with_their_bytes(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """A lookup of a directory (a path being resolved, as an open does) loads its listing
+    to count its subdirectories, and its files' inodes come with their small bytes in
+    one query: none is read without them first, and the lookups and opens that follow
+    read nothing more."""
+    port = free_port()
+    here = start_daemon("here")
+    there = start_daemon("there", 60.0, "2G", "--metrics-address", f"127.0.0.1:{port}")
+    files = {f"f{i:02}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(40)}
+    async with session(here, tenant) as a:
+        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
+        for name, data in files.items():
+            await make_file(a, d["ino"], name, data)
+    async with session(there, tenant) as b:
+        await feed_settled(there, there.stats()["feed_reads"])  # listings are kept
+        assert (await b.call("lookup", parent=ROOT_INO, name=b"d"))["nlink"] == 2
+        total = sum(map(len, files.values()))
+        assert await trio.to_thread.run_sync(
+            wait_for, lambda: there.stats()["bytes_fetched"] >= total
+        )
+        assert queries_sent(port, "get_inodes_content") == 1  # the 40 files, one query
+        assert queries_sent(port, "get_inodes") == 0  # no read of them without their bytes
+        before = {name: queries_sent(port, name) for name in ("get_inode", "get_inode_content")}
+        await open_each(b, d["ino"], files)
+        assert there.stats()["bytes_fetched"] == total
+        assert {name: queries_sent(port, name) for name in before} == before
+
+
 async def test_a_reader_gets_the_bytes_of_the_files_ahead_of_it_each_fetched_once(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
 ) -> None:

@@ -40,6 +40,20 @@ class GatedStore:
             await gate.wait()
         return row, None
 
+    async def get_inodes_content(self, inos: list[int]) -> dict[int, tuple[Inode, bytes | None]]:
+        """A batch of inodes with the bytes their rows keep (none here), gated as above."""
+        return {ino: (row, None) for ino, row in (await self.get_inodes(inos)).items()}
+
+    async def get_inodes(self, inos: list[int]) -> dict[int, Inode]:
+        """A batch of inodes, gated as one read."""
+        rows = {ino: self.rows[ino] for ino in inos if ino in self.rows}
+        number = len(self.reads)
+        self.reads.extend(inos)
+        self.release[number] = gate = trio.Event()
+        if self.gated:
+            await gate.wait()
+        return rows
+
 
 @pytest.fixture
 def clock() -> FakeClock:
@@ -132,3 +146,24 @@ async def test_an_entry_made_here_leaves_the_directorys_cached_inode_fresh(
     clock.advance(0.1)
     assert await core.get_inode(s, 5) == directory.evolve(mtime_ns=9, ctime_ns=9)
     assert store.reads == []
+
+
+async def test_a_batch_reading_the_bytes_marks_its_inodes_while_it_runs(core: Core) -> None:
+    """While a batch read with the bytes runs, its inodes' flights are in
+    ``content_flights`` (a lookup joins those instead of reading the inode again for its
+    bytes); a batch without them is not, and nothing stays marked once either ends."""
+    store = GatedStore(make_inode(42, size=11))
+    store.rows[43] = make_inode(43, size=5)
+    s = Session(TENANT[0], TENANT[1], store, lambda *_: None)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(core.load_inodes, s, [42], True)
+        nursery.start_soon(core.load_inodes, s, [43], False)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(store.reads) == [42, 43]
+        assert core.flights.in_flight(("i", TENANT, 43))
+        assert core.content_flights == {("i", TENANT, 42)}
+        for gate in store.release.values():
+            gate.set()
+    assert core.content_flights == set()
+    for ino in (42, 43):
+        assert (await core.cache.get_inode(TENANT, ino))[0] is Freshness.FRESH
