@@ -132,10 +132,14 @@ async def test_small_content_is_kept_in_its_rows_and_a_cold_open_reads_nothing_m
 
 
 async def make_php_dir(
-    daemon: Daemon, tenant: tuple[int, str]
+    daemon: Daemon, tenant: tuple[int, str], count: int = 5
 ) -> tuple[dict[str, Any], dict[bytes, bytes]]:
-    """Directory ``d`` with five small files, made through ``daemon``: ``(d, {name: data})``."""
-    files = {f"f{i}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(5)}
+    """Directory ``d`` with ``count`` small files (``f0.php``..., numbers zero-padded to
+    one width), made through ``daemon``: ``(d, {name: data})``."""
+    width = len(str(count - 1))
+    files = {
+        f"f{i:0{width}}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(count)
+    }
     async with session(daemon, tenant) as a:
         d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
         for name, data in files.items():
@@ -207,11 +211,7 @@ async def test_a_path_lookup_of_a_directory_brings_its_files_inodes_with_their_b
     port = free_port()
     here = start_daemon("here")
     there = start_daemon("there", 60.0, "2G", "--metrics-address", f"127.0.0.1:{port}")
-    files = {f"f{i:02}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(40)}
-    async with session(here, tenant) as a:
-        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
-        for name, data in files.items():
-            await make_file(a, d["ino"], name, data)
+    d, files = await make_php_dir(here, tenant, 40)
     async with session(there, tenant) as b:
         await feed_settled(there, there.stats()["feed_reads"])  # listings are kept
         assert (await b.call("lookup", parent=ROOT_INO, name=b"d"))["nlink"] == 2
@@ -235,11 +235,7 @@ async def test_a_reader_gets_the_bytes_of_the_files_ahead_of_it_each_fetched_onc
     reader going on in name order gets every file right, and no file's bytes are
     fetched twice (a lookup's own fetch and the window's query share one flight)."""
     here, there = start_daemon("here"), start_daemon("there")  # "there" follows the feed
-    files = {f"f{i:02}.php".encode(): f"<?php // {i}\n".encode() * (i + 1) for i in range(40)}
-    async with session(here, tenant) as a:
-        d = await a.call("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, uid=0, gid=0)
-        for name, data in files.items():
-            await make_file(a, d["ino"], name, data)
+    d, files = await make_php_dir(here, tenant, 40)
     async with session(there, tenant) as b:
         await feed_settled(there, there.stats()["feed_reads"])
         await b.call("readdir", ino=ROOT_INO)  # counts d's subdirectories: d listed
