@@ -38,6 +38,7 @@ from cached.errors import (
     NotPermitted,
     StorageError,
 )
+from cached.lease import RenameLease
 from cached.links import count_link, uncount_link
 from cached.model import (
     BLOCKDEV,
@@ -68,18 +69,6 @@ ATTEMPTS = 8
 CLAIM_WAIT = 10.0
 #: Seconds between looks at a name claimed by another host's rename in progress.
 CLAIM_POLL = 0.02
-#: Seconds the rename lease lives without being released (a holder that died): other
-#: hosts' directory moves wait at most this long for a lease a killed daemon left.
-LEASE_TTL = 20
-#: Seconds a holder may use the lease: its moves stop (EIO) past this, so the lease never
-#: expires under a live holder (the row outlives it by ``LEASE_TTL - LEASE_HOLD``).
-LEASE_HOLD = 15.0
-#: Seconds a cross-directory directory rename waits for the tenant's rename lease: longer
-#: than a dead holder's row lives, shorter than the request's own deadline
-#: (``cached.recovery.STEP_DEADLINE``, 30 s).
-LEASE_WAIT = 25.0
-#: The lease serialising directory moves between parents (see the README).
-RENAME_LEASE = "rename-dir"
 
 
 def _text(name: bytes) -> str:
@@ -458,11 +447,12 @@ class NamespaceOps:
         check_name(old_name)
         check_name(new_name)
         await self.core.directory(s, new_parent)
-        lease = b""
+        # Cancelled when the rename lease, once taken, may be near its end (a cancel at any
+        # step leaves what a killed daemon leaves: an intent later requests settle).
+        hold = trio.CancelScope()
+        lease = RenameLease(s.store, hold, self.core.background)
         try:
-            # Cancelled LEASE_HOLD seconds after the lease is taken (a cancel at any step
-            # leaves what a killed daemon leaves: an intent later requests settle).
-            with trio.CancelScope() as hold:
+            with hold:
                 for _attempt in range(ATTEMPTS):
                     if (old_parent, old_name) == (new_parent, new_name):
                         source = await self._entry(s, old_parent, old_name)
@@ -487,9 +477,8 @@ class NamespaceOps:
                     if source is None:
                         raise NotFound(_text(old_name))
                     if source.kind == DIRECTORY and old_parent != new_parent:
-                        if not lease:
-                            lease = await self._take_rename_lease(s)
-                            hold.deadline = trio.current_time() + LEASE_HOLD
+                        if not lease.holder:
+                            await lease.take()
                         await self._check_not_below(s, source.ino, new_parent)
                     if target is not None:
                         if target.ino == source.ino:
@@ -499,13 +488,9 @@ class NamespaceOps:
                     if done is not None:
                         return done
                 raise StorageError(f"rename of {_text(old_name)!r} kept losing races")
-            raise StorageError(
-                f"moving {_text(old_name)!r} took over {LEASE_HOLD:.0f} s under the rename lease"
-            )
+            raise StorageError(f"moving {_text(old_name)!r} outlasted its rename lease")
         finally:
-            if lease:
-                with trio.CancelScope(shield=True):
-                    await s.store.release_lock(RENAME_LEASE, lease)
+            await lease.release()
 
     @staticmethod
     def _check_replace(source: Dentry, target: Dentry, new_name: bytes, flags: int) -> None:
@@ -609,20 +594,6 @@ class NamespaceOps:
                 await self._check_open_dir(s, intent.new_parent, outcome)
             return False, None
         return True, await finish_move(store, intent, intent.started_ns)
-
-    async def _take_rename_lease(self, s: Session) -> bytes:
-        """Take the tenant's lease for moving directories between parents; its holder id.
-
-        Raises ``StorageError`` (EIO) when another host keeps it past :data:`LEASE_WAIT`.
-        """
-        holder = new_op_id()
-        with trio.move_on_after(LEASE_WAIT):
-            delay = 0.005
-            while not await s.store.acquire_lock(RENAME_LEASE, holder, LEASE_TTL):
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.2)
-            return holder
-        raise StorageError("another host keeps the rename lease")
 
     async def _check_not_below(self, s: Session, moving: int, new_parent: int) -> None:
         """EINVAL if ``new_parent`` is ``moving`` or lies below it.

@@ -262,6 +262,11 @@ STATEMENTS: dict[str, str] = {
         "INSERT INTO {ks}.locks (owner, environment, name, holder, acquired_ns) "
         "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
     ),
+    # Both cells again with the new TTL: an UPDATE gives its TTL only to the cells it sets.
+    "renew_lock": (
+        "UPDATE {ks}.locks USING TTL ? SET holder = ?, acquired_ns = ? "
+        f"WHERE {_TENANT} AND name = ? IF holder = ?"
+    ),
     "release_lock": f"DELETE FROM {{ks}}.locks WHERE {_TENANT} AND name = ? IF holder = ?",
     # -- xattrs (cached/ops_xattr.py) ----------------------------------------------------
     # Every write of an attribute row is an LWT (create, replace, remove), so XATTR_CREATE
@@ -328,6 +333,7 @@ _LWT = {
     "seal_dir",
     "unseal_dir",
     "acquire_lock",
+    "renew_lock",
     "release_lock",
 }
 #: Statements that are not safe to send twice besides the LWTs: a counter update counts
@@ -1833,6 +1839,19 @@ class TenantStore:
             f"lease {name}", lambda: self._store.run("acquire_lock", params)
         )
         return bool(rows[0]["[applied]"]) or (resent and rows[0].get("holder") == holder)
+
+    async def renew_lock(self, name: str, holder: bytes, ttl: int) -> bool:
+        """LWT: keep the lease ``name`` for ``ttl`` more seconds if ``holder`` still has it;
+        False when it does not (it expired, or another holder took it since).
+
+        An unknown outcome is settled by sending it again (applying it twice keeps one
+        holder).  ``OutcomeUnknown`` (EIO) if no send answers.
+        """
+        params = (ttl, holder, time.time_ns(), *self._t, name, holder)
+        rows, _resent = await self._settled(
+            f"lease {name}", lambda: self._store.run("renew_lock", params)
+        )
+        return bool(rows[0]["[applied]"])
 
     async def release_lock(self, name: str, holder: bytes) -> bool:
         """LWT: give the lease ``name`` back if ``holder`` still has it; True if this call

@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 import trio
 
+from cached import lease as lease_module
 from cached import protocol
 from cached.client import DaemonClient, socket_path
 from cached.errors import CassfsError, Exists, NotEmpty, NotFound
+from cached.lease import LEASE_TTL, RENAME_LEASE, RenameLease
 from cached.model import DIRECTORY, ROOT_INO, Dentry
 from cached.ops_metadata import PREFETCH_LIMIT
-from cached.ops_namespace import LEASE_TTL, RENAME_LEASE
 from cached.recovery import GRACE_NS
 from cached.store import ContactPoints, Intent, Store, TenantStore, new_op_id
 from tests.conftest import KEYSPACE, Daemon
@@ -301,6 +302,67 @@ async def test_a_directory_move_outlasts_the_rename_lease_a_dead_holder_left(
         )  # fmt: skip
     assert set(await listed(truth, q["ino"])) == {b"d"}
     assert await listed(truth, p["ino"]) == {}
+
+
+async def test_a_renewed_lease_outlives_its_ttl_and_an_abandoned_one_frees_itself(
+    truth: TenantStore,
+) -> None:
+    """The lease's row, renewed (``renew_lock``) every 0.5 s with a TTL of 2 s, is still
+    its holder's after 3.5 s, and no one else can take it; once renewals stop, another
+    holder takes it within the TTL (and a second after: Cassandra's TTLs count whole
+    seconds).  A renewal that rewrote the row's time alone would lose the holder cell
+    when the first TTL ran out."""
+    holder, other = new_op_id(), new_op_id()
+    assert await truth.acquire_lock(RENAME_LEASE, holder, 2)
+    for _ in range(7):
+        await trio.sleep(0.5)
+        assert await truth.renew_lock(RENAME_LEASE, holder, 2)
+    assert not await truth.acquire_lock(RENAME_LEASE, other, 2)
+    stopped = time.monotonic()
+    while not await truth.acquire_lock(RENAME_LEASE, other, 2):
+        assert time.monotonic() - stopped < 3.5, "the abandoned lease did not expire"
+        await trio.sleep(0.05)
+    assert not await truth.renew_lock(RENAME_LEASE, holder, 2)  # another's now
+    assert await truth.release_lock(RENAME_LEASE, other)
+
+
+async def test_a_move_holds_the_lease_past_its_ttl_and_stops_once_it_is_lost(
+    truth: TenantStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """:class:`RenameLease` with a TTL of 4 s, renewed every 0.3 s, used up to 0.5 s before
+    its row's expiry: the work under it runs 5 s uncancelled while no other holder can
+    take the lease, and after ``release`` another takes it at once.  When the row is taken
+    away (given back and taken by another, as if it had expired) 1 s into the work, a
+    renewal cancels the work within 1.5 s, long before the 3.5 s the last renewal gave."""
+    monkeypatch.setattr(lease_module, "LEASE_TTL", 4)
+    monkeypatch.setattr(lease_module, "LEASE_RENEW", 0.3)
+    monkeypatch.setattr(lease_module, "LEASE_MARGIN", 0.5)
+    other = new_op_id()
+    async with trio.open_nursery() as background:
+        hold = trio.CancelScope()
+        lease = RenameLease(truth, hold, background)
+        with hold:
+            await lease.take()
+            await trio.sleep(5.0)
+            assert not await truth.acquire_lock(RENAME_LEASE, other, 2)
+        assert not hold.cancelled_caught
+        await lease.release()
+        assert await truth.acquire_lock(RENAME_LEASE, other, 2)
+        assert await truth.release_lock(RENAME_LEASE, other)
+
+        hold = trio.CancelScope()
+        lease = RenameLease(truth, hold, background)
+        with hold:
+            await lease.take()
+            await trio.sleep(1.0)
+            assert await truth.release_lock(RENAME_LEASE, lease.holder)
+            assert await truth.acquire_lock(RENAME_LEASE, other, 4)
+            with trio.fail_after(1.5):
+                await trio.sleep_forever()
+        assert hold.cancelled_caught
+        await lease.release()
+        assert not await truth.acquire_lock(RENAME_LEASE, new_op_id(), 2)  # still other's
+        assert await truth.release_lock(RENAME_LEASE, other)
 
 
 async def test_a_rename_cut_off_by_a_dropped_connection_completes(
