@@ -7,7 +7,6 @@ with status 1 (2 for bad usage, as click does).
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -41,6 +40,7 @@ from cached.cliopts import BYTE_SIZE
 from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, ConnectionRejected, DaemonUnavailable
 from cassfs import mountform, warmup
+from cassfs.mounts import CASSFS_FSTYPE, DEAD_MOUNT_ERRNOS, connection_error
 from cassfs.state import pid_alive, read_record, record_path, run_dir
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,6 @@ ENVIRONMENT_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FSNAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/@+-]{1,255}")
 #: ``owner`` is a CQL ``int`` (schema/001_tables.cql), and tenants are non-negative.
 OWNER_MAX = 2**31 - 1
-#: The type /proc/mounts gives a cassfs mount (``-o subtype=cassfs``).
-CASSFS_FSTYPE = "fuse.cassfs"
-#: What stat(2) of a FUSE mount whose server died (or was aborted) fails with.
-DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def default_cache_dir() -> Path:
@@ -504,20 +500,11 @@ def _check_mountpoint(mountpoint: Path) -> None:
 
 
 def _dead_mount_error(mountpoint: Path) -> OSError | None:
-    """The error an opendir(3) of ``mountpoint`` fails with when it is a dead FUSE mount,
-    else None.
-
-    A FUSE mount whose process died (``kill -9``) stays mounted, and every request
-    to it fails with ENOTCONN (ECONNABORTED once aborted through /sys/fs/fuse).  An
-    opendir always reaches the connection; a ``stat`` of the root does not while the
-    kernel's attributes of it last (``--entry-ttl``, 60 s by default).
-    """
-    try:
-        os.scandir(mountpoint).close()
-    except OSError as exc:
-        if exc.errno in DEAD_MOUNT_ERRNOS:
-            return exc
-    return None
+    """The error a request to ``mountpoint`` fails with when it is a dead FUSE mount
+    (its process died: :data:`~cassfs.mounts.DEAD_MOUNT_ERRNOS`), else None.  Asked with
+    a ``statfs`` (:func:`~cassfs.mounts.connection_error`)."""
+    error = connection_error(mountpoint)
+    return error if error is not None and error.errno in DEAD_MOUNT_ERRNOS else None
 
 
 def _clear_dead_mount(mountpoint: Path, error: OSError) -> None:

@@ -6,11 +6,15 @@ A cassfs mount is of type ``fuse.cassfs`` and its source (``-o fsname=``, see
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+#: What a request to a FUSE mount whose process died fails with (ECONNABORTED once the
+#: connection was aborted through /sys/fs/fuse).
+DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 #: The type /proc/mounts gives a cassfs mount (``-o subtype=cassfs``).
 CASSFS_FSTYPE = "fuse.cassfs"
 _SOURCE = re.compile(r"cassfs:(-?\d+)/(.+)")
@@ -72,3 +76,21 @@ def mount_of(path: Path) -> MountEntry | None:
         if inside and (best is None or len(point) >= len(best.mountpoint)):
             best = entry
     return best
+
+
+def connection_error(mountpoint: str | os.PathLike[str]) -> OSError | None:
+    """The error a request to ``mountpoint``'s file system fails with, None if it answers.
+
+    A ``statfs`` always reaches the FUSE connection: a FUSE mount whose process died
+    (``kill -9``) fails it with ENOTCONN (:data:`DEAD_MOUNT_ERRNOS`).  Other calls do
+    not tell a dead mount from a live one: a ``stat`` of the root is answered from the
+    kernel's cached attributes (``--entry-ttl``), and once the mount declined an
+    opendir (``cassfs.openflags``) the kernel opens directories without asking and
+    answers listings from the entries it keeps.  Blocks while the file system does
+    not answer (a hung mount): callers that must not hang run it in a thread.
+    """
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        return exc
+    return None

@@ -24,7 +24,7 @@ from typing import Any
 
 from cached.client import call_once
 from cached.errors import CassfsError
-from cassfs.mounts import MountEntry, cassfs_mounts
+from cassfs.mounts import DEAD_MOUNT_ERRNOS, MountEntry, cassfs_mounts, connection_error
 from cassfs.state import MountRecord, pid_alive, read_record, run_dir
 
 log = logging.getLogger(__name__)
@@ -37,18 +37,20 @@ STAT_TIMEOUT = 5.0
 
 def _stat_mount(mountpoint: str) -> str:
     """``ok``, ``dead`` (ENOTCONN, ECONNABORTED: its process died), ``not answering``
-    (no reply within :data:`STAT_TIMEOUT`) or ``error: <strerror>``."""
+    (no reply within :data:`STAT_TIMEOUT`) or ``error: <strerror>``, from a ``statfs``
+    (:func:`~cassfs.mounts.connection_error`)."""
     outcome: list[str] = []
 
     def probe() -> None:
-        try:
-            # An opendir reaches the connection; a stat of the root may be answered
-            # from the kernel's cached attributes long after the front died.
-            os.scandir(mountpoint).close()
+        error = connection_error(mountpoint)
+        if error is None or error.errno == errno.EIO:
+            # EIO is the front's own answer to statfs (its daemon has no usage figures
+            # and cannot reach Cassandra, which the daemon's report says): it answers.
             outcome.append("ok")
-        except OSError as exc:
-            dead = exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-            outcome.append("dead" if dead else f"error: {exc.strerror}")
+        elif error.errno in DEAD_MOUNT_ERRNOS:
+            outcome.append("dead")
+        else:
+            outcome.append(f"error: {error.strerror}")
 
     # A daemon thread: a hung FUSE mount must not keep this command from exiting.
     thread = threading.Thread(target=probe, daemon=True)

@@ -89,6 +89,7 @@ from rich.table import Table
 
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError
+from cassfs.mounts import DEAD_MOUNT_ERRNOS, connection_error
 from cassfs.node import launcher
 from tests.benchkit import sigterm_as_interrupt
 
@@ -179,13 +180,11 @@ def mounted(mnt: Path) -> bool:
 
 
 def dead(mnt: Path) -> bool:
-    """True if ``mnt`` is a FUSE mount whose process died (a listing fails ENOTCONN; a
-    ``stat`` of its root is answered from the kernel's cached attributes for a while)."""
-    try:
-        os.listdir(mnt)
-    except OSError as exc:
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    return False
+    """True if ``mnt`` is a FUSE mount whose process died (a ``statfs`` fails ENOTCONN,
+    :func:`cassfs.mounts.connection_error`; a ``stat`` of its root or a listing may be
+    answered by the kernel alone)."""
+    error = connection_error(mnt)
+    return error is not None and error.errno in DEAD_MOUNT_ERRNOS
 
 
 def daemon_status(cache_dir: Path, timeout: float = 2.0) -> dict[str, Any] | None:

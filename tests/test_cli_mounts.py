@@ -4,6 +4,7 @@ cleans after them, and the CLI's checks of its tenant options.  Real FUSE, real 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import stat
@@ -16,6 +17,7 @@ import pytest
 
 from cached.client import call_once
 from cached.errors import DaemonUnavailable
+from cassfs.mounts import connection_error
 from cassfs.state import read_record
 from tests.conftest import KEYSPACE, Mount, run_cli, wait_for
 
@@ -43,17 +45,11 @@ def fstype(path: Path) -> str | None:
 
 
 def is_dead(path: Path) -> bool:
-    """True once ``path``'s FUSE connection is gone (ENOTCONN).
-
-    Asked with a listing, which the kernel always sends to the connection: a ``stat``
-    of the mount's root is answered from the kernel's cached attributes for the attr
-    timeout (60 s by default) even after the front died.
-    """
-    try:
-        os.listdir(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
+    """True once ``path``'s FUSE connection is gone (ENOTCONN), asked with a ``statfs``
+    (:func:`cassfs.mounts.connection_error`: a ``stat`` or a listing may be answered by
+    the kernel alone after the front died)."""
+    error = connection_error(path)
+    return error is not None and error.errno == errno.ENOTCONN
 
 
 def kill_front(m: Mount) -> int:
@@ -101,6 +97,34 @@ def test_up_clears_a_dead_mount_of_a_killed_front(
     assert f"mounted {m.owner}/{m.environment} at {m.path}" in result.stdout
     assert (m.path / "index.php").read_text() == "<?php 'kept';"
     assert [fstype(m.path)] == ["fuse.cassfs"]
+
+
+def test_up_clears_a_dead_mount_whose_directories_were_listed(
+    mount_cassfs: Callable[..., Mount], tenant: tuple[int, str]
+) -> None:
+    """Once the front declined an opendir (``cassfs.openflags``), the kernel opens
+    directories without asking and answers a listing it keeps by itself, so a dead mount
+    opens and lists its root like a live one.  ``cassfs status`` still calls it dead and
+    ``cassfs up`` still clears it (before, both opened the root to tell, and `cassfs up`
+    refused with "already a mount point")."""
+    m = mount_cassfs("mnt", *tenant)
+    (m.path / "d").mkdir()
+    (m.path / "d" / "index.php").write_text("<?php 'kept';")
+    assert os.listdir(m.path) == os.listdir(m.path) == ["d"]
+    kill_front(m)
+    os.scandir(m.path).close()  # what the old check asked: no error from a dead mount
+
+    status = run_cli("status", str(m.path), "--json", check=False)
+    mounts = {entry["mountpoint"]: entry for entry in json.loads(status.stdout)["mounts"]}
+    assert mounts[str(m.path)]["state"] == "dead"
+
+    result = up_again(m)
+
+    assert result.returncode == 0, result.stderr
+    assert f"cassfs: cleared a dead cassfs mount at {m.path} (its process had died)" in (
+        result.stdout
+    )
+    assert (m.path / "d" / "index.php").read_text() == "<?php 'kept';"
 
 
 def test_down_unmounts_a_dead_mount_lazily(
