@@ -40,7 +40,7 @@ from cached.cliopts import BYTE_SIZE
 from cached.connection import ConnectionSettings, connection_options
 from cached.errors import CassfsError, ConnectionRejected, DaemonUnavailable
 from cassfs import mountform, warmup
-from cassfs.mounts import CASSFS_FSTYPE, DEAD_MOUNT_ERRNOS, connection_error
+from cassfs.mounts import CASSFS_FSTYPE, dead_mount_error
 from cassfs.state import pid_alive, read_record, record_path, run_dir
 
 log = logging.getLogger(__name__)
@@ -483,7 +483,7 @@ def _setup_logging(debug: bool) -> None:
 
 
 def _check_mountpoint(mountpoint: Path) -> None:
-    dead = _dead_mount_error(mountpoint)
+    dead = dead_mount_error(mountpoint)
     if dead is not None:
         _clear_dead_mount(mountpoint, dead)
         click.echo(f"cassfs: cleared a dead cassfs mount at {mountpoint} (its process had died)")
@@ -497,14 +497,6 @@ def _check_mountpoint(mountpoint: Path) -> None:
         fail(f"mountpoint {mountpoint} is not a directory: give an empty directory")
     if os.path.ismount(mountpoint):
         fail(f"{mountpoint} is already a mount point: `cassfs down {mountpoint}` first")
-
-
-def _dead_mount_error(mountpoint: Path) -> OSError | None:
-    """The error a request to ``mountpoint`` fails with when it is a dead FUSE mount
-    (its process died: :data:`~cassfs.mounts.DEAD_MOUNT_ERRNOS`), else None.  Asked with
-    a ``statfs`` (:func:`~cassfs.mounts.connection_error`)."""
-    error = connection_error(mountpoint)
-    return error if error is not None and error.errno in DEAD_MOUNT_ERRNOS else None
 
 
 def _clear_dead_mount(mountpoint: Path, error: OSError) -> None:
@@ -706,7 +698,7 @@ def down(mountpoint: Path, timeout: float) -> None:
     """Unmount MOUNTPOINT; stop its cache daemon once no mount uses it."""
     mountpoint = Path(os.path.abspath(mountpoint))
     record = read_record(mountpoint)
-    dead = _dead_mount_error(mountpoint)
+    dead = dead_mount_error(mountpoint)
     if dead is not None:
         _clear_dead_mount(mountpoint, dead)
     elif not os.path.ismount(mountpoint):

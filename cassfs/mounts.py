@@ -94,3 +94,10 @@ def connection_error(mountpoint: str | os.PathLike[str]) -> OSError | None:
     except OSError as exc:
         return exc
     return None
+
+
+def dead_mount_error(mountpoint: str | os.PathLike[str]) -> OSError | None:
+    """The error of :func:`connection_error` when ``mountpoint`` is a dead FUSE mount (its
+    process died: :data:`DEAD_MOUNT_ERRNOS`), else None."""
+    error = connection_error(mountpoint)
+    return error if error is not None and error.errno in DEAD_MOUNT_ERRNOS else None

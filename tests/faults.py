@@ -89,7 +89,7 @@ from rich.table import Table
 
 from cached.client import call_once, socket_path
 from cached.errors import CassfsError
-from cassfs.mounts import DEAD_MOUNT_ERRNOS, connection_error
+from cassfs.mounts import dead_mount_error
 from cassfs.node import launcher
 from tests.benchkit import sigterm_as_interrupt
 
@@ -180,11 +180,9 @@ def mounted(mnt: Path) -> bool:
 
 
 def dead(mnt: Path) -> bool:
-    """True if ``mnt`` is a FUSE mount whose process died (a ``statfs`` fails ENOTCONN,
-    :func:`cassfs.mounts.connection_error`; a ``stat`` of its root or a listing may be
-    answered by the kernel alone)."""
-    error = connection_error(mnt)
-    return error is not None and error.errno in DEAD_MOUNT_ERRNOS
+    """True if ``mnt`` is a FUSE mount whose process died (:func:`cassfs.mounts.dead_mount_error`:
+    a ``stat`` of its root or a listing may be answered by the kernel alone)."""
+    return dead_mount_error(mnt) is not None
 
 
 def daemon_status(cache_dir: Path, timeout: float = 2.0) -> dict[str, Any] | None:

@@ -3,7 +3,6 @@ cleans after them, and the CLI's checks of its tenant options.  Real FUSE, real 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import pytest
 
 from cached.client import call_once
 from cached.errors import DaemonUnavailable
-from cassfs.mounts import connection_error
+from cassfs.mounts import dead_mount_error
 from cassfs.state import read_record
 from tests.conftest import KEYSPACE, Mount, run_cli, wait_for
 
@@ -45,11 +44,9 @@ def fstype(path: Path) -> str | None:
 
 
 def is_dead(path: Path) -> bool:
-    """True once ``path``'s FUSE connection is gone (ENOTCONN), asked with a ``statfs``
-    (:func:`cassfs.mounts.connection_error`: a ``stat`` or a listing may be answered by
-    the kernel alone after the front died)."""
-    error = connection_error(path)
-    return error is not None and error.errno == errno.ENOTCONN
+    """True once ``path``'s FUSE connection is gone (:func:`cassfs.mounts.dead_mount_error`:
+    a ``stat`` or a listing may be answered by the kernel alone after the front died)."""
+    return dead_mount_error(path) is not None
 
 
 def kill_front(m: Mount) -> int:
