@@ -60,8 +60,8 @@ class MetadataOps:
         self.contents = contents
         #: Content fetches started by lookups and not yet done.
         self._content_prefetches = 0
-        #: Per ``(tenant..., parent)`` whose listing was loaded to count subdirectories:
-        #: its files' bytes are fetched ahead of the lookups in it.
+        #: Per ``(tenant..., parent)`` whose listing was loaded: which of its files'
+        #: bytes to fetch ahead of the lookups in it.
         self._readahead = DirectoryReadahead()
         self._list_ahead = trio.CapacityLimiter(LIST_AHEAD_TASKS)
 
@@ -72,8 +72,11 @@ class MetadataOps:
 
         A cold lookup reads the parent's whole listing (one partition) when it
         has at most :data:`LISTING_LIMIT` entries; it then answers every lookup in
-        that directory, negative ones included, for the TTL, and the inodes of a
-        small directory are prefetched.  Larger directories are asked name by name.
+        that directory, negative ones included, for the TTL; the inodes of its
+        subdirectories are prefetched, and its files' inodes and small bytes come as
+        the readahead asks for them (:mod:`cached.readahead`: a reader in name order,
+        or one that uses much of the directory).  Larger directories are asked name
+        by name.
         A small file's content is fetched in the background as it is answered
         (:meth:`_prefetch_content`): an open usually follows.
         """
@@ -175,9 +178,10 @@ class MetadataOps:
         TTL) or when Cassandra fails.  ``first``: the name the caller looks up next,
         whose inode the prefetch of a newly loaded listing leaves to the caller.
         ``lookup``: a lookup in ``parent``, or of it (a path being resolved through
-        it), asks: an open usually follows, so the prefetch brings small files' bytes
-        too.  Else (a readdir counting its subdirectories' subdirectories, as a stat
-        walk does, or loading them ahead) only their inodes.
+        it), asks: the prefetch brings only the subdirectories' inodes, and the
+        files' come with their bytes as the readahead asks for them.  Else (a readdir
+        counting its subdirectories' subdirectories, as a stat walk does, or loading
+        them ahead) every entry's inode, without bytes.
         """
         state, index = await self.core.cache.get_listing_index(s.tenant, parent)
         if state is Freshness.FRESH and index is not None:
@@ -201,7 +205,8 @@ class MetadataOps:
     ) -> tuple[float, dict[bytes, tuple[int, int]]] | None:
         """Read and cache ``parent``'s listing: ``(read start, {name: (ino, kind)})``
         (start on the cache's clock), or None when too large or Cassandra failed.
-        Its inodes are prefetched, with small files' bytes when ``lookup``."""
+        Its inodes are prefetched (only its subdirectories' when ``lookup``: see
+        :meth:`_listing_index`)."""
         self.core.counters.add("misses")
         started = self.core.cache.clock()
         try:
@@ -218,20 +223,21 @@ class MetadataOps:
         items = [(e.name, e.ino, e.kind) for e in entries]
         await self.core.cache.put_listing(s.tenant, parent, items, started)
         if len(items) <= PREFETCH_LIMIT and self.core.background is not None:
-            rest = [e.ino for e in entries if e.name != first]
-            self.core.background.start_soon(self._prefetch_inodes, s, rest, lookup)
-            if lookup:
-                self._readahead.forget((*s.tenant, parent))
-            else:
-                self._readahead.listed((*s.tenant, parent))
+            # For a lookup, only the subdirectories' inodes (paths resolve through
+            # them); its files' come as the readahead asks for them, with their bytes.
+            rest = [
+                e.ino for e in entries if e.name != first and (e.kind == DIRECTORY or not lookup)
+            ]
+            if rest:
+                self.core.background.start_soon(self._prefetch_inodes, s, rest)
+            self._readahead.listed((*s.tenant, parent), looked_up=lookup)
         return started, {name: (ino, kind) for name, ino, kind in items}
 
-    async def _prefetch_inodes(self, s: Session, inos: list[int], content: bool) -> None:
-        """Warm the cache with the inodes of a directory just listed, and (``content``)
-        the bytes of its small files, many per query
+    async def _prefetch_inodes(self, s: Session, inos: list[int]) -> None:
+        """Warm the cache with inodes of a directory just listed, many per query
         (:meth:`~cached.core.Core.load_inodes`); errors ignored."""
         with contextlib.suppress(CassfsError):
-            await self._load_stale_inodes(s, inos, content=content)
+            await self._load_stale_inodes(s, inos)
 
     def _prefetch_siblings(
         self,
@@ -241,10 +247,9 @@ class MetadataOps:
         index: dict[bytes, tuple[int, int]] | None,
     ) -> None:
         """As the file ``name`` is looked up in ``parent`` (whose listing is ``index``),
-        start fetching the bytes of the small files named after it, many per query, if
-        the directory was listed without its files' bytes (a readdir counted its
-        subdirectories first, as a stat walk does) and the reader comes near the end of
-        what was fetched ahead (:class:`~cached.readahead.DirectoryReadahead`).  A stat
+        start fetching the bytes of the small files the readahead asks for
+        (:class:`~cached.readahead.DirectoryReadahead`: those named after it, as a
+        reader goes through the directory in name order), many per query.  A stat
         walk, which looks nothing up (readdir gives the kernel every entry's
         attributes), never pays for the bytes."""
         background = self.core.background
@@ -271,7 +276,10 @@ class MetadataOps:
 
     async def _fetch_siblings(self, s: Session, files: list[int]) -> None:
         """Fetch the bytes of those of the regular files ``files`` (inode numbers) that
-        are small and not cached (:meth:`~cached.core.Core.load_contents`), in order."""
+        are small and not cached, in order: with their inodes, in one read of each row
+        (:meth:`~cached.core.Core.load_inodes`), where the inode is not cached (a
+        directory listed for a lookup); else by the inodes cached
+        (:meth:`~cached.core.Core.load_contents`)."""
         cache = self.core.cache
         # The listing's prefetch of inodes (started as the directory was stat'ed) may
         # still run: wait for it, as the bytes to fetch are known by the inodes.
@@ -279,6 +287,7 @@ class MetadataOps:
             if self.core.flights.in_flight(("i", s.tenant, child)):
                 with contextlib.suppress(CassfsError):
                     await self.core.get_inode(s, child)
+        await self._load_stale_inodes(s, files, content=True)
         small: dict[bytes, Inode] = {}
         for child in files:
             _state, inode = await cache.get_inode(s.tenant, child)
@@ -365,10 +374,9 @@ class MetadataOps:
         no listing cached (an expired one serves, stale-if-error).
 
         ``looked_up``: a lookup of the directory asks, as a path is resolved through
-        it; an open in it usually follows, so a listing loaded here brings its small
-        files' bytes with their inodes (one read of each row).  A readdir's count
-        (a stat walk) brings inodes only, and a first lookup in the directory then
-        starts a readahead of bytes (:mod:`cached.readahead`).
+        it; a listing loaded here brings none of its files' inodes, which come with
+        their bytes as they are looked up (:mod:`cached.readahead`).  A readdir's count
+        (a stat walk) brings every entry's inode, without bytes.
         """
         cache = self.core.cache
         state, items = await cache.get_listing(s.tenant, ino)

@@ -25,7 +25,7 @@ from cached.content import INLINE_CONTENT_LIMIT
 from cached.errors import CassfsError, Exists, IsADirectory, NotEmpty, NotFound
 from cached.feed import POLL_INTERVAL, RECHECK_DELAY
 from cached.model import ROOT_INO
-from cached.readahead import FIRST_WINDOW
+from cached.readahead import DENSE_LOOKUPS, FIRST_WINDOW
 from cached.store import ContactPoints, make_cluster
 from tests.conftest import KEYSPACE, Daemon, wait_for
 from tests.secure_node import free_port
@@ -154,9 +154,11 @@ async def open_each(client: DaemonClient, parent: int, files: dict[bytes, bytes]
         assert (await client.call("open", ino=found["ino"]))["data"] == data
 
 
-async def test_a_lookup_prefetches_its_directorys_inodes_with_their_small_content(
+async def test_a_lookup_of_a_directorys_first_file_brings_the_small_files_after_it(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
 ) -> None:
+    """A reader that starts at a directory's first file (:mod:`cached.readahead`) gets the
+    files after it fetched ahead, with their bytes, and its opens read nothing more."""
     # No change feed on "there" (see the test above).
     here, there = start_daemon("here"), start_daemon("there", 60.0, "2G", "--feed-poll", "0")
     d, files = await make_php_dir(here, tenant)
@@ -201,30 +203,59 @@ async def test_a_walk_fetches_no_bytes_and_a_first_lookup_brings_its_siblings_by
         assert there.stats()["bytes_fetched"] == before["bytes_fetched"]
 
 
-async def test_a_path_lookup_of_a_directory_brings_its_files_inodes_with_their_bytes(
+async def test_a_path_lookup_of_a_directory_reads_none_of_its_files_until_they_are_read(
     start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
 ) -> None:
     """A lookup of a directory (a path being resolved, as an open does) loads its listing
-    to count its subdirectories, and its files' inodes come with their small bytes in
-    one query: none is read without them first, and the lookups and opens that follow
-    read nothing more."""
+    to count its subdirectories, and reads none of its files.  A reader of its files in
+    name order then gets each file's inode with its bytes (one read of each row), most
+    of them many per query ahead of it, and no file is fetched twice."""
     port = free_port()
     here = start_daemon("here")
     there = start_daemon("there", 60.0, "2G", "--metrics-address", f"127.0.0.1:{port}")
     d, files = await make_php_dir(here, tenant, 40)
     async with session(there, tenant) as b:
         await feed_settled(there, there.stats()["feed_reads"])  # listings are kept
+        read = ("get_inode", "get_inodes", "get_inode_content", "get_inodes_content")
+        before = {name: queries_sent(port, name) for name in read}
         assert (await b.call("lookup", parent=ROOT_INO, name=b"d"))["nlink"] == 2
+        listings = queries_sent(port, "list_dentries_limit")
+        with pytest.raises(NotFound):  # answered by the listing loaded for d's lookup
+            await b.call("lookup", parent=d["ino"], name=b"nothing")
+        assert queries_sent(port, "list_dentries_limit") == listings
+        assert there.stats()["bytes_fetched"] == 0
+        await open_each(b, d["ino"], files)
+        assert there.stats()["bytes_fetched"] == sum(map(len, files.values()))
+        sent = {name: queries_sent(port, name) - before[name] for name in read}
+        # none read at d's lookup, nor without its bytes
+        assert sent["get_inode"] == sent["get_inodes"] == 0
+        assert sent["get_inodes_content"] >= 2  # windows ahead of the reader
+        assert sent["get_inode_content"] <= len(files) // 2  # most files came ahead
+
+
+async def test_a_scattered_reader_fetches_the_files_it_opens_until_it_uses_many(
+    start_daemon: Callable[..., Daemon], tenant: tuple[int, str]
+) -> None:
+    """Files opened here and there in a directory (a PHP request's includes) cost their
+    own bytes and none of their siblings'; the DENSE_LOOKUPS-th lookup in the directory
+    fetches all its files, as a reader that uses that much of it likely uses the rest."""
+    here, there = start_daemon("here"), start_daemon("there")  # "there" follows the feed
+    d, files = await make_php_dir(here, tenant, 40)
+    names = sorted(files)
+    async with session(there, tenant) as b:
+        await feed_settled(there, there.stats()["feed_reads"])
+        await b.call("lookup", parent=ROOT_INO, name=b"d")
+        scattered = [names[30], names[7], names[21], names[2]][: DENSE_LOOKUPS - 1]
+        await open_each(b, d["ino"], {name: files[name] for name in scattered})
+        opened = sum(len(files[name]) for name in scattered)
+        assert there.stats()["bytes_fetched"] == opened
+        await b.call("lookup", parent=d["ino"], name=names[12])
         total = sum(map(len, files.values()))
         assert await trio.to_thread.run_sync(
             wait_for, lambda: there.stats()["bytes_fetched"] >= total
         )
-        assert queries_sent(port, "get_inodes_content") == 1  # the 40 files, one query
-        assert queries_sent(port, "get_inodes") == 0  # no read of them without their bytes
-        before = {name: queries_sent(port, name) for name in ("get_inode", "get_inode_content")}
         await open_each(b, d["ino"], files)
         assert there.stats()["bytes_fetched"] == total
-        assert {name: queries_sent(port, name) for name in before} == before
 
 
 async def test_a_reader_gets_the_bytes_of_the_files_ahead_of_it_each_fetched_once(

@@ -3,7 +3,7 @@ asks to fetch."""
 
 from __future__ import annotations
 
-from cached.readahead import DirectoryReadahead
+from cached.readahead import DENSE_LOOKUPS, DirectoryReadahead
 
 FILES = [f"f{i:02}".encode() for i in range(40)]
 
@@ -12,11 +12,10 @@ def files() -> list[bytes]:
     return list(reversed(FILES))  # any order: the readahead sorts
 
 
-def test_a_directory_not_listed_without_its_bytes_gets_no_readahead() -> None:
+def test_a_directory_not_listed_gets_no_readahead() -> None:
     readahead = DirectoryReadahead()
     assert readahead.looked_up("d", b"f00", files) == []
-    readahead.listed("d")
-    readahead.forget("d")  # listed again, with its files' bytes
+    readahead.listed("e")
     assert readahead.looked_up("d", b"f00", files) == []
 
 
@@ -78,3 +77,41 @@ def test_a_directory_whose_window_was_dropped_starts_a_first_window_again() -> N
     assert readahead.looked_up("a", b"f00", files) == FILES[1:3]
     assert readahead.looked_up("b", b"f10", files) == FILES[11:13]  # "a" loses its window
     assert readahead.looked_up("a", b"f01", files) == FILES[2:4]  # not f03: started over
+
+
+def test_a_directory_listed_for_a_lookup_waits_for_a_reader_in_name_order() -> None:
+    """Listed for a lookup: a lookup in the middle asks for nothing, nor one that skips
+    a file; the file right after the last one looked up starts the first window."""
+    readahead = DirectoryReadahead(first=4, largest=16)
+    readahead.listed("d", looked_up=True)
+    assert readahead.looked_up("d", b"f10", files) == []
+    assert readahead.looked_up("d", b"f12", files) == []  # skipped f11
+    assert readahead.looked_up("d", b"f13", files) == FILES[14:18]
+    assert readahead.looked_up("d", b"f14", files) == []  # within what was asked for
+    assert readahead.looked_up("d", b"f16", files) == FILES[18:26]  # doubled
+
+
+def test_a_lookup_of_the_first_file_starts_a_window_at_once() -> None:
+    readahead = DirectoryReadahead(first=4, largest=16)
+    readahead.listed("d", looked_up=True)
+    assert readahead.looked_up("d", b"f00", files) == FILES[1:5]
+
+
+def test_a_scattered_reader_of_a_directory_listed_for_a_lookup_fetches_nothing_ahead() -> None:
+    """Until its DENSE_LOOKUPS-th lookup, which asks for every file of the directory."""
+    readahead = DirectoryReadahead(first=4, largest=16)
+    readahead.listed("d", looked_up=True)
+    scattered = [b"f30", b"f07", b"f21", b"f02", b"f15"]
+    asked = [readahead.looked_up("d", name, files) for name in scattered]
+    assert asked[: DENSE_LOOKUPS - 1] == [[]] * (DENSE_LOOKUPS - 1)
+    assert asked[DENSE_LOOKUPS - 1] == FILES
+    assert asked[DENSE_LOOKUPS:] == [[]] * (len(scattered) - DENSE_LOOKUPS)
+
+
+def test_a_dropped_window_of_a_directory_listed_for_a_lookup_waits_again() -> None:
+    readahead = DirectoryReadahead(first=2, windows=1)
+    readahead.listed("a", looked_up=True)
+    readahead.listed("b")
+    assert readahead.looked_up("a", b"f10", files) == []
+    assert readahead.looked_up("b", b"f10", files) == FILES[11:13]  # "a" loses its window
+    assert readahead.looked_up("a", b"f20", files) == []  # still waits for a reader in order

@@ -50,9 +50,9 @@ def test_warmup_fetches_a_subtree_that_then_reads_without_fetching(
     assert report["bytes"] == sum(len(d) for d in included.values())
     assert report["failed"] == 0 and report["errors"] == []
     warmed = b.stats()
-    # Every warmed byte was fetched, by the warmup or by the prefetch of a directory a
-    # lookup went into (the mount's first stat of its root already lists and prefetches
-    # it, with its small files), and none twice.  B's daemon started with its mount.
+    # Every warmed byte was fetched, by the warmup or by a readahead of the files of a
+    # directory a lookup went into (cached/readahead.py), and none twice.  B's daemon
+    # started with its mount.
     assert before["bytes_fetched"] <= len(files["index.php"])
     assert report["bytes"] <= warmed["bytes_fetched"] <= sum(map(len, files.values()))
     # everything warmed now reads from the cache: no byte fetched, and right
