@@ -16,7 +16,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,18 +43,6 @@ def node_paused() -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
-
-
-def exited(pid: int) -> bool:
-    """True once every thread of process ``pid`` has exited, so its sockets are closed: it is
-    gone, or a zombie left with its main thread only (a node that an earlier test restarted
-    is a child of this process, which does not reap it)."""
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z" and len(threads) <= 1
 
 
 def start_reader(start_daemon: Callable[..., Daemon], name: str = "reader") -> Daemon:
@@ -208,13 +195,15 @@ async def test_writes_acknowledged_just_before_the_node_is_killed_are_there_afte
     async with session(writer, tenant) as client:
         for name, data in files.items():
             await make_file(client, ROOT_INO, name, data)
-    pid = local_node_pid()
-    os.kill(pid, signal.SIGKILL)
+    node = launcher.NodeDir.at(None)
+    os.kill(local_node_pid(), signal.SIGKILL)
     try:
-        assert await trio.to_thread.run_sync(lambda: wait_for(lambda: exited(pid), 30)), (
-            "the node survived SIGKILL"
-        )
+        assert await trio.to_thread.run_sync(
+            lambda: wait_for(lambda: launcher.read_pid(node) is None, 30)
+        ), "the node survived SIGKILL"
     finally:
+        # As soon as its main thread is gone: the launcher waits for the JVM's last
+        # threads to free its ports.
         await trio.to_thread.run_sync(lambda: launcher.start(timeout=300))
     reader = start_reader(start_daemon)
     async with session(reader, tenant) as client:

@@ -39,6 +39,7 @@ import click
 
 from cassfs.node.launcher import (
     _CLUSTER_START_PROPERTIES,
+    DEFAULT_EXIT_TIMEOUT,
     DEFAULT_START_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,
     HOST,
@@ -61,6 +62,7 @@ from cassfs.node.launcher import (
     resolve_classpath,
     spawn_jvm,
     stop,
+    wait_exited,
     wait_until_ready,
     write_config,
 )
@@ -294,6 +296,8 @@ def start_cluster(
         to_start = [k for k in range(1, nodes + 1) if read_pid(spec.node(k)) is None]
         if to_start:
             check_memory(len(to_start), heap)
+            for k in to_start:  # a node just killed still holds its ports
+                wait_exited(spec.node(k), DEFAULT_EXIT_TIMEOUT)
             _check_ports(spec, to_start)
             java = find_java()
             classpath = resolve_classpath(NodeDir(spec.root))
@@ -442,7 +446,8 @@ def cluster_status(root: str | os.PathLike[str]) -> list[ClusterNodeStatus]:
 
 
 def kill_node(spec: ClusterSpec, k: int) -> int:
-    """SIGKILL node ``k`` (a crash, for tests) and wait until it is gone; return its pid.
+    """SIGKILL node ``k`` (a crash, for tests) and wait until its last thread has exited (its
+    ports are free); return its pid.
 
     Raises NodeError when the node does not run.
     """
@@ -456,6 +461,7 @@ def kill_node(spec: ClusterSpec, k: int) -> int:
         time.sleep(0.05)
     if read_pid(node) is not None:
         raise NodeError(f"node {k} (pid {pid}) survived SIGKILL")
+    wait_exited(node, max(1.0, deadline - time.monotonic()))
     return pid
 
 

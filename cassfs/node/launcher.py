@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import click
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
@@ -45,6 +46,12 @@ DEFAULT_PORT = 9042
 DEFAULT_HEAP = "1G"
 DEFAULT_START_TIMEOUT = 300.0
 DEFAULT_STOP_TIMEOUT = 60.0
+#: ``PF_KTHREAD`` of ``/proc/PID/stat``'s flags: a kernel thread (never a node).
+_PF_KTHREAD = 0x00200000
+#: What a pid file's process is (see :func:`_liveness`).
+Liveness = Literal["running", "exiting", "gone"]
+#: Seconds to wait for a JVM whose main thread has exited to end its other threads.
+DEFAULT_EXIT_TIMEOUT = 30.0
 DEFAULT_STORAGE_PORT = 7000
 DEFAULT_JMX_PORT = 7199
 CLUSTER_NAME = "cassfs-dev"
@@ -278,26 +285,82 @@ def _check_port(port: int) -> int:
 def read_pid(node: NodeDir) -> int | None:
     """Return the pid of this directory's running Cassandra JVM, or None.
 
-    A pid file whose process is gone, is a zombie, or is not a CassandraDaemon using this
-    directory (the pid was reused) counts as "not running".
+    A pid file whose process is gone, is exiting (:func:`exiting_pid`), or is not a
+    CassandraDaemon using this directory (the pid was reused) counts as "not running".
     """
+    pid = _pid_file(node)
+    return pid if pid is not None and _liveness(pid, node) == "running" else None
+
+
+def exiting_pid(node: NodeDir) -> int | None:
+    """The pid of this directory's JVM while it exits, else None.
+
+    A JVM killed by a signal (SIGKILL, an OOM kill) ends its main thread first: the process
+    is a zombie then, while its other threads may go on for a while holding the node's
+    ports and files. It is not running (:func:`read_pid` is None) and not gone yet.
+    """
+    pid = _pid_file(node)
+    return pid if pid is not None and _liveness(pid, node) == "exiting" else None
+
+
+def wait_exited(node: NodeDir, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds until no JVM of this directory is exiting, so its
+    ports can be bound again.  Returns at once when none is.  Raises NodeError on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while (pid := exiting_pid(node)) is not None:
+        if time.monotonic() >= deadline:
+            raise NodeError(
+                f"Cassandra (pid {pid}) of {node.root} is still exiting after {timeout:g} s: "
+                "its main thread is gone but other threads still run; wait, or kill -9 it"
+            )
+        time.sleep(0.05)
+
+
+def _pid_file(node: NodeDir) -> int | None:
     try:
-        pid = int(node.pid_file.read_text().strip())
+        return int(node.pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if _is_our_node(pid, node) else None
+
+
+def _liveness(pid: int, node: NodeDir) -> Liveness:
+    """What ``pid`` is as this directory's JVM: "running"; "exiting" (its main thread is a
+    zombie with other threads left, or its threads are ending); or "gone" (also when it
+    is not a CassandraDaemon of this directory: the pid was reused).
+
+    The node is told by its command line. A thread that is ending has released its memory
+    and shows an empty one (a zombie main thread too), so a thread still running is asked;
+    when every thread left is ending, the process is exiting (its files, so its sockets,
+    are closed only when the last one ends).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        threads = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return "gone"
+    state, flags = fields[0], int(fields[6])
+    if flags & _PF_KTHREAD:
+        return "gone"
+    zombie = state in ("Z", "X")  # the main thread is dead, not yet reaped
+    witnesses = [tid for tid in threads if tid != str(pid)] if zombie else [str(pid)]
+    wanted = (MAIN_CLASS.encode(), f"-Dcassandra.storagedir={node.root}".encode())
+    for tid in witnesses:
+        try:
+            cmdline = Path(f"/proc/{pid}/task/{tid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # that thread has just ended: ask the next
+        if not cmdline:
+            continue  # that thread is ending
+        if not all(arg in cmdline.split(b"\0") for arg in wanted):
+            return "gone"
+        return "exiting" if zombie else "running"
+    return "gone" if zombie and len(threads) <= 1 else "exiting"
 
 
 def _is_our_node(pid: int, node: NodeDir) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):  # dead, not yet reaped
-        return False
-    wanted = f"-Dcassandra.storagedir={node.root}".encode()
-    return MAIN_CLASS.encode() in cmdline and wanted in cmdline
+    """True while ``pid`` is this directory's running JVM (see :func:`_liveness`)."""
+    return _liveness(pid, node) == "running"
 
 
 def _describe_exit(proc: subprocess.Popen[bytes] | None) -> str:
@@ -695,6 +758,7 @@ def start(
             log.info("node already running (pid %d); waiting for CQL on port %d", pid, port)
             version = wait_until_ready(node, pid, port, timeout, security=security)
             return NodeStatus(pid, port, version)
+        wait_exited(node, DEFAULT_EXIT_TIMEOUT)  # a node just killed still holds its ports
         if _port_in_use(port):
             raise NodeError(
                 f"CQL port {HOST}:{port} is already in use by another process "
@@ -735,13 +799,19 @@ def stop(
 ) -> int | None:
     """Stop the node of ``node_dir``: SIGTERM, then SIGKILL after ``timeout`` seconds.
 
-    Returns the pid that was stopped, or None if no node was running (not an error).
-    Raises NodeError if the JVM survives SIGKILL.
+    Returns once the JVM's last thread has exited (its ports are free): the pid that was
+    stopped, or None if no node was running (not an error; a node still exiting after a
+    crash is killed and waited for).  Raises NodeError if the JVM survives SIGKILL.
     """
     node = NodeDir.at(node_dir)
     with _locked(node):
         pid = read_pid(node)
         if pid is None:
+            dying = exiting_pid(node)
+            if dying is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(dying, signal.SIGKILL)
+                wait_exited(node, DEFAULT_EXIT_TIMEOUT)
             node.pid_file.unlink(missing_ok=True)
             return None
         _terminate(pid, node, timeout)
@@ -750,14 +820,15 @@ def stop(
 
 
 def _terminate(pid: int, node: NodeDir, timeout: float) -> None:
-    """SIGTERM ``pid``, wait up to ``timeout`` seconds, then SIGKILL and wait 10 s more."""
+    """SIGTERM ``pid``, wait up to ``timeout`` seconds for its last thread to exit, then
+    SIGKILL and wait 10 s more."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         log.info("sending %s to Cassandra (pid %d)", sig.name, pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _is_our_node(pid, node):
+            if _liveness(pid, node) == "gone":
                 return
             time.sleep(0.2)
         if sig is signal.SIGTERM:
