@@ -308,13 +308,21 @@ def wait_exited(node: NodeDir, timeout: float) -> None:
     ports can be bound again.  Returns at once when none is.  Raises NodeError on timeout.
     """
     deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    waited_for = None
     while (pid := exiting_pid(node)) is not None:
+        if waited_for is None:
+            log.info("Cassandra (pid %d) is exiting; waiting for its last threads", pid)
+            waited_for = pid
         if time.monotonic() >= deadline:
             raise NodeError(
                 f"Cassandra (pid {pid}) of {node.root} is still exiting after {timeout:g} s: "
                 "its main thread is gone but other threads still run; wait, or kill -9 it"
             )
         time.sleep(0.05)
+    if waited_for is not None:
+        waited = time.monotonic() - began
+        log.info("Cassandra (pid %d) has exited, %.2f s later", waited_for, waited)
 
 
 def _pid_file(node: NodeDir) -> int | None:
