@@ -338,9 +338,8 @@ def _liveness(pid: int, node: NodeDir) -> Liveness:
     is not a CassandraDaemon of this directory: the pid was reused).
 
     The node is told by its command line. A thread that is ending has released its memory
-    and shows an empty one (a zombie main thread too), so a thread still running is asked;
-    when every thread left is ending, the process is exiting (its files, so its sockets,
-    are closed only when the last one ends).
+    and shows an empty one (a zombie main thread too), so then another thread is asked.
+    Its sockets are closed only when its last thread ends: until then it is exiting.
     """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -351,19 +350,20 @@ def _liveness(pid: int, node: NodeDir) -> Liveness:
     if flags & _PF_KTHREAD:
         return "gone"
     zombie = state in ("Z", "X")  # the main thread is dead, not yet reaped
-    witnesses = [tid for tid in threads if tid != str(pid)] if zombie else [str(pid)]
     wanted = (MAIN_CLASS.encode(), f"-Dcassandra.storagedir={node.root}".encode())
-    for tid in witnesses:
+    for tid in [str(pid), *(tid for tid in threads if tid != str(pid))]:
         try:
             cmdline = Path(f"/proc/{pid}/task/{tid}/cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue  # that thread has just ended: ask the next
         if not cmdline:
-            continue  # that thread is ending
+            continue  # that thread is ending (or is the zombie main thread)
         if not all(arg in cmdline.split(b"\0") for arg in wanted):
             return "gone"
-        return "exiting" if zombie else "running"
-    return "gone" if zombie and len(threads) <= 1 else "exiting"
+        return "running" if tid == str(pid) and not zombie else "exiting"
+    # No thread shows a command line: a zombie main thread with threads left that are all
+    # ending is exiting, whoever it is (waiting for it, or killing it, does no harm).
+    return "exiting" if zombie and len(threads) > 1 else "gone"
 
 
 def _is_our_node(pid: int, node: NodeDir) -> bool:
