@@ -48,6 +48,8 @@ DEFAULT_START_TIMEOUT = 300.0
 DEFAULT_STOP_TIMEOUT = 60.0
 #: ``PF_KTHREAD`` of ``/proc/PID/stat``'s flags: a kernel thread (never a node).
 _PF_KTHREAD = 0x00200000
+#: ``PF_EXITING``: the thread has begun to exit (set first thing in the kernel's ``do_exit``).
+_PF_EXITING = 0x00000004
 #: What a pid file's process is (see :func:`_liveness`).
 Liveness = Literal["running", "exiting", "gone"]
 #: Seconds to wait for a JVM whose main thread has exited to end its other threads.
@@ -333,13 +335,16 @@ def _pid_file(node: NodeDir) -> int | None:
 
 
 def _liveness(pid: int, node: NodeDir) -> Liveness:
-    """What ``pid`` is as this directory's JVM: "running"; "exiting" (its main thread is a
-    zombie with other threads left, or its threads are ending); or "gone" (also when it
-    is not a CassandraDaemon of this directory: the pid was reused).
+    """What ``pid`` is as this directory's JVM: "running"; "exiting" (its main thread is
+    ending or a zombie, while threads may be left holding its ports); or "gone" (also when
+    it is not a CassandraDaemon of this directory: the pid was reused).
 
     The node is told by its command line. A thread that is ending has released its memory
     and shows an empty one (a zombie main thread too), so then another thread is asked.
-    Its sockets are closed only when its last thread ends: until then it is exiting.
+    When a SIGKILL ends every thread at once, none may show it: a main thread that is
+    ending (``PF_EXITING``) or a zombie with threads left is then exiting, whoever it is
+    (waiting for it, or killing it, does no harm). Its sockets are closed only when its
+    last thread ends.
     """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -350,6 +355,7 @@ def _liveness(pid: int, node: NodeDir) -> Liveness:
     if flags & _PF_KTHREAD:
         return "gone"
     zombie = state in ("Z", "X")  # the main thread is dead, not yet reaped
+    dying = zombie or bool(flags & _PF_EXITING)
     wanted = (MAIN_CLASS.encode(), f"-Dcassandra.storagedir={node.root}".encode())
     for tid in [str(pid), *(tid for tid in threads if tid != str(pid))]:
         try:
@@ -360,10 +366,10 @@ def _liveness(pid: int, node: NodeDir) -> Liveness:
             continue  # that thread is ending (or is the zombie main thread)
         if not all(arg in cmdline.split(b"\0") for arg in wanted):
             return "gone"
-        return "running" if tid == str(pid) and not zombie else "exiting"
-    # No thread shows a command line: a zombie main thread with threads left that are all
-    # ending is exiting, whoever it is (waiting for it, or killing it, does no harm).
-    return "exiting" if zombie and len(threads) > 1 else "gone"
+        return "exiting" if dying else "running"
+    if zombie:
+        return "exiting" if len(threads) > 1 else "gone"
+    return "exiting" if dying else "gone"
 
 
 def _is_our_node(pid: int, node: NodeDir) -> bool:
@@ -388,6 +394,13 @@ def _port_in_use(port: int, host: str = HOST) -> bool:
         except OSError:
             return True
     return False
+
+
+def _wait_port_free(port: int, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``port`` to be free on 127.0.0.1 (no error)."""
+    deadline = time.monotonic() + timeout
+    while _port_in_use(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _free_port(preferred: int, avoid: set[int]) -> int:
@@ -767,6 +780,8 @@ def start(
             version = wait_until_ready(node, pid, port, timeout, security=security)
             return NodeStatus(pid, port, version)
         wait_exited(node, DEFAULT_EXIT_TIMEOUT)  # a node just killed still holds its ports
+        if node.pid_file.exists():  # it crashed (stop removes the file): let its sockets close
+            _wait_port_free(port, DEFAULT_EXIT_TIMEOUT)
         if _port_in_use(port):
             raise NodeError(
                 f"CQL port {HOST}:{port} is already in use by another process "
