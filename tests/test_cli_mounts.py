@@ -173,6 +173,9 @@ def test_next_daemon_removes_the_spool_file_of_a_killed_front(
         writer.kill()
         writer.wait()
     try:
+        # The daemon ends the killed front's session when it reads the end of its
+        # connection, which a shutdown sent at once can beat (it is then refused).
+        assert wait_for(lambda: call_once(m.cache_dir, "status")["sessions"] == 0, 10)
         call_once(m.cache_dir, "shutdown", timeout=5)
     except DaemonUnavailable:
         pass  # it left by itself: no mount used it
