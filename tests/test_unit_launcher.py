@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +149,74 @@ def test_the_stand_in_shows_the_node_s_command_line_only_in_its_other_thread(
     assert Path(f"/proc/{pid}/cmdline").read_bytes() == b""
     others = [tid for tid in os.listdir(f"/proc/{pid}/task") if tid != str(pid)]
     assert MAIN_CLASS.encode() in Path(f"/proc/{pid}/task/{others[0]}/cmdline").read_bytes()
+
+
+def test_wait_gone_is_false_while_a_thread_is_left_and_true_once_the_last_ends(
+    node: NodeDir, crashed: StandIn
+) -> None:
+    assert not launcher.wait_gone(crashed.proc.pid, node, 0.2)
+    crashed.release.touch()
+    assert launcher.wait_gone(crashed.proc.pid, node, 10)
+    assert port_free(crashed.port)
+
+
+def test_settle_crash_raises_while_the_jvm_is_still_exiting(
+    node: NodeDir, crashed: StandIn
+) -> None:
+    with pytest.raises(NodeError, match="still exiting"):
+        launcher.settle_crash(node, [("127.0.0.1", crashed.port)], 0.2)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def taken() -> Iterator[tuple[socket.socket, threading.Event]]:
+    """A port listened on at 127.0.0.2 (a cluster node's address), and an event set once
+    a timer has closed it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.2", 0))
+    sock.listen()
+    closed = threading.Event()
+    yield sock, closed
+    sock.close()
+
+
+def close_later(sock: socket.socket, closed: threading.Event, seconds: float) -> None:
+    def close() -> None:
+        sock.close()
+        closed.set()
+
+    timer = threading.Timer(seconds, close)
+    timer.daemon = True
+    timer.start()
+
+
+def test_after_a_crash_settle_crash_waits_for_every_port_on_its_address(
+    node: NodeDir, taken: tuple[socket.socket, threading.Event]
+) -> None:
+    """The dead node's pid file is left (a crash): a socket it left open, here on
+    127.0.0.2, is waited for until it closes."""
+    sock, closed = taken
+    port = sock.getsockname()[1]
+    node.pid_file.write_text(f"{dead_pid()}\n")
+    close_later(sock, closed, 0.3)
+    launcher.settle_crash(node, [("127.0.0.2", port)], 30)
+    assert closed.is_set()
+    assert not launcher._port_in_use(port, "127.0.0.2")
+
+
+def test_without_a_pid_file_a_taken_port_is_another_process_s_and_not_waited_for(
+    node: NodeDir, taken: tuple[socket.socket, threading.Event]
+) -> None:
+    """A stop removes the pid file: a port taken then belongs to someone else, and the
+    start's own check reports it at once."""
+    sock, closed = taken
+    port = sock.getsockname()[1]
+    close_later(sock, closed, 5)
+    launcher.settle_crash(node, [("127.0.0.2", port)], 30)
+    assert not closed.is_set()
+    assert launcher._port_in_use(port, "127.0.0.2")

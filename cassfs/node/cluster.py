@@ -60,9 +60,10 @@ from cassfs.node.launcher import (
     query_release_version,
     read_pid,
     resolve_classpath,
+    settle_crash,
     spawn_jvm,
     stop,
-    wait_exited,
+    wait_gone,
     wait_until_ready,
     write_config,
 )
@@ -73,10 +74,12 @@ DEFAULT_CLUSTER_PORT = 9350
 """CQL port of every node of a local cluster (not 9042 or 9142: those serve single nodes)."""
 DEFAULT_CLUSTER_STORAGE_PORT = 7350
 DEFAULT_CLUSTER_HEAP = "512M"
+"""Heap per node: the smallest that ran the cluster tests reliably here."""
 #: Gossip's phi accrual threshold for the cluster's nodes (Cassandra's default: 8, a dead
 #: node convicted after 18-25 s on a 2-core machine; 5: after about 12 s).
 CLUSTER_PHI_CONVICT_THRESHOLD = 5
-"""Heap per node: the smallest that ran the cluster tests reliably here."""
+KILL_TIMEOUT = 30.0
+"""Seconds :func:`kill_node` waits for a killed node's last thread."""
 MAX_NODES = 9
 CLUSTER_FILE = "cluster.json"
 NODE_MEMORY_OVERHEAD_MIB = 700
@@ -296,8 +299,10 @@ def start_cluster(
         to_start = [k for k in range(1, nodes + 1) if read_pid(spec.node(k)) is None]
         if to_start:
             check_memory(len(to_start), heap)
-            for k in to_start:  # a node just killed still holds its ports
-                wait_exited(spec.node(k), DEFAULT_EXIT_TIMEOUT)
+            for k in to_start:  # a node just killed may still hold its ports
+                address = node_address(k)
+                ports = [(address, spec.port), (address, spec.storage_port)]
+                settle_crash(spec.node(k), ports, DEFAULT_EXIT_TIMEOUT)
             _check_ports(spec, to_start)
             java = find_java()
             classpath = resolve_classpath(NodeDir(spec.root))
@@ -456,12 +461,11 @@ def kill_node(spec: ClusterSpec, k: int) -> int:
     if pid is None:
         raise NodeError(f"node {k} of {spec.root} does not run")
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while read_pid(node) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if read_pid(node) is not None:
-        raise NodeError(f"node {k} (pid {pid}) survived SIGKILL")
-    wait_exited(node, max(1.0, deadline - time.monotonic()))
+    began = time.monotonic()
+    if not wait_gone(pid, node, KILL_TIMEOUT):
+        raise NodeError(f"node {k} (pid {pid}) is still alive {KILL_TIMEOUT:g} s after SIGKILL")
+    log.info("node %d (pid %d) killed; its last thread exited %.2f s later", k, pid,
+             time.monotonic() - began)  # fmt: skip
     return pid
 
 

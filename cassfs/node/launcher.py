@@ -372,6 +372,17 @@ def _liveness(pid: int, node: NodeDir) -> Liveness:
     return "exiting" if dying else "gone"
 
 
+def wait_gone(pid: int, node: NodeDir, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds until ``pid`` is gone as the JVM of ``node`` (its
+    last thread has exited: see :func:`_liveness`); True when it is, False on timeout."""
+    deadline = time.monotonic() + timeout
+    while _liveness(pid, node) != "gone":
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _is_our_node(pid: int, node: NodeDir) -> bool:
     """True while ``pid`` is this directory's running JVM (see :func:`_liveness`)."""
     return _liveness(pid, node) == "running"
@@ -396,11 +407,23 @@ def _port_in_use(port: int, host: str = HOST) -> bool:
     return False
 
 
-def _wait_port_free(port: int, timeout: float) -> None:
-    """Wait up to ``timeout`` seconds for ``port`` to be free on 127.0.0.1 (no error)."""
+def settle_crash(node: NodeDir, ports: Sequence[tuple[str, int]], timeout: float) -> None:
+    """Before starting the JVM of ``node``: let a killed one's ports go.
+
+    Waits up to ``timeout`` seconds in all, first for a JVM of ``node`` that is exiting
+    (:func:`wait_exited`), then, when the node crashed (its pid file is left: a stop
+    removes it), until every ``(host, port)`` of ``ports`` can be bound: a socket of the
+    dead node can outlive its last thread for a moment.  Returns when a port is still
+    taken then (the caller's port check names it); raises NodeError when the JVM is
+    still exiting.  Used by the single node's :func:`start` and the cluster's start.
+    """
     deadline = time.monotonic() + timeout
-    while _port_in_use(port) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_exited(node, timeout)
+    if not node.pid_file.exists():
+        return
+    for host, port in ports:
+        while _port_in_use(port, host) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _free_port(preferred: int, avoid: set[int]) -> int:
@@ -779,9 +802,7 @@ def start(
             log.info("node already running (pid %d); waiting for CQL on port %d", pid, port)
             version = wait_until_ready(node, pid, port, timeout, security=security)
             return NodeStatus(pid, port, version)
-        wait_exited(node, DEFAULT_EXIT_TIMEOUT)  # a node just killed still holds its ports
-        if node.pid_file.exists():  # it crashed (stop removes the file): let its sockets close
-            _wait_port_free(port, DEFAULT_EXIT_TIMEOUT)
+        settle_crash(node, [(HOST, port)], DEFAULT_EXIT_TIMEOUT)
         if _port_in_use(port):
             raise NodeError(
                 f"CQL port {HOST}:{port} is already in use by another process "
@@ -849,11 +870,8 @@ def _terminate(pid: int, node: NodeDir, timeout: float) -> None:
         log.info("sending %s to Cassandra (pid %d)", sig.name, pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if _liveness(pid, node) == "gone":
-                return
-            time.sleep(0.2)
+        if wait_gone(pid, node, wait):
+            return
         if sig is signal.SIGTERM:
             log.warning("Cassandra (pid %d) ignored SIGTERM for %g s; killing it", pid, timeout)
     raise NodeError(f"Cassandra (pid {pid}) is still alive after SIGKILL")
