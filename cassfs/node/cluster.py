@@ -464,8 +464,8 @@ def kill_node(spec: ClusterSpec, k: int) -> int:
     began = time.monotonic()
     if not wait_gone(pid, node, KILL_TIMEOUT):
         raise NodeError(f"node {k} (pid {pid}) is still alive {KILL_TIMEOUT:g} s after SIGKILL")
-    log.info("node %d (pid %d) killed; its last thread exited %.2f s later", k, pid,
-             time.monotonic() - began)  # fmt: skip
+    waited = time.monotonic() - began
+    log.info("node %d (pid %d) killed; its last thread exited %.2f s later", k, pid, waited)
     return pid
 
 
