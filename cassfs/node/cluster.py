@@ -78,8 +78,6 @@ DEFAULT_CLUSTER_HEAP = "512M"
 #: Gossip's phi accrual threshold for the cluster's nodes (Cassandra's default: 8, a dead
 #: node convicted after 18-25 s on a 2-core machine; 5: after about 12 s).
 CLUSTER_PHI_CONVICT_THRESHOLD = 5
-KILL_TIMEOUT = 30.0
-"""Seconds :func:`kill_node` waits for a killed node's last thread."""
 MAX_NODES = 9
 CLUSTER_FILE = "cluster.json"
 NODE_MEMORY_OVERHEAD_MIB = 700
@@ -462,8 +460,10 @@ def kill_node(spec: ClusterSpec, k: int) -> int:
         raise NodeError(f"node {k} of {spec.root} does not run")
     os.kill(pid, signal.SIGKILL)
     began = time.monotonic()
-    if not wait_gone(pid, node, KILL_TIMEOUT):
-        raise NodeError(f"node {k} (pid {pid}) is still alive {KILL_TIMEOUT:g} s after SIGKILL")
+    if not wait_gone(pid, node, DEFAULT_EXIT_TIMEOUT):
+        raise NodeError(
+            f"node {k} (pid {pid}) is still alive {DEFAULT_EXIT_TIMEOUT:g} s after SIGKILL"
+        )
     waited = time.monotonic() - began
     log.info("node %d (pid %d) killed; its last thread exited %.2f s later", k, pid, waited)
     return pid

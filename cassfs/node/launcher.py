@@ -309,22 +309,17 @@ def wait_exited(node: NodeDir, timeout: float) -> None:
     """Wait up to ``timeout`` seconds until no JVM of this directory is exiting, so its
     ports can be bound again.  Returns at once when none is.  Raises NodeError on timeout.
     """
-    deadline = time.monotonic() + timeout
+    pid = exiting_pid(node)
+    if pid is None:
+        return
+    log.info("Cassandra (pid %d) is exiting; waiting for its last threads", pid)
     began = time.monotonic()
-    waited_for = None
-    while (pid := exiting_pid(node)) is not None:
-        if waited_for is None:
-            log.info("Cassandra (pid %d) is exiting; waiting for its last threads", pid)
-            waited_for = pid
-        if time.monotonic() >= deadline:
-            raise NodeError(
-                f"Cassandra (pid {pid}) of {node.root} is still exiting after {timeout:g} s: "
-                "its main thread is gone but other threads still run; wait, or kill -9 it"
-            )
-        time.sleep(0.05)
-    if waited_for is not None:
-        waited = time.monotonic() - began
-        log.info("Cassandra (pid %d) has exited, %.2f s later", waited_for, waited)
+    if not wait_gone(pid, node, timeout):
+        raise NodeError(
+            f"Cassandra (pid {pid}) of {node.root} is still exiting after {timeout:g} s: "
+            "its main thread is gone but other threads still run; wait, or kill -9 it"
+        )
+    log.info("Cassandra (pid %d) has exited, %.2f s later", pid, time.monotonic() - began)
 
 
 def _pid_file(node: NodeDir) -> int | None:
